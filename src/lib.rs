@@ -1,0 +1,28 @@
+//! uacreg — keeps a SIP registration alive for every row of Kamailio's `uacreg` table.
+//!
+//! The crate is layered; each layer only uses the ones above it in this list:
+//!
+//! * [`sip`] — wire format: building REGISTER requests, parsing responses, HTTP-style digest
+//!   authentication. Pure functions, no I/O.
+//! * [`registration`] — the protocol core. One [`registration::Registration`] per row and the
+//!   [`registration::RegistrationTable`] holding all of them. It performs no I/O and never reads the
+//!   clock: callers pass `now` in and carry out the actions it returns, which is what lets tests
+//!   run a simulated day of 100,000 registrations in a second.
+//! * [`transaction`] and [`transport`] — RFC 3261 non-INVITE client transactions (timers E, F, K)
+//!   and the sockets they run over, plus send pacing so that a start-up never bursts.
+//! * [`store`] — the `uacreg` table through diesel: loading, validating (a bad row becomes a named
+//!   error; the others load) and migrating.
+//! * [`rpc`] — Kamailio-compatible JSON-RPC (`uac.reg_dump`, `uac.reg_info`, `uac.reg_reload`, …).
+//! * [`daemon`] — wires everything together for the `uacregd` binary.
+//! * [`testing`] — a registrar with digest checking that tests, the demo and benchmarks run on
+//!   loopback.
+
+pub mod config;
+pub mod daemon;
+pub mod registration;
+pub mod rpc;
+pub mod sip;
+pub mod store;
+pub mod testing;
+pub mod transaction;
+pub mod transport;

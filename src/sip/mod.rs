@@ -1,0 +1,15 @@
+//! SIP wire format for registrations: building REGISTER requests, parsing the responses (and, for
+//! the test registrar, the requests), and digest authentication.
+//!
+//! Nothing here performs I/O or keeps state between messages. The message parser is
+//! `ezk-sip-types`, chosen because it handles what real registrars send (several bindings in one
+//! Contact line, compact header names, IPv6 contacts, `algorithm=SHA-256`, `qop="auth,auth-int"`);
+//! it stays behind this module so it can be swapped.
+
+pub mod digest;
+pub mod message;
+pub mod register;
+
+pub use digest::{Algorithm, Authorization, Challenge, DigestError};
+pub use message::{ContactBinding, ParseError, Request, Response, UriParts};
+pub use register::RegisterRequest;
