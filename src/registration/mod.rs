@@ -1,3 +1,22 @@
-//! The protocol core (sans-I/O). TODO: filled in by the core work.
+//! The protocol core: what to send when, for every row, without doing any I/O.
+//!
+//! Modelled on quinn-proto: [`RegistrationTable`] is driven by explicit calls —
+//! `reload`, `handle_response`, `handle_transaction_failure`, `handle_timeout(now)` — and hands
+//! back [`Action`]s plus a `next_deadline()` for the caller's single timer. Time is always a
+//! parameter, so tests can run 100,000 registrations through a simulated day deterministically,
+//! and the async driver stays a thin loop around sockets and a sleep.
+//!
+//! * [`record`] — a validated row and what it means on the wire.
+//! * [`machine`] — one registration's state machine.
+//! * [`table`] — all registrations, the timer queue, reload diffs, operator commands.
+//! * [`policy`] — refresh timing and failure back-off.
+
+pub mod machine;
+pub mod policy;
 pub mod record;
-pub use record::{Credentials, Destination, Record, Secret, Transport, FLAG_DISABLED};
+pub mod table;
+
+pub use machine::{Action, RegKey, Registration, Snapshot, Status};
+pub use policy::RetryPolicy;
+pub use record::{Credentials, Destination, FLAG_DISABLED, Record, Secret, Transport};
+pub use table::{Attribute, CoreConfig, RegistrationTable, ReloadSummary};

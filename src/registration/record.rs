@@ -88,7 +88,11 @@ impl fmt::Display for Destination {
             None => write!(f, "{}", host)?,
         }
         if self.transport != Transport::Udp {
-            write!(f, ";transport={}", self.transport.via_token().to_ascii_lowercase())?;
+            write!(
+                f,
+                ";transport={}",
+                self.transport.via_token().to_ascii_lowercase()
+            )?;
         }
         Ok(())
     }

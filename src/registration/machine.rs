@@ -1,0 +1,899 @@
+//! One registration's state machine.
+//!
+//! A [`Registration`] owns everything about one binding at one registrar: the row it came from,
+//! the dialog-like identifiers RFC 3261 §10.2 wants kept stable (Call-ID, From tag, increasing
+//! CSeq), the last digest challenge (so refreshes can carry credentials up front), what the
+//! operator wants (registered or not) and what the registrar last said.
+//!
+//! It reacts to three things — a response, a transaction timeout, its own timer — and to operator
+//! commands, always with `now` passed in. Each reaction may queue [`Action`]s in the [`Ctx`] and
+//! (re)arm the registration's single timer; the table does the bookkeeping around it. Nothing here
+//! sends, sleeps or reads a clock.
+
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, warn};
+
+use super::policy::RetryPolicy;
+use super::record::{Credentials, Destination, Record};
+use crate::sip::digest::{Authorization, Challenge, DigestError, SecretInput};
+use crate::sip::message::Response;
+use crate::sip::register::RegisterRequest;
+
+/// Key of a registration inside the table. Never reused, so a late response for a registration
+/// that has since been replaced or removed finds nothing and is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RegKey(pub u64);
+
+/// What the registration is doing or last achieved, as an operator reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Loaded; the first REGISTER waits for `reg_delay`.
+    Pending,
+    /// A REGISTER is in flight and no binding is held yet.
+    Registering,
+    /// The registrar holds our binding (a refresh may be in flight).
+    Registered,
+    /// An un-REGISTER (Expires: 0) is in flight.
+    Unregistering,
+    /// No binding wanted: `expires` is 0, or the binding was removed on request.
+    Unregistered,
+    /// The row is disabled (`flags & 1`, or `uac.reg_disable`).
+    Disabled,
+    /// The registrar answered with an error; a retry is scheduled.
+    Failed,
+    /// No answer at all (transaction timeout); a retry is scheduled.
+    Timeout,
+    /// The registrar rejected our credentials, or challenged a row that has none.
+    AuthFailed,
+    /// The challenge named a realm other than the row's `realm`: no credentials were sent.
+    RealmMismatch,
+}
+
+impl Status {
+    /// Stable lowercase name used in RPC answers, logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Registering => "registering",
+            Status::Registered => "registered",
+            Status::Unregistering => "unregistering",
+            Status::Unregistered => "unregistered",
+            Status::Disabled => "disabled",
+            Status::Failed => "failed",
+            Status::Timeout => "timeout",
+            Status::AuthFailed => "auth_failed",
+            Status::RealmMismatch => "realm_mismatch",
+        }
+    }
+
+    pub const ALL: [Status; 10] = [
+        Status::Pending,
+        Status::Registering,
+        Status::Registered,
+        Status::Unregistering,
+        Status::Unregistered,
+        Status::Disabled,
+        Status::Failed,
+        Status::Timeout,
+        Status::AuthFailed,
+        Status::RealmMismatch,
+    ];
+}
+
+/// What the caller must do on behalf of the core.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Start a new client transaction carrying `request` to `destination`.
+    Send {
+        key: RegKey,
+        destination: Destination,
+        request: RegisterRequest,
+    },
+}
+
+/// Shared, per-call context: the clock reading, randomness, policy and the action queue.
+pub struct Ctx<'a> {
+    pub now: Instant,
+    pub rng: &'a mut fastrand::Rng,
+    pub policy: &'a RetryPolicy,
+    pub user_agent: &'a str,
+    pub actions: &'a mut Vec<Action>,
+}
+
+/// Why the in-flight request was sent; decides what its answer means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    Register,
+    Unregister,
+}
+
+/// How the credentials of the in-flight request were obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AuthUse {
+    /// No Authorization header.
+    None,
+    /// Computed from a challenge received in an earlier round (nonce reuse on refresh); a
+    /// challenge in reply is normal and is answered.
+    Cached,
+    /// Computed from the challenge just received; a new challenge in reply means the
+    /// credentials are wrong (unless the nonce was only stale).
+    Fresh,
+}
+
+#[derive(Clone, Debug)]
+struct InFlight {
+    cseq: u32,
+    purpose: Purpose,
+    expires: u32,
+    auth: AuthUse,
+    sent_at: Instant,
+}
+
+/// A digest challenge kept for answering future requests with the same nonce.
+#[derive(Clone, Debug)]
+struct AuthSession {
+    challenge: Challenge,
+    nonce_count: u32,
+}
+
+/// Operator-visible facts about a registration at one instant; what RPC renders.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub key: RegKey,
+    pub record: Record,
+    pub status: Status,
+    /// Kamailio's flag bits for this state (see [`Snapshot::kamailio_flags`]).
+    pub in_flight: bool,
+    pub auth_sent: bool,
+    pub initialized: bool,
+    pub operator_disabled: bool,
+    /// When the current round of registering started (Kamailio's `reg_init`).
+    pub reg_init: Option<Instant>,
+    /// When the next thing happens for this row (refresh, retry, first REGISTER).
+    pub next_action: Option<Instant>,
+    /// When the binding the registrar granted runs out.
+    pub binding_expires: Option<Instant>,
+    /// Expiry the registrar granted last time.
+    pub granted_expires: Option<u32>,
+    pub last_code: Option<u16>,
+    pub last_reason: String,
+    pub expected_realm: Option<String>,
+    pub offered_realm: Option<String>,
+    pub failures: u32,
+    pub registers_sent: u64,
+    pub last_registered: Option<Instant>,
+}
+
+/// Kamailio's `flags` bits as its RPC shows them.
+pub mod kamailio_flag {
+    pub const DISABLED: i32 = 1;
+    pub const ONGOING: i32 = 2;
+    pub const ONLINE: i32 = 4;
+    pub const AUTHSENT: i32 = 8;
+    pub const INIT: i32 = 16;
+}
+
+impl Snapshot {
+    /// The bitmask Kamailio would show for this state, so tools written for `uac.reg_dump` keep
+    /// working (`flags & 4` = online, `flags & 1` = disabled, …).
+    pub fn kamailio_flags(&self) -> i32 {
+        use kamailio_flag::*;
+        let mut flags = 0;
+        if self.operator_disabled {
+            flags |= DISABLED;
+        }
+        if self.in_flight {
+            flags |= ONGOING;
+        }
+        if self.status == Status::Registered {
+            flags |= ONLINE;
+        }
+        if self.in_flight && self.auth_sent {
+            flags |= AUTHSENT;
+        }
+        if self.initialized {
+            flags |= INIT;
+        }
+        flags
+    }
+}
+
+/// One row's registration.
+#[derive(Debug)]
+pub struct Registration {
+    key: RegKey,
+    record: Record,
+    status: Status,
+    /// Operator switch from `uac.reg_disable` / `reg_enable`, on top of the row's own flag.
+    operator_disabled: bool,
+    /// Being removed (row deleted or replaced): un-register if needed, then drop.
+    leaving: bool,
+
+    call_id: String,
+    from_tag: String,
+    next_cseq: u32,
+    /// Expiry we ask for; starts at the row's `expires`, raised by a 423's Min-Expires.
+    requested_expires: u32,
+
+    in_flight: Option<InFlight>,
+    auth: Option<AuthSession>,
+    /// Challenges answered in the current round after a stale nonce (bounded to one).
+    stale_answers: u8,
+    /// 423 answers followed in the current round (bounded).
+    interval_raises: u8,
+
+    timer: Option<Instant>,
+    reg_init: Option<Instant>,
+    binding_expires: Option<Instant>,
+    granted_expires: Option<u32>,
+    last_code: Option<u16>,
+    last_reason: String,
+    expected_realm: Option<String>,
+    offered_realm: Option<String>,
+    failures: u32,
+    registers_sent: u64,
+    last_registered: Option<Instant>,
+    /// A binding may exist at the registrar (we sent a REGISTER that may have been accepted).
+    maybe_bound: bool,
+    /// The row or the operator's wishes changed while a request was in flight.
+    redo_after_flight: bool,
+}
+
+impl Registration {
+    /// A registration for `record`; call [`Registration::start`] to schedule its first REGISTER.
+    pub fn new(key: RegKey, record: Record, rng: &mut fastrand::Rng) -> Registration {
+        let requested_expires = record.expires;
+        Registration {
+            key,
+            record,
+            status: Status::Pending,
+            operator_disabled: false,
+            leaving: false,
+            call_id: format!("{:016x}{:016x}@uacreg", rng.u64(..), rng.u64(..)),
+            from_tag: format!("{:016x}", rng.u64(..)),
+            next_cseq: 1,
+            requested_expires,
+            in_flight: None,
+            auth: None,
+            stale_answers: 0,
+            interval_raises: 0,
+            timer: None,
+            reg_init: None,
+            binding_expires: None,
+            granted_expires: None,
+            last_code: None,
+            last_reason: String::new(),
+            expected_realm: None,
+            offered_realm: None,
+            failures: 0,
+            registers_sent: 0,
+            last_registered: None,
+            maybe_bound: false,
+            redo_after_flight: false,
+        }
+    }
+
+    pub fn key(&self) -> RegKey {
+        self.key
+    }
+    pub fn record(&self) -> &Record {
+        &self.record
+    }
+    pub fn status(&self) -> Status {
+        self.status
+    }
+    pub fn timer(&self) -> Option<Instant> {
+        self.timer
+    }
+    /// The table popped this registration's timer from its queue.
+    pub(super) fn clear_timer(&mut self) {
+        self.timer = None;
+    }
+    pub fn is_leaving(&self) -> bool {
+        self.leaving
+    }
+    /// The CSeq of the request in flight, if any (the driver drops queued sends that are no
+    /// longer current).
+    pub fn in_flight_cseq(&self) -> Option<u32> {
+        self.in_flight.as_ref().map(|f| f.cseq)
+    }
+    /// A leaving registration with nothing more to do can be dropped from the table.
+    pub fn is_finished(&self) -> bool {
+        self.leaving && self.in_flight.is_none() && self.timer.is_none()
+    }
+
+    /// Whether the operator and the row want a binding.
+    fn wants_binding(&self) -> bool {
+        !self.leaving
+            && !self.operator_disabled
+            && !self.record.is_disabled()
+            && self.record.expires > 0
+    }
+
+    /// Schedules the first REGISTER (after `reg_delay`) or settles in the idle state the row asks
+    /// for.
+    pub fn start(&mut self, ctx: &mut Ctx<'_>) {
+        if self.wants_binding() {
+            self.status = Status::Pending;
+            let delay = Duration::from_secs(u64::from(self.record.reg_delay));
+            self.timer = Some(ctx.now + delay);
+        } else {
+            self.settle_idle();
+        }
+    }
+
+    /// Idle status for a row that wants no binding.
+    fn settle_idle(&mut self) {
+        self.timer = None;
+        self.status = if self.operator_disabled || self.record.is_disabled() {
+            Status::Disabled
+        } else {
+            Status::Unregistered
+        };
+    }
+
+    /// The registration's timer fired.
+    pub fn handle_timer(&mut self, ctx: &mut Ctx<'_>) {
+        self.timer = None;
+        if self.in_flight.is_some() {
+            // A request is still being worked on; its outcome schedules what follows.
+            return;
+        }
+        if self.wants_binding() {
+            self.begin_round(ctx, Purpose::Register);
+        } else if self.maybe_bound {
+            self.begin_round(ctx, Purpose::Unregister);
+        } else if !self.leaving {
+            self.settle_idle();
+        }
+    }
+
+    /// Starts a new round (fresh REGISTER or un-REGISTER, not an answer to a challenge).
+    fn begin_round(&mut self, ctx: &mut Ctx<'_>, purpose: Purpose) {
+        self.stale_answers = 0;
+        self.interval_raises = 0;
+        self.reg_init = Some(ctx.now);
+        match purpose {
+            Purpose::Register => {
+                if self.status != Status::Registered {
+                    self.status = Status::Registering;
+                }
+            }
+            Purpose::Unregister => self.status = Status::Unregistering,
+        }
+        // Reuse the last nonce if we have one: most registrars accept it within its lifetime,
+        // which saves a round trip; if not, they challenge and we answer that.
+        let auth = match (&mut self.auth, &self.record.credentials) {
+            (Some(session), Some(credentials)) => {
+                session.nonce_count += 1;
+                let challenge = session.challenge.clone();
+                let nc = session.nonce_count;
+                let credentials = credentials.clone();
+                match self.authorize(ctx, &challenge, &credentials, nc) {
+                    Ok(header) => Some(header),
+                    Err(_) => {
+                        self.auth = None;
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let auth_use = if auth.is_some() {
+            AuthUse::Cached
+        } else {
+            AuthUse::None
+        };
+        self.send(ctx, purpose, auth, auth_use);
+    }
+
+    fn send(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        purpose: Purpose,
+        authorization: Option<(&'static str, String)>,
+        auth: AuthUse,
+    ) {
+        let expires = match purpose {
+            Purpose::Register => self.requested_expires,
+            Purpose::Unregister => 0,
+        };
+        let cseq = self.next_cseq;
+        self.next_cseq = self.next_cseq.wrapping_add(1).max(1);
+        let request = RegisterRequest {
+            request_uri: self.record.request_uri(),
+            aor: self.record.aor(),
+            from_tag: self.from_tag.clone(),
+            call_id: self.call_id.clone(),
+            cseq,
+            contact_uri: self.record.contact_uri(),
+            expires,
+            authorization,
+            user_agent: ctx.user_agent.to_string(),
+        };
+        self.in_flight = Some(InFlight {
+            cseq,
+            purpose,
+            expires,
+            auth,
+            sent_at: ctx.now,
+        });
+        self.registers_sent += 1;
+        if purpose == Purpose::Register {
+            self.maybe_bound = true;
+        }
+        ctx.actions.push(Action::Send {
+            key: self.key,
+            destination: self.record.destination.clone(),
+            request,
+        });
+    }
+
+    fn authorize(
+        &self,
+        ctx: &mut Ctx<'_>,
+        challenge: &Challenge,
+        credentials: &Credentials,
+        nc: u32,
+    ) -> Result<(&'static str, String), DigestError> {
+        let secret = match credentials {
+            Credentials::Password { password, .. } => SecretInput::Password(password.expose()),
+            Credentials::Ha1 { ha1, .. } => SecretInput::Ha1(ha1.expose()),
+        };
+        let cnonce = format!("{:016x}", ctx.rng.u64(..));
+        let answer = Authorization::answer(
+            challenge,
+            credentials.username(),
+            secret,
+            "REGISTER",
+            &self.record.request_uri(),
+            b"",
+            nc,
+            &cnonce,
+        )?;
+        let name = if challenge.proxy {
+            "Proxy-Authorization"
+        } else {
+            "Authorization"
+        };
+        Ok((name, answer.to_header_value()))
+    }
+
+    /// A final response for the request with `response.cseq` arrived.
+    pub fn handle_response(&mut self, ctx: &mut Ctx<'_>, response: &Response) {
+        let Some(flight) = self.in_flight.clone() else {
+            return;
+        };
+        if response.cseq != flight.cseq || response.call_id != self.call_id {
+            return;
+        }
+        if response.code < 200 {
+            return;
+        }
+        self.in_flight = None;
+        self.last_code = Some(response.code);
+        self.last_reason = response.reason.clone();
+        match response.code {
+            200..=299 => self.on_success(ctx, &flight, response),
+            401 | 407 => self.on_challenge(ctx, &flight, response),
+            423 => self.on_interval_too_brief(ctx, &flight, response),
+            _ => self.on_failure(ctx, &flight, Status::Failed, response.retry_after),
+        }
+    }
+
+    /// The transaction carrying request `cseq` timed out (timer F) or could not be sent.
+    pub fn handle_transaction_failure(&mut self, ctx: &mut Ctx<'_>, cseq: u32, reason: &str) {
+        let Some(flight) = self.in_flight.clone() else {
+            return;
+        };
+        if flight.cseq != cseq {
+            return;
+        }
+        self.in_flight = None;
+        self.last_code = Some(408);
+        self.last_reason = reason.to_string();
+        self.on_failure(ctx, &flight, Status::Timeout, None);
+    }
+
+    fn on_success(&mut self, ctx: &mut Ctx<'_>, flight: &InFlight, response: &Response) {
+        self.failures = 0;
+        self.expected_realm = None;
+        self.offered_realm = None;
+        if flight.purpose == Purpose::Unregister {
+            self.maybe_bound = false;
+            self.binding_expires = None;
+            self.granted_expires = None;
+            debug!(l_uuid = %self.record.l_uuid, "binding removed");
+            self.after_round(ctx);
+            return;
+        }
+        let granted = self.granted_expiry(flight.expires, response);
+        if granted == 0 {
+            // A 200 that grants nothing leaves us without a binding: treat it as a failure
+            // rather than refreshing in a tight loop.
+            warn!(l_uuid = %self.record.l_uuid, "registrar answered 200 but granted no expiry");
+            self.last_reason = "200 OK without a binding for our contact".into();
+            self.on_failure(ctx, flight, Status::Failed, None);
+            return;
+        }
+        if self.status != Status::Registered {
+            info!(l_uuid = %self.record.l_uuid, expires = granted, "registered");
+        }
+        self.status = Status::Registered;
+        self.granted_expires = Some(granted);
+        self.binding_expires = Some(ctx.now + Duration::from_secs(u64::from(granted)));
+        self.last_registered = Some(ctx.now);
+        if self.wants_binding() && !std::mem::take(&mut self.redo_after_flight) {
+            self.timer = Some(ctx.now + ctx.policy.refresh_after(granted, ctx.rng));
+        } else {
+            // Disabled or removed while the REGISTER was in flight: take the binding back.
+            self.timer = Some(ctx.now);
+        }
+    }
+
+    /// Expiry the registrar granted us: the `expires` parameter of our own Contact among those
+    /// listed, else the Expires header, else what we asked for.
+    fn granted_expiry(&self, requested: u32, response: &Response) -> u32 {
+        let ours = response
+            .contacts
+            .iter()
+            .find(|c| self.is_our_contact(&c.uri));
+        match ours {
+            Some(contact) => contact.expires.or(response.expires).unwrap_or(requested),
+            None => {
+                if !response.contacts.is_empty() {
+                    debug!(
+                        l_uuid = %self.record.l_uuid,
+                        "our contact is not among the {} bindings in the 200 OK",
+                        response.contacts.len()
+                    );
+                }
+                response.expires.unwrap_or(requested)
+            }
+        }
+    }
+
+    fn is_our_contact(&self, uri: &crate::sip::message::UriParts) -> bool {
+        if uri.user.as_deref() != Some(self.record.contact_user_part()) {
+            return false;
+        }
+        let (host, port) = split_host_port(&self.record.contact_host_port);
+        if !uri.host.eq_ignore_ascii_case(host) {
+            return false;
+        }
+        if uri.port.unwrap_or(5060) != port.unwrap_or(5060) {
+            return false;
+        }
+        if !self.record.contact_user.is_empty() {
+            let line = uri
+                .params
+                .iter()
+                .find(|(name, _)| name == "line")
+                .and_then(|(_, v)| v.as_deref());
+            return line == Some(self.record.l_uuid.as_str());
+        }
+        true
+    }
+
+    fn on_challenge(&mut self, ctx: &mut Ctx<'_>, flight: &InFlight, response: &Response) {
+        let proxy = response.code == 407;
+        let raw = if proxy {
+            &response.proxy_authenticate
+        } else {
+            &response.www_authenticate
+        };
+        let challenges: Vec<Challenge> = raw
+            .iter()
+            .filter_map(|value| Challenge::parse(value, proxy).ok())
+            .collect();
+        let Some(challenge) = self.pick_challenge(&challenges) else {
+            self.last_reason = format!("{} without a usable digest challenge", response.code);
+            self.on_failure(ctx, flight, Status::Failed, None);
+            return;
+        };
+
+        let expected = &self.record.realm;
+        if !expected.is_empty() && challenge.realm != *expected {
+            error!(
+                l_uuid = %self.record.l_uuid,
+                expected_realm = %expected,
+                offered_realm = %challenge.realm,
+                "realm mismatch: the registrar challenged for realm \"{}\" but the row names \"{}\"; no credentials sent",
+                challenge.realm,
+                expected
+            );
+            self.expected_realm = Some(expected.clone());
+            self.offered_realm = Some(challenge.realm.clone());
+            self.last_reason = format!(
+                "realm mismatch: expected \"{}\", offered \"{}\"",
+                expected, challenge.realm
+            );
+            self.auth = None;
+            self.on_failure(ctx, flight, Status::RealmMismatch, None);
+            return;
+        }
+
+        let Some(credentials) = self.record.credentials.clone() else {
+            warn!(l_uuid = %self.record.l_uuid, "challenged, but the row has no credentials");
+            self.last_reason = "challenged, but the row has no auth_username/password".into();
+            self.on_failure(ctx, flight, Status::AuthFailed, None);
+            return;
+        };
+
+        if flight.auth == AuthUse::Fresh {
+            if challenge.stale && self.stale_answers == 0 {
+                self.stale_answers += 1;
+            } else {
+                error!(
+                    l_uuid = %self.record.l_uuid,
+                    username = %credentials.username(),
+                    "authentication failed: the registrar rejected our credentials"
+                );
+                self.last_reason = format!("{} after credentials were sent", response.code);
+                self.auth = None;
+                self.on_failure(ctx, flight, Status::AuthFailed, None);
+                return;
+            }
+        }
+
+        match self.authorize(ctx, &challenge, &credentials, 1) {
+            Ok(header) => {
+                self.auth = Some(AuthSession {
+                    challenge,
+                    nonce_count: 1,
+                });
+                self.send(ctx, flight.purpose, Some(header), AuthUse::Fresh);
+            }
+            Err(err) => {
+                warn!(l_uuid = %self.record.l_uuid, "cannot answer the challenge: {err}");
+                self.last_reason = format!("cannot answer challenge: {err}");
+                self.on_failure(ctx, flight, Status::AuthFailed, None);
+            }
+        }
+    }
+
+    /// Among several challenges (e.g. SHA-256 and MD5), the strongest one we can answer whose
+    /// realm is acceptable; a realm mismatch is only reported when no challenge matches.
+    fn pick_challenge(&self, challenges: &[Challenge]) -> Option<Challenge> {
+        let can_answer = |c: &&Challenge| match &self.record.credentials {
+            Some(Credentials::Ha1 { .. }) => c.algorithm.strength() <= 1,
+            _ => true,
+        };
+        let realm_ok =
+            |c: &&Challenge| self.record.realm.is_empty() || c.realm == self.record.realm;
+        challenges
+            .iter()
+            .filter(realm_ok)
+            .filter(can_answer)
+            .max_by_key(|c| c.algorithm.strength())
+            .or_else(|| challenges.iter().filter(realm_ok).next())
+            .or_else(|| challenges.first())
+            .cloned()
+    }
+
+    fn on_interval_too_brief(&mut self, ctx: &mut Ctx<'_>, flight: &InFlight, response: &Response) {
+        let min = response.min_expires.unwrap_or(0);
+        let acceptable = min > flight.expires && min <= ctx.policy.max_expires;
+        if flight.purpose == Purpose::Register && acceptable && self.interval_raises < 2 {
+            self.interval_raises += 1;
+            info!(l_uuid = %self.record.l_uuid, min_expires = min, "registrar asked for a longer expiry");
+            self.requested_expires = min;
+            let auth = self.reuse_auth(ctx);
+            let auth_use = if auth.is_some() {
+                AuthUse::Cached
+            } else {
+                AuthUse::None
+            };
+            self.send(ctx, Purpose::Register, auth, auth_use);
+        } else {
+            self.last_reason = format!("423 with unusable Min-Expires {min}");
+            self.on_failure(ctx, flight, Status::Failed, None);
+        }
+    }
+
+    fn reuse_auth(&mut self, ctx: &mut Ctx<'_>) -> Option<(&'static str, String)> {
+        let credentials = self.record.credentials.clone()?;
+        let session = self.auth.as_mut()?;
+        session.nonce_count += 1;
+        let (challenge, nc) = (session.challenge.clone(), session.nonce_count);
+        self.authorize(ctx, &challenge, &credentials, nc).ok()
+    }
+
+    fn on_failure(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        flight: &InFlight,
+        status: Status,
+        retry_after: Option<u32>,
+    ) {
+        if flight.purpose == Purpose::Unregister {
+            // An un-REGISTER is best effort: the binding expires on its own.
+            debug!(l_uuid = %self.record.l_uuid, "un-REGISTER failed: {}", self.last_reason);
+            self.maybe_bound = false;
+            self.binding_expires = None;
+            self.after_round(ctx);
+            return;
+        }
+        self.failures = self.failures.saturating_add(1);
+        if status != Status::RealmMismatch {
+            self.expected_realm = None;
+            self.offered_realm = None;
+        }
+        // A binding granted earlier is still held until it expires.
+        if let Some(expiry) = self.binding_expires {
+            if expiry <= ctx.now {
+                self.binding_expires = None;
+            }
+        }
+        self.status = status;
+        if !self.wants_binding() {
+            self.after_round(ctx);
+            return;
+        }
+        let delay = match status {
+            Status::AuthFailed => ctx.policy.retry_after_auth_failure(ctx.rng),
+            _ => ctx
+                .policy
+                .retry_after_failure(self.failures, retry_after, ctx.rng),
+        };
+        let mut at = ctx.now + delay;
+        // While a binding still holds, try again before it runs out.
+        if let Some(expiry) = self.binding_expires {
+            let before_expiry = expiry.checked_sub(Duration::from_secs(5)).unwrap_or(expiry);
+            if before_expiry > ctx.now && before_expiry < at && status != Status::AuthFailed {
+                at = before_expiry;
+            }
+        }
+        if std::mem::take(&mut self.redo_after_flight) {
+            at = ctx.now;
+        }
+        debug!(
+            l_uuid = %self.record.l_uuid,
+            status = status.name(),
+            retry_in_ms = (at - ctx.now).as_millis() as u64,
+            "registration attempt failed: {}",
+            self.last_reason
+        );
+        self.timer = Some(at);
+    }
+
+    /// After an un-REGISTER (or when a round ends while no binding is wanted): settle, or go on
+    /// registering if the operator changed their mind meanwhile.
+    fn after_round(&mut self, ctx: &mut Ctx<'_>) {
+        self.redo_after_flight = false;
+        if self.wants_binding() {
+            self.timer = Some(ctx.now);
+        } else if self.maybe_bound {
+            self.timer = Some(ctx.now);
+        } else if self.leaving {
+            self.timer = None;
+        } else {
+            self.settle_idle();
+        }
+    }
+
+    // ---- operator commands ----
+
+    /// Operator switch (`uac.reg_enable` / `uac.reg_disable`).
+    pub fn set_operator_disabled(&mut self, ctx: &mut Ctx<'_>, disabled: bool) {
+        if self.operator_disabled == disabled {
+            return;
+        }
+        self.operator_disabled = disabled;
+        self.failures = 0;
+        self.reconcile_now(ctx);
+    }
+
+    /// Register again right now (`uac.reg_refresh`), keeping Call-ID and CSeq sequence.
+    pub fn refresh_now(&mut self, ctx: &mut Ctx<'_>) {
+        self.failures = 0;
+        self.reconcile_now(ctx);
+    }
+
+    /// Row removed or replaced by a different binding: un-register if a binding may exist, then
+    /// the table drops it.
+    pub fn leave(&mut self, ctx: &mut Ctx<'_>) {
+        self.leaving = true;
+        if self.in_flight.is_some() {
+            // The outcome of the request in flight decides; `after_round` un-registers.
+            self.timer = None;
+            return;
+        }
+        if self.maybe_bound {
+            self.timer = Some(ctx.now);
+        } else {
+            self.timer = None;
+        }
+    }
+
+    /// The row changed but still describes the same binding (new credentials, expiry, delay,
+    /// flags): adopt it, and re-register now if the change affects the registrar.
+    pub fn update_record(&mut self, ctx: &mut Ctx<'_>, record: Record) {
+        let credentials_changed =
+            record.credentials != self.record.credentials || record.realm != self.record.realm;
+        let expires_changed = record.expires != self.record.expires;
+        let disabled_changed = record.is_disabled() != self.record.is_disabled();
+        if credentials_changed {
+            self.auth = None;
+        }
+        if expires_changed {
+            self.requested_expires = record.expires;
+        }
+        self.record = record;
+        self.failures = 0;
+        if credentials_changed || expires_changed || disabled_changed {
+            self.reconcile_now(ctx);
+        }
+    }
+
+    /// Act on the current wishes as soon as nothing is in flight.
+    fn reconcile_now(&mut self, ctx: &mut Ctx<'_>) {
+        if self.in_flight.is_some() {
+            // The answer to the request in flight was asked for under the old wishes: act again
+            // as soon as it arrives.
+            self.timer = None;
+            self.redo_after_flight = true;
+            return;
+        }
+        if self.wants_binding() || self.maybe_bound {
+            self.timer = Some(ctx.now);
+        } else {
+            self.settle_idle();
+        }
+    }
+
+    /// Shutdown: take the binding back if one may exist.
+    pub fn shutdown(&mut self, ctx: &mut Ctx<'_>) {
+        self.leave(ctx);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            key: self.key,
+            record: self.record.clone(),
+            status: self.status,
+            in_flight: self.in_flight.is_some(),
+            auth_sent: self
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| f.auth != AuthUse::None),
+            initialized: self.reg_init.is_some(),
+            operator_disabled: self.operator_disabled || self.record.is_disabled(),
+            reg_init: self.reg_init,
+            next_action: self.timer,
+            binding_expires: self.binding_expires,
+            granted_expires: self.granted_expires,
+            last_code: self.last_code,
+            last_reason: self.last_reason.clone(),
+            expected_realm: self.expected_realm.clone(),
+            offered_realm: self.offered_realm.clone(),
+            failures: self.failures,
+            registers_sent: self.registers_sent,
+            last_registered: self.last_registered,
+        }
+    }
+
+    /// Time the request in flight was handed to the transport (for latency figures).
+    pub fn in_flight_since(&self) -> Option<Instant> {
+        self.in_flight.as_ref().map(|f| f.sent_at)
+    }
+}
+
+/// Splits `host:port`, `[v6]:port`, `host`, `[v6]` into host (without brackets) and port.
+pub(crate) fn split_host_port(text: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = text.strip_prefix('[') {
+        if let Some(end) = rest.find(']') {
+            let host = &rest[..end];
+            let port = rest[end + 1..]
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok());
+            return (host, port);
+        }
+        return (text, None);
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => (host, port.parse().ok()),
+        _ => (text, None),
+    }
+}

@@ -1,0 +1,330 @@
+//! The table of all registrations: lookup by `l_uuid`, one ordered timer queue, reload diffs.
+//!
+//! The table is what the driver talks to. It routes each input to the right [`Registration`],
+//! keeps the timer queue in step with every registration's single timer, and collects the
+//! actions they produce. A reload is computed as a diff so that rows that did not change keep
+//! their binding untouched — no REGISTER is sent for them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
+
+use super::machine::{Action, Ctx, RegKey, Registration, Snapshot, Status};
+use super::policy::RetryPolicy;
+use super::record::Record;
+use crate::sip::message::Response;
+
+/// Settings the core needs from configuration.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub policy: RetryPolicy,
+    pub user_agent: String,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            policy: RetryPolicy::default(),
+            user_agent: format!("uacreg/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// What a reload changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadSummary {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+}
+
+/// Selects registrations the way Kamailio's `uac.reg_info` / `reg_enable` … do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attribute {
+    LUuid,
+    LUsername,
+    RUsername,
+    AuthUsername,
+}
+
+impl Attribute {
+    pub fn parse(name: &str) -> Option<Attribute> {
+        match name {
+            "l_uuid" => Some(Attribute::LUuid),
+            "l_username" => Some(Attribute::LUsername),
+            "r_username" => Some(Attribute::RUsername),
+            "auth_username" => Some(Attribute::AuthUsername),
+            _ => None,
+        }
+    }
+
+    fn matches(self, record: &Record, value: &str) -> bool {
+        match self {
+            Attribute::LUuid => record.l_uuid == value,
+            Attribute::LUsername => record.l_username == value,
+            Attribute::RUsername => record.r_username == value,
+            Attribute::AuthUsername => record.auth_username == value,
+        }
+    }
+}
+
+/// All registrations, keyed by a never-reused [`RegKey`].
+pub struct RegistrationTable {
+    config: CoreConfig,
+    rng: fastrand::Rng,
+    next_key: u64,
+    registrations: HashMap<RegKey, Registration>,
+    /// Current (not leaving) registrations by l_uuid, in l_uuid order for dumps.
+    by_uuid: BTreeMap<String, RegKey>,
+    timers: BTreeSet<(Instant, RegKey)>,
+    actions: Vec<Action>,
+}
+
+impl RegistrationTable {
+    pub fn new(config: CoreConfig, rng: fastrand::Rng) -> RegistrationTable {
+        RegistrationTable {
+            config,
+            rng,
+            next_key: 1,
+            registrations: HashMap::new(),
+            by_uuid: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            actions: Vec::new(),
+        }
+    }
+
+    /// Runs `f` on one registration with a context, then brings the timer queue in step and
+    /// drops the registration if it has finished leaving.
+    fn with_registration<R>(
+        &mut self,
+        key: RegKey,
+        now: Instant,
+        f: impl FnOnce(&mut Registration, &mut Ctx<'_>) -> R,
+    ) -> Option<R> {
+        let registration = self.registrations.get_mut(&key)?;
+        let before = registration.timer();
+        let mut ctx = Ctx {
+            now,
+            rng: &mut self.rng,
+            policy: &self.config.policy,
+            user_agent: &self.config.user_agent,
+            actions: &mut self.actions,
+        };
+        let result = f(registration, &mut ctx);
+        let after = registration.timer();
+        let finished = registration.is_finished();
+        if before != after {
+            if let Some(at) = before {
+                self.timers.remove(&(at, key));
+            }
+            if let Some(at) = after {
+                self.timers.insert((at, key));
+            }
+        }
+        if finished {
+            self.registrations.remove(&key);
+        }
+        Some(result)
+    }
+
+    fn insert(&mut self, now: Instant, record: Record) {
+        let key = RegKey(self.next_key);
+        self.next_key += 1;
+        let l_uuid = record.l_uuid.clone();
+        let registration = Registration::new(key, record, &mut self.rng);
+        self.registrations.insert(key, registration);
+        self.by_uuid.insert(l_uuid, key);
+        self.with_registration(key, now, |r, ctx| r.start(ctx));
+    }
+
+    fn retire(&mut self, now: Instant, key: RegKey) {
+        self.with_registration(key, now, |r, ctx| r.leave(ctx));
+    }
+
+    /// Replaces the table's rows with `records` (the whole table as just read from the
+    /// database). Unchanged rows are left alone; rows whose binding is the same are updated in
+    /// place; others are un-registered and registered anew.
+    pub fn reload(&mut self, now: Instant, records: Vec<Record>) -> ReloadSummary {
+        let mut summary = ReloadSummary::default();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        for record in records {
+            if !seen.insert(record.l_uuid.clone()) {
+                // Validation already reports duplicates; never let one displace the first.
+                continue;
+            }
+            match self.by_uuid.get(&record.l_uuid).copied() {
+                None => {
+                    summary.added += 1;
+                    self.insert(now, record);
+                }
+                Some(key) => {
+                    let Some(current) = self.registrations.get(&key) else {
+                        summary.added += 1;
+                        self.insert(now, record);
+                        continue;
+                    };
+                    if *current.record() == record {
+                        summary.unchanged += 1;
+                    } else if current.record().same_binding(&record) {
+                        summary.changed += 1;
+                        self.with_registration(key, now, |r, ctx| r.update_record(ctx, record));
+                    } else {
+                        summary.changed += 1;
+                        self.by_uuid.remove(&record.l_uuid);
+                        self.retire(now, key);
+                        self.insert(now, record);
+                    }
+                }
+            }
+        }
+        let gone: Vec<(String, RegKey)> = self
+            .by_uuid
+            .iter()
+            .filter(|(l_uuid, _)| !seen.contains(*l_uuid))
+            .map(|(l_uuid, key)| (l_uuid.clone(), *key))
+            .collect();
+        for (l_uuid, key) in gone {
+            summary.removed += 1;
+            self.by_uuid.remove(&l_uuid);
+            self.retire(now, key);
+        }
+        summary
+    }
+
+    /// Earliest instant at which [`RegistrationTable::handle_timeout`] has work.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// Fires every timer due at or before `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, key)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            // The timer entry is gone; make the registration agree before it reacts.
+            if let Some(registration) = self.registrations.get_mut(&key) {
+                registration.clear_timer();
+            }
+            self.with_registration(key, now, |r, ctx| r.handle_timer(ctx));
+        }
+    }
+
+    /// A final (or provisional — ignored) response for a request of registration `key`.
+    pub fn handle_response(&mut self, now: Instant, key: RegKey, response: &Response) {
+        self.with_registration(key, now, |r, ctx| r.handle_response(ctx, response));
+    }
+
+    /// The transaction for request `cseq` of `key` timed out or could not be sent.
+    pub fn handle_transaction_failure(&mut self, now: Instant, key: RegKey, cseq: u32, why: &str) {
+        self.with_registration(key, now, |r, ctx| {
+            r.handle_transaction_failure(ctx, cseq, why)
+        });
+    }
+
+    /// All queued actions, in the order they were produced.
+    pub fn drain_actions(&mut self) -> std::vec::Drain<'_, Action> {
+        self.actions.drain(..)
+    }
+
+    /// Whether request `cseq` of `key` is still the one its registration waits for (a queued
+    /// send that is no longer current is dropped).
+    pub fn is_current(&self, key: RegKey, cseq: u32) -> bool {
+        self.registrations
+            .get(&key)
+            .and_then(|r| r.in_flight_cseq())
+            == Some(cseq)
+    }
+
+    // ---- queries ----
+
+    pub fn len(&self) -> usize {
+        self.by_uuid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_uuid.is_empty()
+    }
+
+    /// Registrations still un-registering after their row was removed or replaced.
+    pub fn leaving_count(&self) -> usize {
+        self.registrations.len() - self.by_uuid.len()
+    }
+
+    pub fn get(&self, l_uuid: &str) -> Option<&Registration> {
+        self.by_uuid
+            .get(l_uuid)
+            .and_then(|key| self.registrations.get(key))
+    }
+
+    /// Current registrations in l_uuid order.
+    pub fn iter(&self) -> impl Iterator<Item = &Registration> {
+        self.by_uuid
+            .values()
+            .filter_map(|key| self.registrations.get(key))
+    }
+
+    /// First registration whose `attribute` equals `value` (Kamailio's lookup rule).
+    pub fn find(&self, attribute: Attribute, value: &str) -> Option<&Registration> {
+        if attribute == Attribute::LUuid {
+            return self.get(value);
+        }
+        self.iter().find(|r| attribute.matches(r.record(), value))
+    }
+
+    pub fn snapshots(&self) -> Vec<Snapshot> {
+        self.iter().map(Registration::snapshot).collect()
+    }
+
+    /// Number of current registrations in each status.
+    pub fn status_counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts: BTreeMap<&'static str, usize> =
+            Status::ALL.iter().map(|s| (s.name(), 0)).collect();
+        for registration in self.iter() {
+            *counts.entry(registration.status().name()).or_default() += 1;
+        }
+        counts
+    }
+
+    // ---- operator commands (return false when no row matched) ----
+
+    fn command(
+        &mut self,
+        now: Instant,
+        attribute: Attribute,
+        value: &str,
+        f: impl FnOnce(&mut Registration, &mut Ctx<'_>),
+    ) -> bool {
+        let Some(key) = self.find(attribute, value).map(Registration::key) else {
+            return false;
+        };
+        self.with_registration(key, now, f).is_some()
+    }
+
+    pub fn set_disabled(
+        &mut self,
+        now: Instant,
+        attribute: Attribute,
+        value: &str,
+        disabled: bool,
+    ) -> bool {
+        self.command(now, attribute, value, |r, ctx| {
+            r.set_operator_disabled(ctx, disabled)
+        })
+    }
+
+    pub fn refresh(&mut self, now: Instant, attribute: Attribute, value: &str) -> bool {
+        self.command(now, attribute, value, |r, ctx| r.refresh_now(ctx))
+    }
+
+    /// Un-registers everything (shutdown). Returns how many registrations still have work.
+    pub fn shutdown(&mut self, now: Instant) -> usize {
+        let keys: Vec<RegKey> = self.by_uuid.values().copied().collect();
+        self.by_uuid.clear();
+        for key in keys {
+            self.with_registration(key, now, |r, ctx| r.shutdown(ctx));
+        }
+        self.registrations.len()
+    }
+}
