@@ -1,1 +1,303 @@
-//! TODO
+//! Daemon configuration: a TOML file, overridden by command-line flags, with defaults that let
+//! `uacregd` run with no configuration at all (SQLite file `./uacreg.db`).
+//!
+//! Default ports stay clear of a SIP proxy on the same host: SIP on 5062 (the proxy keeps 5060
+//! and 5061), JSON-RPC on 127.0.0.1:5063 (loopback only, since it can show and change
+//! registrations).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::registration::RetryPolicy;
+use crate::transport::PacingConfig;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// The effective configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `sqlite://path`, a bare path, `postgres://…`, `mysql://…`.
+    pub db_url: String,
+    /// Address the SIP socket binds to.
+    pub sip_listen: SocketAddr,
+    /// `host:port` put in Via and, for rows with an empty `contact_addr`, in the Contact.
+    pub advertised_addr: String,
+    /// Address of the JSON-RPC HTTP server.
+    pub rpc_listen: SocketAddr,
+    pub user_agent: String,
+    /// Show `auth_password` / `auth_ha1` in RPC answers (off: they are masked).
+    pub show_secrets: bool,
+    pub pacing: PacingConfig,
+    pub retry: RetryPolicy,
+    /// Send Expires: 0 for every binding on shutdown.
+    pub unregister_on_shutdown: bool,
+    /// How long shutdown waits for those un-REGISTERs.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            db_url: "sqlite://uacreg.db".into(),
+            sip_listen: "0.0.0.0:5062".parse().expect("valid literal"),
+            advertised_addr: String::new(),
+            rpc_listen: "127.0.0.1:5063".parse().expect("valid literal"),
+            user_agent: format!("uacreg/{}", env!("CARGO_PKG_VERSION")),
+            show_secrets: false,
+            pacing: PacingConfig::default(),
+            retry: RetryPolicy::default(),
+            unregister_on_shutdown: true,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The TOML file's shape; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub db_url: Option<String>,
+    pub sip_listen: Option<String>,
+    pub advertised_addr: Option<String>,
+    pub rpc_listen: Option<String>,
+    pub user_agent: Option<String>,
+    pub show_secrets: Option<bool>,
+    pub unregister_on_shutdown: Option<bool>,
+    pub shutdown_timeout_secs: Option<u64>,
+    pub pacing: Option<PacingFile>,
+    pub retry: Option<RetryFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PacingFile {
+    pub rate: Option<u32>,
+    pub burst: Option<u32>,
+    pub max_in_flight: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    pub first_retry_secs: Option<u64>,
+    pub max_retry_secs: Option<u64>,
+    pub auth_failure_retry_secs: Option<u64>,
+}
+
+/// Flag values that override the file (None = not given).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub db_url: Option<String>,
+    pub sip_listen: Option<String>,
+    pub advertised_addr: Option<String>,
+    pub rpc_listen: Option<String>,
+    pub show_secrets: bool,
+}
+
+fn parse_addr(field: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| ConfigError::Invalid {
+        field,
+        message: format!("{text:?} is not an ip:port address"),
+    })
+}
+
+impl Config {
+    /// Reads `path` (if given) and applies `overrides` on top of the defaults.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let file = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    source,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let mut config = Config::default();
+        config.apply_file(file)?;
+        config.apply_overrides(overrides)?;
+        config.finish()?;
+        Ok(config)
+    }
+
+    fn apply_file(&mut self, file: FileConfig) -> Result<(), ConfigError> {
+        if let Some(v) = file.db_url {
+            self.db_url = v;
+        }
+        if let Some(v) = file.sip_listen {
+            self.sip_listen = parse_addr("sip_listen", &v)?;
+        }
+        if let Some(v) = file.advertised_addr {
+            self.advertised_addr = v;
+        }
+        if let Some(v) = file.rpc_listen {
+            self.rpc_listen = parse_addr("rpc_listen", &v)?;
+        }
+        if let Some(v) = file.user_agent {
+            self.user_agent = v;
+        }
+        if let Some(v) = file.show_secrets {
+            self.show_secrets = v;
+        }
+        if let Some(v) = file.unregister_on_shutdown {
+            self.unregister_on_shutdown = v;
+        }
+        if let Some(v) = file.shutdown_timeout_secs {
+            self.shutdown_timeout = Duration::from_secs(v);
+        }
+        if let Some(p) = file.pacing {
+            if let Some(v) = p.rate {
+                self.pacing.rate = v;
+            }
+            if let Some(v) = p.burst {
+                self.pacing.burst = v;
+            }
+            if let Some(v) = p.max_in_flight {
+                self.pacing.max_in_flight = v;
+            }
+        }
+        if let Some(r) = file.retry {
+            if let Some(v) = r.first_retry_secs {
+                self.retry.first_retry = Duration::from_secs(v.max(1));
+            }
+            if let Some(v) = r.max_retry_secs {
+                self.retry.max_retry = Duration::from_secs(v.max(1));
+            }
+            if let Some(v) = r.auth_failure_retry_secs {
+                self.retry.auth_failure_retry = Duration::from_secs(v.max(1));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_overrides(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+        if let Some(v) = &o.db_url {
+            self.db_url = v.clone();
+        }
+        if let Some(v) = &o.sip_listen {
+            self.sip_listen = parse_addr("sip_listen", v)?;
+        }
+        if let Some(v) = &o.advertised_addr {
+            self.advertised_addr = v.clone();
+        }
+        if let Some(v) = &o.rpc_listen {
+            self.rpc_listen = parse_addr("rpc_listen", v)?;
+        }
+        if o.show_secrets {
+            self.show_secrets = true;
+        }
+        Ok(())
+    }
+
+    /// Fills in derived defaults once everything is known.
+    pub fn finish(&mut self) -> Result<(), ConfigError> {
+        if self.advertised_addr.is_empty() {
+            self.advertised_addr = default_advertised(self.sip_listen);
+        }
+        if self.advertised_addr.contains(char::is_whitespace) {
+            return Err(ConfigError::Invalid {
+                field: "advertised_addr",
+                message: format!("{:?} contains whitespace", self.advertised_addr),
+            });
+        }
+        if self.retry.max_retry < self.retry.first_retry {
+            self.retry.max_retry = self.retry.first_retry;
+        }
+        Ok(())
+    }
+
+    /// The advertised address with the actual SIP port once the socket is bound (port 0 in the
+    /// configuration means "any free port", used by tests).
+    pub fn advertised_with_port(&self, bound: SocketAddr) -> String {
+        if self.sip_listen.port() == 0 {
+            let (host, _) = crate::registration::machine::split_host_port(&self.advertised_addr);
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.to_string()
+            };
+            format!("{host}:{}", bound.port())
+        } else {
+            self.advertised_addr.clone()
+        }
+    }
+}
+
+/// `ip:port` of the listen address, with a wildcard IP replaced by loopback (the operator is
+/// told at start-up to set `advertised_addr` for a registrar that is not on this host).
+fn default_advertised(listen: SocketAddr) -> String {
+    let ip = listen.ip();
+    if ip.is_unspecified() {
+        if ip.is_ipv4() {
+            format!("127.0.0.1:{}", listen.port())
+        } else {
+            format!("[::1]:{}", listen.port())
+        }
+    } else {
+        listen.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_do_not_clash_with_a_proxy() {
+        let config = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(config.sip_listen.port(), 5062);
+        assert!(config.rpc_listen.ip().is_loopback());
+        assert_eq!(config.db_url, "sqlite://uacreg.db");
+        assert_eq!(config.advertised_addr, "127.0.0.1:5062");
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = std::env::temp_dir().join(format!("uacreg-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("uacreg.toml");
+        std::fs::write(
+            &path,
+            "db_url = \"sqlite:///tmp/x.db\"\nsip_listen = \"127.0.0.2:6000\"\n[pacing]\nrate = 50\n",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            rpc_listen: Some("127.0.0.1:7000".into()),
+            ..Overrides::default()
+        };
+        let config = Config::load(Some(&path), &overrides).unwrap();
+        assert_eq!(config.db_url, "sqlite:///tmp/x.db");
+        assert_eq!(config.sip_listen, "127.0.0.2:6000".parse().unwrap());
+        assert_eq!(config.advertised_addr, "127.0.0.2:6000");
+        assert_eq!(config.rpc_listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(config.pacing.rate, 50);
+        std::fs::write(&path, "bogus_key = 1\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("bogus_key"), "{err}");
+    }
+}

@@ -13,12 +13,14 @@
 //! * [`store`] — the `uacreg` table through diesel: loading, validating (a bad row becomes a named
 //!   error; the others load) and migrating.
 //! * [`rpc`] — Kamailio-compatible JSON-RPC (`uac.reg_dump`, `uac.reg_info`, `uac.reg_reload`, …).
+//! * [`driver`] — the async task that owns the table, transactions and socket.
 //! * [`daemon`] — wires everything together for the `uacregd` binary.
 //! * [`testing`] — a registrar with digest checking that tests, the demo and benchmarks run on
 //!   loopback.
 
 pub mod config;
 pub mod daemon;
+pub mod driver;
 pub mod registration;
 pub mod rpc;
 pub mod sip;

@@ -1,1 +1,399 @@
-//! TODO
+//! RFC 3261 §17.1.2 non-INVITE client transactions: retransmission (timer E), giving up
+//! (timer F), absorbing late retransmitted responses (timer K), and matching responses to
+//! requests by the Via branch.
+//!
+//! Like the registration core this is driven by explicit time: the driver asks for the next
+//! deadline, calls [`ClientTransactions::handle_timeout`] when it passes, and sends what comes out.
+//! Keeping it free of sockets lets the same code serve UDP (with retransmissions) and reliable
+//! transports (timer F only) and be tested without a network.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::registration::RegKey;
+
+/// RFC 3261 timer values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timers {
+    /// RTT estimate; first retransmission interval.
+    pub t1: Duration,
+    /// Maximum retransmission interval.
+    pub t2: Duration,
+    /// How long the network may keep a message; timer K for UDP.
+    pub t4: Duration,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Timers {
+    /// Timer F: 64 × T1.
+    pub fn timeout(&self) -> Duration {
+        self.t1 * 64
+    }
+}
+
+/// Who a transaction belongs to: the registration and the CSeq of its request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub key: RegKey,
+    pub cseq: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TxState {
+    /// Sent, nothing heard yet: retransmit on timer E with doubling interval.
+    Trying,
+    /// A provisional response arrived: retransmit every T2.
+    Proceeding,
+    /// Final response delivered; absorbing retransmissions of it until timer K.
+    Completed,
+}
+
+struct Transaction {
+    branch: String,
+    owner: Owner,
+    destination: SocketAddr,
+    bytes: Arc<[u8]>,
+    reliable: bool,
+    state: TxState,
+    interval: Duration,
+    /// Next retransmission (Trying/Proceeding) or end of Completed (timer K).
+    next_event: Instant,
+    /// Timer F.
+    gives_up_at: Instant,
+    retransmissions: u32,
+}
+
+impl Transaction {
+    fn deadline(&self) -> Instant {
+        match self.state {
+            TxState::Completed => self.next_event,
+            _ if self.reliable => self.gives_up_at,
+            _ => self.next_event.min(self.gives_up_at),
+        }
+    }
+}
+
+/// What a timeout produced.
+#[derive(Clone, Debug)]
+pub enum TimerEvent {
+    /// Send these bytes again.
+    Retransmit {
+        destination: SocketAddr,
+        bytes: Arc<[u8]>,
+    },
+    /// Timer F fired: no final response.
+    TimedOut(Owner),
+}
+
+/// What a received response means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Matched {
+    /// Deliver the response to this owner.
+    Deliver(Owner),
+    /// Matched a transaction but needs no delivery (a retransmitted final response).
+    Absorbed,
+    /// No transaction has this branch.
+    Unknown,
+}
+
+/// Counters for metrics and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TransactionStats {
+    pub started: u64,
+    pub retransmissions: u64,
+    pub timeouts: u64,
+    pub completed: u64,
+}
+
+/// All live client transactions.
+pub struct ClientTransactions {
+    timers: Timers,
+    next_id: u64,
+    /// Random per-process part of every branch, so branches differ across restarts.
+    branch_salt: u64,
+    by_id: HashMap<u64, Transaction>,
+    queue: BTreeSet<(Instant, u64)>,
+    stats: TransactionStats,
+}
+
+const BRANCH_PREFIX: &str = "z9hG4bK";
+
+impl ClientTransactions {
+    pub fn new(timers: Timers, branch_salt: u64) -> ClientTransactions {
+        ClientTransactions {
+            timers,
+            next_id: 1,
+            branch_salt,
+            by_id: HashMap::new(),
+            queue: BTreeSet::new(),
+            stats: TransactionStats::default(),
+        }
+    }
+
+    /// Reserves the branch for the next transaction; pass it to the request encoder and then to
+    /// [`ClientTransactions::start`].
+    pub fn next_branch(&self) -> String {
+        format!(
+            "{BRANCH_PREFIX}{:016x}.{:x}",
+            self.branch_salt, self.next_id
+        )
+    }
+
+    /// Starts a transaction for `bytes` (which must carry the branch from `next_branch`) just
+    /// sent to `destination`.
+    pub fn start(
+        &mut self,
+        now: Instant,
+        branch: String,
+        owner: Owner,
+        destination: SocketAddr,
+        bytes: Arc<[u8]>,
+        reliable: bool,
+    ) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let tx = Transaction {
+            branch,
+            owner,
+            destination,
+            bytes,
+            reliable,
+            state: TxState::Trying,
+            interval: self.timers.t1,
+            next_event: now + self.timers.t1,
+            gives_up_at: now + self.timers.timeout(),
+            retransmissions: 0,
+        };
+        self.queue.insert((tx.deadline(), id));
+        self.by_id.insert(id, tx);
+        self.stats.started += 1;
+    }
+
+    fn id_of(&self, branch: &str) -> Option<u64> {
+        let rest = branch.strip_prefix(BRANCH_PREFIX)?;
+        let (salt, id) = rest.split_once('.')?;
+        if u64::from_str_radix(salt, 16).ok()? != self.branch_salt {
+            return None;
+        }
+        let id = u64::from_str_radix(id, 16).ok()?;
+        // The id alone is guessable; require the whole branch to match what we sent.
+        (self.by_id.get(&id)?.branch == branch).then_some(id)
+    }
+
+    /// Matches a response by its top Via branch and moves the transaction on.
+    pub fn handle_response(&mut self, now: Instant, branch: &str, code: u16) -> Matched {
+        let Some(id) = self.id_of(branch) else {
+            return Matched::Unknown;
+        };
+        let Some(tx) = self.by_id.get_mut(&id) else {
+            return Matched::Unknown;
+        };
+        let old_deadline = tx.deadline();
+        let result = match (tx.state, code) {
+            (TxState::Completed, _) => Matched::Absorbed,
+            (_, 100..=199) => {
+                if tx.state == TxState::Trying {
+                    tx.state = TxState::Proceeding;
+                    tx.interval = self.timers.t2;
+                    tx.next_event = now + self.timers.t2;
+                }
+                Matched::Absorbed
+            }
+            _ => {
+                self.stats.completed += 1;
+                let owner = tx.owner;
+                if tx.reliable {
+                    // Timer K is zero for reliable transports.
+                    self.queue.remove(&(old_deadline, id));
+                    self.by_id.remove(&id);
+                    return Matched::Deliver(owner);
+                }
+                tx.state = TxState::Completed;
+                tx.next_event = now + self.timers.t4;
+                Matched::Deliver(owner)
+            }
+        };
+        let new_deadline = tx.deadline();
+        if new_deadline != old_deadline {
+            self.queue.remove(&(old_deadline, id));
+            self.queue.insert((new_deadline, id));
+        }
+        result
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.queue.first().map(|(at, _)| *at)
+    }
+
+    /// Handles every timer due at `now`, appending retransmissions and timeouts to `out`.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<TimerEvent>) {
+        while let Some(&(at, id)) = self.queue.first() {
+            if at > now {
+                break;
+            }
+            self.queue.pop_first();
+            let Some(tx) = self.by_id.get_mut(&id) else {
+                continue;
+            };
+            if tx.state == TxState::Completed {
+                self.by_id.remove(&id);
+                continue;
+            }
+            if now >= tx.gives_up_at {
+                self.stats.timeouts += 1;
+                out.push(TimerEvent::TimedOut(tx.owner));
+                self.by_id.remove(&id);
+                continue;
+            }
+            // Timer E.
+            tx.retransmissions += 1;
+            self.stats.retransmissions += 1;
+            out.push(TimerEvent::Retransmit {
+                destination: tx.destination,
+                bytes: tx.bytes.clone(),
+            });
+            if tx.state == TxState::Trying {
+                tx.interval = (tx.interval * 2).min(self.timers.t2);
+            }
+            tx.next_event = now + tx.interval;
+            self.queue.insert((tx.deadline(), id));
+        }
+    }
+
+    /// Transactions not yet answered (Trying or Proceeding) — what pacing limits.
+    pub fn pending(&self) -> usize {
+        self.by_id
+            .values()
+            .filter(|tx| tx.state != TxState::Completed)
+            .count()
+    }
+
+    pub fn stats(&self) -> TransactionStats {
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner() -> Owner {
+        Owner {
+            key: RegKey(1),
+            cseq: 7,
+        }
+    }
+
+    fn addr() -> SocketAddr {
+        "127.0.0.1:5060".parse().unwrap()
+    }
+
+    #[test]
+    fn udp_retransmits_with_doubling_interval_then_times_out_at_64_t1() {
+        let t0 = Instant::now();
+        let mut txs = ClientTransactions::new(Timers::default(), 0xabc);
+        let branch = txs.next_branch();
+        txs.start(t0, branch, owner(), addr(), Arc::from(&b"x"[..]), false);
+        let mut sent_at = Vec::new();
+        let mut timed_out = None;
+        let mut out = Vec::new();
+        while let Some(at) = txs.next_deadline() {
+            txs.handle_timeout(at, &mut out);
+            for event in out.drain(..) {
+                match event {
+                    TimerEvent::Retransmit { .. } => sent_at.push((at - t0).as_millis()),
+                    TimerEvent::TimedOut(o) => timed_out = Some(((at - t0).as_millis(), o)),
+                }
+            }
+        }
+        assert_eq!(
+            sent_at,
+            vec![
+                500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500
+            ]
+        );
+        assert_eq!(timed_out, Some((32000, owner())));
+        assert_eq!(txs.stats().timeouts, 1);
+    }
+
+    #[test]
+    fn final_response_is_delivered_once_and_retransmissions_absorbed() {
+        let t0 = Instant::now();
+        let mut txs = ClientTransactions::new(Timers::default(), 1);
+        let branch = txs.next_branch();
+        txs.start(
+            t0,
+            branch.clone(),
+            owner(),
+            addr(),
+            Arc::from(&b"x"[..]),
+            false,
+        );
+        assert_eq!(txs.handle_response(t0, &branch, 100), Matched::Absorbed);
+        assert_eq!(
+            txs.handle_response(t0, &branch, 200),
+            Matched::Deliver(owner())
+        );
+        assert_eq!(txs.handle_response(t0, &branch, 200), Matched::Absorbed);
+        let mut out = Vec::new();
+        txs.handle_timeout(t0 + Duration::from_secs(6), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(txs.handle_response(t0, &branch, 200), Matched::Unknown);
+        assert_eq!(txs.next_deadline(), None);
+    }
+
+    #[test]
+    fn provisional_switches_to_t2_interval() {
+        let t0 = Instant::now();
+        let mut txs = ClientTransactions::new(Timers::default(), 1);
+        let branch = txs.next_branch();
+        txs.start(
+            t0,
+            branch.clone(),
+            owner(),
+            addr(),
+            Arc::from(&b"x"[..]),
+            false,
+        );
+        txs.handle_response(t0 + Duration::from_millis(100), &branch, 180);
+        assert_eq!(txs.next_deadline(), Some(t0 + Duration::from_millis(4100)));
+    }
+
+    #[test]
+    fn unknown_or_forged_branches_do_not_match() {
+        let t0 = Instant::now();
+        let mut txs = ClientTransactions::new(Timers::default(), 0x55);
+        let branch = txs.next_branch();
+        txs.start(t0, branch, owner(), addr(), Arc::from(&b"x"[..]), false);
+        for bad in [
+            "",
+            "z9hG4bK",
+            "z9hG4bK0000000000000055.2",
+            "z9hG4bKzz.1",
+            "z9hG4bK0000000000000056.1",
+            "abc",
+        ] {
+            assert_eq!(txs.handle_response(t0, bad, 200), Matched::Unknown, "{bad}");
+        }
+    }
+
+    #[test]
+    fn reliable_transport_only_has_timer_f() {
+        let t0 = Instant::now();
+        let mut txs = ClientTransactions::new(Timers::default(), 1);
+        let branch = txs.next_branch();
+        txs.start(t0, branch, owner(), addr(), Arc::from(&b"x"[..]), true);
+        assert_eq!(txs.next_deadline(), Some(t0 + Duration::from_secs(32)));
+    }
+}
