@@ -1,1 +1,183 @@
-//! TODO
+//! Wiring: configuration → store → SIP socket → driver → first load → RPC server, and the orderly
+//! way back down (un-REGISTER within a bound, then exit).
+//!
+//! [`Daemon`] is what `uacregd` runs and also what integration tests start in-process, so tests
+//! exercise exactly the production wiring over real sockets.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::driver::{Driver, DriverConfig};
+use crate::gateway::{Gateway, ReloadReport};
+use crate::registration::CoreConfig;
+use crate::store::{RowDefaults, Store, StoreError};
+use crate::transaction::Timers;
+use crate::transport::UdpTransport;
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("cannot open the database {url}: {source}")]
+    Store { url: String, source: StoreError },
+    #[error("cannot bind the SIP socket {addr}: {source}")]
+    SipBind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start the JSON-RPC server on {addr}: {source}")]
+    RpcBind { addr: SocketAddr, source: std::io::Error },
+    #[error("start-up task failed: {0}")]
+    Task(String),
+}
+
+pub struct Daemon {
+    gateway: Arc<Gateway>,
+    sip_addr: SocketAddr,
+    rpc_addr: SocketAddr,
+    rpc: jsonrpsee::server::ServerHandle,
+    driver_task: tokio::task::JoinHandle<()>,
+    config: Config,
+    /// Outcome of the load done at start-up (None when the database could not be read then).
+    pub initial_load: Option<ReloadReport>,
+}
+
+impl Daemon {
+    pub async fn start(config: Config) -> Result<Daemon, DaemonError> {
+        let url = config.db_url.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&url))
+            .await
+            .map_err(|err| DaemonError::Task(err.to_string()))?
+            .map_err(|source| DaemonError::Store {
+                url: config.db_url.clone(),
+                source,
+            })?;
+
+        let transport = UdpTransport::bind(config.sip_listen)
+            .await
+            .map_err(|source| DaemonError::SipBind {
+                addr: config.sip_listen,
+                source,
+            })?;
+        let sip_addr = transport.local_addr();
+        let advertised = config.advertised_with_port(sip_addr);
+        if config.sip_listen.ip().is_unspecified() && config.advertised_addr.starts_with("127.") {
+            warn!(
+                "advertised_addr is {advertised}: set advertised_addr to this host's public address \
+                 unless every registrar is on this host"
+            );
+        }
+        let driver_config = DriverConfig {
+            core: CoreConfig {
+                policy: config.retry.clone(),
+                user_agent: config.user_agent.clone(),
+            },
+            pacing: config.pacing,
+            timers: Timers::default(),
+            via_sent_by: advertised.clone(),
+        };
+        let (driver, driver_task) = Driver::start(driver_config, transport);
+
+        let defaults = RowDefaults {
+            contact_addr: advertised.clone(),
+            sockets: vec![format!("udp:{sip_addr}"), format!("udp:{advertised}")],
+        };
+        let gateway = Arc::new(Gateway::new(driver, store, defaults, config.show_secrets));
+
+        let initial_load = match gateway.reload().await {
+            Ok(report) => Some(report),
+            Err(err) => {
+                error!("initial load failed: {err}; retrying in the background");
+                let gateway = gateway.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        if gateway.reload().await.is_ok() {
+                            break;
+                        }
+                    }
+                });
+                None
+            }
+        };
+
+        let (rpc_addr, rpc) = crate::rpc::serve(config.rpc_listen, gateway.clone())
+            .await
+            .map_err(|source| DaemonError::RpcBind {
+                addr: config.rpc_listen,
+                source,
+            })?;
+        info!(%sip_addr, %rpc_addr, advertised = %advertised, db = %config.db_url, "uacregd running");
+        Ok(Daemon {
+            gateway,
+            sip_addr,
+            rpc_addr,
+            rpc,
+            driver_task,
+            config,
+            initial_load,
+        })
+    }
+
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.sip_addr
+    }
+
+    pub fn rpc_addr(&self) -> SocketAddr {
+        self.rpc_addr
+    }
+
+    /// `http://addr/RPC` for clients.
+    pub fn rpc_url(&self) -> String {
+        format!("http://{}/RPC", self.rpc_addr)
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// Stops: RPC first (no new commands), then un-REGISTER (if configured) within the bound.
+    pub async fn stop(self) {
+        let _ = self.rpc.stop();
+        let within = self
+            .config
+            .unregister_on_shutdown
+            .then_some(self.config.shutdown_timeout);
+        match self.gateway.driver.shutdown(within).await {
+            Ok(0) => info!("stopped"),
+            Ok(left) => warn!(left, "stopped with registrations unfinished"),
+            Err(_) => warn!("driver already stopped"),
+        }
+        let _ = self.driver_task.await;
+    }
+
+    /// Runs until SIGINT/SIGTERM; SIGHUP reloads the table.
+    pub async fn run_until_signal(self) {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) else {
+                error!("cannot install signal handlers");
+                return self.stop().await;
+            };
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => break,
+                    _ = hup.recv() => {
+                        info!("SIGHUP: reloading");
+                        let _ = self.gateway.reload().await;
+                    }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        self.stop().await;
+    }
+}

@@ -1,1 +1,224 @@
-fn main() {}
+//! `uacregctl`: kamcmd-like control tool for uacregd's JSON-RPC interface.
+//!
+//! Human-readable tables by default, `--json` for the raw answer (the same JSON Kamailio's
+//! `uac.reg_*` commands produce).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+use uacreg::rpc::RpcClient;
+
+#[derive(Parser)]
+#[command(version, about = "Inspect and steer uacregd over JSON-RPC")]
+struct Cli {
+    /// JSON-RPC endpoint of uacregd.
+    #[arg(long, env = "UACREG_RPC", default_value = "http://127.0.0.1:5063/RPC")]
+    rpc: String,
+    /// Print the raw JSON result.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// All registrations (uac.reg_dump).
+    #[command(name = "reg_dump", alias = "dump")]
+    RegDump,
+    /// One registration (uac.reg_info ATTR VALUE); ATTR: l_uuid, l_username, r_username, auth_username.
+    #[command(name = "reg_info", alias = "info")]
+    RegInfo { attr: String, value: String },
+    /// Re-read the table and apply the difference (uac.reg_reload).
+    #[command(name = "reg_reload", alias = "reload")]
+    RegReload,
+    /// Enable a registration (uac.reg_enable ATTR VALUE).
+    #[command(name = "reg_enable")]
+    RegEnable { attr: String, value: String },
+    /// Disable a registration, un-registering it (uac.reg_disable ATTR VALUE).
+    #[command(name = "reg_disable")]
+    RegDisable { attr: String, value: String },
+    /// Register again now (uac.reg_refresh L_UUID).
+    #[command(name = "reg_refresh")]
+    RegRefresh { l_uuid: String },
+    /// Counts per state and SIP counters (uacreg.status).
+    Status,
+    /// Any method with positional string parameters.
+    Call { method: String, params: Vec<String> },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (method, params): (&str, Vec<String>) = match &cli.command {
+        Command::RegDump => ("uac.reg_dump", vec![]),
+        Command::RegInfo { attr, value } => ("uac.reg_info", vec![attr.clone(), value.clone()]),
+        Command::RegReload => ("uac.reg_reload", vec![]),
+        Command::RegEnable { attr, value } => ("uac.reg_enable", vec![attr.clone(), value.clone()]),
+        Command::RegDisable { attr, value } => ("uac.reg_disable", vec![attr.clone(), value.clone()]),
+        Command::RegRefresh { l_uuid } => ("uac.reg_refresh", vec![l_uuid.clone()]),
+        Command::Status => ("uacreg.status", vec![]),
+        Command::Call { method, params } => (method.as_str(), params.clone()),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client = RpcClient::new(&cli.rpc)?;
+    let result = match runtime.block_on(client.call(method, &params)) {
+        Ok(value) => value,
+        Err(uacreg::rpc::client::RpcError::Call(err)) => {
+            eprintln!("error {}: {}", err.code(), err.message());
+            std::process::exit(1);
+        }
+        Err(err) => {
+            eprintln!("cannot reach uacregd at {}: {err}", cli.rpc);
+            std::process::exit(2);
+        }
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(());
+    }
+    match &cli.command {
+        Command::RegDump => print_table(&result),
+        Command::RegInfo { .. } => print_record(&result),
+        Command::RegReload => print_reload(&result),
+        _ => println!("{}", serde_json::to_string_pretty(&result)?),
+    }
+    Ok(())
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn text(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// "in 55m", "12s ago", "" for missing.
+fn relative(v: &Value, key: &str, now: i64) -> String {
+    match v.get(key).and_then(Value::as_i64) {
+        Some(0) | None => "-".into(),
+        Some(at) => {
+            let d = at - now;
+            let (n, later) = (d.unsigned_abs(), d >= 0);
+            let amount = if n >= 3600 {
+                format!("{}h{:02}m", n / 3600, (n % 3600) / 60)
+            } else if n >= 60 {
+                format!("{}m{:02}s", n / 60, n % 60)
+            } else {
+                format!("{n}s")
+            };
+            if later { amount } else { format!("-{amount}") }
+        }
+    }
+}
+
+fn detail(v: &Value) -> String {
+    let error = text(v, "error");
+    if !error.is_empty() {
+        return error;
+    }
+    if text(v, "state") == "realm_mismatch" {
+        return format!(
+            "expected realm \"{}\", offered \"{}\"",
+            text(v, "expected_realm"),
+            text(v, "offered_realm")
+        );
+    }
+    text(v, "last_reason")
+}
+
+fn print_table(result: &Value) {
+    let Some(rows) = result.as_array() else {
+        println!("{result}");
+        return;
+    };
+    let now = now();
+    let header = ["L_UUID", "AOR", "STATE", "CODE", "EXPIRES", "NEXT", "DETAIL"];
+    let lines: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            [
+                text(r, "l_uuid"),
+                format!("{}@{}", text(r, "r_username"), text(r, "r_domain")),
+                text(r, "state"),
+                text(r, "last_code"),
+                relative(r, "binding_expires", now),
+                relative(r, "next_refresh", now),
+                detail(r),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for line in &lines {
+        for (i, cell) in line.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let print = |cells: &[String]| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{:<w$}  ", cell, w = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    print(&header.map(String::from));
+    for line in &lines {
+        print(line);
+    }
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in rows {
+        *counts.entry(text(r, "state")).or_default() += 1;
+    }
+    let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("{} records: {}", rows.len(), summary.join(", "));
+}
+
+fn print_record(result: &Value) {
+    match result.as_object() {
+        Some(map) => {
+            let width = map.keys().map(String::len).max().unwrap_or(0);
+            for (key, value) in map {
+                let shown = match value {
+                    Value::String(s) => s.clone(),
+                    Value::Null => "<null>".into(),
+                    other => other.to_string(),
+                };
+                println!("{key:<width$}  {shown}");
+            }
+        }
+        None => println!("{result}"),
+    }
+}
+
+fn print_reload(result: &Value) {
+    println!(
+        "loaded {} rows: {} added, {} changed, {} removed, {} unchanged",
+        text(result, "loaded"),
+        text(result, "added"),
+        text(result, "changed"),
+        text(result, "removed"),
+        text(result, "unchanged")
+    );
+    if let Some(invalid) = result.get("invalid").and_then(Value::as_array) {
+        for bad in invalid {
+            println!(
+                "invalid row id {} l_uuid {:?}: {}",
+                text(bad, "id"),
+                text(bad, "l_uuid"),
+                text(bad, "error")
+            );
+        }
+    }
+}

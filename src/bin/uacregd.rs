@@ -1,1 +1,111 @@
-fn main() {}
+//! `uacregd`: the registration gateway daemon (and its self-contained demo).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use uacreg::config::{Config, Overrides};
+use uacreg::daemon::Daemon;
+
+#[derive(Parser)]
+#[command(version, about = "Keeps a SIP registration alive for every row of the uacreg table")]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(short, long, global = true)]
+    config: Option<PathBuf>,
+    /// Database URL (default sqlite://uacreg.db).
+    #[arg(long, global = true)]
+    db: Option<String>,
+    /// SIP listen address (default 0.0.0.0:5062).
+    #[arg(long, global = true)]
+    sip_listen: Option<String>,
+    /// host:port for Via and for rows without contact_addr.
+    #[arg(long, alias = "contact-addr", global = true)]
+    advertised_addr: Option<String>,
+    /// JSON-RPC listen address (default 127.0.0.1:5063).
+    #[arg(long, global = true)]
+    rpc_listen: Option<String>,
+    /// Show passwords and HA1 in RPC answers.
+    #[arg(long, global = true)]
+    show_secrets: bool,
+    /// Log filter (tracing syntax), e.g. `info`, `uacreg=debug`. RUST_LOG wins if set.
+    #[arg(long, default_value = "info", global = true)]
+    log: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Self-contained demo: a test registrar on loopback, N rows in a fresh SQLite file, the
+    /// gateway registering them, and the resulting table.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Number of rows to register.
+    #[arg(long, default_value_t = 20)]
+    rows: usize,
+    /// Database file for the demo (created fresh).
+    #[arg(long, default_value = "uacreg-demo.db")]
+    demo_db: PathBuf,
+    /// Keep running after the table is printed (stop with Ctrl-C).
+    #[arg(long)]
+    keep_running: bool,
+    /// Give up waiting for registrations after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+}
+
+fn init_logging(filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let overrides = Overrides {
+        db_url: cli.db.clone(),
+        sip_listen: cli.sip_listen.clone(),
+        advertised_addr: cli.advertised_addr.clone(),
+        rpc_listen: cli.rpc_listen.clone(),
+        show_secrets: cli.show_secrets,
+    };
+    match cli.command {
+        None | Some(Command::Run) => {
+            init_logging(&cli.log);
+            let config = Config::load(cli.config.as_deref(), &overrides)?;
+            runtime.block_on(async {
+                let daemon = Daemon::start(config).await?;
+                daemon.run_until_signal().await;
+                anyhow::Ok(())
+            })
+        }
+        Some(Command::Demo(args)) => {
+            // The demo prints its own report; keep the log to warnings unless asked.
+            let filter = if cli.log == "info" { "warn" } else { cli.log.as_str() };
+            init_logging(filter);
+            let mut config = Config::load(cli.config.as_deref(), &overrides)?;
+            let options = uacreg::demo::DemoOptions {
+                rows: args.rows,
+                db_path: args.demo_db,
+                keep_running: args.keep_running,
+                timeout: std::time::Duration::from_secs(args.timeout),
+            };
+            if cli.sip_listen.is_none() {
+                config.sip_listen = "127.0.0.1:0".parse()?;
+            }
+            if cli.rpc_listen.is_none() {
+                config.rpc_listen = "127.0.0.1:0".parse()?;
+            }
+            if cli.advertised_addr.is_none() {
+                config.advertised_addr = "127.0.0.1:5062".into();
+            }
+            runtime.block_on(uacreg::demo::run(config, options))
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! A thin JSON-RPC client for `uacregctl`, tests and the demo.
+
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::core::params::ArrayParams;
+use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use serde_json::Value;
+
+pub use jsonrpsee::core::client::Error as RpcError;
+
+pub struct RpcClient {
+    inner: HttpClient,
+}
+
+impl RpcClient {
+    /// `url` like `http://127.0.0.1:5063/RPC`.
+    pub fn new(url: &str) -> Result<RpcClient, RpcError> {
+        let inner = HttpClientBuilder::default()
+            .max_response_size(u32::MAX)
+            .request_timeout(std::time::Duration::from_secs(120))
+            .build(url)?;
+        Ok(RpcClient { inner })
+    }
+
+    /// Calls `method` with positional string parameters and returns the raw result.
+    pub async fn call(&self, method: &str, params: &[String]) -> Result<Value, RpcError> {
+        let mut array = ArrayParams::new();
+        for param in params {
+            array.insert(param)?;
+        }
+        self.inner.request(method, array).await
+    }
+}

@@ -1,0 +1,177 @@
+//! The JSON-RPC 2.0 HTTP server and its `uac.*` methods.
+//!
+//! Method names, positional parameters, result shapes and fault codes/texts are Kamailio's (see
+//! `uac_reg.c` and `shared/reference/kamailio-5.6-rpc`), so existing scripts and dashboards can
+//! point at uacreg instead. jsonrpsee serves any POST path, so `/RPC` (Kamailio's usual path) and
+//! `/` both work.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonrpsee::RpcModule;
+use jsonrpsee::server::{Server, ServerHandle};
+use jsonrpsee::types::{ErrorObjectOwned, Params};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::view::RecordView;
+use crate::gateway::Gateway;
+use crate::registration::{Attribute, Snapshot};
+
+/// Kamailio fault codes and texts.
+fn fault(code: i32, message: &str) -> ErrorObjectOwned {
+    ErrorObjectOwned::owned(code, message.to_string(), None::<()>)
+}
+
+fn not_found() -> ErrorObjectOwned {
+    fault(404, "Record not found")
+}
+
+fn internal(message: impl std::fmt::Display) -> ErrorObjectOwned {
+    fault(500, &message.to_string())
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Positional string parameters; Kamailio also takes numbers where strings are expected.
+fn string_params(params: &Params<'_>, wanted: usize) -> Result<Vec<String>, ErrorObjectOwned> {
+    let values: Vec<Value> = if params.is_object() {
+        return Err(fault(400, "Invalid Parameters"));
+    } else {
+        params
+            .parse::<Option<Vec<Value>>>()
+            .map_err(|_| fault(400, "Invalid Parameters"))?
+            .unwrap_or_default()
+    };
+    if values.len() < wanted {
+        return Err(fault(400, "Invalid Parameters"));
+    }
+    values
+        .into_iter()
+        .take(wanted)
+        .map(|v| match v {
+            Value::String(s) => Ok(s),
+            Value::Number(n) => Ok(n.to_string()),
+            _ => Err(fault(400, "Invalid Parameters")),
+        })
+        .collect()
+}
+
+/// `attr value` pair selecting a record.
+fn attribute_params(params: &Params<'_>) -> Result<(Attribute, String), ErrorObjectOwned> {
+    let values = string_params(params, 2)?;
+    let attribute = Attribute::parse(&values[0]).ok_or_else(|| fault(400, "Unsupported filter attribute"))?;
+    Ok((attribute, values[1].clone()))
+}
+
+fn render(gateway: &Gateway, snapshot: &Snapshot) -> RecordView {
+    RecordView::from_snapshot(snapshot, &gateway.driver.clock(), now_unix(), gateway.show_secrets)
+}
+
+/// Builds the module with every method registered.
+pub fn methods(gateway: Arc<Gateway>) -> RpcModule<Gateway> {
+    let mut module = RpcModule::from_arc(gateway);
+    let registered = register_all(&mut module);
+    debug_assert!(registered.is_ok(), "method names are unique");
+    module
+}
+
+fn register_all(module: &mut RpcModule<Gateway>) -> Result<(), jsonrpsee::core::RegisterMethodError> {
+    module.register_async_method("uac.reg_dump", |_params, gw, _| async move {
+        let snapshots = gw.driver.snapshots().await.map_err(internal)?;
+        let mut views: Vec<RecordView> = snapshots.iter().map(|s| render(&gw, s)).collect();
+        for bad in gw.invalid_rows() {
+            if !bad.row.l_uuid.is_empty() && !views.iter().any(|v| v.l_uuid == bad.row.l_uuid) {
+                views.push(RecordView::from_invalid(&bad.row, bad.error.to_string(), gw.show_secrets));
+            }
+        }
+        Ok::<_, ErrorObjectOwned>(views)
+    })?;
+
+    module.register_async_method("uac.reg_info", |params, gw, _| async move {
+        let (attribute, value) = attribute_params(&params)?;
+        match gw.driver.find(attribute, &value).await.map_err(internal)? {
+            Some(snapshot) => Ok::<_, ErrorObjectOwned>(render(&gw, &snapshot)),
+            None => {
+                // A row that failed validation is still something the operator asks about.
+                let invalid = gw.invalid_rows().into_iter().find(|bad| match attribute {
+                    Attribute::LUuid => bad.row.l_uuid == value,
+                    Attribute::LUsername => bad.row.l_username == value,
+                    Attribute::RUsername => bad.row.r_username == value,
+                    Attribute::AuthUsername => bad.row.auth_username == value,
+                });
+                match invalid {
+                    Some(bad) => Ok(RecordView::from_invalid(&bad.row, bad.error.to_string(), gw.show_secrets)),
+                    None => Err(not_found()),
+                }
+            }
+        }
+    })?;
+
+    module.register_async_method("uac.reg_reload", |_params, gw, _| async move {
+        match gw.reload().await {
+            Ok(report) => Ok::<_, ErrorObjectOwned>(report),
+            Err(err) => Err(fault(500, &format!("Failed to reload records - {err}"))),
+        }
+    })?;
+
+    module.register_async_method("uac.reg_enable", |params, gw, _| async move {
+        let (attribute, value) = attribute_params(&params)?;
+        if gw.driver.set_disabled(attribute, &value, false).await.map_err(internal)? {
+            Ok::<_, ErrorObjectOwned>(Empty {})
+        } else {
+            Err(not_found())
+        }
+    })?;
+
+    module.register_async_method("uac.reg_disable", |params, gw, _| async move {
+        let (attribute, value) = attribute_params(&params)?;
+        if gw.driver.set_disabled(attribute, &value, true).await.map_err(internal)? {
+            Ok::<_, ErrorObjectOwned>(Empty {})
+        } else {
+            Err(not_found())
+        }
+    })?;
+
+    module.register_async_method("uac.reg_refresh", |params, gw, _| async move {
+        let values = string_params(&params, 1)?;
+        if gw.driver.refresh(Attribute::LUuid, &values[0]).await.map_err(internal)? {
+            Ok::<_, ErrorObjectOwned>(Empty {})
+        } else {
+            Err(not_found())
+        }
+    })?;
+
+    module.register_async_method("uacreg.status", |_params, gw, _| async move {
+        let counts = gw.driver.status_counts().await.map_err(internal)?;
+        let stats = gw.driver.stats().await.map_err(internal)?;
+        Ok::<_, ErrorObjectOwned>(serde_json::json!({
+            "registrations": counts,
+            "invalid_rows": gw.invalid_rows().len(),
+            "sip": stats,
+        }))
+    })?;
+    Ok(())
+}
+
+/// Kamailio answers commands like `reg_enable` with an empty struct.
+#[derive(Serialize)]
+struct Empty {}
+
+/// Starts the HTTP server on `addr`.
+pub async fn serve(addr: SocketAddr, gateway: Arc<Gateway>) -> std::io::Result<(SocketAddr, ServerHandle)> {
+    // A dump of 100,000 records is far larger than jsonrpsee's 10 MB default.
+    let server = Server::builder()
+        .max_response_body_size(u32::MAX)
+        .build(addr)
+        .await?;
+    let local = server.local_addr()?;
+    let handle = server.start(methods(gateway));
+    Ok((local, handle))
+}

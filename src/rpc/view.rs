@@ -1,0 +1,147 @@
+//! Records rendered the way Kamailio's `uac.reg_dump` / `uac.reg_info` render them.
+//!
+//! Field names, order and JSON types follow Kamailio 5.6 (see `shared/reference/kamailio-5.6-rpc`)
+//! so scripts written against Kamailio keep working; serde serialises struct fields in
+//! declaration order, which is what fixes the key order. Our own fields come after Kamailio's.
+
+use serde::Serialize;
+
+use crate::driver::WallClock;
+use crate::registration::{Record, Secret, Snapshot};
+use crate::store::RawRow;
+
+/// What a masked secret shows instead of its value.
+pub const MASK: &str = "********";
+
+/// One record in Kamailio's shape plus our extra fields.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecordView {
+    pub l_uuid: String,
+    pub l_username: String,
+    pub l_domain: String,
+    pub r_username: String,
+    pub r_domain: String,
+    pub realm: String,
+    pub auth_username: String,
+    pub auth_password: String,
+    pub auth_ha1: String,
+    pub auth_proxy: String,
+    pub expires: i64,
+    pub flags: i64,
+    pub diff_expires: i64,
+    pub timer_expires: i64,
+    pub reg_init: i64,
+    pub reg_delay: i64,
+    pub contact_addr: String,
+    pub socket: Option<String>,
+    // ---- uacreg's own fields ----
+    /// `registered`, `auth_failed`, `realm_mismatch`, `invalid`, …
+    pub state: &'static str,
+    pub last_code: Option<u16>,
+    pub last_reason: String,
+    pub expected_realm: Option<String>,
+    pub offered_realm: Option<String>,
+    /// Unix time of the next REGISTER (refresh or retry); null when none is scheduled.
+    pub next_refresh: Option<i64>,
+    /// Unix time the registrar's binding runs out; null without a binding.
+    pub binding_expires: Option<i64>,
+    /// Expiry the registrar granted in its last 200 OK.
+    pub granted_expires: Option<u32>,
+    /// Failed attempts since the last success.
+    pub failures: u32,
+    pub registers_sent: u64,
+    /// Why the row is not used (state `invalid`); null otherwise.
+    pub error: Option<String>,
+}
+
+fn show_secret(secret: &Secret, show: bool, empty: &str) -> String {
+    if secret.is_empty() {
+        empty.to_string()
+    } else if show {
+        secret.expose().to_string()
+    } else {
+        MASK.to_string()
+    }
+}
+
+fn socket_value(socket: &str) -> Option<String> {
+    (!socket.is_empty()).then(|| socket.to_string())
+}
+
+impl RecordView {
+    /// A live registration. `now_unix` is the current wall-clock second.
+    pub fn from_snapshot(s: &Snapshot, clock: &WallClock, now_unix: i64, show_secrets: bool) -> RecordView {
+        let r: &Record = &s.record;
+        let timer_at = match s.status {
+            crate::registration::Status::Registered => s.binding_expires.or(s.next_action),
+            _ => s.next_action.or(s.binding_expires),
+        };
+        let timer_expires = timer_at.map(|at| clock.unix(at)).unwrap_or(0);
+        RecordView {
+            l_uuid: r.l_uuid.clone(),
+            l_username: r.l_username.clone(),
+            l_domain: r.l_domain.clone(),
+            r_username: r.r_username.clone(),
+            r_domain: r.r_domain.clone(),
+            realm: r.realm.clone(),
+            auth_username: r.auth_username.clone(),
+            auth_password: show_secret(&r.auth_password, show_secrets, ""),
+            auth_ha1: show_secret(&r.auth_ha1, show_secrets, "none"),
+            auth_proxy: r.auth_proxy.clone(),
+            expires: i64::from(r.expires),
+            flags: i64::from(s.kamailio_flags()),
+            diff_expires: if timer_expires == 0 { 0 } else { timer_expires - now_unix },
+            timer_expires,
+            reg_init: s.reg_init.map(|at| clock.unix(at)).unwrap_or(0),
+            reg_delay: i64::from(r.reg_delay),
+            contact_addr: r.contact_addr.clone(),
+            socket: socket_value(&r.socket),
+            state: s.status.name(),
+            last_code: s.last_code,
+            last_reason: s.last_reason.clone(),
+            expected_realm: s.expected_realm.clone(),
+            offered_realm: s.offered_realm.clone(),
+            next_refresh: s.next_action.map(|at| clock.unix(at)),
+            binding_expires: s.binding_expires.map(|at| clock.unix(at)),
+            granted_expires: s.granted_expires,
+            failures: s.failures,
+            registers_sent: s.registers_sent,
+            error: None,
+        }
+    }
+
+    /// A row that failed validation: shown with its columns as stored and the reason.
+    pub fn from_invalid(row: &RawRow, error: String, show_secrets: bool) -> RecordView {
+        RecordView {
+            l_uuid: row.l_uuid.clone(),
+            l_username: row.l_username.clone(),
+            l_domain: row.l_domain.clone(),
+            r_username: row.r_username.clone(),
+            r_domain: row.r_domain.clone(),
+            realm: row.realm.clone(),
+            auth_username: row.auth_username.clone(),
+            auth_password: show_secret(&row.auth_password, show_secrets, ""),
+            auth_ha1: show_secret(&row.auth_ha1, show_secrets, "none"),
+            auth_proxy: row.auth_proxy.clone(),
+            expires: row.expires,
+            flags: row.flags,
+            diff_expires: 0,
+            timer_expires: 0,
+            reg_init: 0,
+            reg_delay: row.reg_delay,
+            contact_addr: row.contact_addr.clone(),
+            socket: socket_value(&row.socket),
+            state: "invalid",
+            last_code: None,
+            last_reason: String::new(),
+            expected_realm: None,
+            offered_realm: None,
+            next_refresh: None,
+            binding_expires: None,
+            granted_expires: None,
+            failures: 0,
+            registers_sent: 0,
+            error: Some(error),
+        }
+    }
+}
