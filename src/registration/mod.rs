@@ -20,3 +20,6 @@ pub use machine::{Action, RegKey, Registration, Snapshot, Status};
 pub use policy::RetryPolicy;
 pub use record::{Credentials, Destination, FLAG_DISABLED, Record, Secret, Transport};
 pub use table::{Attribute, CoreConfig, RegistrationTable, ReloadSummary};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,472 @@
+//! Core tests on simulated time: a registrar model answers the table's actions directly, so whole
+//! days of refreshes for many rows run in milliseconds and deterministically.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::sip::digest::{Authorization, SecretInput};
+use crate::sip::message::{ContactBinding, Response, UriParts};
+use crate::sip::register::RegisterRequest;
+
+const REALM: &str = "registrar.test";
+
+fn record(i: usize) -> Record {
+    let l_uuid = format!("uuid{i:06}");
+    let user = format!("user{i:06}");
+    Record {
+        id: i as i64 + 1,
+        l_uuid: l_uuid.clone(),
+        l_username: format!("local{i:06}"),
+        l_domain: "gw.test".into(),
+        r_username: user.clone(),
+        r_domain: REALM.into(),
+        realm: REALM.into(),
+        auth_username: user.clone(),
+        auth_password: Secret::new(format!("pw-{user}")),
+        auth_ha1: Secret::default(),
+        auth_proxy: "sip:127.0.0.1:5070".into(),
+        expires: 3600,
+        flags: 0,
+        reg_delay: 0,
+        contact_addr: "127.0.0.1:5080".into(),
+        socket: String::new(),
+        contact_user: String::new(),
+        destination: Destination {
+            host: "127.0.0.1".into(),
+            port: Some(5070),
+            transport: Transport::Udp,
+        },
+        contact_host_port: "127.0.0.1:5080".into(),
+        credentials: Some(Credentials::Password {
+            username: user.clone(),
+            password: Secret::new(format!("pw-{user}")),
+        }),
+    }
+}
+
+/// What the model registrar does with a request.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Normal,
+    WrongRealm,
+    Silent,
+    AlwaysStale,
+}
+
+/// A registrar model: challenges, verifies digests, keeps one binding expiry per AOR.
+struct Model {
+    mode: Mode,
+    nonce_counter: u64,
+    /// AOR user → binding expiry.
+    bindings: HashMap<String, Instant>,
+    /// Every Authorization that failed verification.
+    bad_auth: usize,
+    grant: u32,
+    /// Accept a nonce only for this long.
+    nonce_life: Duration,
+    nonces: HashMap<String, Instant>,
+}
+
+impl Model {
+    fn new(mode: Mode) -> Model {
+        Model {
+            mode,
+            nonce_counter: 0,
+            bindings: HashMap::new(),
+            bad_auth: 0,
+            grant: 3600,
+            nonce_life: Duration::from_secs(300),
+            nonces: HashMap::new(),
+        }
+    }
+
+    fn challenge(&mut self, now: Instant, req: &RegisterRequest, realm: &str, stale: bool) -> Response {
+        self.nonce_counter += 1;
+        let nonce = format!("n{}", self.nonce_counter);
+        self.nonces.insert(nonce.clone(), now);
+        let mut r = base_response(req, 401, "Unauthorized");
+        r.www_authenticate = vec![format!(
+            "Digest realm=\"{realm}\", nonce=\"{nonce}\", qop=\"auth\", algorithm=MD5{}",
+            if stale { ", stale=true" } else { "" }
+        )];
+        r
+    }
+
+    fn answer(&mut self, now: Instant, req: &RegisterRequest) -> Option<Response> {
+        let user = req.aor.trim_start_matches("sip:").split('@').next().unwrap_or("").to_string();
+        match self.mode {
+            Mode::Silent => return None,
+            Mode::WrongRealm => return Some(self.challenge(now, req, "other.realm", false)),
+            _ => {}
+        }
+        let Some((_, value)) = &req.authorization else {
+            return Some(self.challenge(now, req, REALM, false));
+        };
+        let auth = Authorization::parse(value).expect("our own Authorization parses");
+        let password = format!("pw-{user}");
+        if !auth.verify(SecretInput::Password(&password), "REGISTER", b"") || auth.realm != REALM {
+            self.bad_auth += 1;
+            return Some(self.challenge(now, req, REALM, false));
+        }
+        let fresh = self
+            .nonces
+            .get(&auth.nonce)
+            .is_some_and(|issued| now.duration_since(*issued) < self.nonce_life);
+        if !fresh || self.mode == Mode::AlwaysStale {
+            return Some(self.challenge(now, req, REALM, true));
+        }
+        let mut r = base_response(req, 200, "OK");
+        if req.expires == 0 {
+            self.bindings.remove(&user);
+        } else {
+            let granted = req.expires.min(self.grant);
+            self.bindings
+                .insert(user.clone(), now + Duration::from_secs(u64::from(granted)));
+            // Another device's binding first, ours second, as real registrars list them.
+            r.contacts = vec![
+                contact("sip:other@192.0.2.1:5060", Some(120)),
+                contact(&req.contact_uri, Some(granted)),
+            ];
+        }
+        Some(r)
+    }
+}
+
+fn contact(uri: &str, expires: Option<u32>) -> ContactBinding {
+    ContactBinding {
+        uri: UriParts::parse(uri).expect("test contact parses"),
+        uri_text: uri.to_string(),
+        expires,
+    }
+}
+
+fn base_response(req: &RegisterRequest, code: u16, reason: &str) -> Response {
+    Response {
+        code,
+        reason: reason.into(),
+        branch: Some("z9hG4bKtest".into()),
+        call_id: req.call_id.clone(),
+        cseq: req.cseq,
+        cseq_method: "REGISTER".into(),
+        contacts: vec![],
+        expires: None,
+        min_expires: None,
+        retry_after: None,
+        www_authenticate: vec![],
+        proxy_authenticate: vec![],
+    }
+}
+
+/// Runs the table against the model until `until`, delivering answers after `rtt`. Returns the
+/// number of REGISTERs sent.
+struct Sim {
+    table: RegistrationTable,
+    model: Model,
+    now: Instant,
+    rtt: Duration,
+    /// (deliver at, key, response); or (timeout at, key, cseq) for silent mode.
+    in_transit: Vec<(Instant, RegKey, Option<Response>, u32)>,
+    sent: Vec<(RegKey, RegisterRequest)>,
+    /// Keep every request in `sent` (off for the big runs, which only count).
+    keep_sent: bool,
+    sent_count: usize,
+}
+
+impl Sim {
+    fn new(mode: Mode) -> Sim {
+        Sim {
+            table: RegistrationTable::new(CoreConfig::default(), fastrand::Rng::with_seed(42)),
+            model: Model::new(mode),
+            now: Instant::now(),
+            rtt: Duration::from_millis(20),
+            in_transit: Vec::new(),
+            sent: Vec::new(),
+            keep_sent: true,
+            sent_count: 0,
+        }
+    }
+
+    fn pump_actions(&mut self) {
+        let actions: Vec<Action> = self.table.drain_actions().collect();
+        for action in actions {
+            let Action::Send { key, request, .. } = action;
+            let answer = self.model.answer(self.now, &request);
+            let at = match answer {
+                Some(_) => self.now + self.rtt,
+                None => self.now + Duration::from_secs(32),
+            };
+            self.in_transit.push((at, key, answer, request.cseq));
+            self.sent_count += 1;
+            if self.keep_sent {
+                self.sent.push((key, request));
+            }
+        }
+    }
+
+    fn run_until(&mut self, until: Instant) {
+        loop {
+            self.pump_actions();
+            let next_msg = self.in_transit.iter().map(|m| m.0).min();
+            let next_timer = self.table.next_deadline();
+            let next = match (next_msg, next_timer) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) => a,
+                (None, Some(b)) => b,
+                (None, None) => break,
+            };
+            if next > until {
+                break;
+            }
+            self.now = next;
+            let (due, later): (Vec<_>, Vec<_>) =
+                self.in_transit.drain(..).partition(|m| m.0 <= self.now);
+            self.in_transit = later;
+            for (_, key, response, cseq) in due {
+                match response {
+                    Some(response) => self.table.handle_response(self.now, key, &response),
+                    None => self.table.handle_transaction_failure(self.now, key, cseq, "timeout"),
+                }
+            }
+            self.table.handle_timeout(self.now);
+        }
+        self.now = until.max(self.now);
+    }
+
+    fn status(&self, l_uuid: &str) -> Status {
+        self.table.get(l_uuid).expect("row present").status()
+    }
+}
+
+#[test]
+fn registers_after_one_challenge_and_refreshes_before_expiry() {
+    let mut sim = Sim::new(Mode::Normal);
+    let start = sim.now;
+    sim.table.reload(start, vec![record(0)]);
+    sim.run_until(start + Duration::from_secs(1));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+    // Unauthenticated REGISTER, then the answer to the challenge.
+    assert_eq!(sim.sent.len(), 2);
+    assert!(sim.sent[0].1.authorization.is_none());
+    assert!(sim.sent[1].1.authorization.is_some());
+    assert_eq!(sim.sent[0].1.call_id, sim.sent[1].1.call_id);
+    assert_eq!(sim.sent[1].1.cseq, sim.sent[0].1.cseq + 1);
+    let snap = sim.table.get("uuid000000").unwrap().snapshot();
+    assert_eq!(snap.granted_expires, Some(3600));
+
+    // Across a day the binding never lapses, the Call-ID never changes, CSeq keeps rising.
+    let day = start + Duration::from_secs(86_400);
+    let mut t = start + Duration::from_secs(1);
+    while t < day {
+        t += Duration::from_secs(60);
+        sim.run_until(t);
+        let expiry = sim.model.bindings.get("user000000").copied();
+        assert!(expiry.is_some_and(|e| e > t), "binding lapsed at {:?}", t - start);
+    }
+    let call_ids: std::collections::HashSet<_> = sim.sent.iter().map(|(_, r)| r.call_id.clone()).collect();
+    assert_eq!(call_ids.len(), 1);
+    assert!(sim.sent.windows(2).all(|w| w[1].1.cseq > w[0].1.cseq));
+    // Refreshes reuse the nonce while it lives, and are challenged again once it is stale.
+    assert_eq!(sim.model.bad_auth, 0);
+    let refreshes = sim.sent.len();
+    assert!((26..=80).contains(&refreshes), "{refreshes} REGISTERs in a day");
+}
+
+#[test]
+fn realm_mismatch_never_sends_credentials() {
+    let mut sim = Sim::new(Mode::WrongRealm);
+    let start = sim.now;
+    sim.table.reload(start, vec![record(0)]);
+    sim.run_until(start + Duration::from_secs(6 * 3600));
+    assert!(sim.sent.len() >= 3, "retried: {}", sim.sent.len());
+    assert!(sim.sent.iter().all(|(_, r)| r.authorization.is_none()));
+    let snap = sim.table.get("uuid000000").unwrap().snapshot();
+    assert_eq!(snap.status, Status::RealmMismatch);
+    assert_eq!(snap.expected_realm.as_deref(), Some(REALM));
+    assert_eq!(snap.offered_realm.as_deref(), Some("other.realm"));
+}
+
+#[test]
+fn empty_realm_accepts_any_challenge() {
+    let mut sim = Sim::new(Mode::Normal);
+    let mut r = record(0);
+    r.realm.clear();
+    sim.table.reload(sim.now, vec![r]);
+    sim.run_until(sim.now + Duration::from_secs(1));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+}
+
+#[test]
+fn wrong_password_is_an_auth_failure_not_a_loop() {
+    let mut sim = Sim::new(Mode::Normal);
+    let mut r = record(0);
+    r.credentials = Some(Credentials::Password {
+        username: "user000000".into(),
+        password: Secret::new("wrong"),
+    });
+    r.auth_password = Secret::new("wrong");
+    sim.table.reload(sim.now, vec![r]);
+    sim.run_until(sim.now + Duration::from_secs(60));
+    assert_eq!(sim.status("uuid000000"), Status::AuthFailed);
+    assert_eq!(sim.sent.len(), 2, "one challenge answered once");
+}
+
+#[test]
+fn stale_nonce_is_answered_once_more() {
+    let mut sim = Sim::new(Mode::AlwaysStale);
+    sim.table.reload(sim.now, vec![record(0)]);
+    sim.run_until(sim.now + Duration::from_secs(5));
+    // no auth, fresh auth (stale), fresh auth again (stale again → give up).
+    assert_eq!(sim.sent.len(), 3);
+    assert_eq!(sim.status("uuid000000"), Status::AuthFailed);
+}
+
+#[test]
+fn silence_is_a_timeout_with_backoff() {
+    let mut sim = Sim::new(Mode::Silent);
+    let start = sim.now;
+    sim.table.reload(start, vec![record(0)]);
+    sim.run_until(start + Duration::from_secs(40));
+    assert_eq!(sim.status("uuid000000"), Status::Timeout);
+    sim.run_until(start + Duration::from_secs(3600));
+    let attempts = sim.sent.len();
+    assert!((4..=12).contains(&attempts), "{attempts} attempts in an hour of silence");
+}
+
+#[test]
+fn expires_zero_and_disabled_rows_send_nothing() {
+    let mut sim = Sim::new(Mode::Normal);
+    let mut zero = record(0);
+    zero.expires = 0;
+    let mut disabled = record(1);
+    disabled.flags = 1;
+    sim.table.reload(sim.now, vec![zero, disabled]);
+    sim.run_until(sim.now + Duration::from_secs(3600));
+    assert!(sim.sent.is_empty());
+    assert_eq!(sim.status("uuid000000"), Status::Unregistered);
+    assert_eq!(sim.status("uuid000001"), Status::Disabled);
+}
+
+#[test]
+fn reg_delay_delays_the_first_register() {
+    let mut sim = Sim::new(Mode::Normal);
+    let start = sim.now;
+    let mut r = record(0);
+    r.reg_delay = 30;
+    sim.table.reload(start, vec![r]);
+    sim.run_until(start + Duration::from_secs(29));
+    assert!(sim.sent.is_empty());
+    sim.run_until(start + Duration::from_secs(31));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+}
+
+#[test]
+fn reload_diff_touches_only_changed_rows() {
+    let mut sim = Sim::new(Mode::Normal);
+    let start = sim.now;
+    let rows: Vec<Record> = (0..100).map(record).collect();
+    sim.table.reload(start, rows.clone());
+    sim.run_until(start + Duration::from_secs(10));
+    assert_eq!(sim.table.status_counts()["registered"], 100);
+    sim.sent.clear();
+
+    let mut next = rows.clone();
+    // Changed credentials: same binding, re-registered in place.
+    next[5].auth_password = Secret::new("pw-user000005");
+    next[5].credentials = Some(Credentials::Password {
+        username: "user000005".into(),
+        password: Secret::new("pw-user000005"),
+    });
+    next[5].reg_delay = 1; // a real change to the row
+    // Changed binding: new contact address.
+    next[7].contact_addr = "127.0.0.1:5081".into();
+    next[7].contact_host_port = "127.0.0.1:5081".into();
+    // Removed.
+    next.remove(9);
+    // Added.
+    next.push(record(100));
+    let t = sim.now;
+    let summary = sim.table.reload(t, next);
+    assert_eq!(summary.added, 1);
+    assert_eq!(summary.removed, 1);
+    assert_eq!(summary.changed, 2);
+    assert_eq!(summary.unchanged, 97);
+    sim.run_until(t + Duration::from_secs(10));
+    let mut touched: Vec<String> = sim
+        .sent
+        .iter()
+        .map(|(_, r)| r.aor.clone())
+        .collect();
+    touched.sort();
+    touched.dedup();
+    assert_eq!(
+        touched,
+        vec![
+            "sip:user000007@registrar.test",
+            "sip:user000009@registrar.test",
+            "sip:user000100@registrar.test",
+        ],
+        "row 5 changed only reg_delay, which needs no REGISTER"
+    );
+    // The removed row was un-registered and is gone.
+    assert!(sim.model.bindings.get("user000009").is_none());
+    assert!(sim.table.get("uuid000009").is_none());
+    assert_eq!(sim.table.leaving_count(), 0);
+    assert!(sim.sent.iter().any(|(_, r)| r.aor.ends_with("user000009@registrar.test") && r.expires == 0));
+    assert!(sim.sent.iter().any(|(_, r)| r.contact_uri == "sip:uuid000007@127.0.0.1:5080" && r.expires == 0));
+    assert_eq!(sim.status("uuid000007"), Status::Registered);
+    assert_eq!(sim.status("uuid000100"), Status::Registered);
+}
+
+#[test]
+fn disable_unregisters_and_enable_registers_again() {
+    let mut sim = Sim::new(Mode::Normal);
+    sim.table.reload(sim.now, vec![record(0)]);
+    sim.run_until(sim.now + Duration::from_secs(1));
+    assert!(sim.table.set_disabled(sim.now, Attribute::LUuid, "uuid000000", true));
+    sim.run_until(sim.now + Duration::from_secs(1));
+    assert_eq!(sim.status("uuid000000"), Status::Disabled);
+    assert!(!sim.model.bindings.contains_key("user000000"));
+    assert!(sim.table.set_disabled(sim.now, Attribute::RUsername, "user000000", false));
+    sim.run_until(sim.now + Duration::from_secs(1));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+    assert!(!sim.table.set_disabled(sim.now, Attribute::LUuid, "nope", true));
+}
+
+#[test]
+fn interval_too_brief_raises_expires() {
+    let mut sim = Sim::new(Mode::Normal);
+    let mut r = record(0);
+    r.expires = 30;
+    sim.table.reload(sim.now, vec![r]);
+    // Deliver a 423 by hand for the first request.
+    let actions: Vec<Action> = sim.table.drain_actions().collect();
+    assert!(actions.is_empty(), "first REGISTER waits for its timer");
+    sim.table.handle_timeout(sim.now);
+    let Action::Send { key, request, .. } = sim.table.drain_actions().next().unwrap();
+    let mut too_brief = base_response(&request, 423, "Interval Too Brief");
+    too_brief.min_expires = Some(600);
+    sim.table.handle_response(sim.now, key, &too_brief);
+    let Action::Send { request: again, .. } = sim.table.drain_actions().next().unwrap();
+    assert_eq!(again.expires, 600);
+    assert_eq!(again.cseq, request.cseq + 1);
+}
+
+#[test]
+fn a_hundred_thousand_rows_through_a_simulated_day() {
+    let mut sim = Sim::new(Mode::Normal);
+    sim.keep_sent = false;
+    let start = sim.now;
+    let rows: Vec<Record> = (0..100_000).map(record).collect();
+    sim.table.reload(start, rows);
+    sim.run_until(start + Duration::from_secs(60));
+    assert_eq!(sim.table.status_counts()["registered"], 100_000);
+    sim.run_until(start + Duration::from_secs(86_400));
+    assert_eq!(sim.table.status_counts()["registered"], 100_000);
+    assert_eq!(sim.model.bad_auth, 0);
+    // Every binding is still valid at the end of the day.
+    let end = sim.now;
+    assert!(sim.model.bindings.values().all(|e| *e > end));
+    let per_row = sim.sent_count as f64 / 100_000.0;
+    assert!(per_row < 60.0, "{per_row} REGISTERs per row per day");
+}
