@@ -1,0 +1,104 @@
+//! The shipped binaries: `uacregd demo` (the README's first command, small), and `uacregd` run on
+//! a database file steered with `uacregctl`.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TempDir;
+use uacreg::demo::demo_rows;
+use uacreg::sip::digest::Algorithm;
+use uacreg::testing::registrar::{RegistrarConfig, TestRegistrar};
+
+const UACREGD: &str = env!("CARGO_BIN_EXE_uacregd");
+const UACREGCTL: &str = env!("CARGO_BIN_EXE_uacregctl");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ctl(rpc: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(UACREGCTL)
+        .arg("--rpc")
+        .arg(rpc)
+        .args(args)
+        .output()
+        .expect("run uacregctl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn demo_command_registers_and_prints_the_table() {
+    let dir = TempDir::new("demo");
+    let out = Command::new(UACREGD)
+        .current_dir(&dir.0)
+        .args(["demo", "--rows", "50", "--timeout", "60"])
+        .output()
+        .expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("registered 50/50 rows"), "{stdout}");
+    assert!(stdout.contains("uuid000000"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_binary_with_uacregctl() {
+    let registrar = TestRegistrar::start(RegistrarConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        realm: "registrar.test".into(),
+        users: (0..10).map(|i| (format!("user{i:06}"), format!("pw-user{i:06}"))).collect(),
+        qop: true,
+        algorithm: Algorithm::Md5,
+        ..RegistrarConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = TempDir::new("binary");
+    common::write_rows(&dir.db_url(), &demo_rows(10, registrar.local_addr()));
+    let sip: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let rpc_port = free_port();
+    let rpc = format!("http://127.0.0.1:{rpc_port}/RPC");
+    let child = Command::new(UACREGD)
+        .args(["--db", &dir.db_url(), "--sip-listen", &sip.to_string()])
+        .args(["--rpc-listen", &format!("127.0.0.1:{rpc_port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start uacregd");
+    let _guard = KillOnDrop(child);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    loop {
+        let (ok, text) = ctl(&rpc, &["reg_dump"]);
+        if ok && text.contains("10 records: registered 10") {
+            break;
+        }
+        last = text;
+        assert!(Instant::now() < deadline, "never all registered; last output:\n{last}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = last;
+    let (ok, json) = ctl(&rpc, &["--json", "reg_info", "l_uuid", "uuid000003"]);
+    assert!(ok, "{json}");
+    let value: serde_json::Value = serde_json::from_str(&json).expect("json output");
+    assert_eq!(value["r_username"], "user000003");
+    assert_eq!(value["state"], "registered");
+    let (ok, text) = ctl(&rpc, &["reg_info", "l_uuid", "missing"]);
+    assert!(!ok && text.contains("404") && text.contains("Record not found"), "{text}");
+    let (ok, text) = ctl(&rpc, &["reg_reload"]);
+    assert!(ok && text.contains("10 unchanged"), "{text}");
+    registrar.stop().await;
+}

@@ -1,0 +1,93 @@
+//! Shared set-up for the gateway integration tests: a temporary SQLite file, a daemon on
+//! ephemeral loopback ports, and bounded waiting.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use uacreg::config::Config;
+use uacreg::daemon::Daemon;
+use uacreg::rpc::RpcClient;
+use uacreg::store::{RawRow, Store};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("uacreg-test-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn db_url(&self) -> String {
+        format!("sqlite://{}", self.0.join("uacreg.db").display())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes `rows` into a new database at `url`.
+pub fn write_rows(url: &str, rows: &[RawRow]) {
+    let mut store = Store::open(url).expect("open store");
+    store.insert(rows).expect("insert rows");
+}
+
+/// Daemon configuration on ephemeral loopback ports; no un-REGISTER wait on stop unless asked.
+pub fn test_config(db_url: &str) -> Config {
+    let mut config = Config::default();
+    config.db_url = db_url.to_string();
+    config.sip_listen = "127.0.0.1:0".parse().unwrap();
+    config.rpc_listen = "127.0.0.1:0".parse().unwrap();
+    config.advertised_addr = "127.0.0.1:5062".into();
+    config.finish().unwrap();
+    config
+}
+
+pub async fn start_daemon(db_url: &str) -> Daemon {
+    Daemon::start(test_config(db_url)).await.expect("daemon starts")
+}
+
+/// Polls `check` every 20 ms until it returns true or `limit` passes.
+pub async fn wait_until<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn registered_count(daemon: &Daemon) -> usize {
+    daemon
+        .gateway()
+        .driver
+        .status_counts()
+        .await
+        .expect("driver running")
+        .get("registered")
+        .copied()
+        .unwrap_or(0)
+}
+
+pub fn rpc(daemon: &Daemon) -> RpcClient {
+    RpcClient::new(&daemon.rpc_url()).expect("rpc client")
+}
