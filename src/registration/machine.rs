@@ -535,10 +535,18 @@ impl Registration {
     /// Expiry the registrar granted us: the `expires` parameter of our own Contact among those
     /// listed, else the Expires header, else what we asked for.
     fn granted_expiry(&self, requested: u32, response: &Response) -> u32 {
+        // Exact match first; then, like Kamailio, by user part alone, since a registrar behind
+        // NAT handling may rewrite the host of the contact it stores.
         let ours = response
             .contacts
             .iter()
-            .find(|c| self.is_our_contact(&c.uri));
+            .find(|c| self.is_our_contact(&c.uri, true))
+            .or_else(|| {
+                response
+                    .contacts
+                    .iter()
+                    .find(|c| self.is_our_contact(&c.uri, false))
+            });
         match ours {
             Some(contact) => contact.expires.or(response.expires).unwrap_or(requested),
             None => {
@@ -554,16 +562,15 @@ impl Registration {
         }
     }
 
-    fn is_our_contact(&self, uri: &crate::sip::message::UriParts) -> bool {
+    fn is_our_contact(&self, uri: &crate::sip::message::UriParts, exact_host: bool) -> bool {
         if uri.user.as_deref() != Some(self.record.contact_user_part()) {
             return false;
         }
-        let (host, port) = split_host_port(&self.record.contact_host_port);
-        if !uri.host.eq_ignore_ascii_case(host) {
-            return false;
-        }
-        if uri.port.unwrap_or(5060) != port.unwrap_or(5060) {
-            return false;
+        if exact_host {
+            let (host, port) = split_host_port(&self.record.contact_host_port);
+            if !uri.host.eq_ignore_ascii_case(host) || uri.port.unwrap_or(5060) != port.unwrap_or(5060) {
+                return false;
+            }
         }
         if !self.record.contact_user.is_empty() {
             let line = uri

@@ -66,6 +66,9 @@ fn string_params(params: &Params<'_>, wanted: usize) -> Result<Vec<String>, Erro
 /// `attr value` pair selecting a record.
 fn attribute_params(params: &Params<'_>) -> Result<(Attribute, String), ErrorObjectOwned> {
     let values = string_params(params, 2)?;
+    if values[0].is_empty() || values[1].is_empty() {
+        return Err(fault(400, "Invalid Parameter Values"));
+    }
     let attribute = Attribute::parse(&values[0]).ok_or_else(|| fault(400, "Unsupported filter attribute"))?;
     Ok((attribute, values[1].clone()))
 }
@@ -117,7 +120,12 @@ fn register_all(module: &mut RpcModule<Gateway>) -> Result<(), jsonrpsee::core::
     module.register_async_method("uac.reg_reload", |_params, gw, _| async move {
         match gw.reload().await {
             Ok(report) => Ok::<_, ErrorObjectOwned>(report),
-            Err(err) => Err(fault(500, &format!("Failed to reload records - {err}"))),
+            // Kamailio's text; the cause goes in `data` for those who look.
+            Err(err) => Err(ErrorObjectOwned::owned(
+                500,
+                "Failed to reload records - check log messages".to_string(),
+                Some(err.to_string()),
+            )),
         }
     })?;
 

@@ -21,7 +21,8 @@ pub struct RecordView {
     pub l_domain: String,
     pub r_username: String,
     pub r_domain: String,
-    pub realm: String,
+    /// null when empty (Kamailio keeps an empty realm unset).
+    pub realm: Option<String>,
     pub auth_username: String,
     pub auth_password: String,
     pub auth_ha1: String,
@@ -64,8 +65,18 @@ fn show_secret(secret: &Secret, show: bool, empty: &str) -> String {
     }
 }
 
-fn socket_value(socket: &str) -> Option<String> {
-    (!socket.is_empty()).then(|| socket.to_string())
+/// Kamailio's rendering of an unset optional column: JSON null.
+fn null_if_empty(value: &str) -> Option<String> {
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+/// Kamailio's rendering of an empty string column that it prints as "none".
+fn none_if_empty(value: &str) -> String {
+    if value.is_empty() {
+        "none".to_string()
+    } else {
+        value.to_string()
+    }
 }
 
 impl RecordView {
@@ -83,19 +94,19 @@ impl RecordView {
             l_domain: r.l_domain.clone(),
             r_username: r.r_username.clone(),
             r_domain: r.r_domain.clone(),
-            realm: r.realm.clone(),
+            realm: null_if_empty(&r.realm),
             auth_username: r.auth_username.clone(),
-            auth_password: show_secret(&r.auth_password, show_secrets, ""),
+            auth_password: show_secret(&r.auth_password, show_secrets, "none"),
             auth_ha1: show_secret(&r.auth_ha1, show_secrets, "none"),
-            auth_proxy: r.auth_proxy.clone(),
+            auth_proxy: none_if_empty(&r.auth_proxy),
             expires: i64::from(r.expires),
             flags: i64::from(s.kamailio_flags()),
             diff_expires: if timer_expires == 0 { 0 } else { timer_expires - now_unix },
             timer_expires,
             reg_init: s.reg_init.map(|at| clock.unix(at)).unwrap_or(0),
             reg_delay: i64::from(r.reg_delay),
-            contact_addr: r.contact_addr.clone(),
-            socket: socket_value(&r.socket),
+            contact_addr: none_if_empty(&r.contact_addr),
+            socket: null_if_empty(&r.socket),
             state: s.status.name(),
             last_code: s.last_code,
             last_reason: s.last_reason.clone(),
@@ -118,19 +129,19 @@ impl RecordView {
             l_domain: row.l_domain.clone(),
             r_username: row.r_username.clone(),
             r_domain: row.r_domain.clone(),
-            realm: row.realm.clone(),
+            realm: null_if_empty(&row.realm),
             auth_username: row.auth_username.clone(),
-            auth_password: show_secret(&row.auth_password, show_secrets, ""),
+            auth_password: show_secret(&row.auth_password, show_secrets, "none"),
             auth_ha1: show_secret(&row.auth_ha1, show_secrets, "none"),
-            auth_proxy: row.auth_proxy.clone(),
+            auth_proxy: none_if_empty(&row.auth_proxy),
             expires: row.expires,
             flags: row.flags,
             diff_expires: 0,
             timer_expires: 0,
             reg_init: 0,
             reg_delay: row.reg_delay,
-            contact_addr: row.contact_addr.clone(),
-            socket: socket_value(&row.socket),
+            contact_addr: none_if_empty(&row.contact_addr),
+            socket: null_if_empty(&row.socket),
             state: "invalid",
             last_code: None,
             last_reason: String::new(),
