@@ -1,11 +1,9 @@
 //! Process plumbing for the test peers: temp dirs, spare loopback ports, bounded waits.
 
-use std::collections::HashSet;
-use std::io;
+use std::io::{self, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -79,21 +77,37 @@ impl Drop for TempDir {
     }
 }
 
-/// Ports handed out by [`spare_udp_port`] in this process and not yet released. Kamailio and
-/// sipp set SO_REUSEADDR, so two of them given the same port would both bind it and split the
-/// traffic; this set keeps two peers of one test binary from ever being given the same port.
-static PORTS_IN_USE: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-
-/// A loopback UDP port that was free a moment ago and that no other caller in this process holds.
-/// The reservation lasts until the returned guard is dropped.
+/// A loopback UDP port that was free a moment ago and that no other test process or thread
+/// holds. The reservation lasts until the returned guard is dropped.
+///
+/// Why reservations: Kamailio and sipp bind with SO_REUSEADDR, so two of them given the same
+/// port would both bind it and silently split its traffic. A reservation is a lock file
+/// `<temp>/uacreg-test-ports/<port>` created exclusively (so it also holds across test
+/// processes, e.g. under cargo-nextest); a port whose file exists is never handed out.
 pub fn spare_udp_port() -> io::Result<PortReservation> {
+    let dir = std::env::temp_dir().join("uacreg-test-ports");
+    if !dir.is_dir() {
+        std::fs::create_dir_all(&dir)?;
+        // Shared by every user's test runs, like /tmp itself (sticky, world-writable).
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777));
+    }
     for _ in 0..64 {
         let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
         let port = sock.local_addr()?.port();
         drop(sock);
-        let mut guard = PORTS_IN_USE.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.get_or_insert_with(HashSet::new).insert(port) {
-            return Ok(PortReservation { port });
+        let lock = dir.join(port.to_string());
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            Ok(mut f) => {
+                let _ = write!(f, "{}", std::process::id());
+                return Ok(PortReservation { port, lock });
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => remove_if_stale(&lock),
+            Err(e) => return Err(e),
         }
     }
     Err(io::Error::new(
@@ -102,10 +116,26 @@ pub fn spare_udp_port() -> io::Result<PortReservation> {
     ))
 }
 
-/// A port reserved by [`spare_udp_port`]; released (for this process) on drop.
+/// Removes a reservation left by a test process that died without dropping it (its pid is gone
+/// and the file is over a minute old). The port is still skipped this time.
+fn remove_if_stale(lock: &Path) {
+    let old = std::fs::metadata(lock)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(60)));
+    let owner_gone = std::fs::read_to_string(lock)
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+    if old && owner_gone {
+        let _ = std::fs::remove_file(lock);
+    }
+}
+
+/// A port reserved by [`spare_udp_port`]; released on drop.
 #[derive(Debug)]
 pub struct PortReservation {
     port: u16,
+    lock: PathBuf,
 }
 
 impl PortReservation {
@@ -120,10 +150,7 @@ impl PortReservation {
 
 impl Drop for PortReservation {
     fn drop(&mut self) {
-        let mut guard = PORTS_IN_USE.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(set) = guard.as_mut() {
-            set.remove(&self.port);
-        }
+        let _ = std::fs::remove_file(&self.lock);
     }
 }
 

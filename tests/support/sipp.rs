@@ -60,6 +60,9 @@ pub struct SippOutcome {
     pub local_port: u16,
     /// sipp's stdout and stderr, then its error log: for failure messages.
     pub output: String,
+    /// Keeps `local_port` reserved while the outcome lives, so a later run can reuse it
+    /// (same Contact) without another test taking it in between.
+    _port: Option<PortReservation>,
 }
 
 impl SippOutcome {
@@ -197,7 +200,6 @@ impl SippUac {
                 ));
             }
         };
-        drop(reservation);
         let mut output = tail(&read_lossy(&stdout_path), 60);
         if error_path.exists() {
             output.push_str("\n--- sipp error log ---\n");
@@ -207,6 +209,7 @@ impl SippUac {
             status,
             local_port,
             output,
+            _port: reservation,
         })
     }
 }
