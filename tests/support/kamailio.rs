@@ -284,6 +284,17 @@ impl KamailioRegistrar {
         self.dir.path()
     }
 
+    /// Process group of Kamailio and its watchdog (the watchdog's pid).
+    pub fn process_group(&self) -> u32 {
+        self.watchdog.id()
+    }
+
+    /// Pids of every process in [`process_group`](Self::process_group): the watchdog, Kamailio's
+    /// main process and its children.
+    pub fn processes(&self) -> Vec<u32> {
+        processes_in_group(self.process_group())
+    }
+
     /// Number of bindings (contacts, over all users) that have not expired.
     pub fn binding_count(&self) -> usize {
         self.bindings().len()
@@ -766,4 +777,28 @@ fn has_exited(child: &Child) -> bool {
             .is_some_and(|state| state == "Z" || state == "X"),
         Err(_) => true,
     }
+}
+
+/// Pids of the live (not zombie) processes whose process group is `pgid`, from `/proc`.
+pub fn processes_in_group(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // After "pid (comm)": state, ppid, pgrp, ...
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.first().is_some_and(|s| *s != "Z" && *s != "X")
+                && fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
+        })
+        .collect();
+    pids.sort();
+    pids
 }
