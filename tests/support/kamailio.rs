@@ -6,8 +6,9 @@
 //!   `subscriber` row per user (plaintext password; Kamailio computes HA1, `calculate_ha1`).
 //! * `kamailio.cfg` — REGISTER is challenged with `auth_challenge("$fd", "1")` (realm = From domain,
 //!   `qop="auth"`), checked with `auth_check("$fd", "subscriber", "1")` and saved with
-//!   `save("location")`; OPTIONS to the server itself gets 200 (the readiness probe); anything
-//!   else gets 405.
+//!   `save("location")`. A wrong password or unknown user is challenged again (401); an
+//!   authentication user other than the To user gets 403 (flag 1 of `auth_check`). OPTIONS to
+//!   the server itself gets 200 (the readiness probe); anything else gets 405. Only UDP.
 //!
 //! **How bindings are read.** usrloc runs with `db_mode=1` (write-through) on the same SQLite
 //! file: Kamailio writes every binding change to the `location` table *before* it sends the 200,
@@ -358,7 +359,9 @@ impl KamailioRegistrar {
     }
 
     /// Adds a subscriber or changes its password. Kamailio reads `subscriber` on every
-    /// authentication, so this takes effect at once.
+    /// authentication, so this takes effect at once. Call it while no REGISTER is in flight:
+    /// this write takes the database lock, and a `save()` that meets it fails with a 500
+    /// (Kamailio's db_sqlite does not wait on locks).
     pub fn set_user(&self, username: &str, password: &str) -> io::Result<()> {
         self.sql(
             &format!(
