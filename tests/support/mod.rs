@@ -1,0 +1,17 @@
+//! Helpers shared by the integration tests: external SIP peers started for one test.
+//!
+//! * [`kamailio`] — a real Kamailio registrar (digest auth, usrloc) on a spare loopback port.
+//! * [`sipp`] — runs a sipp scenario as a UAC against a loopback target.
+//! * [`process`] — what both need: unique temp dirs, spare ports, bounded waits.
+//!
+//! Everything here talks only to 127.0.0.1 and every wait has a deadline. The programs are
+//! installed by `scripts/install-test-deps`; when one is missing, `require_*` skips the test
+//! locally and fails it in CI (`CI=true`).
+//!
+//! Use from a test crate with `mod support;`. Each test crate uses only part of this, hence the
+//! `allow(dead_code)`.
+#![allow(dead_code)]
+
+pub mod kamailio;
+pub mod process;
+pub mod sipp;
