@@ -24,9 +24,15 @@ pub enum DaemonError {
     #[error("cannot open the database {url}: {source}")]
     Store { url: String, source: StoreError },
     #[error("cannot bind the SIP socket {addr}: {source}")]
-    SipBind { addr: SocketAddr, source: std::io::Error },
+    SipBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start the JSON-RPC server on {addr}: {source}")]
-    RpcBind { addr: SocketAddr, source: std::io::Error },
+    RpcBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("start-up task failed: {0}")]
     Task(String),
 }

@@ -84,7 +84,11 @@ pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()>
         })
         .await??;
     }
-    println!("wrote {} rows to {}", options.rows, options.db_path.display());
+    println!(
+        "wrote {} rows to {}",
+        options.rows,
+        options.db_path.display()
+    );
 
     config.db_url = db_url;
     let started = Instant::now();
@@ -139,11 +143,17 @@ pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()>
         dump_time.as_secs_f64() * 1000.0
     );
     if let Some(kib) = peak_rss_kib() {
-        println!("peak RSS (gateway + registrar in one process): {:.1} MiB", kib as f64 / 1024.0);
+        println!(
+            "peak RSS (gateway + registrar in one process): {:.1} MiB",
+            kib as f64 / 1024.0
+        );
     }
 
     if options.keep_running {
-        println!("running; try: uacregctl --rpc {} reg_dump   (Ctrl-C stops)", daemon.rpc_url());
+        println!(
+            "running; try: uacregctl --rpc {} reg_dump   (Ctrl-C stops)",
+            daemon.rpc_url()
+        );
         daemon.run_until_signal().await;
     } else {
         daemon.stop().await;
@@ -160,16 +170,28 @@ fn print_dump(dump: &serde_json::Value, limit: usize) {
         return;
     };
     println!();
-    println!("{:<12} {:<28} {:<12} {:>5} {:>8}", "L_UUID", "AOR", "STATE", "CODE", "EXPIRES");
+    println!(
+        "{:<12} {:<28} {:<12} {:>5} {:>8}",
+        "L_UUID", "AOR", "STATE", "CODE", "EXPIRES"
+    );
     for row in rows.iter().take(limit) {
-        let s = |k: &str| row.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let s = |k: &str| {
+            row.get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
         println!(
             "{:<12} {:<28} {:<12} {:>5} {:>8}",
             s("l_uuid"),
             format!("{}@{}", s("r_username"), s("r_domain")),
             s("state"),
-            row.get("last_code").map(|v| v.to_string()).unwrap_or_default(),
-            row.get("granted_expires").map(|v| v.to_string()).unwrap_or_default(),
+            row.get("last_code")
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            row.get("granted_expires")
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
         );
     }
     if rows.len() > limit {

@@ -51,7 +51,12 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(driver: DriverHandle, store: Store, defaults: RowDefaults, show_secrets: bool) -> Gateway {
+    pub fn new(
+        driver: DriverHandle,
+        store: Store,
+        defaults: RowDefaults,
+        show_secrets: bool,
+    ) -> Gateway {
         Gateway {
             driver,
             store: Arc::new(tokio::sync::Mutex::new(store)),
@@ -116,7 +121,10 @@ impl Gateway {
 
     /// Rows the last successful load rejected.
     pub fn invalid_rows(&self) -> Vec<InvalidRow> {
-        self.invalid.lock().map(|rows| rows.clone()).unwrap_or_default()
+        self.invalid
+            .lock()
+            .map(|rows| rows.clone())
+            .unwrap_or_default()
     }
 
     /// Runs `f` with the store (blocking, off the async threads); for tools and tests that edit

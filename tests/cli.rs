@@ -16,7 +16,11 @@ const UACREGD: &str = env!("CARGO_BIN_EXE_uacregd");
 const UACREGCTL: &str = env!("CARGO_BIN_EXE_uacregctl");
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct KillOnDrop(Child);
@@ -35,7 +39,8 @@ fn ctl(rpc: &str, args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .expect("run uacregctl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -48,7 +53,11 @@ fn demo_command_registers_and_prints_the_table() {
         .output()
         .expect("run demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("registered 50/50 rows"), "{stdout}");
     assert!(stdout.contains("uuid000000"), "{stdout}");
 }
@@ -58,7 +67,9 @@ async fn daemon_binary_with_uacregctl() {
     let registrar = TestRegistrar::start(RegistrarConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         realm: "registrar.test".into(),
-        users: (0..10).map(|i| (format!("user{i:06}"), format!("pw-user{i:06}"))).collect(),
+        users: (0..10)
+            .map(|i| (format!("user{i:06}"), format!("pw-user{i:06}")))
+            .collect(),
         qop: true,
         algorithm: Algorithm::Md5,
         ..RegistrarConfig::default()
@@ -87,7 +98,10 @@ async fn daemon_binary_with_uacregctl() {
             break;
         }
         last = text;
-        assert!(Instant::now() < deadline, "never all registered; last output:\n{last}");
+        assert!(
+            Instant::now() < deadline,
+            "never all registered; last output:\n{last}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = last;
@@ -97,7 +111,10 @@ async fn daemon_binary_with_uacregctl() {
     assert_eq!(value["r_username"], "user000003");
     assert_eq!(value["state"], "registered");
     let (ok, text) = ctl(&rpc, &["reg_info", "l_uuid", "missing"]);
-    assert!(!ok && text.contains("404") && text.contains("Record not found"), "{text}");
+    assert!(
+        !ok && text.contains("404") && text.contains("Record not found"),
+        "{text}"
+    );
     let (ok, text) = ctl(&rpc, &["reg_reload"]);
     assert!(ok && text.contains("10 unchanged"), "{text}");
     registrar.stop().await;

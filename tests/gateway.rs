@@ -38,10 +38,17 @@ fn assert_clean_auth(registrar: &TestRegistrar, user: &str) {
     assert!(!seen.is_empty(), "{user}: no REGISTER seen");
     for (i, request) in seen.iter().enumerate() {
         if i > 0 {
-            assert!(request.had_authorization, "{user}: request {i} after a challenge lacks credentials");
+            assert!(
+                request.had_authorization,
+                "{user}: request {i} after a challenge lacks credentials"
+            );
         }
         if request.had_authorization {
-            assert_eq!(request.authorization_valid, Some(true), "{user}: bad credentials in request {i}");
+            assert_eq!(
+                request.authorization_valid,
+                Some(true),
+                "{user}: bad credentials in request {i}"
+            );
         }
     }
 }
@@ -53,8 +60,15 @@ async fn thousand_rows_register_with_the_in_repo_registrar() {
     write_rows(&dir.db_url(), &demo_rows(1000, registrar.local_addr()));
     let daemon = start_daemon(&dir.db_url()).await;
 
-    let all = wait_until(Duration::from_secs(60), || async { registered_count(&daemon).await == 1000 }).await;
-    assert!(all, "only {} of 1000 registered", registered_count(&daemon).await);
+    let all = wait_until(Duration::from_secs(60), || async {
+        registered_count(&daemon).await == 1000
+    })
+    .await;
+    assert!(
+        all,
+        "only {} of 1000 registered",
+        registered_count(&daemon).await
+    );
 
     assert_eq!(registrar.binding_count(), 1000);
     for i in 0..1000 {
@@ -76,13 +90,33 @@ async fn thousand_rows_register_with_the_in_repo_registrar() {
         assert_eq!(record["socket"], Value::Null);
         assert!(record["diff_expires"].as_i64().unwrap() > 3000);
     }
-    let keys: Vec<&str> = records[0].as_object().unwrap().keys().map(String::as_str).collect();
+    let keys: Vec<&str> = records[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(
         &keys[..18],
         &[
-            "l_uuid", "l_username", "l_domain", "r_username", "r_domain", "realm", "auth_username",
-            "auth_password", "auth_ha1", "auth_proxy", "expires", "flags", "diff_expires",
-            "timer_expires", "reg_init", "reg_delay", "contact_addr", "socket"
+            "l_uuid",
+            "l_username",
+            "l_domain",
+            "r_username",
+            "r_domain",
+            "realm",
+            "auth_username",
+            "auth_password",
+            "auth_ha1",
+            "auth_proxy",
+            "expires",
+            "flags",
+            "diff_expires",
+            "timer_expires",
+            "reg_init",
+            "reg_delay",
+            "contact_addr",
+            "socket"
         ]
     );
     daemon.stop().await;
@@ -100,7 +134,9 @@ async fn realm_mismatch_sends_no_credentials_and_is_visible() {
     let client = rpc(&daemon);
 
     let settled = wait_until(Duration::from_secs(20), || async {
-        let info = client.call("uac.reg_info", &["l_uuid".into(), "uuid000001".into()]).await;
+        let info = client
+            .call("uac.reg_info", &["l_uuid".into(), "uuid000001".into()])
+            .await;
         info.is_ok_and(|v| v["state"] == "realm_mismatch")
     })
     .await;
@@ -112,18 +148,35 @@ async fn realm_mismatch_sends_no_credentials_and_is_visible() {
     assert_eq!(info["expected_realm"], "wrong.realm.test");
     assert_eq!(info["offered_realm"], "registrar.test");
     assert_eq!(info["flags"].as_i64().unwrap() & 4, 0);
-    assert!(wait_until(Duration::from_secs(20), || async { registered_count(&daemon).await == 2 }).await);
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            registered_count(&daemon).await == 2
+        })
+        .await
+    );
 
     let seen = registrar.requests_for("user000001");
     assert!(!seen.is_empty());
-    assert!(seen.iter().all(|r| !r.had_authorization), "credentials left for a foreign realm");
+    assert!(
+        seen.iter().all(|r| !r.had_authorization),
+        "credentials left for a foreign realm"
+    );
     assert!(registrar.bindings("user000001").is_empty());
 
     // reg_info by other attributes and the not-found fault.
-    let by_user = client.call("uac.reg_info", &["r_username".into(), "user000002".into()]).await.unwrap();
+    let by_user = client
+        .call("uac.reg_info", &["r_username".into(), "user000002".into()])
+        .await
+        .unwrap();
     assert_eq!(by_user["l_uuid"], "uuid000002");
-    let missing = client.call("uac.reg_info", &["l_uuid".into(), "nope".into()]).await.unwrap_err();
-    assert!(missing.to_string().contains("Record not found"), "{missing}");
+    let missing = client
+        .call("uac.reg_info", &["l_uuid".into(), "nope".into()])
+        .await
+        .unwrap_err();
+    assert!(
+        missing.to_string().contains("Record not found"),
+        "{missing}"
+    );
     daemon.stop().await;
     registrar.stop().await;
 }
@@ -135,7 +188,12 @@ async fn reload_registers_only_what_changed() {
     let rows = demo_rows(100, registrar.local_addr());
     write_rows(&dir.db_url(), &rows);
     let daemon = start_daemon(&dir.db_url()).await;
-    assert!(wait_until(Duration::from_secs(30), || async { registered_count(&daemon).await == 100 }).await);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            registered_count(&daemon).await == 100
+        })
+        .await
+    );
 
     let before: HashMap<String, usize> = (0..101)
         .map(|i| format!("user{i:06}"))
@@ -148,7 +206,9 @@ async fn reload_registers_only_what_changed() {
         changed.expires = 1800;
         store.update(&changed).unwrap();
         assert!(store.delete("uuid000020").unwrap());
-        store.insert(&demo_rows(101, registrar.local_addr())[100..]).unwrap();
+        store
+            .insert(&demo_rows(101, registrar.local_addr())[100..])
+            .unwrap();
     }
     let report = rpc(&daemon).call("uac.reg_reload", &[]).await.unwrap();
     assert_eq!(report["added"], 1);
@@ -156,10 +216,12 @@ async fn reload_registers_only_what_changed() {
     assert_eq!(report["removed"], 1);
     assert_eq!(report["unchanged"], 98);
 
-    assert!(wait_until(Duration::from_secs(30), || async {
-        registered_count(&daemon).await == 100 && registrar.bindings("user000020").is_empty()
-    })
-    .await);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            registered_count(&daemon).await == 100 && registrar.bindings("user000020").is_empty()
+        })
+        .await
+    );
     // Give stray REGISTERs a moment to show up before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut touched: Vec<String> = before
@@ -169,7 +231,10 @@ async fn reload_registers_only_what_changed() {
         .collect();
     touched.sort();
     assert_eq!(touched, vec!["user000010", "user000020", "user000100"]);
-    let info = rpc(&daemon).call("uac.reg_info", &["l_uuid".into(), "uuid000010".into()]).await.unwrap();
+    let info = rpc(&daemon)
+        .call("uac.reg_info", &["l_uuid".into(), "uuid000010".into()])
+        .await
+        .unwrap();
     assert_eq!(info["expires"], 1800);
     daemon.stop().await;
     registrar.stop().await;
@@ -187,7 +252,10 @@ async fn bad_rows_and_garbage_datagrams_do_not_hurt_the_others() {
     let load = daemon.initial_load.as_ref().expect("loaded");
     let bad: Vec<&str> = load.invalid.iter().map(|r| r.l_uuid.as_str()).collect();
     assert_eq!(bad, vec!["uuid000002", "uuid000003"]);
-    assert!(!format!("{:?}", load.invalid).contains("not-a-hash"), "secret in error");
+    assert!(
+        !format!("{:?}", load.invalid).contains("not-a-hash"),
+        "secret in error"
+    );
 
     // Garbage at the SIP port while registering.
     let garbage = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -203,20 +271,35 @@ async fn bad_rows_and_garbage_datagrams_do_not_hurt_the_others() {
     for sample in &samples {
         garbage.send_to(sample, target).unwrap();
     }
-    assert!(wait_until(Duration::from_secs(30), || async { registered_count(&daemon).await == 3 }).await);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            registered_count(&daemon).await == 3
+        })
+        .await
+    );
     for sample in &samples {
         garbage.send_to(sample, target).unwrap();
     }
     let client = rpc(&daemon);
-    let info = client.call("uac.reg_info", &["l_uuid".into(), "uuid000002".into()]).await.unwrap();
+    let info = client
+        .call("uac.reg_info", &["l_uuid".into(), "uuid000002".into()])
+        .await
+        .unwrap();
     assert_eq!(info["state"], "invalid");
-    assert!(info["error"].as_str().unwrap().contains("auth_ha1"), "{info}");
+    assert!(
+        info["error"].as_str().unwrap().contains("auth_ha1"),
+        "{info}"
+    );
     assert_eq!(info["auth_ha1"], "********");
     // Still fully responsive after the garbage.
     let ok = client.call("uac.reg_refresh", &["uuid000000".into()]).await;
     assert!(ok.is_ok(), "{ok:?}");
     let stats = client.call("uacreg.status", &[]).await.unwrap();
-    assert!(stats["sip"]["malformed_dropped"].as_u64().unwrap() + stats["sip"]["unmatched_responses"].as_u64().unwrap() >= 2);
+    assert!(
+        stats["sip"]["malformed_dropped"].as_u64().unwrap()
+            + stats["sip"]["unmatched_responses"].as_u64().unwrap()
+            >= 2
+    );
     assert_eq!(registered_count(&daemon).await, 3);
     daemon.stop().await;
     registrar.stop().await;
@@ -228,7 +311,12 @@ async fn shutdown_unregisters_every_binding() {
     let dir = TempDir::new("shutdown");
     write_rows(&dir.db_url(), &demo_rows(20, registrar.local_addr()));
     let daemon = start_daemon(&dir.db_url()).await;
-    assert!(wait_until(Duration::from_secs(30), || async { registered_count(&daemon).await == 20 }).await);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            registered_count(&daemon).await == 20
+        })
+        .await
+    );
     assert_eq!(registrar.binding_count(), 20);
     daemon.stop().await;
     assert_eq!(registrar.binding_count(), 0);

@@ -38,16 +38,33 @@ async fn thousand_rows_register_with_kamailio() {
         kamailio.log()
     );
     // Kamailio's usrloc holds exactly one binding per registered row, and it is our contact.
-    let bound = wait_until(Duration::from_secs(10), || async { kamailio.binding_count() == ROWS - 1 }).await;
-    assert!(bound, "Kamailio holds {} bindings", kamailio.binding_count());
+    let bound = wait_until(Duration::from_secs(10), || async {
+        kamailio.binding_count() == ROWS - 1
+    })
+    .await;
+    assert!(
+        bound,
+        "Kamailio holds {} bindings",
+        kamailio.binding_count()
+    );
     for i in (0..ROWS - 1).step_by(97) {
         let contacts = kamailio.bindings_for(&format!("user{i:06}"));
         assert_eq!(contacts.len(), 1, "user{i:06}: {contacts:?}");
-        assert!(contacts[0].contains(&format!("uuid{i:06}@127.0.0.1:5062")), "{contacts:?}");
+        assert!(
+            contacts[0].contains(&format!("uuid{i:06}@127.0.0.1:5062")),
+            "{contacts:?}"
+        );
     }
-    assert!(kamailio.bindings_for(&format!("user{:06}", ROWS - 1)).is_empty());
+    assert!(
+        kamailio
+            .bindings_for(&format!("user{:06}", ROWS - 1))
+            .is_empty()
+    );
     let info = rpc(&daemon)
-        .call("uac.reg_info", &["l_uuid".into(), format!("uuid{:06}", ROWS - 1)])
+        .call(
+            "uac.reg_info",
+            &["l_uuid".into(), format!("uuid{:06}", ROWS - 1)],
+        )
         .await
         .unwrap();
     assert_eq!(info["state"], "realm_mismatch");

@@ -55,12 +55,16 @@ fn main() -> anyhow::Result<()> {
         Command::RegInfo { attr, value } => ("uac.reg_info", vec![attr.clone(), value.clone()]),
         Command::RegReload => ("uac.reg_reload", vec![]),
         Command::RegEnable { attr, value } => ("uac.reg_enable", vec![attr.clone(), value.clone()]),
-        Command::RegDisable { attr, value } => ("uac.reg_disable", vec![attr.clone(), value.clone()]),
+        Command::RegDisable { attr, value } => {
+            ("uac.reg_disable", vec![attr.clone(), value.clone()])
+        }
         Command::RegRefresh { l_uuid } => ("uac.reg_refresh", vec![l_uuid.clone()]),
         Command::Status => ("uacreg.status", vec![]),
         Command::Call { method, params } => (method.as_str(), params.clone()),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let client = RpcClient::new(&cli.rpc)?;
     let result = match runtime.block_on(client.call(method, &params)) {
         Ok(value) => value,
@@ -141,7 +145,9 @@ fn print_table(result: &Value) {
         return;
     };
     let now = now();
-    let header = ["L_UUID", "AOR", "STATE", "CODE", "EXPIRES", "NEXT", "DETAIL"];
+    let header = [
+        "L_UUID", "AOR", "STATE", "CODE", "EXPIRES", "NEXT", "DETAIL",
+    ];
     let lines: Vec<[String; 7]> = rows
         .iter()
         .map(|r| {

@@ -8,7 +8,10 @@ use uacreg::config::{Config, Overrides};
 use uacreg::daemon::Daemon;
 
 #[derive(Parser)]
-#[command(version, about = "Keeps a SIP registration alive for every row of the uacreg table")]
+#[command(
+    version,
+    about = "Keeps a SIP registration alive for every row of the uacreg table"
+)]
 struct Cli {
     /// TOML configuration file.
     #[arg(short, long, global = true)]
@@ -62,12 +65,17 @@ struct DemoArgs {
 
 fn init_logging(filter: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let overrides = Overrides {
         db_url: cli.db.clone(),
         sip_listen: cli.sip_listen.clone(),
@@ -87,7 +95,11 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Demo(args)) => {
             // The demo prints its own report; keep the log to warnings unless asked.
-            let filter = if cli.log == "info" { "warn" } else { cli.log.as_str() };
+            let filter = if cli.log == "info" {
+                "warn"
+            } else {
+                cli.log.as_str()
+            };
             init_logging(filter);
             let mut config = Config::load(cli.config.as_deref(), &overrides)?;
             let options = uacreg::demo::DemoOptions {

@@ -568,7 +568,9 @@ impl Registration {
         }
         if exact_host {
             let (host, port) = split_host_port(&self.record.contact_host_port);
-            if !uri.host.eq_ignore_ascii_case(host) || uri.port.unwrap_or(5060) != port.unwrap_or(5060) {
+            if !uri.host.eq_ignore_ascii_case(host)
+                || uri.port.unwrap_or(5060) != port.unwrap_or(5060)
+            {
                 return false;
             }
         }

@@ -81,7 +81,13 @@ impl Model {
         }
     }
 
-    fn challenge(&mut self, now: Instant, req: &RegisterRequest, realm: &str, stale: bool) -> Response {
+    fn challenge(
+        &mut self,
+        now: Instant,
+        req: &RegisterRequest,
+        realm: &str,
+        stale: bool,
+    ) -> Response {
         self.nonce_counter += 1;
         let nonce = format!("n{}", self.nonce_counter);
         self.nonces.insert(nonce.clone(), now);
@@ -94,7 +100,13 @@ impl Model {
     }
 
     fn answer(&mut self, now: Instant, req: &RegisterRequest) -> Option<Response> {
-        let user = req.aor.trim_start_matches("sip:").split('@').next().unwrap_or("").to_string();
+        let user = req
+            .aor
+            .trim_start_matches("sip:")
+            .split('@')
+            .next()
+            .unwrap_or("")
+            .to_string();
         match self.mode {
             Mode::Silent => return None,
             Mode::WrongRealm => return Some(self.challenge(now, req, "other.realm", false)),
@@ -225,7 +237,9 @@ impl Sim {
             for (_, key, response, cseq) in due {
                 match response {
                     Some(response) => self.table.handle_response(self.now, key, &response),
-                    None => self.table.handle_transaction_failure(self.now, key, cseq, "timeout"),
+                    None => self
+                        .table
+                        .handle_transaction_failure(self.now, key, cseq, "timeout"),
                 }
             }
             self.table.handle_timeout(self.now);
@@ -261,15 +275,23 @@ fn registers_after_one_challenge_and_refreshes_before_expiry() {
         t += Duration::from_secs(60);
         sim.run_until(t);
         let expiry = sim.model.bindings.get("user000000").copied();
-        assert!(expiry.is_some_and(|e| e > t), "binding lapsed at {:?}", t - start);
+        assert!(
+            expiry.is_some_and(|e| e > t),
+            "binding lapsed at {:?}",
+            t - start
+        );
     }
-    let call_ids: std::collections::HashSet<_> = sim.sent.iter().map(|(_, r)| r.call_id.clone()).collect();
+    let call_ids: std::collections::HashSet<_> =
+        sim.sent.iter().map(|(_, r)| r.call_id.clone()).collect();
     assert_eq!(call_ids.len(), 1);
     assert!(sim.sent.windows(2).all(|w| w[1].1.cseq > w[0].1.cseq));
     // Refreshes reuse the nonce while it lives, and are challenged again once it is stale.
     assert_eq!(sim.model.bad_auth, 0);
     let refreshes = sim.sent.len();
-    assert!((26..=80).contains(&refreshes), "{refreshes} REGISTERs in a day");
+    assert!(
+        (26..=80).contains(&refreshes),
+        "{refreshes} REGISTERs in a day"
+    );
 }
 
 #[test]
@@ -330,7 +352,10 @@ fn silence_is_a_timeout_with_backoff() {
     assert_eq!(sim.status("uuid000000"), Status::Timeout);
     sim.run_until(start + Duration::from_secs(3600));
     let attempts = sim.sent.len();
-    assert!((4..=12).contains(&attempts), "{attempts} attempts in an hour of silence");
+    assert!(
+        (4..=12).contains(&attempts),
+        "{attempts} attempts in an hour of silence"
+    );
 }
 
 #[test]
@@ -392,11 +417,7 @@ fn reload_diff_touches_only_changed_rows() {
     assert_eq!(summary.changed, 2);
     assert_eq!(summary.unchanged, 97);
     sim.run_until(t + Duration::from_secs(10));
-    let mut touched: Vec<String> = sim
-        .sent
-        .iter()
-        .map(|(_, r)| r.aor.clone())
-        .collect();
+    let mut touched: Vec<String> = sim.sent.iter().map(|(_, r)| r.aor.clone()).collect();
     touched.sort();
     touched.dedup();
     assert_eq!(
@@ -412,8 +433,16 @@ fn reload_diff_touches_only_changed_rows() {
     assert!(sim.model.bindings.get("user000009").is_none());
     assert!(sim.table.get("uuid000009").is_none());
     assert_eq!(sim.table.leaving_count(), 0);
-    assert!(sim.sent.iter().any(|(_, r)| r.aor.ends_with("user000009@registrar.test") && r.expires == 0));
-    assert!(sim.sent.iter().any(|(_, r)| r.contact_uri == "sip:uuid000007@127.0.0.1:5080" && r.expires == 0));
+    assert!(
+        sim.sent
+            .iter()
+            .any(|(_, r)| r.aor.ends_with("user000009@registrar.test") && r.expires == 0)
+    );
+    assert!(
+        sim.sent
+            .iter()
+            .any(|(_, r)| r.contact_uri == "sip:uuid000007@127.0.0.1:5080" && r.expires == 0)
+    );
     assert_eq!(sim.status("uuid000007"), Status::Registered);
     assert_eq!(sim.status("uuid000100"), Status::Registered);
 }
@@ -423,14 +452,23 @@ fn disable_unregisters_and_enable_registers_again() {
     let mut sim = Sim::new(Mode::Normal);
     sim.table.reload(sim.now, vec![record(0)]);
     sim.run_until(sim.now + Duration::from_secs(1));
-    assert!(sim.table.set_disabled(sim.now, Attribute::LUuid, "uuid000000", true));
+    assert!(
+        sim.table
+            .set_disabled(sim.now, Attribute::LUuid, "uuid000000", true)
+    );
     sim.run_until(sim.now + Duration::from_secs(1));
     assert_eq!(sim.status("uuid000000"), Status::Disabled);
     assert!(!sim.model.bindings.contains_key("user000000"));
-    assert!(sim.table.set_disabled(sim.now, Attribute::RUsername, "user000000", false));
+    assert!(
+        sim.table
+            .set_disabled(sim.now, Attribute::RUsername, "user000000", false)
+    );
     sim.run_until(sim.now + Duration::from_secs(1));
     assert_eq!(sim.status("uuid000000"), Status::Registered);
-    assert!(!sim.table.set_disabled(sim.now, Attribute::LUuid, "nope", true));
+    assert!(
+        !sim.table
+            .set_disabled(sim.now, Attribute::LUuid, "nope", true)
+    );
 }
 
 #[test]

@@ -69,12 +69,18 @@ fn attribute_params(params: &Params<'_>) -> Result<(Attribute, String), ErrorObj
     if values[0].is_empty() || values[1].is_empty() {
         return Err(fault(400, "Invalid Parameter Values"));
     }
-    let attribute = Attribute::parse(&values[0]).ok_or_else(|| fault(400, "Unsupported filter attribute"))?;
+    let attribute =
+        Attribute::parse(&values[0]).ok_or_else(|| fault(400, "Unsupported filter attribute"))?;
     Ok((attribute, values[1].clone()))
 }
 
 fn render(gateway: &Gateway, snapshot: &Snapshot) -> RecordView {
-    RecordView::from_snapshot(snapshot, &gateway.driver.clock(), now_unix(), gateway.show_secrets)
+    RecordView::from_snapshot(
+        snapshot,
+        &gateway.driver.clock(),
+        now_unix(),
+        gateway.show_secrets,
+    )
 }
 
 /// Builds the module with every method registered.
@@ -85,13 +91,19 @@ pub fn methods(gateway: Arc<Gateway>) -> RpcModule<Gateway> {
     module
 }
 
-fn register_all(module: &mut RpcModule<Gateway>) -> Result<(), jsonrpsee::core::RegisterMethodError> {
+fn register_all(
+    module: &mut RpcModule<Gateway>,
+) -> Result<(), jsonrpsee::core::RegisterMethodError> {
     module.register_async_method("uac.reg_dump", |_params, gw, _| async move {
         let snapshots = gw.driver.snapshots().await.map_err(internal)?;
         let mut views: Vec<RecordView> = snapshots.iter().map(|s| render(&gw, s)).collect();
         for bad in gw.invalid_rows() {
             if !bad.row.l_uuid.is_empty() && !views.iter().any(|v| v.l_uuid == bad.row.l_uuid) {
-                views.push(RecordView::from_invalid(&bad.row, bad.error.to_string(), gw.show_secrets));
+                views.push(RecordView::from_invalid(
+                    &bad.row,
+                    bad.error.to_string(),
+                    gw.show_secrets,
+                ));
             }
         }
         Ok::<_, ErrorObjectOwned>(views)
@@ -110,7 +122,11 @@ fn register_all(module: &mut RpcModule<Gateway>) -> Result<(), jsonrpsee::core::
                     Attribute::AuthUsername => bad.row.auth_username == value,
                 });
                 match invalid {
-                    Some(bad) => Ok(RecordView::from_invalid(&bad.row, bad.error.to_string(), gw.show_secrets)),
+                    Some(bad) => Ok(RecordView::from_invalid(
+                        &bad.row,
+                        bad.error.to_string(),
+                        gw.show_secrets,
+                    )),
                     None => Err(not_found()),
                 }
             }
@@ -131,7 +147,12 @@ fn register_all(module: &mut RpcModule<Gateway>) -> Result<(), jsonrpsee::core::
 
     module.register_async_method("uac.reg_enable", |params, gw, _| async move {
         let (attribute, value) = attribute_params(&params)?;
-        if gw.driver.set_disabled(attribute, &value, false).await.map_err(internal)? {
+        if gw
+            .driver
+            .set_disabled(attribute, &value, false)
+            .await
+            .map_err(internal)?
+        {
             Ok::<_, ErrorObjectOwned>(Empty {})
         } else {
             Err(not_found())
@@ -140,7 +161,12 @@ fn register_all(module: &mut RpcModule<Gateway>) -> Result<(), jsonrpsee::core::
 
     module.register_async_method("uac.reg_disable", |params, gw, _| async move {
         let (attribute, value) = attribute_params(&params)?;
-        if gw.driver.set_disabled(attribute, &value, true).await.map_err(internal)? {
+        if gw
+            .driver
+            .set_disabled(attribute, &value, true)
+            .await
+            .map_err(internal)?
+        {
             Ok::<_, ErrorObjectOwned>(Empty {})
         } else {
             Err(not_found())
@@ -149,7 +175,12 @@ fn register_all(module: &mut RpcModule<Gateway>) -> Result<(), jsonrpsee::core::
 
     module.register_async_method("uac.reg_refresh", |params, gw, _| async move {
         let values = string_params(&params, 1)?;
-        if gw.driver.refresh(Attribute::LUuid, &values[0]).await.map_err(internal)? {
+        if gw
+            .driver
+            .refresh(Attribute::LUuid, &values[0])
+            .await
+            .map_err(internal)?
+        {
             Ok::<_, ErrorObjectOwned>(Empty {})
         } else {
             Err(not_found())
@@ -169,16 +200,19 @@ fn register_all(module: &mut RpcModule<Gateway>) -> Result<(), jsonrpsee::core::
 }
 
 /// Kamailio answers commands like `reg_enable` with an empty struct.
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct Empty {}
 
 /// Starts the HTTP server on `addr`.
-pub async fn serve(addr: SocketAddr, gateway: Arc<Gateway>) -> std::io::Result<(SocketAddr, ServerHandle)> {
+pub async fn serve(
+    addr: SocketAddr,
+    gateway: Arc<Gateway>,
+) -> std::io::Result<(SocketAddr, ServerHandle)> {
     // A dump of 100,000 records is far larger than jsonrpsee's 10 MB default.
-    let server = Server::builder()
+    let config = jsonrpsee::server::ServerConfig::builder()
         .max_response_body_size(u32::MAX)
-        .build(addr)
-        .await?;
+        .build();
+    let server = Server::builder().set_config(config).build(addr).await?;
     let local = server.local_addr()?;
     let handle = server.start(methods(gateway));
     Ok((local, handle))

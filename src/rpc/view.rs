@@ -81,7 +81,12 @@ fn none_if_empty(value: &str) -> String {
 
 impl RecordView {
     /// A live registration. `now_unix` is the current wall-clock second.
-    pub fn from_snapshot(s: &Snapshot, clock: &WallClock, now_unix: i64, show_secrets: bool) -> RecordView {
+    pub fn from_snapshot(
+        s: &Snapshot,
+        clock: &WallClock,
+        now_unix: i64,
+        show_secrets: bool,
+    ) -> RecordView {
         let r: &Record = &s.record;
         let timer_at = match s.status {
             crate::registration::Status::Registered => s.binding_expires.or(s.next_action),
@@ -101,7 +106,11 @@ impl RecordView {
             auth_proxy: none_if_empty(&r.auth_proxy),
             expires: i64::from(r.expires),
             flags: i64::from(s.kamailio_flags()),
-            diff_expires: if timer_expires == 0 { 0 } else { timer_expires - now_unix },
+            diff_expires: if timer_expires == 0 {
+                0
+            } else {
+                timer_expires - now_unix
+            },
             timer_expires,
             reg_init: s.reg_init.map(|at| clock.unix(at)).unwrap_or(0),
             reg_delay: i64::from(r.reg_delay),

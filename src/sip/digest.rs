@@ -30,31 +30,176 @@ pub enum Algorithm {
 impl Algorithm {
     /// Case-insensitive parse of the `algorithm=` token.
     pub fn parse(token: &str) -> Option<Algorithm> {
-        let _ = token;
-        todo!()
+        let token = token.trim().trim_matches('"');
+        [
+            Algorithm::Md5,
+            Algorithm::Md5Sess,
+            Algorithm::Sha256,
+            Algorithm::Sha256Sess,
+            Algorithm::Sha512_256,
+            Algorithm::Sha512_256Sess,
+        ]
+        .into_iter()
+        .find(|a| a.as_str().eq_ignore_ascii_case(token))
     }
-    /// The canonical token (`MD5`, `MD5-sess`, `SHA-256`, `SHA-256-sess`, `SHA-512-256`, `SHA-512-256-sess`).
+
+    /// The canonical token.
     pub fn as_str(self) -> &'static str {
-        todo!()
+        match self {
+            Algorithm::Md5 => "MD5",
+            Algorithm::Md5Sess => "MD5-sess",
+            Algorithm::Sha256 => "SHA-256",
+            Algorithm::Sha256Sess => "SHA-256-sess",
+            Algorithm::Sha512_256 => "SHA-512-256",
+            Algorithm::Sha512_256Sess => "SHA-512-256-sess",
+        }
     }
+
     /// Lowercase hex of the algorithm's hash of `data`.
     pub fn hex_hash(self, data: &[u8]) -> String {
-        let _ = data;
-        todo!()
+        use md5::Digest as _;
+        match self {
+            Algorithm::Md5 | Algorithm::Md5Sess => hex(&md5::Md5::digest(data)),
+            Algorithm::Sha256 | Algorithm::Sha256Sess => hex(&sha2::Sha256::digest(data)),
+            Algorithm::Sha512_256 | Algorithm::Sha512_256Sess => {
+                hex(&sha2::Sha512_256::digest(data))
+            }
+        }
     }
+
     pub fn is_sess(self) -> bool {
-        todo!()
+        matches!(
+            self,
+            Algorithm::Md5Sess | Algorithm::Sha256Sess | Algorithm::Sha512_256Sess
+        )
     }
-    /// Higher is stronger; used to pick among several challenges.
+
+    /// Higher is stronger; used to pick among several challenges (MD5 family is 1).
     pub fn strength(self) -> u8 {
-        todo!()
+        match self {
+            Algorithm::Md5 | Algorithm::Md5Sess => 1,
+            Algorithm::Sha256 | Algorithm::Sha256Sess => 2,
+            Algorithm::Sha512_256 | Algorithm::Sha512_256Sess => 3,
+        }
     }
+
+    fn is_md5(self) -> bool {
+        self.strength() == 1
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Qop {
     Auth,
     AuthInt,
+}
+
+impl Qop {
+    fn parse(token: &str) -> Option<Qop> {
+        match token.trim().to_ascii_lowercase().as_str() {
+            "auth" => Some(Qop::Auth),
+            "auth-int" => Some(Qop::AuthInt),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Qop::Auth => "auth",
+            Qop::AuthInt => "auth-int",
+        }
+    }
+}
+
+/// Splits `Digest a="x, y", b=c` into its scheme and lowercase-named parameters.
+fn parse_params(value: &str) -> Result<(String, Vec<(String, String)>), DigestError> {
+    let value = value.trim();
+    let (scheme, rest) = match value.find(char::is_whitespace) {
+        Some(i) => (&value[..i], &value[i..]),
+        None => (value, ""),
+    };
+    let mut params = Vec::new();
+    let bytes: Vec<char> = rest.chars().collect();
+    let mut i = 0;
+    let malformed = |why: &str| DigestError::Malformed(why.to_string());
+    while i < bytes.len() {
+        while i < bytes.len() && (bytes[i].is_whitespace() || bytes[i] == ',') {
+            i += 1;
+        }
+        if i >= bytes.len() {
+            break;
+        }
+        let name_start = i;
+        while i < bytes.len() && bytes[i] != '=' && bytes[i] != ',' && !bytes[i].is_whitespace() {
+            i += 1;
+        }
+        let name: String = bytes[name_start..i]
+            .iter()
+            .collect::<String>()
+            .to_ascii_lowercase();
+        while i < bytes.len() && bytes[i].is_whitespace() {
+            i += 1;
+        }
+        if i >= bytes.len() || bytes[i] != '=' {
+            return Err(malformed(&format!("parameter {name:?} without a value")));
+        }
+        i += 1;
+        while i < bytes.len() && bytes[i].is_whitespace() {
+            i += 1;
+        }
+        let mut val = String::new();
+        if i < bytes.len() && bytes[i] == '"' {
+            i += 1;
+            let mut closed = false;
+            while i < bytes.len() {
+                match bytes[i] {
+                    '\\' if i + 1 < bytes.len() => {
+                        val.push(bytes[i + 1]);
+                        i += 2;
+                    }
+                    '"' => {
+                        closed = true;
+                        i += 1;
+                        break;
+                    }
+                    c => {
+                        val.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            if !closed {
+                return Err(malformed("unterminated quoted string"));
+            }
+        } else {
+            while i < bytes.len() && bytes[i] != ',' && !bytes[i].is_whitespace() {
+                val.push(bytes[i]);
+                i += 1;
+            }
+        }
+        if name.is_empty() {
+            return Err(malformed("empty parameter name"));
+        }
+        params.push((name, val));
+    }
+    Ok((scheme.to_string(), params))
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// One `WWW-Authenticate` / `Proxy-Authenticate` value.
@@ -77,8 +222,43 @@ impl Challenge {
     /// Parses a header value such as `Digest realm="x", nonce="y", qop="auth,auth-int"`.
     /// Unknown qop tokens are skipped; an unknown algorithm is an error.
     pub fn parse(value: &str, proxy: bool) -> Result<Challenge, DigestError> {
-        let _ = (value, proxy);
-        todo!()
+        let (scheme, params) = parse_params(value)?;
+        if !scheme.eq_ignore_ascii_case("digest") {
+            return Err(DigestError::NotDigest);
+        }
+        let realm = param(&params, "realm")
+            .ok_or_else(|| DigestError::Malformed("no realm".into()))?
+            .to_string();
+        let nonce = param(&params, "nonce")
+            .ok_or_else(|| DigestError::Malformed("no nonce".into()))?
+            .to_string();
+        let (algorithm, algorithm_given) = match param(&params, "algorithm") {
+            Some(token) => (
+                Algorithm::parse(token)
+                    .ok_or_else(|| DigestError::UnsupportedAlgorithm(token.to_string()))?,
+                true,
+            ),
+            None => (Algorithm::Md5, false),
+        };
+        let qop = param(&params, "qop")
+            .map(|list| list.split(',').filter_map(Qop::parse).collect())
+            .unwrap_or_default();
+        let offered_qop = param(&params, "qop").is_some_and(|q| !q.trim().is_empty());
+        if offered_qop && Vec::<Qop>::is_empty(&qop) {
+            return Err(DigestError::UnsupportedQop(
+                param(&params, "qop").unwrap_or("").to_string(),
+            ));
+        }
+        Ok(Challenge {
+            realm,
+            nonce,
+            opaque: param(&params, "opaque").map(String::from),
+            algorithm,
+            algorithm_given,
+            qop,
+            stale: param(&params, "stale").is_some_and(|v| v.eq_ignore_ascii_case("true")),
+            proxy,
+        })
     }
 }
 
@@ -106,9 +286,64 @@ pub struct Authorization {
     pub cnonce: Option<String>,
 }
 
+/// Computes the digest `response` (RFC 7616 §3.4.1; RFC 2069 when `qop` is None).
+#[allow(clippy::too_many_arguments)]
+fn compute_response(
+    algorithm: Algorithm,
+    username: &str,
+    realm: &str,
+    secret: SecretInput<'_>,
+    nonce: &str,
+    cnonce: &str,
+    nc: u32,
+    qop: Option<Qop>,
+    method: &str,
+    uri: &str,
+    body: &[u8],
+) -> Result<String, DigestError> {
+    let base_ha1 = match secret {
+        SecretInput::Password(password) => {
+            algorithm.hex_hash(format!("{username}:{realm}:{password}").as_bytes())
+        }
+        SecretInput::Ha1(ha1) => {
+            if !algorithm.is_md5() {
+                return Err(DigestError::Ha1NeedsMd5(algorithm.as_str().to_string()));
+            }
+            ha1.to_ascii_lowercase()
+        }
+    };
+    let ha1 = if algorithm.is_sess() {
+        algorithm.hex_hash(format!("{base_ha1}:{nonce}:{cnonce}").as_bytes())
+    } else {
+        base_ha1
+    };
+    let ha2 = match qop {
+        Some(Qop::AuthInt) => {
+            let body_hash = algorithm.hex_hash(body);
+            algorithm.hex_hash(format!("{method}:{uri}:{body_hash}").as_bytes())
+        }
+        _ => algorithm.hex_hash(format!("{method}:{uri}").as_bytes()),
+    };
+    Ok(match qop {
+        Some(q) => algorithm
+            .hex_hash(format!("{ha1}:{nonce}:{nc:08x}:{cnonce}:{}:{ha2}", q.as_str()).as_bytes()),
+        None => algorithm.hex_hash(format!("{ha1}:{nonce}:{ha2}").as_bytes()),
+    })
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a guess matched.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 impl Authorization {
     /// Computes the answer to `challenge` for `method` and `uri` (qop=auth preferred over
     /// auth-int when both are offered; auth-int hashes `body`).
+    #[allow(clippy::too_many_arguments)]
     pub fn answer(
         challenge: &Challenge,
         username: &str,
@@ -119,25 +354,365 @@ impl Authorization {
         nc: u32,
         cnonce: &str,
     ) -> Result<Authorization, DigestError> {
-        let _ = (challenge, username, secret, method, uri, body, nc, cnonce);
-        todo!()
+        let qop = if challenge.qop.contains(&Qop::Auth) {
+            Some(Qop::Auth)
+        } else if challenge.qop.contains(&Qop::AuthInt) {
+            Some(Qop::AuthInt)
+        } else {
+            None
+        };
+        // Without qop, RFC 2069 has no cnonce; -sess still needs one.
+        let uses_cnonce = qop.is_some() || challenge.algorithm.is_sess();
+        let response = compute_response(
+            challenge.algorithm,
+            username,
+            &challenge.realm,
+            secret,
+            &challenge.nonce,
+            cnonce,
+            nc,
+            qop,
+            method,
+            uri,
+            body,
+        )?;
+        Ok(Authorization {
+            username: username.to_string(),
+            realm: challenge.realm.clone(),
+            nonce: challenge.nonce.clone(),
+            uri: uri.to_string(),
+            response,
+            algorithm: challenge.algorithm_given.then_some(challenge.algorithm),
+            opaque: challenge.opaque.clone(),
+            qop,
+            nc: qop.map(|_| nc),
+            cnonce: uses_cnonce.then(|| cnonce.to_string()),
+        })
     }
 
     /// Parses a header value `Digest username="…", …`.
     pub fn parse(value: &str) -> Result<Authorization, DigestError> {
-        let _ = value;
-        todo!()
+        let (scheme, params) = parse_params(value)?;
+        if !scheme.eq_ignore_ascii_case("digest") {
+            return Err(DigestError::NotDigest);
+        }
+        let need = |name: &str| {
+            param(&params, name)
+                .map(String::from)
+                .ok_or_else(|| DigestError::Malformed(format!("no {name}")))
+        };
+        let algorithm = match param(&params, "algorithm") {
+            Some(token) => Some(
+                Algorithm::parse(token)
+                    .ok_or_else(|| DigestError::UnsupportedAlgorithm(token.to_string()))?,
+            ),
+            None => None,
+        };
+        let qop = match param(&params, "qop") {
+            Some(token) => Some(
+                Qop::parse(token).ok_or_else(|| DigestError::UnsupportedQop(token.to_string()))?,
+            ),
+            None => None,
+        };
+        let nc = match param(&params, "nc") {
+            Some(text) => Some(
+                u32::from_str_radix(text, 16)
+                    .map_err(|_| DigestError::Malformed(format!("bad nc {text:?}")))?,
+            ),
+            None => None,
+        };
+        Ok(Authorization {
+            username: need("username")?,
+            realm: need("realm")?,
+            nonce: need("nonce")?,
+            uri: need("uri")?,
+            response: need("response")?,
+            algorithm,
+            opaque: param(&params, "opaque").map(String::from),
+            qop,
+            nc,
+            cnonce: param(&params, "cnonce").map(String::from),
+        })
     }
 
     /// Recomputes the expected response from the secret and compares it (server side).
     pub fn verify(&self, secret: SecretInput<'_>, method: &str, body: &[u8]) -> bool {
-        let _ = (secret, method, body);
-        todo!()
+        let algorithm = self.algorithm.unwrap_or(Algorithm::Md5);
+        if self.qop.is_some() && (self.nc.is_none() || self.cnonce.is_none()) {
+            return false;
+        }
+        let expected = compute_response(
+            algorithm,
+            &self.username,
+            &self.realm,
+            secret,
+            &self.nonce,
+            self.cnonce.as_deref().unwrap_or(""),
+            self.nc.unwrap_or(0),
+            self.qop,
+            method,
+            &self.uri,
+            body,
+        );
+        expected.is_ok_and(|e| constant_time_eq(&e, &self.response.to_ascii_lowercase()))
     }
 
     /// The header value, `Digest username="…", realm="…", nonce="…", uri="…", response="…",
     /// [algorithm=…,] [cnonce="…", qop=auth, nc=00000001,] [opaque="…"]`.
     pub fn to_header_value(&self) -> String {
-        todo!()
+        let mut out = format!(
+            "Digest username=\"{}\", realm=\"{}\", nonce=\"{}\", uri=\"{}\", response=\"{}\"",
+            quote(&self.username),
+            quote(&self.realm),
+            quote(&self.nonce),
+            quote(&self.uri),
+            self.response
+        );
+        if let Some(algorithm) = self.algorithm {
+            out.push_str(", algorithm=");
+            out.push_str(algorithm.as_str());
+        }
+        if let Some(cnonce) = &self.cnonce {
+            out.push_str(&format!(", cnonce=\"{}\"", quote(cnonce)));
+        }
+        if let (Some(qop), Some(nc)) = (self.qop, self.nc) {
+            out.push_str(&format!(", qop={}, nc={nc:08x}", qop.as_str()));
+        }
+        if let Some(opaque) = &self.opaque {
+            out.push_str(&format!(", opaque=\"{}\"", quote(opaque)));
+        }
+        out
+    }
+}
+
+/// Escapes `"` and `\` inside a quoted-string.
+fn quote(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains(['"', '\\']) {
+        std::borrow::Cow::Owned(value.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        std::borrow::Cow::Borrowed(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc2617_example() {
+        let challenge = Challenge::parse(
+            "Digest realm=\"testrealm@host.com\", qop=\"auth,auth-int\", nonce=\"dcd98b7102dd2f0e8b11d0f600bfb0c093\", opaque=\"5ccc069c403ebaf9f0171e9517f40e41\"",
+            false,
+        )
+        .unwrap();
+        let answer = Authorization::answer(
+            &challenge,
+            "Mufasa",
+            SecretInput::Password("Circle Of Life"),
+            "GET",
+            "/dir/index.html",
+            b"",
+            1,
+            "0a4f113b",
+        )
+        .unwrap();
+        assert_eq!(answer.response, "6629fae49393a05397450978507c4ef1");
+        let header = answer.to_header_value();
+        assert!(header.contains("nc=00000001"), "{header}");
+        assert!(
+            header.contains("qop=auth,") || header.contains("qop=auth, "),
+            "{header}"
+        );
+        assert!(
+            !header.contains("algorithm"),
+            "not echoed when not given: {header}"
+        );
+        assert!(header.contains("opaque=\"5ccc069c403ebaf9f0171e9517f40e41\""));
+        let parsed = Authorization::parse(&header).unwrap();
+        assert_eq!(parsed, answer);
+        assert!(parsed.verify(SecretInput::Password("Circle Of Life"), "GET", b""));
+        assert!(!parsed.verify(SecretInput::Password("circle of life"), "GET", b""));
+    }
+
+    #[test]
+    fn rfc7616_sha256_and_md5_examples() {
+        for (algorithm, expected) in [
+            ("MD5", "8ca523f5e9506fed4657c9700eebdbec"),
+            (
+                "SHA-256",
+                "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1",
+            ),
+        ] {
+            let challenge = Challenge::parse(
+                &format!("Digest realm=\"http-auth@example.org\", qop=\"auth, auth-int\", algorithm={algorithm}, nonce=\"7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v\", opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\""),
+                false,
+            )
+            .unwrap();
+            let answer = Authorization::answer(
+                &challenge,
+                "Mufasa",
+                SecretInput::Password("Circle of Life"),
+                "GET",
+                "/dir/index.html",
+                b"",
+                1,
+                "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
+            )
+            .unwrap();
+            assert_eq!(answer.response, expected, "{algorithm}");
+            assert_eq!(answer.algorithm.map(Algorithm::as_str), Some(algorithm));
+        }
+    }
+
+    #[test]
+    fn kamailio_trace_digest() {
+        let challenge = Challenge::parse(
+            "Digest realm=\"registrar.test\", nonce=\"awN21msDdpobD+hjRUs92zz15COlM0l9\", qop=\"auth\"",
+            false,
+        )
+        .unwrap();
+        let answer = Authorization::answer(
+            &challenge,
+            "user000000",
+            SecretInput::Password("pw-user000000"),
+            "REGISTER",
+            "sip:registrar.test",
+            b"",
+            1,
+            "1596745092",
+        )
+        .unwrap();
+        assert_eq!(answer.response, "80a4f710e00f149e6dd41f9b768ffca0");
+        // The same from an HA1.
+        let ha1 = Algorithm::Md5.hex_hash(b"user000000:registrar.test:pw-user000000");
+        let from_ha1 = Authorization::answer(
+            &challenge,
+            "user000000",
+            SecretInput::Ha1(&ha1),
+            "REGISTER",
+            "sip:registrar.test",
+            b"",
+            1,
+            "1596745092",
+        )
+        .unwrap();
+        assert_eq!(from_ha1.response, answer.response);
+    }
+
+    #[test]
+    fn nonce_count_is_hex() {
+        let challenge =
+            Challenge::parse("Digest realm=\"r\", nonce=\"n\", qop=auth", false).unwrap();
+        let answer = Authorization::answer(
+            &challenge,
+            "u",
+            SecretInput::Password("p"),
+            "REGISTER",
+            "sip:r",
+            b"",
+            10,
+            "c",
+        )
+        .unwrap();
+        assert!(answer.to_header_value().contains("nc=0000000a"));
+        assert_eq!(
+            Authorization::parse(&answer.to_header_value()).unwrap().nc,
+            Some(10)
+        );
+    }
+
+    #[test]
+    fn challenge_forms() {
+        let c = Challenge::parse("digest  REALM=\"a, b\" ,nonce=xyz,algorithm=sha-512-256-SESS,stale=TRUE,qop=\"auth-int\"", true).unwrap();
+        assert_eq!(c.realm, "a, b");
+        assert_eq!(c.nonce, "xyz");
+        assert_eq!(c.algorithm, Algorithm::Sha512_256Sess);
+        assert!(c.stale && c.proxy);
+        assert_eq!(c.qop, vec![Qop::AuthInt]);
+        assert_eq!(
+            Challenge::parse("Basic realm=\"x\"", false),
+            Err(DigestError::NotDigest)
+        );
+        assert!(matches!(
+            Challenge::parse(
+                "Digest realm=\"x\", nonce=\"y\", algorithm=AKAv1-MD5",
+                false
+            ),
+            Err(DigestError::UnsupportedAlgorithm(_))
+        ));
+        assert!(Challenge::parse("Digest realm=\"x", false).is_err());
+    }
+
+    #[test]
+    fn ha1_cannot_answer_sha256() {
+        let c =
+            Challenge::parse("Digest realm=\"r\", nonce=\"n\", algorithm=SHA-256", false).unwrap();
+        let err = Authorization::answer(
+            &c,
+            "u",
+            SecretInput::Ha1("0123456789abcdef0123456789abcdef"),
+            "REGISTER",
+            "sip:r",
+            b"",
+            1,
+            "c",
+        )
+        .unwrap_err();
+        assert!(matches!(err, DigestError::Ha1NeedsMd5(_)));
+    }
+
+    #[test]
+    fn every_algorithm_round_trips_through_verify() {
+        for algorithm in [
+            "MD5",
+            "MD5-sess",
+            "SHA-256",
+            "SHA-256-sess",
+            "SHA-512-256",
+            "SHA-512-256-sess",
+        ] {
+            for qop in ["", ", qop=\"auth\"", ", qop=\"auth-int\""] {
+                let c = Challenge::parse(
+                    &format!("Digest realm=\"r\", nonce=\"n\", algorithm={algorithm}{qop}"),
+                    false,
+                )
+                .unwrap();
+                let a = Authorization::answer(
+                    &c,
+                    "u",
+                    SecretInput::Password("p"),
+                    "REGISTER",
+                    "sip:r",
+                    b"",
+                    3,
+                    "cn",
+                )
+                .unwrap();
+                let parsed = Authorization::parse(&a.to_header_value()).unwrap();
+                assert!(
+                    parsed.verify(SecretInput::Password("p"), "REGISTER", b""),
+                    "{algorithm}{qop}"
+                );
+                assert!(
+                    !parsed.verify(SecretInput::Password("q"), "REGISTER", b""),
+                    "{algorithm}{qop}"
+                );
+            }
+        }
+    }
+
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn parsers_never_panic(value in "\\PC{0,300}") {
+                let _ = Challenge::parse(&value, false);
+                let _ = Authorization::parse(&value);
+                let _ = Challenge::parse(&format!("Digest {value}"), true);
+                let _ = Authorization::parse(&format!("Digest {value}"));
+            }
+        }
     }
 }

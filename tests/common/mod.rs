@@ -20,7 +20,8 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(name: &str) -> TempDir {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let path = std::env::temp_dir().join(format!("uacreg-test-{name}-{}-{n}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("uacreg-test-{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temp dir");
         TempDir(path)
@@ -55,7 +56,9 @@ pub fn test_config(db_url: &str) -> Config {
 }
 
 pub async fn start_daemon(db_url: &str) -> Daemon {
-    Daemon::start(test_config(db_url)).await.expect("daemon starts")
+    Daemon::start(test_config(db_url))
+        .await
+        .expect("daemon starts")
 }
 
 /// Polls `check` every 20 ms until it returns true or `limit` passes.

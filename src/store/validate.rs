@@ -1,0 +1,486 @@
+//! Turning a stored row into a [`Record`] the core can act on, or into a named reason why not.
+//!
+//! A row is judged on its own: one bad row is reported (with its id and l_uuid, never with a
+//! secret) and every other row still loads. The rules follow Kamailio's loader, stricter where a
+//! value would otherwise produce a REGISTER no registrar can accept.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use thiserror::Error;
+
+use super::row::RawRow;
+use crate::registration::{Credentials, Destination, Record, Transport};
+
+/// Values the daemon supplies for rows that leave them open.
+#[derive(Clone, Debug, Default)]
+pub struct RowDefaults {
+    /// `host:port` used in the Contact when `contact_addr` is empty.
+    pub contact_addr: String,
+    /// Sockets the daemon listens on (`udp:127.0.0.1:5062`); a non-empty `socket` column must
+    /// name one of them.
+    pub sockets: Vec<String>,
+}
+
+/// Why a row was not loaded. Display names the column and, except for secrets, the value.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum RowError {
+    #[error("{column} is empty")]
+    Missing { column: &'static str },
+    #[error("{column} is {len} characters long; at most {max} are allowed")]
+    TooLong {
+        column: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("l_uuid {value:?} cannot be a SIP URI user part: {reason}")]
+    BadLUuid { value: String, reason: String },
+    #[error("{column} {value:?} is not a valid host[:port]")]
+    BadHost { column: &'static str, value: String },
+    #[error("{column} {value:?} contains characters not allowed in a SIP URI user part")]
+    BadUser { column: &'static str, value: String },
+    #[error("auth_proxy {value:?} is not a SIP URI: {reason}")]
+    BadAuthProxy { value: String, reason: String },
+    #[error("auth_proxy asks for transport {transport}, which is not supported yet (UDP only)")]
+    UnsupportedTransport { transport: String },
+    #[error("{column} is negative ({value})")]
+    Negative { column: &'static str, value: i64 },
+    #[error("auth_ha1 is not 32 hexadecimal digits (an MD5 HA1)")]
+    BadHa1,
+    #[error("socket {value:?} is not a socket uacregd listens on (it listens on {served})")]
+    UnknownSocket { value: String, served: String },
+    #[error("l_uuid {l_uuid:?} is already used by the row with id {first_id}")]
+    Duplicate { l_uuid: String, first_id: i64 },
+}
+
+const MAX_FIELD: usize = 255;
+
+fn require(column: &'static str, value: &str) -> Result<(), RowError> {
+    if value.is_empty() {
+        return Err(RowError::Missing { column });
+    }
+    if value.len() > MAX_FIELD {
+        return Err(RowError::TooLong {
+            column,
+            len: value.len(),
+            max: MAX_FIELD,
+        });
+    }
+    Ok(())
+}
+
+/// RFC 3261 `user` characters: unreserved, escaped, and user-unreserved.
+fn is_user_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/%".contains(c)
+}
+
+fn check_l_uuid(value: &str) -> Result<(), RowError> {
+    require("l_uuid", value)?;
+    if value.len() > 64 {
+        return Err(RowError::TooLong {
+            column: "l_uuid",
+            len: value.len(),
+            max: 64,
+        });
+    }
+    // `;` and `?` are legal in a user part but would change the meaning of our Contact URI.
+    if let Some(c) = value
+        .chars()
+        .find(|&c| !is_user_char(c) || c == ';' || c == '?')
+    {
+        return Err(RowError::BadLUuid {
+            value: value.into(),
+            reason: format!("character {c:?} is not allowed"),
+        });
+    }
+    Ok(())
+}
+
+fn is_hostname(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+/// Splits and checks `host`, `host:port`, `[v6]`, `[v6]:port`, bare `v6`. Returns the host
+/// without brackets and the port.
+fn parse_host_port(text: &str) -> Option<(String, Option<u16>)> {
+    if let Some(rest) = text.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        inside.parse::<Ipv6Addr>().ok()?;
+        let port = match after {
+            "" => None,
+            p => Some(parse_port(p.strip_prefix(':')?)?),
+        };
+        return Some((inside.to_string(), port));
+    }
+    if text.parse::<Ipv6Addr>().is_ok() {
+        return Some((text.to_string(), None));
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => (host, Some(parse_port(port)?)),
+        None => (text, None),
+    };
+    if host.parse::<Ipv4Addr>().is_ok() || is_hostname(host) {
+        Some((host.to_string(), port))
+    } else {
+        None
+    }
+}
+
+fn parse_port(text: &str) -> Option<u16> {
+    if text.is_empty() || !text.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u16>().ok().filter(|p| *p != 0)
+}
+
+/// `sip:host[:port][;transport=x]`, `sips:…`, or Kamailio's bare `host[:port]`.
+fn parse_proxy(value: &str) -> Result<Destination, RowError> {
+    let bad = |reason: &str| RowError::BadAuthProxy {
+        value: value.into(),
+        reason: reason.into(),
+    };
+    let trimmed = value.trim().trim_start_matches('<').trim_end_matches('>');
+    let lower = trimmed.to_ascii_lowercase();
+    let (mut transport, rest) = if lower.starts_with("sips:") {
+        (Transport::Tls, &trimmed[5..])
+    } else if lower.starts_with("sip:") {
+        (Transport::Udp, &trimmed[4..])
+    } else if lower.contains("://") || lower.starts_with("tel:") {
+        return Err(bad("only sip: and sips: URIs are supported"));
+    } else {
+        (Transport::Udp, trimmed)
+    };
+    let mut parts = rest.split(';');
+    let host_part = parts.next().unwrap_or("");
+    // A user part in a proxy URI carries no meaning for routing.
+    let host_part = host_part.rsplit_once('@').map_or(host_part, |(_, h)| h);
+    if host_part.is_empty() {
+        return Err(bad("no host"));
+    }
+    for param in parts {
+        let (name, val) = param.split_once('=').unwrap_or((param, ""));
+        if name.eq_ignore_ascii_case("transport") {
+            transport = match val.to_ascii_lowercase().as_str() {
+                "udp" => Transport::Udp,
+                "tcp" => Transport::Tcp,
+                "tls" => Transport::Tls,
+                other => {
+                    return Err(RowError::UnsupportedTransport {
+                        transport: other.to_string(),
+                    });
+                }
+            };
+        }
+    }
+    let (host, port) = parse_host_port(host_part).ok_or_else(|| bad("invalid host or port"))?;
+    Ok(Destination {
+        host,
+        port,
+        transport,
+    })
+}
+
+fn non_negative(column: &'static str, value: i64) -> Result<u32, RowError> {
+    if value < 0 {
+        return Err(RowError::Negative { column, value });
+    }
+    Ok(u32::try_from(value).unwrap_or(u32::MAX))
+}
+
+/// Validates one row.
+pub fn validate(row: RawRow, defaults: &RowDefaults) -> Result<Record, RowError> {
+    check_l_uuid(&row.l_uuid)?;
+    require("l_username", &row.l_username)?;
+    require("r_username", &row.r_username)?;
+    require("r_domain", &row.r_domain)?;
+    if row
+        .r_username
+        .chars()
+        .any(|c| c.is_whitespace() || "<>\"@".contains(c))
+    {
+        return Err(RowError::BadUser {
+            column: "r_username",
+            value: row.r_username.clone(),
+        });
+    }
+    let (domain_host, domain_port) =
+        parse_host_port(&row.r_domain).ok_or_else(|| RowError::BadHost {
+            column: "r_domain",
+            value: row.r_domain.clone(),
+        })?;
+
+    let destination = if row.auth_proxy.trim().is_empty() {
+        Destination {
+            host: domain_host,
+            port: domain_port,
+            transport: Transport::Udp,
+        }
+    } else {
+        parse_proxy(&row.auth_proxy)?
+    };
+    if destination.transport != Transport::Udp {
+        return Err(RowError::UnsupportedTransport {
+            transport: destination.transport.via_token().to_ascii_lowercase(),
+        });
+    }
+
+    let contact_host_port = if row.contact_addr.is_empty() {
+        defaults.contact_addr.clone()
+    } else {
+        parse_host_port(&row.contact_addr).ok_or_else(|| RowError::BadHost {
+            column: "contact_addr",
+            value: row.contact_addr.clone(),
+        })?;
+        row.contact_addr.clone()
+    };
+    if !row.contact_user.is_empty()
+        && row
+            .contact_user
+            .chars()
+            .any(|c| !is_user_char(c) || c == ';')
+    {
+        return Err(RowError::BadUser {
+            column: "contact_user",
+            value: row.contact_user.clone(),
+        });
+    }
+
+    if !row.socket.is_empty() && !defaults.sockets.iter().any(|s| s == &row.socket) {
+        return Err(RowError::UnknownSocket {
+            value: row.socket.clone(),
+            served: defaults.sockets.join(", "),
+        });
+    }
+
+    let expires = non_negative("expires", row.expires)?;
+    let reg_delay = non_negative("reg_delay", row.reg_delay)?;
+
+    let ha1 = row.auth_ha1.expose();
+    if !ha1.is_empty() && !(ha1.len() == 32 && ha1.chars().all(|c| c.is_ascii_hexdigit())) {
+        return Err(RowError::BadHa1);
+    }
+    let credentials = if row.auth_username.is_empty() {
+        None
+    } else if !row.auth_ha1.is_empty() {
+        Some(Credentials::Ha1 {
+            username: row.auth_username.clone(),
+            ha1: crate::registration::Secret::new(ha1.to_ascii_lowercase()),
+        })
+    } else if !row.auth_password.is_empty() {
+        Some(Credentials::Password {
+            username: row.auth_username.clone(),
+            password: row.auth_password.clone(),
+        })
+    } else {
+        None
+    };
+
+    Ok(Record {
+        id: row.id,
+        l_uuid: row.l_uuid,
+        l_username: row.l_username,
+        l_domain: row.l_domain,
+        r_username: row.r_username,
+        r_domain: row.r_domain,
+        realm: row.realm,
+        auth_username: row.auth_username,
+        auth_password: row.auth_password,
+        auth_ha1: row.auth_ha1,
+        auth_proxy: row.auth_proxy,
+        expires,
+        flags: row.flags.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
+        reg_delay,
+        contact_addr: row.contact_addr,
+        socket: row.socket,
+        contact_user: row.contact_user,
+        destination,
+        contact_host_port,
+        credentials,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registration::Secret;
+
+    fn defaults() -> RowDefaults {
+        RowDefaults {
+            contact_addr: "127.0.0.1:5062".into(),
+            sockets: vec!["udp:127.0.0.1:5062".into()],
+        }
+    }
+
+    fn good() -> RawRow {
+        let mut row = RawRow::new("uuid1", "alice", "sip.example.com");
+        row.auth_username = "alice".into();
+        row.auth_password = Secret::new("s3cret-pw");
+        row
+    }
+
+    fn err(row: RawRow) -> RowError {
+        validate(row, &defaults()).unwrap_err()
+    }
+
+    #[test]
+    fn good_row_derives_destination_contact_and_credentials() {
+        let record = validate(good(), &defaults()).unwrap();
+        assert_eq!(record.destination.host, "sip.example.com");
+        assert_eq!(record.destination.port, None);
+        assert_eq!(record.contact_host_port, "127.0.0.1:5062");
+        assert_eq!(record.contact_uri(), "sip:uuid1@127.0.0.1:5062");
+        assert!(matches!(
+            record.credentials,
+            Some(Credentials::Password { .. })
+        ));
+    }
+
+    #[test]
+    fn auth_proxy_forms() {
+        for (proxy, host, port) in [
+            ("sip:127.0.0.1:5070", "127.0.0.1", Some(5070)),
+            ("sip:proxy.example.com", "proxy.example.com", None),
+            ("proxy.example.com:5080", "proxy.example.com", Some(5080)),
+            (
+                "sip:[2001:db8::1]:5060;transport=udp",
+                "2001:db8::1",
+                Some(5060),
+            ),
+            ("<sip:u@10.0.0.1:5999;lr>", "10.0.0.1", Some(5999)),
+        ] {
+            let mut row = good();
+            row.auth_proxy = proxy.into();
+            let record = validate(row, &defaults()).unwrap();
+            assert_eq!(record.destination.host, host, "{proxy}");
+            assert_eq!(record.destination.port, port, "{proxy}");
+        }
+        for bad in [
+            "sip:",
+            "sip:host:99999",
+            "sip:ho st",
+            "sip:host:abc",
+            "http://x",
+        ] {
+            let mut row = good();
+            row.auth_proxy = bad.into();
+            assert!(matches!(err(row), RowError::BadAuthProxy { .. }), "{bad}");
+        }
+        let mut row = good();
+        row.auth_proxy = "sip:proxy.example.com;transport=tcp".into();
+        assert_eq!(
+            err(row).to_string(),
+            "auth_proxy asks for transport tcp, which is not supported yet (UDP only)"
+        );
+    }
+
+    #[test]
+    fn required_columns() {
+        for (column, clear) in [
+            (
+                "l_uuid",
+                (|r: &mut RawRow| r.l_uuid.clear()) as fn(&mut RawRow),
+            ),
+            ("l_username", |r: &mut RawRow| r.l_username.clear()),
+            ("r_username", |r: &mut RawRow| r.r_username.clear()),
+            ("r_domain", |r: &mut RawRow| r.r_domain.clear()),
+        ] {
+            let mut row = good();
+            clear(&mut row);
+            assert_eq!(err(row), RowError::Missing { column });
+        }
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut row = good();
+        row.l_uuid = "has space".into();
+        assert!(matches!(err(row), RowError::BadLUuid { .. }));
+        let mut row = good();
+        row.r_domain = "bad domain".into();
+        assert!(matches!(
+            err(row),
+            RowError::BadHost {
+                column: "r_domain",
+                ..
+            }
+        ));
+        let mut row = good();
+        row.contact_addr = "1.2.3.4:0".into();
+        assert!(matches!(
+            err(row),
+            RowError::BadHost {
+                column: "contact_addr",
+                ..
+            }
+        ));
+        let mut row = good();
+        row.expires = -1;
+        assert_eq!(
+            err(row),
+            RowError::Negative {
+                column: "expires",
+                value: -1
+            }
+        );
+        let mut row = good();
+        row.reg_delay = -5;
+        assert!(matches!(
+            err(row),
+            RowError::Negative {
+                column: "reg_delay",
+                ..
+            }
+        ));
+        let mut row = good();
+        row.socket = "udp:10.9.9.9:5060".into();
+        assert!(matches!(err(row), RowError::UnknownSocket { .. }));
+        let mut row = good();
+        row.socket = "udp:127.0.0.1:5062".into();
+        assert!(validate(row, &defaults()).is_ok());
+    }
+
+    #[test]
+    fn ha1_rules_and_secrecy() {
+        let mut row = good();
+        row.auth_ha1 = Secret::new("zz-definitely-not-hex-zzzzzzzzzzz");
+        let e = err(row);
+        assert_eq!(e, RowError::BadHa1);
+        assert!(!e.to_string().contains("zz-definitely"));
+        assert!(!format!("{e:?}").contains("zz-definitely"));
+
+        let mut row = good();
+        row.auth_ha1 = Secret::new("0123456789ABCDEF0123456789abcdef");
+        let record = validate(row, &defaults()).unwrap();
+        match record.credentials {
+            Some(Credentials::Ha1 { ha1, .. }) => {
+                assert_eq!(ha1.expose(), "0123456789abcdef0123456789abcdef")
+            }
+            other => panic!("HA1 must win over the password: {other:?}"),
+        }
+        assert!(!format!("{:?}", good()).contains("s3cret-pw"));
+    }
+
+    #[test]
+    fn rows_without_credentials_load_for_ip_auth_trunks() {
+        let mut row = good();
+        row.auth_username.clear();
+        assert_eq!(validate(row, &defaults()).unwrap().credentials, None);
+        let mut row = good();
+        row.auth_password = Secret::default();
+        assert_eq!(validate(row, &defaults()).unwrap().credentials, None);
+    }
+
+    #[test]
+    fn expires_zero_is_valid() {
+        let mut row = good();
+        row.expires = 0;
+        assert_eq!(validate(row, &defaults()).unwrap().expires, 0);
+    }
+}

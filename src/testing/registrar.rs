@@ -1,0 +1,644 @@
+//! A real SIP registrar on UDP for tests, the demo and benchmarks.
+//!
+//! It challenges every REGISTER without valid credentials, checks digest answers against its
+//! user list (with nonce lifetime and nonce-count replay checks), keeps bindings per RFC 3261
+//! §10.3 and answers 200 OK listing every binding of the address of record in one Contact line,
+//! as production registrars do. It records every REGISTER it saw so tests can assert on the
+//! wire behaviour, and can be told to misbehave ([`Behavior`]).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+
+use crate::sip::digest::{Algorithm, Authorization, SecretInput};
+use crate::sip::message::Request;
+
+/// How the registrar answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Behavior {
+    /// Challenge, verify, store, answer 200.
+    Normal,
+    /// Drop every request (a dead registrar).
+    Silent,
+    /// Answer every REGISTER with this final response (e.g. 403, or 503 with Retry-After).
+    Reject {
+        code: u16,
+        reason: String,
+        retry_after: Option<u32>,
+    },
+    /// Answer 423 with this Min-Expires to authorized REGISTERs asking for less.
+    IntervalTooBrief { min_expires: u32 },
+    /// Challenge with this realm instead of the configured one (and never accept).
+    WrongRealm(String),
+    /// Answer each user's first correctly authorized REGISTER with 401 stale=true.
+    StaleNonce,
+}
+
+#[derive(Clone, Debug)]
+pub struct RegistrarConfig {
+    /// Address to bind; `127.0.0.1:0` picks a free port.
+    pub bind: SocketAddr,
+    pub realm: String,
+    /// username → password.
+    pub users: HashMap<String, String>,
+    /// Offer `qop="auth"`.
+    pub qop: bool,
+    pub algorithm: Algorithm,
+    /// Cap on granted expiry.
+    pub max_expires: Option<u32>,
+    /// How long an issued nonce is accepted.
+    pub nonce_lifetime: Duration,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            realm: "registrar.test".into(),
+            users: HashMap::new(),
+            qop: true,
+            algorithm: Algorithm::Md5,
+            max_expires: None,
+            nonce_lifetime: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One stored binding.
+#[derive(Clone, Debug)]
+pub struct Binding {
+    pub contact: String,
+    pub expires_at: Instant,
+    pub call_id: String,
+    pub cseq: u32,
+}
+
+/// One REGISTER as received.
+#[derive(Clone, Debug)]
+pub struct SeenRequest {
+    pub at: Instant,
+    pub call_id: String,
+    pub cseq: u32,
+    pub expires: Option<u32>,
+    pub contact: Option<String>,
+    pub had_authorization: bool,
+    /// Whether the credentials verified (None without credentials).
+    pub authorization_valid: Option<bool>,
+    pub code: u16,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RegistrarStats {
+    pub requests: u64,
+    pub challenges: u64,
+    /// Requests whose credentials verified.
+    pub authorized: u64,
+    /// Requests with credentials that did not verify.
+    pub rejected: u64,
+    /// 200 OK answers.
+    pub ok: u64,
+    pub removals: u64,
+    pub malformed: u64,
+}
+
+struct NonceState {
+    issued: Instant,
+    last_nc: u32,
+}
+
+struct State {
+    behavior: Behavior,
+    bindings: HashMap<String, Vec<Binding>>,
+    seen: HashMap<String, Vec<SeenRequest>>,
+    nonces: HashMap<String, NonceState>,
+    stale_sent: HashSet<String>,
+    stats: RegistrarStats,
+    rng: fastrand::Rng,
+}
+
+pub struct TestRegistrar {
+    local_addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic while holding the lock only happens in a failing test; keep going with the data.
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl TestRegistrar {
+    pub async fn start(config: RegistrarConfig) -> std::io::Result<TestRegistrar> {
+        let socket = UdpSocket::bind(config.bind).await?;
+        let local_addr = socket.local_addr()?;
+        let state = Arc::new(Mutex::new(State {
+            behavior: Behavior::Normal,
+            bindings: HashMap::new(),
+            seen: HashMap::new(),
+            nonces: HashMap::new(),
+            stale_sent: HashSet::new(),
+            stats: RegistrarStats::default(),
+            rng: fastrand::Rng::new(),
+        }));
+        let (stop_tx, mut stop_rx) = oneshot::channel();
+        let task_state = state.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_535];
+            loop {
+                tokio::select! {
+                    _ = &mut stop_rx => return,
+                    received = socket.recv_from(&mut buf) => {
+                        let Ok((len, from)) = received else { continue };
+                        let answer = handle(&config, &task_state, &buf[..len]);
+                        if let Some(answer) = answer {
+                            let _ = socket.send_to(answer.as_bytes(), from).await;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(TestRegistrar {
+            local_addr,
+            state,
+            stop: Some(stop_tx),
+            task,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Current (unexpired) bindings of `sip:user@…`.
+    pub fn bindings(&self, user: &str) -> Vec<Binding> {
+        let now = Instant::now();
+        lock(&self.state)
+            .bindings
+            .get(user)
+            .map(|list| {
+                list.iter()
+                    .filter(|b| b.expires_at > now)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Unexpired bindings of every user.
+    pub fn binding_count(&self) -> usize {
+        let now = Instant::now();
+        lock(&self.state)
+            .bindings
+            .values()
+            .map(|list| list.iter().filter(|b| b.expires_at > now).count())
+            .sum()
+    }
+
+    pub fn stats(&self) -> RegistrarStats {
+        lock(&self.state).stats
+    }
+
+    /// Every REGISTER received for `user`, oldest first.
+    pub fn requests_for(&self, user: &str) -> Vec<SeenRequest> {
+        lock(&self.state)
+            .seen
+            .get(user)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn set_behavior(&self, behavior: Behavior) {
+        lock(&self.state).behavior = behavior;
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for TestRegistrar {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Handles one datagram; returns the response text, if any.
+fn handle(config: &RegistrarConfig, state: &Mutex<State>, datagram: &[u8]) -> Option<String> {
+    let mut state = lock(state);
+    let request = match Request::parse(datagram) {
+        Ok(request) => request,
+        Err(_) => {
+            state.stats.malformed += 1;
+            return None;
+        }
+    };
+    if request.method == "ACK" {
+        return None;
+    }
+    if request.method != "REGISTER" {
+        return Some(response(
+            &request,
+            405,
+            "Method Not Allowed",
+            "Allow: REGISTER\r\n",
+        ));
+    }
+    state.stats.requests += 1;
+    let user = request.to_uri.user.clone().unwrap_or_default();
+    let now = Instant::now();
+    let behavior = state.behavior.clone();
+    let mut seen = SeenRequest {
+        at: now,
+        call_id: request.call_id.clone(),
+        cseq: request.cseq,
+        expires: request.expires,
+        contact: request.contacts.first().map(|c| c.uri_text.clone()),
+        had_authorization: request.authorization.is_some() || request.proxy_authorization.is_some(),
+        authorization_valid: None,
+        code: 0,
+    };
+
+    let answer = match behavior {
+        Behavior::Silent => None,
+        Behavior::Reject {
+            code,
+            ref reason,
+            retry_after,
+        } => {
+            let extra = retry_after
+                .map(|s| format!("Retry-After: {s}\r\n"))
+                .unwrap_or_default();
+            seen.code = code;
+            Some(response(&request, code, reason, &extra))
+        }
+        Behavior::WrongRealm(ref realm) => {
+            seen.code = 401;
+            Some(challenge(config, &mut state, &request, realm, false))
+        }
+        _ => Some(authorize_and_register(
+            config, &mut state, &request, &user, &behavior, &mut seen, now,
+        )),
+    };
+    state.seen.entry(user).or_default().push(seen);
+    answer
+}
+
+fn authorize_and_register(
+    config: &RegistrarConfig,
+    state: &mut State,
+    request: &Request,
+    user: &str,
+    behavior: &Behavior,
+    seen: &mut SeenRequest,
+    now: Instant,
+) -> String {
+    let Some(header) = request.authorization.as_deref() else {
+        seen.code = 401;
+        return challenge(config, state, request, &config.realm, false);
+    };
+    let verdict = check_credentials(config, state, header, now);
+    match verdict {
+        Credential::Valid => {
+            seen.authorization_valid = Some(true);
+            state.stats.authorized += 1;
+        }
+        Credential::Stale => {
+            // Correct credentials on an expired or unknown nonce.
+            seen.authorization_valid = Some(true);
+            seen.code = 401;
+            return challenge(config, state, request, &config.realm, true);
+        }
+        Credential::Invalid => {
+            seen.authorization_valid = Some(false);
+            state.stats.rejected += 1;
+            seen.code = 401;
+            return challenge(config, state, request, &config.realm, false);
+        }
+    }
+    if *behavior == Behavior::StaleNonce && state.stale_sent.insert(user.to_string()) {
+        seen.code = 401;
+        return challenge(config, state, request, &config.realm, true);
+    }
+    if let Behavior::IntervalTooBrief { min_expires } = *behavior {
+        let asked = request
+            .contacts
+            .first()
+            .and_then(|c| c.expires)
+            .or(request.expires)
+            .unwrap_or(3600);
+        if asked != 0 && asked < min_expires {
+            seen.code = 423;
+            return response(
+                request,
+                423,
+                "Interval Too Brief",
+                &format!("Min-Expires: {min_expires}\r\n"),
+            );
+        }
+    }
+    update_bindings(config, state, request, user, now);
+    seen.code = 200;
+    state.stats.ok += 1;
+    let list: Vec<String> = state
+        .bindings
+        .get(user)
+        .map(|list| {
+            list.iter()
+                .filter(|b| b.expires_at > now)
+                .map(|b| {
+                    let left = b
+                        .expires_at
+                        .saturating_duration_since(now)
+                        .as_secs_f64()
+                        .round() as u64;
+                    format!("<{}>;expires={left}", b.contact)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let extra = if list.is_empty() {
+        String::new()
+    } else {
+        format!("Contact: {}\r\n", list.join(", "))
+    };
+    response(request, 200, "OK", &extra)
+}
+
+enum Credential {
+    Valid,
+    Stale,
+    Invalid,
+}
+
+fn check_credentials(
+    config: &RegistrarConfig,
+    state: &mut State,
+    header: &str,
+    now: Instant,
+) -> Credential {
+    let Ok(auth) = Authorization::parse(header) else {
+        return Credential::Invalid;
+    };
+    let Some(password) = config.users.get(&auth.username) else {
+        return Credential::Invalid;
+    };
+    if auth.realm != config.realm || !auth.verify(SecretInput::Password(password), "REGISTER", b"")
+    {
+        return Credential::Invalid;
+    }
+    let lifetime = config.nonce_lifetime;
+    let Some(nonce) = state.nonces.get_mut(&auth.nonce) else {
+        return Credential::Stale;
+    };
+    if now.duration_since(nonce.issued) > lifetime {
+        return Credential::Stale;
+    }
+    if let Some(nc) = auth.nc {
+        // A replayed or reordered nonce count is treated as stale: the client gets a new nonce.
+        if nc <= nonce.last_nc {
+            return Credential::Stale;
+        }
+        nonce.last_nc = nc;
+    }
+    Credential::Valid
+}
+
+fn update_bindings(
+    config: &RegistrarConfig,
+    state: &mut State,
+    request: &Request,
+    user: &str,
+    now: Instant,
+) {
+    let list = state.bindings.entry(user.to_string()).or_default();
+    list.retain(|b| b.expires_at > now);
+    if request.contact_star {
+        if request.expires == Some(0) {
+            list.clear();
+            state.stats.removals += 1;
+        }
+        return;
+    }
+    let mut removals = 0;
+    for contact in &request.contacts {
+        let mut expires = contact.expires.or(request.expires).unwrap_or(3600);
+        if let Some(max) = config.max_expires {
+            expires = expires.min(max);
+        }
+        let same = |b: &Binding| {
+            crate::sip::message::UriParts::parse(&b.contact).is_ok_and(|u| {
+                u.user == contact.uri.user
+                    && u.host.eq_ignore_ascii_case(&contact.uri.host)
+                    && u.port.unwrap_or(5060) == contact.uri.port.unwrap_or(5060)
+            })
+        };
+        if expires == 0 {
+            let before = list.len();
+            list.retain(|b| !same(b));
+            removals += before - list.len();
+            continue;
+        }
+        let binding = Binding {
+            contact: contact.uri_text.clone(),
+            expires_at: now + Duration::from_secs(u64::from(expires)),
+            call_id: request.call_id.clone(),
+            cseq: request.cseq,
+        };
+        match list.iter_mut().find(|b| same(b)) {
+            Some(existing) => *existing = binding,
+            None => list.push(binding),
+        }
+    }
+    state.stats.removals += removals as u64;
+}
+
+fn challenge(
+    config: &RegistrarConfig,
+    state: &mut State,
+    request: &Request,
+    realm: &str,
+    stale: bool,
+) -> String {
+    state.stats.challenges += 1;
+    let nonce = format!("{:016x}{:016x}", state.rng.u64(..), state.rng.u64(..));
+    let now = Instant::now();
+    state
+        .nonces
+        .retain(|_, n| now.duration_since(n.issued) < config.nonce_lifetime * 2);
+    state.nonces.insert(
+        nonce.clone(),
+        NonceState {
+            issued: now,
+            last_nc: 0,
+        },
+    );
+    let mut value = format!("Digest realm=\"{realm}\", nonce=\"{nonce}\"");
+    if config.qop {
+        value.push_str(", qop=\"auth\"");
+    }
+    value.push_str(&format!(", algorithm={}", config.algorithm.as_str()));
+    if stale {
+        value.push_str(", stale=true");
+    }
+    response(
+        request,
+        401,
+        "Unauthorized",
+        &format!("WWW-Authenticate: {value}\r\n"),
+    )
+}
+
+fn response(request: &Request, code: u16, reason: &str, extra: &str) -> String {
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for via in &request.vias {
+        out.push_str(&format!("Via: {via}\r\n"));
+    }
+    out.push_str(&format!("From: {}\r\n", request.from));
+    if request.to.contains(";tag=") {
+        out.push_str(&format!("To: {}\r\n", request.to));
+    } else {
+        out.push_str(&format!(
+            "To: {};tag=reg{:08x}\r\n",
+            request.to, request.cseq
+        ));
+    }
+    out.push_str(&format!("Call-ID: {}\r\n", request.call_id));
+    out.push_str(&format!(
+        "CSeq: {} {}\r\n",
+        request.cseq, request.cseq_method
+    ));
+    out.push_str(extra);
+    out.push_str("Server: uacreg-test-registrar\r\nContent-Length: 0\r\n\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::digest::Challenge;
+    use crate::sip::message::Response;
+    use crate::sip::register::RegisterRequest;
+
+    async fn exchange(socket: &UdpSocket, to: SocketAddr, request: &RegisterRequest) -> Response {
+        let mut bytes = Vec::new();
+        request.encode(
+            "UDP",
+            &socket.local_addr().unwrap().to_string(),
+            "z9hG4bKt",
+            &mut bytes,
+        );
+        socket.send_to(&bytes, to).await.unwrap();
+        let mut buf = vec![0u8; 65_535];
+        let (len, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+            .await
+            .expect("answer in time")
+            .unwrap();
+        Response::parse(&buf[..len]).unwrap()
+    }
+
+    fn register(cseq: u32, expires: u32) -> RegisterRequest {
+        RegisterRequest {
+            request_uri: "sip:registrar.test".into(),
+            aor: "sip:alice@registrar.test".into(),
+            from_tag: "t".into(),
+            call_id: "c1".into(),
+            cseq,
+            contact_uri: "sip:dev1@127.0.0.1:5999".into(),
+            expires,
+            authorization: None,
+            user_agent: String::new(),
+        }
+    }
+
+    fn answer(challenge: &Response, password: &str, request: &mut RegisterRequest) {
+        let c = Challenge::parse(&challenge.www_authenticate[0], false).unwrap();
+        let a = Authorization::answer(
+            &c,
+            "alice",
+            SecretInput::Password(password),
+            "REGISTER",
+            "sip:registrar.test",
+            b"",
+            1,
+            "cn",
+        )
+        .unwrap();
+        request.authorization = Some(("Authorization", a.to_header_value()));
+    }
+
+    #[tokio::test]
+    async fn challenge_answer_bind_and_remove() {
+        let registrar = TestRegistrar::start(RegistrarConfig {
+            users: HashMap::from([("alice".to_string(), "secret".to_string())]),
+            ..RegistrarConfig::default()
+        })
+        .await
+        .unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = registrar.local_addr();
+
+        let first = exchange(&socket, to, &register(1, 600)).await;
+        assert_eq!(first.code, 401);
+        let mut second = register(2, 600);
+        answer(&first, "secret", &mut second);
+        let ok = exchange(&socket, to, &second).await;
+        assert_eq!(ok.code, 200);
+        assert_eq!(ok.contacts.len(), 1);
+        assert_eq!(ok.contacts[0].uri.user.as_deref(), Some("dev1"));
+        assert_eq!(ok.contacts[0].expires, Some(600));
+        assert_eq!(registrar.bindings("alice").len(), 1);
+
+        // Wrong password: challenged again, counted as rejected.
+        let mut wrong = register(3, 600);
+        answer(&first, "nope", &mut wrong);
+        assert_eq!(exchange(&socket, to, &wrong).await.code, 401);
+        assert_eq!(registrar.stats().rejected, 1);
+
+        // Remove with Expires: 0 (fresh challenge first).
+        let challenge = exchange(&socket, to, &register(4, 0)).await;
+        let mut remove = register(5, 0);
+        answer(&challenge, "secret", &mut remove);
+        assert_eq!(exchange(&socket, to, &remove).await.code, 200);
+        assert_eq!(registrar.binding_count(), 0);
+
+        // Garbage is ignored and the registrar keeps answering.
+        socket.send_to(b"\x00garbage\xff", to).await.unwrap();
+        assert_eq!(exchange(&socket, to, &register(6, 60)).await.code, 401);
+        assert_eq!(registrar.stats().malformed, 1);
+        let seen = registrar.requests_for("alice");
+        assert_eq!(seen.len(), 6);
+        assert_eq!(seen[1].authorization_valid, Some(true));
+        assert_eq!(seen[2].authorization_valid, Some(false));
+        registrar.stop().await;
+    }
+
+    #[tokio::test]
+    async fn misbehaviours() {
+        let registrar = TestRegistrar::start(RegistrarConfig::default())
+            .await
+            .unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = registrar.local_addr();
+        registrar.set_behavior(Behavior::Reject {
+            code: 503,
+            reason: "Service Unavailable".into(),
+            retry_after: Some(30),
+        });
+        let r = exchange(&socket, to, &register(1, 60)).await;
+        assert_eq!((r.code, r.retry_after), (503, Some(30)));
+        registrar.set_behavior(Behavior::WrongRealm("elsewhere".into()));
+        let r = exchange(&socket, to, &register(2, 60)).await;
+        assert!(r.www_authenticate[0].contains("realm=\"elsewhere\""));
+        registrar.stop().await;
+    }
+}
