@@ -177,8 +177,9 @@ struct Sim {
     model: Model,
     now: Instant,
     rtt: Duration,
-    /// (deliver at, key, response); or (timeout at, key, cseq) for silent mode.
-    in_transit: Vec<(Instant, RegKey, Option<Response>, u32)>,
+    /// (deliver at, key, response or None for a timeout, cseq). Every message of a run takes the
+    /// same time, so arrival order is sending order and a queue stays sorted.
+    in_transit: std::collections::VecDeque<(Instant, RegKey, Option<Response>, u32)>,
     sent: Vec<(RegKey, RegisterRequest)>,
     /// Keep every request in `sent` (off for the big runs, which only count).
     keep_sent: bool,
@@ -192,7 +193,7 @@ impl Sim {
             model: Model::new(mode),
             now: Instant::now(),
             rtt: Duration::from_millis(20),
-            in_transit: Vec::new(),
+            in_transit: std::collections::VecDeque::new(),
             sent: Vec::new(),
             keep_sent: true,
             sent_count: 0,
@@ -208,7 +209,7 @@ impl Sim {
                 Some(_) => self.now + self.rtt,
                 None => self.now + Duration::from_secs(32),
             };
-            self.in_transit.push((at, key, answer, request.cseq));
+            self.in_transit.push_back((at, key, answer, request.cseq));
             self.sent_count += 1;
             if self.keep_sent {
                 self.sent.push((key, request));
@@ -219,7 +220,7 @@ impl Sim {
     fn run_until(&mut self, until: Instant) {
         loop {
             self.pump_actions();
-            let next_msg = self.in_transit.iter().map(|m| m.0).min();
+            let next_msg = self.in_transit.front().map(|m| m.0);
             let next_timer = self.table.next_deadline();
             let next = match (next_msg, next_timer) {
                 (Some(a), Some(b)) => a.min(b),
@@ -231,10 +232,10 @@ impl Sim {
                 break;
             }
             self.now = next;
-            let (due, later): (Vec<_>, Vec<_>) =
-                self.in_transit.drain(..).partition(|m| m.0 <= self.now);
-            self.in_transit = later;
-            for (_, key, response, cseq) in due {
+            while self.in_transit.front().is_some_and(|m| m.0 <= self.now) {
+                let Some((_, key, response, cseq)) = self.in_transit.pop_front() else {
+                    break;
+                };
                 match response {
                     Some(response) => self.table.handle_response(self.now, key, &response),
                     None => self
