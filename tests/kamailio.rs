@@ -50,10 +50,8 @@ async fn thousand_rows_register_with_kamailio() {
     for i in (0..ROWS - 1).step_by(97) {
         let contacts = kamailio.bindings_for(&format!("user{i:06}"));
         assert_eq!(contacts.len(), 1, "user{i:06}: {contacts:?}");
-        assert!(
-            contacts[0].contains(&format!("uuid{i:06}@127.0.0.1:5062")),
-            "{contacts:?}"
-        );
+        let ours = format!("uuid{i:06}@127.0.0.1:{}", daemon.sip_addr().port());
+        assert!(contacts[0].contains(&ours), "{contacts:?}");
     }
     assert!(
         kamailio
