@@ -495,6 +495,9 @@ fn interval_too_brief_raises_expires() {
 fn a_hundred_thousand_rows_through_a_simulated_day() {
     let mut sim = Sim::new(Mode::Normal);
     sim.keep_sent = false;
+    // A registrar that accepts a nonce all day: every refresh reuses it (one REGISTER per
+    // refresh), which keeps this large run quick; nonce expiry is covered by the one-row test.
+    sim.model.nonce_life = Duration::from_secs(2 * 86_400);
     let start = sim.now;
     let rows: Vec<Record> = (0..100_000).map(record).collect();
     sim.table.reload(start, rows);
@@ -507,5 +510,6 @@ fn a_hundred_thousand_rows_through_a_simulated_day() {
     let end = sim.now;
     assert!(sim.model.bindings.values().all(|e| *e > end));
     let per_row = sim.sent_count as f64 / 100_000.0;
-    assert!(per_row < 60.0, "{per_row} REGISTERs per row per day");
+    // Two for the initial challenge, then one refresh roughly every 55 minutes.
+    assert!((20.0..40.0).contains(&per_row), "{per_row} REGISTERs per row per day");
 }
