@@ -322,3 +322,57 @@ async fn shutdown_unregisters_every_binding() {
     assert_eq!(registrar.binding_count(), 0);
     registrar.stop().await;
 }
+
+/// Runs one SQL statement on the test database through a separate connection.
+fn sql(db_url: &str, statement: &str) {
+    use diesel::Connection;
+    use diesel::connection::SimpleConnection;
+    let path = db_url.trim_start_matches("sqlite://");
+    let mut conn = diesel::sqlite::SqliteConnection::establish(path).unwrap();
+    conn.batch_execute(statement).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_database_read_changes_nothing() {
+    let registrar = registrar(3).await;
+    let dir = TempDir::new("dbfail");
+    write_rows(&dir.db_url(), &demo_rows(3, registrar.local_addr()));
+    let daemon = start_daemon(&dir.db_url()).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            registered_count(&daemon).await == 3
+        })
+        .await
+    );
+    let requests_before = registrar.stats().requests;
+
+    // The table goes away (as if the database were broken or replaced mid-flight).
+    sql(
+        &dir.db_url(),
+        "ALTER TABLE uacreg RENAME TO uacreg_elsewhere",
+    );
+    let err = rpc(&daemon).call("uac.reg_reload", &[]).await.unwrap_err();
+    assert!(
+        err.to_string().contains("Failed to reload records"),
+        "{err}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(registered_count(&daemon).await, 3);
+    assert_eq!(registrar.binding_count(), 3);
+    assert_eq!(
+        registrar.stats().requests,
+        requests_before,
+        "no REGISTER after a failed read"
+    );
+
+    // Back again: the reload sees the same rows and leaves them alone.
+    sql(
+        &dir.db_url(),
+        "ALTER TABLE uacreg_elsewhere RENAME TO uacreg",
+    );
+    let report = rpc(&daemon).call("uac.reg_reload", &[]).await.unwrap();
+    assert_eq!(report["unchanged"], 3);
+    assert_eq!(registrar.stats().requests, requests_before);
+    daemon.stop().await;
+    registrar.stop().await;
+}

@@ -511,5 +511,8 @@ fn a_hundred_thousand_rows_through_a_simulated_day() {
     assert!(sim.model.bindings.values().all(|e| *e > end));
     let per_row = sim.sent_count as f64 / 100_000.0;
     // Two for the initial challenge, then one refresh roughly every 55 minutes.
-    assert!((20.0..40.0).contains(&per_row), "{per_row} REGISTERs per row per day");
+    assert!(
+        (20.0..40.0).contains(&per_row),
+        "{per_row} REGISTERs per row per day"
+    );
 }
