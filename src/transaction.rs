@@ -221,6 +221,9 @@ impl ClientTransactions {
                 }
                 tx.state = TxState::Completed;
                 tx.next_event = now + self.timers.t4;
+                // Nothing is retransmitted any more; only the branch is needed to absorb
+                // repeated responses, so drop the request bytes now rather than after timer K.
+                tx.bytes = Arc::from(&[][..]);
                 Matched::Deliver(owner)
             }
         };

@@ -20,10 +20,12 @@ pub struct PacingConfig {
 
 impl Default for PacingConfig {
     fn default() -> Self {
+        // 100 unanswered requests keep a nearby registrar busy while their answers still fit
+        // the kernel's default UDP receive buffer (208 KiB, charged at ~2 KiB per datagram).
         PacingConfig {
-            rate: 2000,
-            burst: 100,
-            max_in_flight: 2000,
+            rate: 5000,
+            burst: 200,
+            max_in_flight: 100,
         }
     }
 }
