@@ -676,7 +676,7 @@ impl Registration {
             .filter(realm_ok)
             .filter(can_answer)
             .max_by_key(|c| c.algorithm.strength())
-            .or_else(|| challenges.iter().filter(realm_ok).next())
+            .or_else(|| challenges.iter().find(realm_ok))
             .or_else(|| challenges.first())
             .cloned()
     }
@@ -771,9 +771,7 @@ impl Registration {
     /// registering if the operator changed their mind meanwhile.
     fn after_round(&mut self, ctx: &mut Ctx<'_>) {
         self.redo_after_flight = false;
-        if self.wants_binding() {
-            self.timer = Some(ctx.now);
-        } else if self.maybe_bound {
+        if self.wants_binding() || self.maybe_bound {
             self.timer = Some(ctx.now);
         } else if self.leaving {
             self.timer = None;

@@ -431,7 +431,7 @@ fn reload_diff_touches_only_changed_rows() {
         "row 5 changed only reg_delay, which needs no REGISTER"
     );
     // The removed row was un-registered and is gone.
-    assert!(sim.model.bindings.get("user000009").is_none());
+    assert!(!sim.model.bindings.contains_key("user000009"));
     assert!(sim.table.get("uuid000009").is_none());
     assert_eq!(sim.table.leaving_count(), 0);
     assert!(

@@ -263,7 +263,8 @@ pub fn validate(row: RawRow, defaults: &RowDefaults) -> Result<Record, RowError>
     let reg_delay = non_negative("reg_delay", row.reg_delay)?;
 
     let ha1 = row.auth_ha1.expose();
-    if !ha1.is_empty() && !(ha1.len() == 32 && ha1.chars().all(|c| c.is_ascii_hexdigit())) {
+    let is_md5_hex = ha1.len() == 32 && ha1.chars().all(|c| c.is_ascii_hexdigit());
+    if !ha1.is_empty() && !is_md5_hex {
         return Err(RowError::BadHa1);
     }
     let credentials = if row.auth_username.is_empty() {

@@ -46,11 +46,13 @@ pub fn write_rows(url: &str, rows: &[RawRow]) {
 
 /// Daemon configuration on ephemeral loopback ports; no un-REGISTER wait on stop unless asked.
 pub fn test_config(db_url: &str) -> Config {
-    let mut config = Config::default();
-    config.db_url = db_url.to_string();
-    config.sip_listen = "127.0.0.1:0".parse().unwrap();
-    config.rpc_listen = "127.0.0.1:0".parse().unwrap();
-    config.advertised_addr = "127.0.0.1:5062".into();
+    let mut config = Config {
+        db_url: db_url.to_string(),
+        sip_listen: "127.0.0.1:0".parse().unwrap(),
+        rpc_listen: "127.0.0.1:0".parse().unwrap(),
+        advertised_addr: "127.0.0.1:5062".into(),
+        ..Config::default()
+    };
     config.finish().unwrap();
     config
 }
