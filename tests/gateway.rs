@@ -376,3 +376,68 @@ async fn failed_database_read_changes_nothing() {
     daemon.stop().await;
     registrar.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_and_enable_over_rpc() {
+    let registrar = registrar(2).await;
+    let dir = TempDir::new("enable");
+    write_rows(&dir.db_url(), &demo_rows(2, registrar.local_addr()));
+    let daemon = start_daemon(&dir.db_url()).await;
+    let client = rpc(&daemon);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            registered_count(&daemon).await == 2
+        })
+        .await
+    );
+
+    let ok = client
+        .call(
+            "uac.reg_disable",
+            &["r_username".into(), "user000001".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok, serde_json::json!({}));
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            registrar.bindings("user000001").is_empty()
+        })
+        .await
+    );
+    let info = client
+        .call("uac.reg_info", &["l_uuid".into(), "uuid000001".into()])
+        .await
+        .unwrap();
+    assert_eq!(info["state"], "disabled");
+    assert_eq!(info["flags"].as_i64().unwrap() & 1, 1);
+
+    client
+        .call("uac.reg_enable", &["l_uuid".into(), "uuid000001".into()])
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            registrar.bindings("user000001").len() == 1
+        })
+        .await
+    );
+    let missing = client
+        .call("uac.reg_enable", &["l_uuid".into(), "nope".into()])
+        .await
+        .unwrap_err();
+    assert!(
+        missing.to_string().contains("Record not found"),
+        "{missing}"
+    );
+    let bad = client
+        .call("uac.reg_enable", &["colour".into(), "x".into()])
+        .await
+        .unwrap_err();
+    assert!(
+        bad.to_string().contains("Unsupported filter attribute"),
+        "{bad}"
+    );
+    daemon.stop().await;
+    registrar.stop().await;
+}

@@ -145,46 +145,18 @@ fn register_all(
         }
     })?;
 
-    module.register_async_method("uac.reg_enable", |params, gw, _| async move {
-        let (attribute, value) = attribute_params(&params)?;
-        if gw
-            .driver
-            .set_disabled(attribute, &value, false)
-            .await
-            .map_err(internal)?
-        {
-            Ok::<_, ErrorObjectOwned>(Empty {})
-        } else {
-            Err(not_found())
-        }
-    })?;
-
-    module.register_async_method("uac.reg_disable", |params, gw, _| async move {
-        let (attribute, value) = attribute_params(&params)?;
-        if gw
-            .driver
-            .set_disabled(attribute, &value, true)
-            .await
-            .map_err(internal)?
-        {
-            Ok::<_, ErrorObjectOwned>(Empty {})
-        } else {
-            Err(not_found())
-        }
-    })?;
+    for (name, disabled) in [("uac.reg_enable", false), ("uac.reg_disable", true)] {
+        module.register_async_method(name, move |params, gw, _| async move {
+            let (attribute, value) = attribute_params(&params)?;
+            let hit = gw.driver.set_disabled(attribute, &value, disabled).await;
+            empty_or_not_found(hit.map_err(internal)?)
+        })?;
+    }
 
     module.register_async_method("uac.reg_refresh", |params, gw, _| async move {
         let values = string_params(&params, 1)?;
-        if gw
-            .driver
-            .refresh(Attribute::LUuid, &values[0])
-            .await
-            .map_err(internal)?
-        {
-            Ok::<_, ErrorObjectOwned>(Empty {})
-        } else {
-            Err(not_found())
-        }
+        let hit = gw.driver.refresh(Attribute::LUuid, &values[0]).await;
+        empty_or_not_found(hit.map_err(internal)?)
     })?;
 
     module.register_async_method("uacreg.status", |_params, gw, _| async move {
@@ -197,6 +169,15 @@ fn register_all(
         }))
     })?;
     Ok(())
+}
+
+/// Kamailio's answer to a command on one record: `{}` when a record matched, else 404.
+fn empty_or_not_found(matched: bool) -> Result<Empty, ErrorObjectOwned> {
+    if matched {
+        Ok(Empty {})
+    } else {
+        Err(not_found())
+    }
 }
 
 /// Kamailio answers commands like `reg_enable` with an empty struct.
