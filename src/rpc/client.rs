@@ -2,7 +2,7 @@
 
 use jsonrpsee::core::client::ClientT;
 use jsonrpsee::core::params::ArrayParams;
-use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use jsonrpsee_http_client::{HttpClient, HttpClientBuilder};
 use serde_json::Value;
 
 pub use jsonrpsee::core::client::Error as RpcError;
