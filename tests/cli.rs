@@ -84,8 +84,11 @@ async fn daemon_binary_with_uacregctl() {
     let child = Command::new(UACREGD)
         .args(["--db", &dir.db_url(), "--sip-listen", &sip.to_string()])
         .args(["--rpc-listen", &format!("127.0.0.1:{rpc_port}")])
+        .args(["--log", "debug"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.0.join("uacregd.log")).unwrap(),
+        ))
         .spawn()
         .expect("start uacregd");
     let _guard = KillOnDrop(child);
@@ -117,5 +120,12 @@ async fn daemon_binary_with_uacregctl() {
     );
     let (ok, text) = ctl(&rpc, &["reg_reload"]);
     assert!(ok && text.contains("10 unchanged"), "{text}");
+    // Even at debug level, no password reaches the log.
+    let log = std::fs::read_to_string(dir.0.join("uacregd.log")).unwrap();
+    assert!(
+        log.contains("registered"),
+        "log too quiet to mean anything:\n{log}"
+    );
+    assert!(!log.contains("pw-user"), "a password leaked into the log");
     registrar.stop().await;
 }

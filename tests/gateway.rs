@@ -129,6 +129,12 @@ async fn realm_mismatch_sends_no_credentials_and_is_visible() {
     let dir = TempDir::new("realm");
     let mut rows = demo_rows(3, registrar.local_addr());
     rows[1].realm = "wrong.realm.test".into();
+    // Row 2 authenticates with an HA1 instead of the password (a wrong password beside it proves
+    // the HA1 wins).
+    rows[2].auth_ha1 = uacreg::registration::Secret::new(
+        Algorithm::Md5.hex_hash(b"user000002:registrar.test:pw-user000002"),
+    );
+    rows[2].auth_password = uacreg::registration::Secret::new("not-the-password");
     write_rows(&dir.db_url(), &rows);
     let daemon = start_daemon(&dir.db_url()).await;
     let client = rpc(&daemon);
@@ -169,6 +175,8 @@ async fn realm_mismatch_sends_no_credentials_and_is_visible() {
         .await
         .unwrap();
     assert_eq!(by_user["l_uuid"], "uuid000002");
+    assert_eq!(by_user["state"], "registered", "HA1 row: {by_user}");
+    assert_eq!(by_user["auth_ha1"], "********");
     let missing = client
         .call("uac.reg_info", &["l_uuid".into(), "nope".into()])
         .await
