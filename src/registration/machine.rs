@@ -127,7 +127,6 @@ struct InFlight {
     purpose: Purpose,
     expires: u32,
     auth: AuthUse,
-    sent_at: Instant,
 }
 
 /// A digest challenge kept for answering future requests with the same nonce.
@@ -364,22 +363,13 @@ impl Registration {
         }
         // Reuse the last nonce if we have one: most registrars accept it within its lifetime,
         // which saves a round trip; if not, they challenge and we answer that.
-        let auth = match (&mut self.auth, &self.record.credentials) {
-            (Some(session), Some(credentials)) => {
-                session.nonce_count += 1;
-                let challenge = session.challenge.clone();
-                let nc = session.nonce_count;
-                let credentials = credentials.clone();
-                match self.authorize(ctx, &challenge, &credentials, nc) {
-                    Ok(header) => Some(header),
-                    Err(_) => {
-                        self.auth = None;
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
+        self.send_with_cached_auth(ctx, purpose);
+    }
+
+    /// Sends with credentials computed from the last challenge (next nonce count), or without
+    /// any when there is none to reuse.
+    fn send_with_cached_auth(&mut self, ctx: &mut Ctx<'_>, purpose: Purpose) {
+        let auth = self.reuse_auth(ctx);
         let auth_use = if auth.is_some() {
             AuthUse::Cached
         } else {
@@ -417,7 +407,6 @@ impl Registration {
             purpose,
             expires,
             auth,
-            sent_at: ctx.now,
         });
         self.registers_sent += 1;
         if purpose == Purpose::Register {
@@ -688,13 +677,7 @@ impl Registration {
             self.interval_raises += 1;
             info!(l_uuid = %self.record.l_uuid, min_expires = min, "registrar asked for a longer expiry");
             self.requested_expires = min;
-            let auth = self.reuse_auth(ctx);
-            let auth_use = if auth.is_some() {
-                AuthUse::Cached
-            } else {
-                AuthUse::None
-            };
-            self.send(ctx, Purpose::Register, auth, auth_use);
+            self.send_with_cached_auth(ctx, Purpose::Register);
         } else {
             self.last_reason = format!("423 with unusable Min-Expires {min}");
             self.on_failure(ctx, flight, Status::Failed, None);
@@ -706,7 +689,12 @@ impl Registration {
         let session = self.auth.as_mut()?;
         session.nonce_count += 1;
         let (challenge, nc) = (session.challenge.clone(), session.nonce_count);
-        self.authorize(ctx, &challenge, &credentials, nc).ok()
+        let header = self.authorize(ctx, &challenge, &credentials, nc);
+        if header.is_err() {
+            // The kept challenge cannot be answered with these credentials: forget it.
+            self.auth = None;
+        }
+        header.ok()
     }
 
     fn on_failure(
@@ -879,11 +867,6 @@ impl Registration {
             registers_sent: self.registers_sent,
             last_registered: self.last_registered,
         }
-    }
-
-    /// Time the request in flight was handed to the transport (for latency figures).
-    pub fn in_flight_since(&self) -> Option<Instant> {
-        self.in_flight.as_ref().map(|f| f.sent_at)
     }
 }
 
