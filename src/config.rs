@@ -102,7 +102,19 @@ pub struct PacingFile {
 pub struct RetryFile {
     pub first_retry_secs: Option<u64>,
     pub max_retry_secs: Option<u64>,
+    /// Consecutive temporary failures before giving up; 0 = never give up.
+    pub max_retries: Option<u32>,
+    /// Retry interval after 403; 0 = a 403 is permanent.
+    pub forbidden_retry_secs: Option<u64>,
+    /// Retry interval after other 3xx/4xx; 0 = permanent.
+    pub fatal_retry_secs: Option<u64>,
+    /// Retry interval after wrong credentials; 0 = permanent.
     pub auth_failure_retry_secs: Option<u64>,
+}
+
+/// `0` switches a retry interval off.
+fn interval(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
 }
 
 /// Flag values that override the file (None = not given).
@@ -188,8 +200,17 @@ impl Config {
             if let Some(v) = r.max_retry_secs {
                 self.retry.max_retry = Duration::from_secs(v.max(1));
             }
+            if let Some(v) = r.max_retries {
+                self.retry.max_retries = (v > 0).then_some(v);
+            }
+            if let Some(v) = r.forbidden_retry_secs {
+                self.retry.forbidden_retry = interval(v);
+            }
+            if let Some(v) = r.fatal_retry_secs {
+                self.retry.fatal_retry = interval(v);
+            }
             if let Some(v) = r.auth_failure_retry_secs {
-                self.retry.auth_failure_retry = Duration::from_secs(v.max(1));
+                self.retry.auth_failure_retry = interval(v);
             }
         }
         Ok(())

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use super::policy::RetryPolicy;
+use super::policy::{Failure, RetryPolicy, Verdict};
 use super::record::{Credentials, Destination, Record};
 use crate::sip::digest::{Authorization, Challenge, DigestError, SecretInput};
 use crate::sip::message::Response;
@@ -32,6 +32,8 @@ pub enum Status {
     Pending,
     /// A REGISTER is in flight and no binding is held yet.
     Registering,
+    /// The answer to a digest challenge is in flight.
+    Authenticating,
     /// The registrar holds our binding (a refresh may be in flight).
     Registered,
     /// An un-REGISTER (Expires: 0) is in flight.
@@ -40,10 +42,11 @@ pub enum Status {
     Unregistered,
     /// The row is disabled (`flags & 1`, or `uac.reg_disable`).
     Disabled,
-    /// The registrar answered with an error; a retry is scheduled.
+    /// A temporary failure (no answer, 5xx, 6xx, …); a retry is scheduled.
+    RetryWait,
+    /// A failure retrying will not fix (403, 404, …) or too many retries: no retry until the
+    /// operator enables, refreshes or reloads the row.
     Failed,
-    /// No answer at all (transaction timeout); a retry is scheduled.
-    Timeout,
     /// The registrar rejected our credentials, or challenged a row that has none.
     AuthFailed,
     /// The challenge named a realm other than the row's `realm`: no credentials were sent.
@@ -56,26 +59,28 @@ impl Status {
         match self {
             Status::Pending => "pending",
             Status::Registering => "registering",
+            Status::Authenticating => "authenticating",
             Status::Registered => "registered",
             Status::Unregistering => "unregistering",
             Status::Unregistered => "unregistered",
             Status::Disabled => "disabled",
+            Status::RetryWait => "retry_wait",
             Status::Failed => "failed",
-            Status::Timeout => "timeout",
             Status::AuthFailed => "auth_failed",
             Status::RealmMismatch => "realm_mismatch",
         }
     }
 
-    pub const ALL: [Status; 10] = [
+    pub const ALL: [Status; 11] = [
         Status::Pending,
         Status::Registering,
+        Status::Authenticating,
         Status::Registered,
         Status::Unregistering,
         Status::Unregistered,
         Status::Disabled,
+        Status::RetryWait,
         Status::Failed,
-        Status::Timeout,
         Status::AuthFailed,
         Status::RealmMismatch,
     ];
@@ -467,7 +472,7 @@ impl Registration {
             200..=299 => self.on_success(ctx, &flight, response),
             401 | 407 => self.on_challenge(ctx, &flight, response),
             423 => self.on_interval_too_brief(ctx, &flight, response),
-            _ => self.on_failure(ctx, &flight, Status::Failed, response.retry_after),
+            code => self.on_failure(ctx, &flight, Failure::Response(code), response.retry_after),
         }
     }
 
@@ -482,7 +487,7 @@ impl Registration {
         self.in_flight = None;
         self.last_code = Some(408);
         self.last_reason = reason.to_string();
-        self.on_failure(ctx, &flight, Status::Timeout, None);
+        self.on_failure(ctx, &flight, Failure::NoResponse, None);
     }
 
     fn on_success(&mut self, ctx: &mut Ctx<'_>, flight: &InFlight, response: &Response) {
@@ -503,7 +508,7 @@ impl Registration {
             // rather than refreshing in a tight loop.
             warn!(l_uuid = %self.record.l_uuid, "registrar answered 200 but granted no expiry");
             self.last_reason = "200 OK without a binding for our contact".into();
-            self.on_failure(ctx, flight, Status::Failed, None);
+            self.on_failure(ctx, flight, Failure::NoResponse, None);
             return;
         }
         if self.status != Status::Registered {
@@ -587,7 +592,7 @@ impl Registration {
             .collect();
         let Some(challenge) = self.pick_challenge(&challenges) else {
             self.last_reason = format!("{} without a usable digest challenge", response.code);
-            self.on_failure(ctx, flight, Status::Failed, None);
+            self.on_failure(ctx, flight, Failure::Credentials, None);
             return;
         };
 
@@ -608,14 +613,14 @@ impl Registration {
                 expected, challenge.realm
             );
             self.auth = None;
-            self.on_failure(ctx, flight, Status::RealmMismatch, None);
+            self.on_failure(ctx, flight, Failure::RealmMismatch, None);
             return;
         }
 
         let Some(credentials) = self.record.credentials.clone() else {
             warn!(l_uuid = %self.record.l_uuid, "challenged, but the row has no credentials");
             self.last_reason = "challenged, but the row has no auth_username/password".into();
-            self.on_failure(ctx, flight, Status::AuthFailed, None);
+            self.on_failure(ctx, flight, Failure::Credentials, None);
             return;
         };
 
@@ -630,7 +635,7 @@ impl Registration {
                 );
                 self.last_reason = format!("{} after credentials were sent", response.code);
                 self.auth = None;
-                self.on_failure(ctx, flight, Status::AuthFailed, None);
+                self.on_failure(ctx, flight, Failure::Credentials, None);
                 return;
             }
         }
@@ -641,12 +646,15 @@ impl Registration {
                     challenge,
                     nonce_count: 1,
                 });
+                if flight.purpose == Purpose::Register && self.status != Status::Registered {
+                    self.status = Status::Authenticating;
+                }
                 self.send(ctx, flight.purpose, Some(header), AuthUse::Fresh);
             }
             Err(err) => {
                 warn!(l_uuid = %self.record.l_uuid, "cannot answer the challenge: {err}");
                 self.last_reason = format!("cannot answer challenge: {err}");
-                self.on_failure(ctx, flight, Status::AuthFailed, None);
+                self.on_failure(ctx, flight, Failure::Credentials, None);
             }
         }
     }
@@ -680,7 +688,7 @@ impl Registration {
             self.send_with_cached_auth(ctx, Purpose::Register);
         } else {
             self.last_reason = format!("423 with unusable Min-Expires {min}");
-            self.on_failure(ctx, flight, Status::Failed, None);
+            self.on_failure(ctx, flight, Failure::Response(423), None);
         }
     }
 
@@ -701,7 +709,7 @@ impl Registration {
         &mut self,
         ctx: &mut Ctx<'_>,
         flight: &InFlight,
-        status: Status,
+        failure: Failure,
         retry_after: Option<u32>,
     ) {
         if flight.purpose == Purpose::Unregister {
@@ -713,46 +721,69 @@ impl Registration {
             return;
         }
         self.failures = self.failures.saturating_add(1);
-        if status != Status::RealmMismatch {
+        if failure != Failure::RealmMismatch {
             self.expected_realm = None;
             self.offered_realm = None;
         }
         // A binding granted earlier is still held until it expires.
-        if let Some(expiry) = self.binding_expires {
-            if expiry <= ctx.now {
-                self.binding_expires = None;
-            }
+        if self.binding_expires.is_some_and(|expiry| expiry <= ctx.now) {
+            self.binding_expires = None;
         }
-        self.status = status;
+        let verdict = ctx
+            .policy
+            .after_failure(failure, self.failures, retry_after, ctx.rng);
+        self.status = match (failure, verdict) {
+            (Failure::RealmMismatch, _) => Status::RealmMismatch,
+            (Failure::Credentials, _) => Status::AuthFailed,
+            (_, Verdict::RetryIn(_)) => Status::RetryWait,
+            (_, Verdict::GiveUp) => Status::Failed,
+        };
         if !self.wants_binding() {
             self.after_round(ctx);
             return;
         }
-        let delay = match status {
-            Status::AuthFailed => ctx.policy.retry_after_auth_failure(ctx.rng),
-            _ => ctx
-                .policy
-                .retry_after_failure(self.failures, retry_after, ctx.rng),
+        let mut at = match verdict {
+            Verdict::RetryIn(delay) => Some(ctx.now + delay),
+            Verdict::GiveUp => {
+                warn!(
+                    l_uuid = %self.record.l_uuid,
+                    failures = self.failures,
+                    "giving up: {} (enable, refresh or reload the row to try again)",
+                    self.last_reason
+                );
+                None
+            }
         };
-        let mut at = ctx.now + delay;
-        // While a binding still holds, try again before it runs out.
-        if let Some(expiry) = self.binding_expires {
+        // While a binding still holds, a temporary failure is retried before it runs out.
+        if let (Some(retry), Some(expiry), Status::RetryWait) =
+            (at, self.binding_expires, self.status)
+        {
             let before_expiry = expiry.checked_sub(Duration::from_secs(5)).unwrap_or(expiry);
-            if before_expiry > ctx.now && before_expiry < at && status != Status::AuthFailed {
-                at = before_expiry;
+            if before_expiry > ctx.now && before_expiry < retry {
+                at = Some(before_expiry);
             }
         }
         if std::mem::take(&mut self.redo_after_flight) {
-            at = ctx.now;
+            at = Some(ctx.now);
         }
         debug!(
             l_uuid = %self.record.l_uuid,
-            status = status.name(),
-            retry_in_ms = (at - ctx.now).as_millis() as u64,
+            status = self.status.name(),
+            retry_in_ms = at.map(|at| (at - ctx.now).as_millis() as u64),
             "registration attempt failed: {}",
             self.last_reason
         );
-        self.timer = Some(at);
+        self.timer = at;
+    }
+
+    /// Whether the row stopped trying and waits for the operator.
+    pub fn has_given_up(&self) -> bool {
+        self.timer.is_none()
+            && self.in_flight.is_none()
+            && matches!(
+                self.status,
+                Status::Failed | Status::AuthFailed | Status::RealmMismatch
+            )
     }
 
     /// After an un-REGISTER (or when a round ends while no binding is wanted): settle, or go on
@@ -772,7 +803,7 @@ impl Registration {
 
     /// Operator switch (`uac.reg_enable` / `uac.reg_disable`).
     pub fn set_operator_disabled(&mut self, ctx: &mut Ctx<'_>, disabled: bool) {
-        if self.operator_disabled == disabled {
+        if self.operator_disabled == disabled && (disabled || !self.has_given_up()) {
             return;
         }
         self.operator_disabled = disabled;

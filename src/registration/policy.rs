@@ -6,17 +6,78 @@
 
 use std::time::Duration;
 
+/// What went wrong with an attempt, as far as the retry decision cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No final response (timer F) or the request could not be sent.
+    NoResponse,
+    /// A final error response (not 401/407/423, which have their own handling).
+    Response(u16),
+    /// The registrar rejected our credentials, challenged a row that has none, or challenged in a
+    /// way the row's credentials cannot answer.
+    Credentials,
+    /// The challenge named a realm other than the row's.
+    RealmMismatch,
+}
+
+/// How a failure is classified: worth retrying soon, or a problem retrying will not fix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Network trouble or an overloaded/unavailable registrar: back off and try again.
+    Temporary,
+    /// 403 Forbidden.
+    Forbidden,
+    /// Any other 3xx-6xx that says the request itself is wrong (404, 400, 484, …).
+    Fatal,
+    /// Wrong credentials.
+    Credentials,
+    /// Realm mismatch: our configuration and the registrar's disagree.
+    RealmMismatch,
+}
+
+impl Failure {
+    /// RFC 3261 §21 read for registrations: 408, 500, 502, 503, 504 and the 6xx class are worth
+    /// retrying, and so is any other 5xx (a server problem); 403 and the remaining 3xx/4xx mean
+    /// the same REGISTER would fail again.
+    pub fn class(self) -> FailureClass {
+        match self {
+            Failure::NoResponse => FailureClass::Temporary,
+            Failure::Credentials => FailureClass::Credentials,
+            Failure::RealmMismatch => FailureClass::RealmMismatch,
+            Failure::Response(403) => FailureClass::Forbidden,
+            Failure::Response(408) | Failure::Response(500..=699) => FailureClass::Temporary,
+            Failure::Response(_) => FailureClass::Fatal,
+        }
+    }
+}
+
+/// What to do after a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Try again after this long.
+    RetryIn(Duration),
+    /// Stop retrying; the row stays failed until the operator enables, refreshes or reloads it.
+    GiveUp,
+}
+
 /// Tunable retry and refresh behaviour.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
-    /// Delay before the first retry after a failure.
+    /// Delay before the first retry after a temporary failure.
     pub first_retry: Duration,
     /// Upper bound of the exponential back-off.
     pub max_retry: Duration,
-    /// Delay after the registrar rejected our credentials (or challenged a row without any):
-    /// retrying faster cannot help and only looks like a brute-force attempt.
-    pub auth_failure_retry: Duration,
-    /// Fraction of each delay that is randomised (0.2 → the delay is drawn from 80 %–100 %).
+    /// Consecutive temporary failures after which a row gives up (None: never).
+    pub max_retries: Option<u32>,
+    /// Retry interval after a 403 (None: a 403 is permanent).
+    pub forbidden_retry: Option<Duration>,
+    /// Retry interval after other 3xx/4xx answers (None: permanent).
+    pub fatal_retry: Option<Duration>,
+    /// Retry interval after wrong credentials (None: permanent). Retrying faster cannot help and
+    /// only looks like a brute-force attempt to the registrar.
+    pub auth_failure_retry: Option<Duration>,
+    /// Fraction of each delay that is randomised (0.5 → the delay is drawn from 50 %–100 %).
+    /// Wide on purpose: rows that failed together (a registrar outage) must not retry together.
     pub jitter: f64,
     /// Largest `Min-Expires` (423) we accept raising our expiry to.
     pub max_expires: u32,
@@ -30,8 +91,11 @@ impl Default for RetryPolicy {
         RetryPolicy {
             first_retry: Duration::from_secs(30),
             max_retry: Duration::from_secs(30 * 60),
-            auth_failure_retry: Duration::from_secs(30 * 60),
-            jitter: 0.2,
+            max_retries: None,
+            forbidden_retry: None,
+            fatal_retry: None,
+            auth_failure_retry: None,
+            jitter: 0.5,
             max_expires: 86_400,
             max_retry_after: Duration::from_secs(6 * 3600),
         }
@@ -39,6 +103,34 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Decides what follows failure number `consecutive` (1 for the first since the last
+    /// success). A realm mismatch backs off like a temporary failure: no credentials leave, and
+    /// the registrar may be fixed without anyone touching the row.
+    pub fn after_failure(
+        &self,
+        failure: Failure,
+        consecutive: u32,
+        retry_after: Option<u32>,
+        rng: &mut fastrand::Rng,
+    ) -> Verdict {
+        let fixed = |interval: Option<Duration>, rng: &mut fastrand::Rng| match interval {
+            Some(interval) => Verdict::RetryIn(self.jittered(interval, rng)),
+            None => Verdict::GiveUp,
+        };
+        match failure.class() {
+            FailureClass::Forbidden => fixed(self.forbidden_retry, rng),
+            FailureClass::Fatal => fixed(self.fatal_retry, rng),
+            FailureClass::Credentials => fixed(self.auth_failure_retry, rng),
+            FailureClass::Temporary | FailureClass::RealmMismatch => {
+                if self.max_retries.is_some_and(|max| consecutive > max) {
+                    Verdict::GiveUp
+                } else {
+                    Verdict::RetryIn(self.retry_after_failure(consecutive, retry_after, rng))
+                }
+            }
+        }
+    }
+
     /// How long after a successful REGISTER granting `granted` seconds the refresh is sent.
     ///
     /// The margin before expiry is 10 % of the grant, at least 5 s and at most 5 minutes, and
@@ -81,11 +173,6 @@ impl RetryPolicy {
         self.jittered(base, rng)
     }
 
-    /// Delay after an authentication failure.
-    pub fn retry_after_auth_failure(&self, rng: &mut fastrand::Rng) -> Duration {
-        self.jittered(self.auth_failure_retry, rng)
-    }
-
     fn jittered(&self, base: Duration, rng: &mut fastrand::Rng) -> Duration {
         base.mul_f64(1.0 - self.jitter * rng.f64())
     }
@@ -115,11 +202,84 @@ mod tests {
         let policy = RetryPolicy::default();
         let mut rng = fastrand::Rng::with_seed(1);
         let first = policy.retry_after_failure(1, None, &mut rng);
-        assert!(first <= Duration::from_secs(30) && first >= Duration::from_secs(24));
+        assert!(first <= Duration::from_secs(30) && first >= Duration::from_secs(15));
         let third = policy.retry_after_failure(3, None, &mut rng);
-        assert!(third <= Duration::from_secs(120) && third >= Duration::from_secs(96));
+        assert!(third <= Duration::from_secs(120) && third >= Duration::from_secs(60));
         let late = policy.retry_after_failure(40, None, &mut rng);
         assert!(late <= Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn classification_follows_the_response() {
+        use FailureClass::*;
+        for (code, class) in [
+            (408, Temporary),
+            (500, Temporary),
+            (502, Temporary),
+            (503, Temporary),
+            (504, Temporary),
+            (600, Temporary),
+            (603, Temporary),
+            (403, Forbidden),
+            (404, Fatal),
+            (400, Fatal),
+            (302, Fatal),
+        ] {
+            assert_eq!(Failure::Response(code).class(), class, "{code}");
+        }
+        assert_eq!(Failure::NoResponse.class(), Temporary);
+    }
+
+    #[test]
+    fn permanent_failures_give_up_unless_an_interval_is_set() {
+        let mut rng = fastrand::Rng::with_seed(9);
+        let mut policy = RetryPolicy::default();
+        for failure in [
+            Failure::Response(403),
+            Failure::Response(404),
+            Failure::Credentials,
+        ] {
+            assert_eq!(
+                policy.after_failure(failure, 1, None, &mut rng),
+                Verdict::GiveUp
+            );
+        }
+        policy.forbidden_retry = Some(Duration::from_secs(600));
+        policy.fatal_retry = Some(Duration::from_secs(900));
+        policy.auth_failure_retry = Some(Duration::from_secs(1200));
+        for (failure, secs) in [
+            (Failure::Response(403), 600),
+            (Failure::Response(404), 900),
+            (Failure::Credentials, 1200),
+        ] {
+            match policy.after_failure(failure, 1, None, &mut rng) {
+                Verdict::RetryIn(d) => {
+                    assert!(d <= Duration::from_secs(secs) && d >= Duration::from_secs(secs / 2))
+                }
+                Verdict::GiveUp => panic!("{failure:?} should retry"),
+            }
+        }
+    }
+
+    #[test]
+    fn max_retries_ends_temporary_retrying() {
+        let mut rng = fastrand::Rng::with_seed(2);
+        let policy = RetryPolicy {
+            max_retries: Some(3),
+            ..RetryPolicy::default()
+        };
+        assert!(matches!(
+            policy.after_failure(Failure::NoResponse, 3, None, &mut rng),
+            Verdict::RetryIn(_)
+        ));
+        assert_eq!(
+            policy.after_failure(Failure::NoResponse, 4, None, &mut rng),
+            Verdict::GiveUp
+        );
+        assert!(matches!(
+            RetryPolicy::default().after_failure(Failure::Response(503), 1000, None, &mut rng),
+            Verdict::RetryIn(_)
+        ));
     }
 
     #[test]
@@ -128,9 +288,9 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(3);
         for _ in 0..100 {
             let d = policy.retry_after_failure(1, Some(120), &mut rng);
-            assert!(d >= Duration::from_secs(120) && d <= Duration::from_secs(144));
+            assert!(d >= Duration::from_secs(120) && d <= Duration::from_secs(180));
         }
         let capped = policy.retry_after_failure(1, Some(u32::MAX), &mut rng);
-        assert!(capped <= Duration::from_secs(6 * 3600 * 12 / 10));
+        assert!(capped <= Duration::from_secs(6 * 3600 * 3 / 2));
     }
 }

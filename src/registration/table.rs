@@ -165,6 +165,10 @@ impl RegistrationTable {
                     };
                     if *current.record() == record {
                         summary.unchanged += 1;
+                        if current.has_given_up() {
+                            // A reload is one of the ways an operator says "try again".
+                            self.with_registration(key, now, |r, ctx| r.refresh_now(ctx));
+                        }
                     } else if current.record().same_binding(&record) {
                         summary.changed += 1;
                         self.with_registration(key, now, |r, ctx| r.update_record(ctx, record));

@@ -66,6 +66,12 @@ struct Model {
     /// Accept a nonce only for this long.
     nonce_life: Duration,
     nonces: HashMap<String, Instant>,
+    /// Until this instant, answer this share of requests with `fail_code` instead.
+    fail_until: Option<Instant>,
+    fail_ratio: f64,
+    fail_code: u16,
+    fail_retry_after: Option<u32>,
+    rng: fastrand::Rng,
 }
 
 impl Model {
@@ -78,6 +84,11 @@ impl Model {
             grant: 3600,
             nonce_life: Duration::from_secs(300),
             nonces: HashMap::new(),
+            fail_until: None,
+            fail_ratio: 0.0,
+            fail_code: 503,
+            fail_retry_after: None,
+            rng: fastrand::Rng::with_seed(7),
         }
     }
 
@@ -107,6 +118,11 @@ impl Model {
             .next()
             .unwrap_or("")
             .to_string();
+        if self.fail_until.is_some_and(|until| now < until) && self.rng.f64() < self.fail_ratio {
+            let mut r = base_response(req, self.fail_code, "Failure");
+            r.retry_after = self.fail_retry_after;
+            return Some(r);
+        }
         match self.mode {
             Mode::Silent => return None,
             Mode::WrongRealm => return Some(self.challenge(now, req, "other.realm", false)),
@@ -184,6 +200,8 @@ struct Sim {
     /// Keep every request in `sent` (off for the big runs, which only count).
     keep_sent: bool,
     sent_count: usize,
+    /// When each kept request was sent.
+    sent_at: Vec<Instant>,
 }
 
 impl Sim {
@@ -197,6 +215,7 @@ impl Sim {
             sent: Vec::new(),
             keep_sent: true,
             sent_count: 0,
+            sent_at: Vec::new(),
         }
     }
 
@@ -213,6 +232,7 @@ impl Sim {
             self.sent_count += 1;
             if self.keep_sent {
                 self.sent.push((key, request));
+                self.sent_at.push(self.now);
             }
         }
     }
@@ -350,7 +370,7 @@ fn silence_is_a_timeout_with_backoff() {
     let start = sim.now;
     sim.table.reload(start, vec![record(0)]);
     sim.run_until(start + Duration::from_secs(40));
-    assert_eq!(sim.status("uuid000000"), Status::Timeout);
+    assert_eq!(sim.status("uuid000000"), Status::RetryWait);
     sim.run_until(start + Duration::from_secs(3600));
     let attempts = sim.sent.len();
     assert!(
@@ -515,4 +535,148 @@ fn a_hundred_thousand_rows_through_a_simulated_day() {
         (20.0..40.0).contains(&per_row),
         "{per_row} REGISTERs per row per day"
     );
+}
+
+/// A sim whose registrar fails every request with `code` for the first `for_secs` seconds.
+fn failing_sim(code: u16, retry_after: Option<u32>, for_secs: u64) -> Sim {
+    let mut sim = Sim::new(Mode::Normal);
+    sim.model.fail_until = Some(sim.now + Duration::from_secs(for_secs));
+    sim.model.fail_ratio = 1.0;
+    sim.model.fail_code = code;
+    sim.model.fail_retry_after = retry_after;
+    sim
+}
+
+#[test]
+fn unavailable_with_retry_after_waits_at_least_that_long() {
+    let mut sim = failing_sim(503, Some(120), 100);
+    let start = sim.now;
+    sim.table.reload(start, vec![record(0)]);
+    sim.run_until(start + Duration::from_secs(1));
+    let snap = sim.table.get("uuid000000").unwrap().snapshot();
+    assert_eq!(snap.status, Status::RetryWait);
+    assert_eq!(snap.last_code, Some(503));
+    let next = snap.next_action.unwrap() - start;
+    assert!(
+        next >= Duration::from_secs(120) && next <= Duration::from_secs(181),
+        "{next:?}"
+    );
+    sim.run_until(start + Duration::from_secs(200));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+}
+
+#[test]
+fn forbidden_is_permanent_until_the_operator_acts() {
+    let mut sim = failing_sim(403, None, 10);
+    let start = sim.now;
+    sim.table.reload(start, vec![record(0)]);
+    sim.run_until(start + Duration::from_secs(3600));
+    let snap = sim.table.get("uuid000000").unwrap().snapshot();
+    assert_eq!(snap.status, Status::Failed);
+    assert_eq!(snap.next_action, None);
+    assert_eq!(sim.sent.len(), 1, "no retry after a 403");
+    // An unchanged reload retries it (the registrar recovered meanwhile).
+    let summary = sim.table.reload(sim.now, vec![record(0)]);
+    assert_eq!(summary.unchanged, 1);
+    sim.run_until(sim.now + Duration::from_secs(1));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+}
+
+#[test]
+fn enable_retries_a_row_that_gave_up() {
+    let mut sim = failing_sim(404, None, 10);
+    sim.table.reload(sim.now, vec![record(0)]);
+    sim.run_until(sim.now + Duration::from_secs(60));
+    assert_eq!(sim.status("uuid000000"), Status::Failed);
+    assert!(
+        sim.table
+            .set_disabled(sim.now, Attribute::LUuid, "uuid000000", false)
+    );
+    sim.run_until(sim.now + Duration::from_secs(1));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+}
+
+#[test]
+fn configured_intervals_and_max_retries() {
+    let mut sim = failing_sim(404, None, 100_000);
+    sim.table = RegistrationTable::new(
+        CoreConfig {
+            policy: RetryPolicy {
+                fatal_retry: Some(Duration::from_secs(600)),
+                ..RetryPolicy::default()
+            },
+            ..CoreConfig::default()
+        },
+        fastrand::Rng::with_seed(1),
+    );
+    let start = sim.now;
+    sim.table.reload(start, vec![record(0)]);
+    sim.run_until(start + Duration::from_secs(3600));
+    // Every 5–10 minutes (600 s with 50 % jitter): 1 + 6 to 12 attempts in an hour.
+    assert!((7..=13).contains(&sim.sent.len()), "{}", sim.sent.len());
+
+    let mut sim = failing_sim(503, None, 100_000);
+    sim.table = RegistrationTable::new(
+        CoreConfig {
+            policy: RetryPolicy {
+                max_retries: Some(2),
+                ..RetryPolicy::default()
+            },
+            ..CoreConfig::default()
+        },
+        fastrand::Rng::with_seed(1),
+    );
+    sim.table.reload(sim.now, vec![record(0)]);
+    sim.run_until(sim.now + Duration::from_secs(3600));
+    assert_eq!(sim.sent.len(), 3, "first attempt and two retries");
+    assert_eq!(sim.status("uuid000000"), Status::Failed);
+}
+
+#[test]
+fn authenticating_is_visible_while_the_answer_is_in_flight() {
+    let mut sim = Sim::new(Mode::Normal);
+    sim.table.reload(sim.now, vec![record(0)]);
+    // First REGISTER out, its 401 back, the answer out: stop before the 200 arrives.
+    sim.run_until(sim.now + Duration::from_millis(30));
+    let snap = sim.table.get("uuid000000").unwrap().snapshot();
+    assert_eq!(snap.status, Status::Authenticating);
+    assert_eq!(snap.kamailio_flags() & 8, 8, "AUTHSENT");
+    sim.run_until(sim.now + Duration::from_millis(30));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+}
+
+#[test]
+fn ten_thousand_rows_through_an_hour_of_thirty_percent_failures() {
+    let mut sim = Sim::new(Mode::Normal);
+    sim.keep_sent = true;
+    let start = sim.now;
+    sim.model.fail_until = Some(start + Duration::from_secs(3600));
+    sim.model.fail_ratio = 0.3;
+    sim.model.fail_code = 503;
+    let rows: Vec<Record> = (0..10_000).map(record).collect();
+    sim.table.reload(start, rows);
+    sim.run_until(start + Duration::from_secs(3600));
+    // While failing: back-off with jitter spreads the retries. All rows start in the same
+    // instant (pacing is the transport's job), but no later second carries a burst.
+    let mut per_second: HashMap<u64, usize> = HashMap::new();
+    for at in &sim.sent_at {
+        let second = (*at - start).as_secs();
+        if second >= 2 {
+            *per_second.entry(second).or_default() += 1;
+        }
+    }
+    let busiest = per_second.values().copied().max().unwrap_or(0);
+    assert!(
+        busiest <= 1000,
+        "{busiest} REGISTERs in one second after the start"
+    );
+    let retried_seconds = per_second.len();
+    assert!(
+        retried_seconds > 300,
+        "retries bunched into {retried_seconds} distinct seconds"
+    );
+    // Recovery: every row ends registered within the longest back-off after the outage.
+    sim.run_until(start + Duration::from_secs(3600 + 1900));
+    assert_eq!(sim.table.status_counts()["registered"], 10_000);
+    assert_eq!(sim.model.bad_auth, 0);
 }
