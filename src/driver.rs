@@ -84,6 +84,8 @@ enum Command {
     Counts(Reply<std::collections::BTreeMap<&'static str, usize>>),
     Stats(Reply<DriverStats>),
     Shutdown(Option<Duration>, Reply<usize>),
+    /// Any other table operation, run on the driver task.
+    Apply(Box<dyn FnOnce(&mut RegistrationTable, Instant) + Send>),
 }
 
 /// Cheap, cloneable access to the driver task.
@@ -148,6 +150,23 @@ impl DriverHandle {
         let value = value.to_string();
         self.ask(|reply| Command::Refresh(attribute, value, reply))
             .await
+    }
+
+    /// Runs `f` on the table inside the driver task and returns its result: the general form
+    /// behind operator commands (`reg_add`, `reg_remove`, `reg_active`, …).
+    pub async fn apply<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut RegistrationTable, Instant) -> T + Send + 'static,
+    ) -> Result<T, DriverGone> {
+        let (tx, rx) = oneshot::channel();
+        let job = Box::new(move |table: &mut RegistrationTable, now: Instant| {
+            let _ = tx.send(f(table, now));
+        });
+        self.commands
+            .send(Command::Apply(job))
+            .await
+            .map_err(|_| DriverGone)?;
+        rx.await.map_err(|_| DriverGone)
     }
 
     pub async fn status_counts(
@@ -537,6 +556,7 @@ impl Driver {
                 info!(pending, "shutting down: un-registering bindings");
                 self.shutdown = Some((now + timeout, reply));
             }
+            Command::Apply(job) => job(&mut self.table, now),
             Command::Shutdown(None, reply) => {
                 info!("shutting down; bindings are left to expire at the registrars");
                 self.shutdown = Some((now, reply));

@@ -25,6 +25,16 @@ pub enum ReloadError {
     Driver(#[from] DriverGone),
 }
 
+#[derive(Debug, Error)]
+pub enum RefreshError {
+    #[error("database read failed: {0}")]
+    Store(String),
+    #[error("the row is not usable: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Driver(#[from] DriverGone),
+}
+
 /// A row that could not be used, as reported to the operator.
 #[derive(Clone, Debug, Serialize)]
 pub struct InvalidRowReport {
@@ -117,6 +127,37 @@ impl Gateway {
             loaded: count,
             invalid,
         })
+    }
+
+    /// `uac.reg_refresh`: re-reads one row and applies it. `Ok(false)`: neither the database nor
+    /// the table knows the l_uuid. An invalid row leaves the running registration as it is.
+    pub async fn refresh_one(&self, l_uuid: &str) -> Result<bool, RefreshError> {
+        let defaults = self.defaults.clone();
+        let wanted = l_uuid.to_string();
+        let loaded = self
+            .with_store(move |store| store.load_one(&wanted, &defaults))
+            .await
+            .map_err(|err| RefreshError::Store(err.to_string()))?
+            .map_err(|err| RefreshError::Store(err.to_string()))?;
+        let record = match loaded {
+            Some(Ok(record)) => Some(record),
+            Some(Err(bad)) => {
+                warn!(l_uuid = %l_uuid, "refresh: row not usable: {}", bad.error);
+                return Err(RefreshError::Invalid(bad.error.to_string()));
+            }
+            None => None,
+        };
+        let wanted = l_uuid.to_string();
+        let applied = self
+            .driver
+            .apply(move |table, now| table.apply_one(now, &wanted, record))
+            .await?;
+        Ok(applied)
+    }
+
+    /// The values used for rows that leave columns empty (`uac.reg_add` validates with them).
+    pub fn defaults(&self) -> &RowDefaults {
+        &self.defaults
     }
 
     /// Rows the last successful load rejected.

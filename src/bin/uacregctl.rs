@@ -39,9 +39,27 @@ enum Command {
     /// Disable a registration, un-registering it (uac.reg_disable ATTR VALUE).
     #[command(name = "reg_disable")]
     RegDisable { attr: String, value: String },
-    /// Register again now (uac.reg_refresh L_UUID).
+    /// Re-read one row from the database and register it again (uac.reg_refresh L_UUID).
     #[command(name = "reg_refresh")]
     RegRefresh { l_uuid: String },
+    /// Register now (uac.reg_register ATTR VALUE).
+    #[command(name = "reg_register")]
+    RegRegister { attr: String, value: String },
+    /// Un-REGISTER now and stay unregistered (uac.reg_unregister ATTR VALUE).
+    #[command(name = "reg_unregister")]
+    RegUnregister { attr: String, value: String },
+    /// Switch sending on (1) or off (0) (uac.reg_active MODE).
+    #[command(name = "reg_active")]
+    RegActive { mode: String },
+    /// Add a row in memory (uac.reg_add, Kamailio's 14 or 15 positional values; `.` = none).
+    #[command(name = "reg_add")]
+    RegAdd {
+        #[arg(num_args = 14..=15)]
+        values: Vec<String>,
+    },
+    /// Remove a row from memory, un-REGISTERing it (uac.reg_remove L_UUID).
+    #[command(name = "reg_remove")]
+    RegRemove { l_uuid: String },
     /// Counts per state and SIP counters (uacreg.status).
     Status,
     /// Any method with positional string parameters.
@@ -59,6 +77,15 @@ fn main() -> anyhow::Result<()> {
             ("uac.reg_disable", vec![attr.clone(), value.clone()])
         }
         Command::RegRefresh { l_uuid } => ("uac.reg_refresh", vec![l_uuid.clone()]),
+        Command::RegRegister { attr, value } => {
+            ("uac.reg_register", vec![attr.clone(), value.clone()])
+        }
+        Command::RegUnregister { attr, value } => {
+            ("uac.reg_unregister", vec![attr.clone(), value.clone()])
+        }
+        Command::RegActive { mode } => ("uac.reg_active", vec![mode.clone()]),
+        Command::RegAdd { values } => ("uac.reg_add", values.clone()),
+        Command::RegRemove { l_uuid } => ("uac.reg_remove", vec![l_uuid.clone()]),
         Command::Status => ("uacreg.status", vec![]),
         Command::Call { method, params } => (method.as_str(), params.clone()),
     };

@@ -211,6 +211,9 @@ pub struct Registration {
     status: Status,
     /// Operator switch from `uac.reg_disable` / `reg_enable`, on top of the row's own flag.
     operator_disabled: bool,
+    /// `uac.reg_unregister`: binding taken back on request; `reg_register` or a changed row
+    /// undoes it.
+    operator_unregistered: bool,
     /// Being removed (row deleted or replaced): un-register if needed, then drop.
     leaving: bool,
 
@@ -253,6 +256,7 @@ impl Registration {
             record,
             status: Status::Pending,
             operator_disabled: false,
+            operator_unregistered: false,
             leaving: false,
             call_id: format!("{:016x}{:016x}@uacreg", rng.u64(..), rng.u64(..)),
             from_tag: format!("{:016x}", rng.u64(..)),
@@ -311,6 +315,7 @@ impl Registration {
     fn wants_binding(&self) -> bool {
         !self.leaving
             && !self.operator_disabled
+            && !self.operator_unregistered
             && !self.record.is_disabled()
             && self.record.expires > 0
     }
@@ -817,6 +822,18 @@ impl Registration {
         self.reconcile_now(ctx);
     }
 
+    /// `uac.reg_register`: register now, undoing an earlier `reg_unregister`.
+    pub fn register_now(&mut self, ctx: &mut Ctx<'_>) {
+        self.operator_unregistered = false;
+        self.refresh_now(ctx);
+    }
+
+    /// `uac.reg_unregister`: take the binding back now and do not refresh it.
+    pub fn unregister_now(&mut self, ctx: &mut Ctx<'_>) {
+        self.operator_unregistered = true;
+        self.reconcile_now(ctx);
+    }
+
     /// Row removed or replaced by a different binding: un-register if a binding may exist, then
     /// the table drops it.
     pub fn leave(&mut self, ctx: &mut Ctx<'_>) {
@@ -848,7 +865,8 @@ impl Registration {
         }
         self.record = record;
         self.failures = 0;
-        if credentials_changed || expires_changed || disabled_changed {
+        let was_unregistered = std::mem::take(&mut self.operator_unregistered);
+        if credentials_changed || expires_changed || disabled_changed || was_unregistered {
             self.reconcile_now(ctx);
         }
     }

@@ -19,7 +19,7 @@ pub mod table;
 pub use machine::{Action, RegKey, Registration, Snapshot, Status};
 pub use policy::RetryPolicy;
 pub use record::{Credentials, Destination, FLAG_DISABLED, Record, Secret, Transport};
-pub use table::{Attribute, CoreConfig, RegistrationTable, ReloadSummary};
+pub use table::{AlreadyExists, Attribute, CoreConfig, RegistrationTable, ReloadSummary};
 
 #[cfg(test)]
 mod tests;

@@ -78,7 +78,14 @@ pub struct RegistrationTable {
     by_uuid: BTreeMap<String, RegKey>,
     timers: BTreeSet<(Instant, RegKey)>,
     actions: Vec<Action>,
+    /// `uac.reg_active`: while false, due timers are parked instead of sending.
+    active: bool,
+    parked: Vec<RegKey>,
 }
+
+/// `uac.reg_add` on an l_uuid that exists.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AlreadyExists;
 
 impl RegistrationTable {
     pub fn new(config: CoreConfig, rng: fastrand::Rng) -> RegistrationTable {
@@ -90,6 +97,8 @@ impl RegistrationTable {
             by_uuid: BTreeMap::new(),
             timers: BTreeSet::new(),
             actions: Vec::new(),
+            active: true,
+            parked: Vec::new(),
         }
     }
 
@@ -211,6 +220,15 @@ impl RegistrationTable {
             if let Some(registration) = self.registrations.get_mut(&key) {
                 registration.clear_timer();
             }
+            // Leaving registrations still finish (un-REGISTER) while inactive.
+            let leaving = self
+                .registrations
+                .get(&key)
+                .is_some_and(Registration::is_leaving);
+            if !self.active && !leaving {
+                self.parked.push(key);
+                continue;
+            }
             self.with_registration(key, now, |r, ctx| r.handle_timer(ctx));
         }
     }
@@ -320,6 +338,81 @@ impl RegistrationTable {
 
     pub fn refresh(&mut self, now: Instant, attribute: Attribute, value: &str) -> bool {
         self.command(now, attribute, value, |r, ctx| r.refresh_now(ctx))
+    }
+
+    /// `uac.reg_register`: register now (undoes `reg_unregister`).
+    pub fn register_now(&mut self, now: Instant, attribute: Attribute, value: &str) -> bool {
+        self.command(now, attribute, value, |r, ctx| r.register_now(ctx))
+    }
+
+    /// `uac.reg_unregister`: un-REGISTER now and stay unregistered.
+    pub fn unregister_now(&mut self, now: Instant, attribute: Attribute, value: &str) -> bool {
+        self.command(now, attribute, value, |r, ctx| r.unregister_now(ctx))
+    }
+
+    /// `uac.reg_add`: a row kept in memory only (a reload drops it unless the table has it).
+    pub fn add(&mut self, now: Instant, record: Record) -> Result<(), AlreadyExists> {
+        if self.by_uuid.contains_key(&record.l_uuid) {
+            return Err(AlreadyExists);
+        }
+        self.insert(now, record);
+        Ok(())
+    }
+
+    /// `uac.reg_remove`: un-REGISTER (if bound) and forget the row.
+    pub fn remove(&mut self, now: Instant, l_uuid: &str) -> bool {
+        match self.by_uuid.remove(l_uuid) {
+            Some(key) => {
+                self.retire(now, key);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `uac.reg_refresh` from the database: apply one row's new version (None: the row is gone).
+    /// Returns false when neither the table nor the database knows the l_uuid.
+    pub fn apply_one(&mut self, now: Instant, l_uuid: &str, record: Option<Record>) -> bool {
+        let current = self.by_uuid.get(l_uuid).copied();
+        match (current, record) {
+            (None, None) => false,
+            (Some(_), None) => self.remove(now, l_uuid),
+            (None, Some(record)) => {
+                self.insert(now, record);
+                true
+            }
+            (Some(key), Some(record)) => {
+                let same_binding = self
+                    .registrations
+                    .get(&key)
+                    .is_some_and(|r| r.record().same_binding(&record));
+                if same_binding {
+                    self.with_registration(key, now, |r, ctx| {
+                        r.update_record(ctx, record);
+                        // Kamailio's reg_refresh registers the row again in any case.
+                        r.register_now(ctx);
+                    });
+                } else {
+                    self.by_uuid.remove(l_uuid);
+                    self.retire(now, key);
+                    self.insert(now, record);
+                }
+                true
+            }
+        }
+    }
+
+    /// `uac.reg_active`: switch sending on or off; returns the previous mode. Turning it back on
+    /// releases every parked registration at once (the transport's pacing spreads them).
+    pub fn set_active(&mut self, now: Instant, active: bool) -> bool {
+        let old = self.active;
+        self.active = active;
+        if active {
+            for key in std::mem::take(&mut self.parked) {
+                self.with_registration(key, now, |r, ctx| r.handle_timer(ctx));
+            }
+        }
+        old
     }
 
     /// Un-registers everything (shutdown). Returns how many registrations still have work.

@@ -63,6 +63,74 @@ fn string_params(params: &Params<'_>, wanted: usize) -> Result<Vec<String>, Erro
         .collect()
 }
 
+/// An integer given as a JSON number or a numeric string.
+fn as_int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// `uac.reg_add` parameters in Kamailio's order: l_uuid, l_username, l_domain, r_username,
+/// r_domain, realm, auth_username, auth_password, auth_ha1, auth_proxy, expires, flags,
+/// reg_delay, socket[, contact_addr]. A lone `.` means "none" for realm, auth_password,
+/// auth_ha1, socket and contact_addr.
+fn reg_add_row(params: &Params<'_>) -> Result<crate::store::RawRow, ErrorObjectOwned> {
+    let values: Vec<Value> = params
+        .parse::<Option<Vec<Value>>>()
+        .map_err(|_| fault(400, "Invalid Parameters"))?
+        .unwrap_or_default();
+    if values.len() != 14 && values.len() != 15 {
+        return Err(fault(
+            400,
+            &format!(
+                "Invalid Parameters - expected 14 or 15 values, got {}",
+                values.len()
+            ),
+        ));
+    }
+    let text = |i: usize, name: &str| -> Result<String, ErrorObjectOwned> {
+        match &values[i] {
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(n) => Ok(n.to_string()),
+            _ => Err(fault(
+                400,
+                &format!("Invalid Parameters - {name} must be a string"),
+            )),
+        }
+    };
+    let none_dot = |s: String| if s == "." { String::new() } else { s };
+    let int = |i: usize, name: &str| -> Result<i64, ErrorObjectOwned> {
+        as_int(&values[i]).ok_or_else(|| {
+            fault(
+                400,
+                &format!("Invalid Parameters - {name} must be an integer"),
+            )
+        })
+    };
+    let mut row = crate::store::RawRow::new(
+        &text(0, "l_uuid")?,
+        &text(3, "r_username")?,
+        &text(4, "r_domain")?,
+    );
+    row.l_username = text(1, "l_username")?;
+    row.l_domain = text(2, "l_domain")?;
+    row.realm = none_dot(text(5, "realm")?);
+    row.auth_username = text(6, "auth_username")?;
+    row.auth_password = crate::registration::Secret::new(none_dot(text(7, "auth_password")?));
+    row.auth_ha1 = crate::registration::Secret::new(none_dot(text(8, "auth_ha1")?));
+    row.auth_proxy = text(9, "auth_proxy")?;
+    row.expires = int(10, "expires")?;
+    row.flags = int(11, "flags")?;
+    row.reg_delay = int(12, "reg_delay")?;
+    row.socket = none_dot(text(13, "socket")?);
+    if values.len() == 15 {
+        row.contact_addr = none_dot(text(14, "contact_addr")?);
+    }
+    Ok(row)
+}
+
 /// `attr value` pair selecting a record.
 fn attribute_params(params: &Params<'_>) -> Result<(Attribute, String), ErrorObjectOwned> {
     let values = string_params(params, 2)?;
@@ -155,7 +223,76 @@ fn register_all(
 
     module.register_async_method("uac.reg_refresh", |params, gw, _| async move {
         let values = string_params(&params, 1)?;
-        let hit = gw.driver.refresh(Attribute::LUuid, &values[0]).await;
+        match gw.refresh_one(&values[0]).await {
+            Ok(found) => empty_or_not_found(found),
+            Err(err) => Err(ErrorObjectOwned::owned(
+                500,
+                "Failed to refresh record - check log messages".to_string(),
+                Some(err.to_string()),
+            )),
+        }
+    })?;
+
+    for (name, register) in [("uac.reg_register", true), ("uac.reg_unregister", false)] {
+        module.register_async_method(name, move |params, gw, _| async move {
+            let (attribute, value) = attribute_params(&params)?;
+            let hit = gw
+                .driver
+                .apply(move |table, now| {
+                    if register {
+                        table.register_now(now, attribute, &value)
+                    } else {
+                        table.unregister_now(now, attribute, &value)
+                    }
+                })
+                .await;
+            empty_or_not_found(hit.map_err(internal)?)
+        })?;
+    }
+
+    module.register_async_method("uac.reg_active", |params, gw, _| async move {
+        let values: Vec<Value> = params
+            .parse::<Option<Vec<Value>>>()
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let Some(mode) = values.first().and_then(as_int) else {
+            return Err(fault(500, "Missing parameter"));
+        };
+        let old = gw
+            .driver
+            .apply(move |table, now| table.set_active(now, mode != 0))
+            .await
+            .map_err(internal)?;
+        // Kamailio echoes the value given as the new mode.
+        Ok::<_, ErrorObjectOwned>(serde_json::json!({ "omode": i64::from(old), "nmode": mode }))
+    })?;
+
+    module.register_async_method("uac.reg_add", |params, gw, _| async move {
+        let row = reg_add_row(&params)?;
+        if row.auth_password.is_empty() && row.auth_ha1.is_empty() {
+            return Err(fault(500, "Failed to add record - invalid password or ha1"));
+        }
+        let record = crate::store::validate(row, gw.defaults())
+            .map_err(|err| fault(400, &format!("Invalid Parameter Values - {err}")))?;
+        let added = gw
+            .driver
+            .apply(move |table, now| table.add(now, record))
+            .await
+            .map_err(internal)?;
+        match added {
+            Ok(()) => Ok::<_, ErrorObjectOwned>(Empty {}),
+            Err(_) => Err(fault(409, "uuid already exists")),
+        }
+    })?;
+
+    module.register_async_method("uac.reg_remove", |params, gw, _| async move {
+        let values = string_params(&params, 1)?;
+        let l_uuid = values[0].clone();
+        let hit = gw
+            .driver
+            .apply(move |table, now| table.remove(now, &l_uuid))
+            .await;
         empty_or_not_found(hit.map_err(internal)?)
     })?;
 

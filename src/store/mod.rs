@@ -106,6 +106,24 @@ impl Store {
         Ok(loaded)
     }
 
+    /// Reads and validates the row with `l_uuid` (`uac.reg_refresh`). `Ok(None)`: no such row.
+    pub fn load_one(
+        &mut self,
+        l_uuid: &str,
+        defaults: &RowDefaults,
+    ) -> Result<Option<Result<Record, InvalidRow>>, StoreError> {
+        let row: Option<DbRow> = uacreg::table
+            .select(DbRow::as_select())
+            .filter(uacreg::l_uuid.eq(l_uuid))
+            .order(uacreg::id)
+            .first(&mut self.conn)
+            .optional()?;
+        Ok(row.map(|row| {
+            let row = RawRow::from(row);
+            validate(row.clone(), defaults).map_err(|error| InvalidRow { row, error })
+        }))
+    }
+
     /// Inserts rows in one transaction (ids are assigned by the database).
     pub fn insert(&mut self, rows: &[RawRow]) -> Result<(), StoreError> {
         self.conn.transaction(|conn| {
