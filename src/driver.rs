@@ -74,6 +74,9 @@ pub struct DriverStats {
 
 type Reply<T> = oneshot::Sender<T>;
 
+/// A piece of work run against the table on the driver task.
+type TableJob = Box<dyn FnOnce(&mut RegistrationTable, Instant) + Send>;
+
 /// Requests from the RPC layer and the daemon.
 enum Command {
     Snapshots(Reply<Vec<Snapshot>>),
@@ -85,7 +88,7 @@ enum Command {
     Stats(Reply<DriverStats>),
     Shutdown(Option<Duration>, Reply<usize>),
     /// Any other table operation, run on the driver task.
-    Apply(Box<dyn FnOnce(&mut RegistrationTable, Instant) + Send>),
+    Apply(TableJob),
 }
 
 /// Cheap, cloneable access to the driver task.

@@ -111,7 +111,7 @@ impl Store {
         &mut self,
         l_uuid: &str,
         defaults: &RowDefaults,
-    ) -> Result<Option<Result<Record, InvalidRow>>, StoreError> {
+    ) -> Result<Option<Result<Record, Box<InvalidRow>>>, StoreError> {
         let row: Option<DbRow> = uacreg::table
             .select(DbRow::as_select())
             .filter(uacreg::l_uuid.eq(l_uuid))
@@ -120,7 +120,7 @@ impl Store {
             .optional()?;
         Ok(row.map(|row| {
             let row = RawRow::from(row);
-            validate(row.clone(), defaults).map_err(|error| InvalidRow { row, error })
+            validate(row.clone(), defaults).map_err(|error| Box::new(InvalidRow { row, error }))
         }))
     }
 
