@@ -13,6 +13,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::registration::RetryPolicy;
+use crate::transaction::Timers;
 use crate::transport::PacingConfig;
 
 #[derive(Debug, Error)]
@@ -50,6 +51,8 @@ pub struct Config {
     pub show_secrets: bool,
     pub pacing: PacingConfig,
     pub retry: RetryPolicy,
+    /// RFC 3261 T1/T2/T4 (timer F, the no-answer timeout, is 64 × T1).
+    pub timers: Timers,
     /// Send Expires: 0 for every binding on shutdown.
     pub unregister_on_shutdown: bool,
     /// How long shutdown waits for those un-REGISTERs.
@@ -67,6 +70,7 @@ impl Default for Config {
             show_secrets: false,
             pacing: PacingConfig::default(),
             retry: RetryPolicy::default(),
+            timers: Timers::default(),
             unregister_on_shutdown: true,
             shutdown_timeout: Duration::from_secs(5),
         }
@@ -87,6 +91,16 @@ pub struct FileConfig {
     pub shutdown_timeout_secs: Option<u64>,
     pub pacing: Option<PacingFile>,
     pub retry: Option<RetryFile>,
+    pub sip: Option<SipFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipFile {
+    /// RFC 3261 T1 in milliseconds (default 500; no-answer timeout = 64 × T1).
+    pub t1_ms: Option<u64>,
+    /// RFC 3261 T2 in milliseconds (default 4000).
+    pub t2_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -193,6 +207,14 @@ impl Config {
                 self.pacing.max_in_flight = v;
             }
         }
+        if let Some(sip) = file.sip {
+            if let Some(v) = sip.t1_ms {
+                self.timers.t1 = Duration::from_millis(v.max(1));
+            }
+            if let Some(v) = sip.t2_ms {
+                self.timers.t2 = Duration::from_millis(v.max(1));
+            }
+        }
         if let Some(r) = file.retry {
             if let Some(v) = r.first_retry_secs {
                 self.retry.first_retry = Duration::from_secs(v.max(1));
@@ -245,6 +267,9 @@ impl Config {
                 field: "advertised_addr",
                 message: format!("{:?} contains whitespace", self.advertised_addr),
             });
+        }
+        if self.timers.t2 < self.timers.t1 {
+            self.timers.t2 = self.timers.t1;
         }
         if self.retry.max_retry < self.retry.first_retry {
             self.retry.max_retry = self.retry.first_retry;

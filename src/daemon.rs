@@ -16,7 +16,6 @@ use crate::driver::{Driver, DriverConfig};
 use crate::gateway::{Gateway, ReloadReport};
 use crate::registration::CoreConfig;
 use crate::store::{RowDefaults, Store, StoreError};
-use crate::transaction::Timers;
 use crate::transport::UdpTransport;
 
 #[derive(Debug, Error)]
@@ -79,7 +78,7 @@ impl Daemon {
                 user_agent: config.user_agent.clone(),
             },
             pacing: config.pacing,
-            timers: Timers::default(),
+            timers: config.timers,
             via_sent_by: advertised.clone(),
         };
         let (driver, driver_task) = Driver::start(driver_config, transport);
