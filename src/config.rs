@@ -124,6 +124,8 @@ pub struct RetryFile {
     pub fatal_retry_secs: Option<u64>,
     /// Retry interval after wrong credentials; 0 = permanent.
     pub auth_failure_retry_secs: Option<u64>,
+    /// First REGISTERs of new rows are spread over this many seconds (plus reg_delay).
+    pub start_spread_secs: Option<u64>,
 }
 
 /// `0` switches a retry interval off.
@@ -233,6 +235,9 @@ impl Config {
             }
             if let Some(v) = r.auth_failure_retry_secs {
                 self.retry.auth_failure_retry = interval(v);
+            }
+            if let Some(v) = r.start_spread_secs {
+                self.retry.start_spread = Duration::from_secs(v);
             }
         }
         Ok(())

@@ -13,7 +13,10 @@ use uacreg::testing::registrar::{Behavior, RegistrarConfig, TestRegistrar};
 
 /// One row against a registrar that behaves as `behavior` from the start. Timers are short so a
 /// silent registrar times out in 3.2 s, and the first retry comes after 2–4 s.
-async fn one_row(behavior: Behavior, password: &str) -> (TestRegistrar, TempDir, uacreg::daemon::Daemon) {
+async fn one_row(
+    behavior: Behavior,
+    password: &str,
+) -> (TestRegistrar, TempDir, uacreg::daemon::Daemon) {
     let registrar = TestRegistrar::start(RegistrarConfig {
         users: [("user000000".to_string(), "pw-user000000".to_string())].into(),
         algorithm: Algorithm::Md5,
@@ -50,7 +53,10 @@ async fn wait_state(daemon: &uacreg::daemon::Daemon, state: &str, limit: Duratio
 }
 
 fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 /// Seconds until the row's next attempt.
@@ -60,7 +66,11 @@ fn next_in(record: &Value) -> Option<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interval_too_brief_is_retried_at_once_with_min_expires() {
-    let (registrar, _dir, daemon) = one_row(Behavior::IntervalTooBrief { min_expires: 600 }, "pw-user000000").await;
+    let (registrar, _dir, daemon) = one_row(
+        Behavior::IntervalTooBrief { min_expires: 600 },
+        "pw-user000000",
+    )
+    .await;
     let record = wait_state(&daemon, "registered", Duration::from_secs(10)).await;
     assert_eq!(record["granted_expires"], 600);
     let seen = registrar.requests_for("user000000");
@@ -81,7 +91,10 @@ async fn unavailable_with_retry_after_is_honoured() {
     let record = wait_state(&daemon, "retry_wait", Duration::from_secs(10)).await;
     assert_eq!(record["last_code"], 503);
     let next = next_in(&record).expect("a retry is scheduled");
-    assert!((4..=10).contains(&next), "next attempt in {next} s, asked for 6 s");
+    assert!(
+        (4..=10).contains(&next),
+        "next attempt in {next} s, asked for 6 s"
+    );
     assert_eq!(registrar.requests_for("user000000").len(), 1);
     registrar.set_behavior(Behavior::Normal);
     wait_state(&daemon, "registered", Duration::from_secs(15)).await;
@@ -98,13 +111,22 @@ async fn unavailable_without_retry_after_backs_off() {
     let (registrar, _dir, daemon) = one_row(behavior, "pw-user000000").await;
     let record = wait_state(&daemon, "retry_wait", Duration::from_secs(10)).await;
     let next = next_in(&record).expect("a retry is scheduled");
-    assert!((1..=5).contains(&next), "first retry in {next} s (4 s with 50 % jitter)");
+    assert!(
+        (1..=5).contains(&next),
+        "first retry in {next} s (4 s with 50 % jitter)"
+    );
     assert_eq!(record["failures"], 1);
     // The second retry waits about twice as long.
-    let second = wait_until(Duration::from_secs(10), || async { info(&daemon).await["failures"] == 2 }).await;
+    let second = wait_until(Duration::from_secs(10), || async {
+        info(&daemon).await["failures"] == 2
+    })
+    .await;
     assert!(second);
     let next = next_in(&info(&daemon).await).unwrap();
-    assert!((3..=9).contains(&next), "second retry in {next} s (8 s with 50 % jitter)");
+    assert!(
+        (3..=9).contains(&next),
+        "second retry in {next} s (8 s with 50 % jitter)"
+    );
     assert_eq!(registrar.requests_for("user000000").len(), 2);
     daemon.stop().await;
 }
@@ -117,7 +139,10 @@ async fn silence_is_a_timeout() {
     // One request, retransmitted by timer E; the registrar saw each copy.
     let seen = registrar.requests_for("user000000");
     assert!(seen.len() >= 4, "retransmissions: {}", seen.len());
-    assert!(seen.iter().all(|r| r.cseq == seen[0].cseq), "retransmissions reuse the request");
+    assert!(
+        seen.iter().all(|r| r.cseq == seen[0].cseq),
+        "retransmissions reuse the request"
+    );
     let status = rpc(&daemon).call("uacreg.status", &[]).await.unwrap();
     assert!(status["sip"]["transactions"]["timeouts"].as_u64().unwrap() >= 1);
     daemon.stop().await;
@@ -135,7 +160,11 @@ async fn forbidden_is_permanent() {
     assert_eq!(record["last_code"], 403);
     assert_eq!(record["next_refresh"], Value::Null);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(registrar.requests_for("user000000").len(), 1, "no retry after 403");
+    assert_eq!(
+        registrar.requests_for("user000000").len(),
+        1,
+        "no retry after 403"
+    );
     // The operator retries it once the provider is fixed.
     registrar.set_behavior(Behavior::Normal);
     rpc(&daemon)
@@ -165,6 +194,10 @@ async fn stale_nonce_is_answered_without_a_failure() {
     assert_eq!(record["failures"], 0);
     let seen = registrar.requests_for("user000000");
     assert_eq!(seen.len(), 3, "plain, answered (stale), answered again");
-    assert!(seen[1..].iter().all(|r| r.authorization_valid == Some(true)));
+    assert!(
+        seen[1..]
+            .iter()
+            .all(|r| r.authorization_valid == Some(true))
+    );
     daemon.stop().await;
 }

@@ -325,7 +325,9 @@ impl Registration {
     pub fn start(&mut self, ctx: &mut Ctx<'_>) {
         if self.wants_binding() {
             self.status = Status::Pending;
-            let delay = Duration::from_secs(u64::from(self.record.reg_delay));
+            let delay = ctx
+                .policy
+                .first_register_after(self.record.reg_delay, ctx.rng);
             self.timer = Some(ctx.now + delay);
         } else {
             self.settle_idle();

@@ -84,6 +84,9 @@ pub struct RetryPolicy {
     /// Longest `Retry-After` we honour; a larger value is capped (a misbehaving registrar should
     /// not park a row for days).
     pub max_retry_after: Duration,
+    /// A new row's first REGISTER waits `reg_delay` plus a random share of this, so a start-up
+    /// or a reload of many rows is spread out even before the transport's pacing.
+    pub start_spread: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -98,6 +101,7 @@ impl Default for RetryPolicy {
             jitter: 0.5,
             max_expires: 86_400,
             max_retry_after: Duration::from_secs(6 * 3600),
+            start_spread: Duration::ZERO,
         }
     }
 }
@@ -129,6 +133,14 @@ impl RetryPolicy {
                 }
             }
         }
+    }
+
+    /// Delay of a new row's first REGISTER: its `reg_delay` plus a random part of
+    /// `start_spread`.
+    pub fn first_register_after(&self, reg_delay: u32, rng: &mut fastrand::Rng) -> Duration {
+        let spread = self.start_spread.as_millis() as u64;
+        let extra = if spread > 0 { rng.u64(0..=spread) } else { 0 };
+        Duration::from_secs(u64::from(reg_delay)) + Duration::from_millis(extra)
     }
 
     /// How long after a successful REGISTER granting `granted` seconds the refresh is sent.

@@ -680,3 +680,31 @@ fn ten_thousand_rows_through_an_hour_of_thirty_percent_failures() {
     assert_eq!(sim.table.status_counts()["registered"], 10_000);
     assert_eq!(sim.model.bad_auth, 0);
 }
+
+#[test]
+fn start_spread_spreads_the_first_registers() {
+    let mut sim = Sim::new(Mode::Normal);
+    sim.table = RegistrationTable::new(
+        CoreConfig {
+            policy: RetryPolicy {
+                start_spread: Duration::from_secs(60),
+                ..RetryPolicy::default()
+            },
+            ..CoreConfig::default()
+        },
+        fastrand::Rng::with_seed(5),
+    );
+    let start = sim.now;
+    sim.table.reload(start, (0..1000).map(record).collect());
+    sim.run_until(start + Duration::from_secs(61));
+    assert_eq!(sim.table.status_counts()["registered"], 1000);
+    let first_second = sim
+        .sent_at
+        .iter()
+        .filter(|at| **at < start + Duration::from_secs(1))
+        .count();
+    assert!(
+        first_second < 100,
+        "{first_second} REGISTERs in the first second"
+    );
+}
