@@ -46,6 +46,8 @@ pub struct Config {
     pub advertised_addr: String,
     /// Address of the JSON-RPC HTTP server.
     pub rpc_listen: SocketAddr,
+    /// Address of the Prometheus endpoint (None: off).
+    pub metrics_listen: Option<SocketAddr>,
     pub user_agent: String,
     /// Show `auth_password` / `auth_ha1` in RPC answers (off: they are masked).
     pub show_secrets: bool,
@@ -66,6 +68,7 @@ impl Default for Config {
             sip_listen: "0.0.0.0:5062".parse().expect("valid literal"),
             advertised_addr: String::new(),
             rpc_listen: "127.0.0.1:5063".parse().expect("valid literal"),
+            metrics_listen: Some("127.0.0.1:5064".parse().expect("valid literal")),
             user_agent: format!("uacreg/{}", env!("CARGO_PKG_VERSION")),
             show_secrets: false,
             pacing: PacingConfig::default(),
@@ -85,6 +88,8 @@ pub struct FileConfig {
     pub sip_listen: Option<String>,
     pub advertised_addr: Option<String>,
     pub rpc_listen: Option<String>,
+    /// `ip:port`, or "" to switch the metrics endpoint off.
+    pub metrics_listen: Option<String>,
     pub user_agent: Option<String>,
     pub show_secrets: Option<bool>,
     pub unregister_on_shutdown: Option<bool>,
@@ -140,6 +145,7 @@ pub struct Overrides {
     pub sip_listen: Option<String>,
     pub advertised_addr: Option<String>,
     pub rpc_listen: Option<String>,
+    pub metrics_listen: Option<String>,
     pub show_secrets: bool,
 }
 
@@ -185,6 +191,13 @@ impl Config {
         }
         if let Some(v) = file.rpc_listen {
             self.rpc_listen = parse_addr("rpc_listen", &v)?;
+        }
+        if let Some(v) = file.metrics_listen {
+            self.metrics_listen = if v.is_empty() {
+                None
+            } else {
+                Some(parse_addr("metrics_listen", &v)?)
+            };
         }
         if let Some(v) = file.user_agent {
             self.user_agent = v;
@@ -255,6 +268,13 @@ impl Config {
         }
         if let Some(v) = &o.rpc_listen {
             self.rpc_listen = parse_addr("rpc_listen", v)?;
+        }
+        if let Some(v) = &o.metrics_listen {
+            self.metrics_listen = if v.is_empty() {
+                None
+            } else {
+                Some(parse_addr("metrics_listen", v)?)
+            };
         }
         if o.show_secrets {
             self.show_secrets = true;

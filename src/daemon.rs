@@ -32,6 +32,11 @@ pub enum DaemonError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the metrics endpoint on {addr}: {source}")]
+    MetricsBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("start-up task failed: {0}")]
     Task(String),
 }
@@ -41,6 +46,7 @@ pub struct Daemon {
     sip_addr: SocketAddr,
     rpc_addr: SocketAddr,
     rpc: jsonrpsee::server::ServerHandle,
+    metrics: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     driver_task: tokio::task::JoinHandle<()>,
     config: Config,
     /// Outcome of the load done at start-up (None when the database could not be read then).
@@ -112,12 +118,21 @@ impl Daemon {
                 addr: config.rpc_listen,
                 source,
             })?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(
+                crate::metrics::serve(addr, gateway.clone())
+                    .await
+                    .map_err(|source| DaemonError::MetricsBind { addr, source })?,
+            ),
+            None => None,
+        };
         info!(%sip_addr, %rpc_addr, advertised = %advertised, db = %config.db_url, "uacregd running");
         Ok(Daemon {
             gateway,
             sip_addr,
             rpc_addr,
             rpc,
+            metrics,
             driver_task,
             config,
             initial_load,
@@ -137,6 +152,11 @@ impl Daemon {
         format!("http://{}/RPC", self.rpc_addr)
     }
 
+    /// Address of the Prometheus endpoint, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
+    }
+
     pub fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway
     }
@@ -144,6 +164,9 @@ impl Daemon {
     /// Stops: RPC first (no new commands), then un-REGISTER (if configured) within the bound.
     pub async fn stop(self) {
         let _ = self.rpc.stop();
+        if let Some((_, task)) = &self.metrics {
+            task.abort();
+        }
         let within = self
             .config
             .unregister_on_shutdown

@@ -56,8 +56,34 @@ impl WallClock {
     }
 }
 
+/// Upper bounds (ms) of the transaction latency histogram buckets; the last bucket is +Inf.
+pub const LATENCY_BOUNDS_MS: [u64; 11] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+
+/// Time from first sending a request to its final response, cumulative like Prometheus wants.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LatencyHistogram {
+    /// `counts[i]`: responses within `LATENCY_BOUNDS_MS[i]`; one more slot for +Inf.
+    pub counts: [u64; 12],
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+impl LatencyHistogram {
+    fn observe(&mut self, latency: Duration) {
+        let ms = latency.as_millis() as u64;
+        for (i, bound) in LATENCY_BOUNDS_MS.iter().enumerate() {
+            if ms <= *bound {
+                self.counts[i] += 1;
+            }
+        }
+        self.counts[LATENCY_BOUNDS_MS.len()] += 1;
+        self.sum_seconds += latency.as_secs_f64();
+        self.count += 1;
+    }
+}
+
 /// Counters the driver keeps (besides the transactions' own).
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct DriverStats {
     pub datagrams_received: u64,
     pub malformed_dropped: u64,
@@ -70,6 +96,10 @@ pub struct DriverStats {
     pub in_flight: usize,
     pub leaving: usize,
     pub transactions: TransactionStats,
+    /// Final responses by status code.
+    pub responses: std::collections::BTreeMap<u16, u64>,
+    pub latency: LatencyHistogram,
+    pub core: crate::registration::CoreCounters,
 }
 
 type Reply<T> = oneshot::Sender<T>;
@@ -513,7 +543,9 @@ impl Driver {
             .transactions
             .handle_response(now, branch, response.code)
         {
-            Matched::Deliver(owner) => {
+            Matched::Deliver(owner, latency) => {
+                *self.stats.responses.entry(response.code).or_default() += 1;
+                self.stats.latency.observe(latency);
                 self.table.handle_response(now, owner.key, &response);
                 self.collect_actions();
             }
@@ -547,7 +579,8 @@ impl Driver {
                 let _ = reply.send(self.table.status_counts());
             }
             Command::Stats(reply) => {
-                let mut stats = self.stats;
+                let mut stats = self.stats.clone();
+                stats.core = self.table.counters();
                 stats.queued = self.queue.len();
                 stats.in_flight = self.transactions.pending();
                 stats.leaving = self.table.leaving_count();

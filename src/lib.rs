@@ -15,6 +15,7 @@
 //! * [`rpc`] — Kamailio-compatible JSON-RPC (`uac.reg_dump`, `uac.reg_info`, `uac.reg_reload`, …).
 //! * [`driver`] — the async task that owns the table, transactions and socket.
 //! * [`gateway`] — loading rows (start-up and `uac.reg_reload`) and what RPC asks the driver.
+//! * [`metrics`] — Prometheus text on `GET /metrics`.
 //! * [`daemon`] — wires everything together for the `uacregd` binary.
 //! * [`demo`] — `uacregd demo`: registrar, rows, daemon and report in one command.
 //! * [`testing`] — a registrar with digest checking that tests, the demo and benchmarks run on
@@ -25,6 +26,7 @@ pub mod daemon;
 pub mod demo;
 pub mod driver;
 pub mod gateway;
+pub mod metrics;
 pub mod registration;
 pub mod rpc;
 pub mod sip;

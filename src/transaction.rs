@@ -72,6 +72,7 @@ struct Transaction {
     /// Timer F.
     gives_up_at: Instant,
     retransmissions: u32,
+    started: Instant,
 }
 
 impl Transaction {
@@ -99,8 +100,9 @@ pub enum TimerEvent {
 /// What a received response means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Matched {
-    /// Deliver the response to this owner.
-    Deliver(Owner),
+    /// Deliver the response to this owner; the duration is the time since the request was
+    /// first sent (transaction latency, retransmissions included).
+    Deliver(Owner, Duration),
     /// Matched a transaction but needs no delivery (a retransmitted final response).
     Absorbed,
     /// No transaction has this branch.
@@ -174,6 +176,7 @@ impl ClientTransactions {
             next_event: now + self.timers.t1,
             gives_up_at: now + self.timers.timeout(),
             retransmissions: 0,
+            started: now,
         };
         self.queue.insert((tx.deadline(), id));
         self.by_id.insert(id, tx);
@@ -213,18 +216,19 @@ impl ClientTransactions {
             _ => {
                 self.stats.completed += 1;
                 let owner = tx.owner;
+                let latency = now.saturating_duration_since(tx.started);
                 if tx.reliable {
                     // Timer K is zero for reliable transports.
                     self.queue.remove(&(old_deadline, id));
                     self.by_id.remove(&id);
-                    return Matched::Deliver(owner);
+                    return Matched::Deliver(owner, latency);
                 }
                 tx.state = TxState::Completed;
                 tx.next_event = now + self.timers.t4;
                 // Nothing is retransmitted any more; only the branch is needed to absorb
                 // repeated responses, so drop the request bytes now rather than after timer K.
                 tx.bytes = Arc::from(&[][..]);
-                Matched::Deliver(owner)
+                Matched::Deliver(owner, latency)
             }
         };
         let new_deadline = tx.deadline();
@@ -345,8 +349,8 @@ mod tests {
         );
         assert_eq!(txs.handle_response(t0, &branch, 100), Matched::Absorbed);
         assert_eq!(
-            txs.handle_response(t0, &branch, 200),
-            Matched::Deliver(owner())
+            txs.handle_response(t0 + Duration::from_millis(3), &branch, 200),
+            Matched::Deliver(owner(), Duration::from_millis(3))
         );
         assert_eq!(txs.handle_response(t0, &branch, 200), Matched::Absorbed);
         let mut out = Vec::new();

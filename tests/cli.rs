@@ -84,7 +84,7 @@ async fn daemon_binary_with_uacregctl() {
     let child = Command::new(UACREGD)
         .args(["--db", &dir.db_url(), "--sip-listen", &sip.to_string()])
         .args(["--rpc-listen", &format!("127.0.0.1:{rpc_port}")])
-        .args(["--log", "debug"])
+        .args(["--log", "debug", "--metrics-listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::from(
             std::fs::File::create(dir.0.join("uacregd.log")).unwrap(),

@@ -28,6 +28,9 @@ struct Cli {
     /// JSON-RPC listen address (default 127.0.0.1:5063).
     #[arg(long, global = true)]
     rpc_listen: Option<String>,
+    /// Prometheus endpoint address (default 127.0.0.1:5064; "" switches it off).
+    #[arg(long, global = true)]
+    metrics_listen: Option<String>,
     /// Show passwords and HA1 in RPC answers.
     #[arg(long, global = true)]
     show_secrets: bool,
@@ -82,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         sip_listen: cli.sip_listen.clone(),
         advertised_addr: cli.advertised_addr.clone(),
         rpc_listen: cli.rpc_listen.clone(),
+        metrics_listen: cli.metrics_listen.clone(),
         show_secrets: cli.show_secrets,
     };
     match cli.command {
@@ -114,6 +118,9 @@ fn main() -> anyhow::Result<()> {
             }
             if cli.rpc_listen.is_none() {
                 config.rpc_listen = "127.0.0.1:0".parse()?;
+            }
+            if cli.metrics_listen.is_none() {
+                config.metrics_listen = Some("127.0.0.1:0".parse()?);
             }
             if cli.advertised_addr.is_none() {
                 config.advertised_addr = "127.0.0.1:5062".into();

@@ -104,6 +104,7 @@ pub struct Ctx<'a> {
     pub policy: &'a RetryPolicy,
     pub user_agent: &'a str,
     pub actions: &'a mut Vec<Action>,
+    pub counters: &'a mut super::table::CoreCounters,
 }
 
 /// Why the in-flight request was sent; decides what its answer means.
@@ -522,6 +523,7 @@ impl Registration {
             info!(l_uuid = %self.record.l_uuid, expires = granted, "registered");
         }
         self.status = Status::Registered;
+        ctx.counters.registered += 1;
         self.granted_expires = Some(granted);
         self.binding_expires = Some(ctx.now + Duration::from_secs(u64::from(granted)));
         self.last_registered = Some(ctx.now);
@@ -750,8 +752,12 @@ impl Registration {
             return;
         }
         let mut at = match verdict {
-            Verdict::RetryIn(delay) => Some(ctx.now + delay),
+            Verdict::RetryIn(delay) => {
+                ctx.counters.retries_scheduled += 1;
+                Some(ctx.now + delay)
+            }
             Verdict::GiveUp => {
+                ctx.counters.gave_up += 1;
                 warn!(
                     l_uuid = %self.record.l_uuid,
                     failures = self.failures,

@@ -19,7 +19,9 @@ pub mod table;
 pub use machine::{Action, RegKey, Registration, Snapshot, Status};
 pub use policy::RetryPolicy;
 pub use record::{Credentials, Destination, FLAG_DISABLED, Record, Secret, Transport};
-pub use table::{AlreadyExists, Attribute, CoreConfig, RegistrationTable, ReloadSummary};
+pub use table::{
+    AlreadyExists, Attribute, CoreConfig, CoreCounters, RegistrationTable, ReloadSummary,
+};
 
 #[cfg(test)]
 mod tests;

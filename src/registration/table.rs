@@ -29,6 +29,17 @@ impl Default for CoreConfig {
     }
 }
 
+/// Totals over the table's lifetime, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CoreCounters {
+    /// Failed attempts followed by a scheduled retry.
+    pub retries_scheduled: u64,
+    /// Failed attempts after which the row gave up.
+    pub gave_up: u64,
+    /// Successful REGISTERs (bindings granted or refreshed).
+    pub registered: u64,
+}
+
 /// What a reload changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReloadSummary {
@@ -81,6 +92,7 @@ pub struct RegistrationTable {
     /// `uac.reg_active`: while false, due timers are parked instead of sending.
     active: bool,
     parked: Vec<RegKey>,
+    counters: CoreCounters,
 }
 
 /// `uac.reg_add` on an l_uuid that exists.
@@ -99,6 +111,7 @@ impl RegistrationTable {
             actions: Vec::new(),
             active: true,
             parked: Vec::new(),
+            counters: CoreCounters::default(),
         }
     }
 
@@ -118,6 +131,7 @@ impl RegistrationTable {
             policy: &self.config.policy,
             user_agent: &self.config.user_agent,
             actions: &mut self.actions,
+            counters: &mut self.counters,
         };
         let result = f(registration, &mut ctx);
         let after = registration.timer();
@@ -260,6 +274,10 @@ impl RegistrationTable {
     }
 
     // ---- queries ----
+
+    pub fn counters(&self) -> CoreCounters {
+        self.counters
+    }
 
     pub fn len(&self) -> usize {
         self.by_uuid.len()

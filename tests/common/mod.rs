@@ -50,6 +50,7 @@ pub fn test_config(db_url: &str) -> Config {
         db_url: db_url.to_string(),
         sip_listen: "127.0.0.1:0".parse().unwrap(),
         rpc_listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         advertised_addr: "127.0.0.1:5062".into(),
         ..Config::default()
     };

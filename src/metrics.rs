@@ -1,0 +1,201 @@
+//! Prometheus metrics over plain HTTP: `GET /metrics` on its own loopback port.
+//!
+//! The exposition format is a few lines of text, and a scrape is one request on a fresh
+//! connection, so a minimal HTTP/1.1 responder is enough and keeps a web framework out of the
+//! build. Values come from the driver on each scrape; nothing is cached.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::debug;
+
+use crate::driver::{DriverStats, LATENCY_BOUNDS_MS};
+use crate::gateway::Gateway;
+
+/// Starts the metrics listener; returns the bound address and the accept task.
+pub async fn serve(
+    addr: SocketAddr,
+    gateway: Arc<Gateway>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let gateway = gateway.clone();
+            tokio::spawn(async move {
+                if let Err(err) = answer(stream, &gateway).await {
+                    debug!("metrics request failed: {err}");
+                }
+            });
+        }
+    });
+    Ok((local, task))
+}
+
+async fn answer(mut stream: TcpStream, gateway: &Gateway) -> std::io::Result<()> {
+    let mut request = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    // Read the request head (bounded in size and time); the body, if any, is ignored.
+    let read_head = async {
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            request.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    if tokio::time::timeout(Duration::from_secs(5), read_head)
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    let line = String::from_utf8_lossy(&request);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, body) = if method == "GET" && (path == "/metrics" || path == "/") {
+        match render(gateway).await {
+            Some(body) => ("200 OK", body),
+            None => ("503 Service Unavailable", "driver stopped\n".to_string()),
+        }
+    } else {
+        ("404 Not Found", "try GET /metrics\n".to_string())
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+async fn render(gateway: &Gateway) -> Option<String> {
+    let counts = gateway.driver.status_counts().await.ok()?;
+    let stats = gateway.driver.stats().await.ok()?;
+    Some(format_metrics(
+        &counts,
+        gateway.invalid_rows().len(),
+        &stats,
+    ))
+}
+
+/// The exposition text.
+pub fn format_metrics(
+    counts: &std::collections::BTreeMap<&'static str, usize>,
+    invalid_rows: usize,
+    stats: &DriverStats,
+) -> String {
+    let mut out = String::new();
+    let name = "uacreg_registrations";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Rows by registration state.\n# TYPE {name} gauge"
+    );
+    for (state, n) in counts {
+        let _ = writeln!(out, "{name}{{state=\"{state}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}{{state=\"invalid\"}} {invalid_rows}");
+
+    let simple: [(&str, &str, &str, u64); 9] = [
+        (
+            "uacreg_registers_sent_total",
+            "counter",
+            "REGISTER requests sent (new transactions).",
+            stats.registers_sent,
+        ),
+        (
+            "uacreg_retransmissions_total",
+            "counter",
+            "Requests retransmitted by timer E.",
+            stats.transactions.retransmissions,
+        ),
+        (
+            "uacreg_transaction_timeouts_total",
+            "counter",
+            "Transactions that got no final response (timer F).",
+            stats.transactions.timeouts,
+        ),
+        (
+            "uacreg_retries_total",
+            "counter",
+            "Failed attempts followed by a scheduled retry.",
+            stats.core.retries_scheduled,
+        ),
+        (
+            "uacreg_gave_up_total",
+            "counter",
+            "Failed attempts after which a row stopped retrying.",
+            stats.core.gave_up,
+        ),
+        (
+            "uacreg_registrations_granted_total",
+            "counter",
+            "Successful REGISTERs (new or refreshed bindings).",
+            stats.core.registered,
+        ),
+        (
+            "uacreg_malformed_datagrams_total",
+            "counter",
+            "Datagrams dropped as malformed.",
+            stats.malformed_dropped,
+        ),
+        (
+            "uacreg_unmatched_responses_total",
+            "counter",
+            "Responses that matched no transaction.",
+            stats.unmatched_responses,
+        ),
+        (
+            "uacreg_send_queue",
+            "gauge",
+            "REGISTERs waiting for the pacer.",
+            stats.queued as u64,
+        ),
+    ];
+    for (name, kind, help, value) in simple {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+
+    let _ = writeln!(
+        out,
+        "# HELP uacreg_responses_total Final responses by status code.\n# TYPE uacreg_responses_total counter"
+    );
+    for (code, n) in &stats.responses {
+        let _ = writeln!(out, "uacreg_responses_total{{code=\"{code}\"}} {n}");
+    }
+
+    let name = "uacreg_transaction_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time from first sending a REGISTER to its final response.\n# TYPE {name} histogram"
+    );
+    for (i, bound) in LATENCY_BOUNDS_MS.iter().enumerate() {
+        let le = *bound as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{le}\"}} {}",
+            stats.latency.counts[i]
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+        stats.latency.counts[LATENCY_BOUNDS_MS.len()],
+        stats.latency.sum_seconds,
+        stats.latency.count
+    );
+    out
+}
