@@ -118,6 +118,11 @@ async fn daemon_binary_with_uacregctl() {
         !ok && text.contains("404") && text.contains("Record not found"),
         "{text}"
     );
+    let (ok, text) = ctl(&rpc, &["show", "registrations"]);
+    assert!(
+        ok && text.contains("Objects found: 10") && text.contains("user000004@registrar.test"),
+        "{text}"
+    );
     let (ok, text) = ctl(&rpc, &["reg_reload"]);
     assert!(ok && text.contains("10 unchanged"), "{text}");
     // Even at debug level, no password reaches the log.

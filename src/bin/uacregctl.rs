@@ -62,6 +62,17 @@ enum Command {
     RegRemove { l_uuid: String },
     /// Counts per state and SIP counters (uacreg.status).
     Status,
+    /// `show registrations`: Asterisk-style list (name, server, username, status, expires, code).
+    Show {
+        #[arg(value_parser = ["registrations"])]
+        what: String,
+    },
+    /// Redraw the state counts and the registrations that are not registered every few seconds.
+    Watch {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+    },
     /// Any method with positional string parameters.
     Call { method: String, params: Vec<String> },
 }
@@ -87,6 +98,14 @@ fn main() -> anyhow::Result<()> {
         Command::RegAdd { values } => ("uac.reg_add", values.clone()),
         Command::RegRemove { l_uuid } => ("uac.reg_remove", vec![l_uuid.clone()]),
         Command::Status => ("uacreg.status", vec![]),
+        Command::Show { .. } => ("uac.reg_dump", vec![]),
+        Command::Watch { interval } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let client = RpcClient::new(&cli.rpc)?;
+            return runtime.block_on(watch(&client, &cli.rpc, *interval));
+        }
         Command::Call { method, params } => (method.as_str(), params.clone()),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -112,6 +131,7 @@ fn main() -> anyhow::Result<()> {
         Command::RegDump => print_table(&result),
         Command::RegInfo { .. } => print_record(&result),
         Command::RegReload => print_reload(&result),
+        Command::Show { .. } => print_registrations(&result),
         _ => println!("{}", serde_json::to_string_pretty(&result)?),
     }
     Ok(())
@@ -252,6 +272,83 @@ fn print_reload(result: &Value) {
                 text(bad, "l_uuid"),
                 text(bad, "error")
             );
+        }
+    }
+}
+
+/// Asterisk's `pjsip show registrations` layout, one line per row.
+fn print_registrations(result: &Value) {
+    let Some(rows) = result.as_array() else {
+        println!("{result}");
+        return;
+    };
+    let now = now();
+    println!(
+        "{:<24} {:<32} {:<28} {:<15} {:>9} {:>4}",
+        "<Registration>", "<Server>", "<Username>", "<Status>", "<Expires>", "<Code>"
+    );
+    for r in rows {
+        let server = match text(r, "auth_proxy").as_str() {
+            "" | "none" => format!("sip:{}", text(r, "r_domain")),
+            proxy => proxy.to_string(),
+        };
+        println!(
+            "{:<24} {:<32} {:<28} {:<15} {:>9} {:>4}",
+            text(r, "l_uuid"),
+            server,
+            format!("{}@{}", text(r, "r_username"), text(r, "r_domain")),
+            text(r, "state"),
+            relative(r, "binding_expires", now),
+            text(r, "last_code"),
+        );
+    }
+    println!("Objects found: {}", rows.len());
+}
+
+/// Live view: counts per state, then every row that is not registered. Runs until Ctrl-C.
+async fn watch(client: &RpcClient, url: &str, interval: u64) -> anyhow::Result<()> {
+    let interval = std::time::Duration::from_secs(interval.max(1));
+    loop {
+        let status = client.call("uacreg.status", &[]).await;
+        let dump = client.call("uac.reg_dump", &[]).await;
+        // Clear the screen and home the cursor.
+        print!("\x1b[2J\x1b[H");
+        match (status, dump) {
+            (Ok(status), Ok(dump)) => {
+                println!(
+                    "uacregd at {url}   (every {}s, Ctrl-C to stop)\n",
+                    interval.as_secs()
+                );
+                if let Some(counts) = status["registrations"].as_object() {
+                    let line: Vec<String> = counts
+                        .iter()
+                        .filter(|(_, n)| n.as_u64() != Some(0))
+                        .map(|(state, n)| format!("{state} {n}"))
+                        .collect();
+                    println!("{}", line.join("   "));
+                }
+                let troubled: Vec<Value> = dump
+                    .as_array()
+                    .map(|rows| {
+                        rows.iter()
+                            .filter(|r| text(r, "state") != "registered")
+                            .take(40)
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                println!();
+                if troubled.is_empty() {
+                    println!("every row is registered");
+                } else {
+                    print_table(&Value::Array(troubled));
+                }
+            }
+            (Err(err), _) | (_, Err(err)) => println!("cannot reach uacregd at {url}: {err}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
 }
