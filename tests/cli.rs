@@ -123,6 +123,11 @@ async fn daemon_binary_with_uacregctl() {
         ok && text.contains("Objects found: 10") && text.contains("user000004@registrar.test"),
         "{text}"
     );
+    let (ok, text) = ctl(&rpc, &["reg_reload", "--wait"]);
+    assert!(
+        ok && text.contains("10/10 settled: 10 registered"),
+        "{text}"
+    );
     let (ok, text) = ctl(&rpc, &["reg_reload"]);
     assert!(ok && text.contains("10 unchanged"), "{text}");
     // Even at debug level, no password reaches the log.

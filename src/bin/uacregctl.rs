@@ -32,7 +32,11 @@ enum Command {
     RegInfo { attr: String, value: String },
     /// Re-read the table and apply the difference (uac.reg_reload).
     #[command(name = "reg_reload", alias = "reload")]
-    RegReload,
+    RegReload {
+        /// Then show progress until no row is still on its way to registered (at most 10 min).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Enable a registration (uac.reg_enable ATTR VALUE).
     #[command(name = "reg_enable")]
     RegEnable { attr: String, value: String },
@@ -82,7 +86,7 @@ fn main() -> anyhow::Result<()> {
     let (method, params): (&str, Vec<String>) = match &cli.command {
         Command::RegDump => ("uac.reg_dump", vec![]),
         Command::RegInfo { attr, value } => ("uac.reg_info", vec![attr.clone(), value.clone()]),
-        Command::RegReload => ("uac.reg_reload", vec![]),
+        Command::RegReload { .. } => ("uac.reg_reload", vec![]),
         Command::RegEnable { attr, value } => ("uac.reg_enable", vec![attr.clone(), value.clone()]),
         Command::RegDisable { attr, value } => {
             ("uac.reg_disable", vec![attr.clone(), value.clone()])
@@ -130,7 +134,12 @@ fn main() -> anyhow::Result<()> {
     match &cli.command {
         Command::RegDump => print_table(&result),
         Command::RegInfo { .. } => print_record(&result),
-        Command::RegReload => print_reload(&result),
+        Command::RegReload { wait } => {
+            print_reload(&result);
+            if *wait {
+                runtime.block_on(wait_settled(&client))?;
+            }
+        }
         Command::Show { .. } => print_registrations(&result),
         _ => println!("{}", serde_json::to_string_pretty(&result)?),
     }
@@ -350,5 +359,46 @@ async fn watch(client: &RpcClient, url: &str, interval: u64) -> anyhow::Result<(
             _ = tokio::time::sleep(interval) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
+    }
+}
+
+/// States on the way to registered.
+const IN_PROGRESS: [&str; 3] = ["pending", "registering", "authenticating"];
+
+/// Progress bar until no row is pending, registering or authenticating (bounded at 10 min).
+async fn wait_settled(client: &RpcClient) -> anyhow::Result<()> {
+    use std::io::Write;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let status = client.call("uacreg.status", &[]).await?;
+        let counts = status["registrations"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let count = |state: &str| counts.get(state).and_then(Value::as_u64).unwrap_or(0);
+        let total: u64 = counts.values().filter_map(Value::as_u64).sum();
+        let busy: u64 = IN_PROGRESS.iter().map(|s| count(s)).sum();
+        let done = total - busy;
+        let width = 40u64;
+        let filled = if total == 0 {
+            width
+        } else {
+            done * width / total
+        };
+        let bar: String = (0..width)
+            .map(|i| if i < filled { '#' } else { '.' })
+            .collect();
+        print!(
+            "\r[{bar}] {done}/{total} settled: {} registered, {} waiting to retry, {} failed ",
+            count("registered"),
+            count("retry_wait"),
+            count("failed") + count("auth_failed") + count("realm_mismatch")
+        );
+        let _ = std::io::stdout().flush();
+        if busy == 0 || std::time::Instant::now() >= deadline {
+            println!();
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }

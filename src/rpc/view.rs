@@ -48,6 +48,8 @@ pub struct RecordView {
     pub binding_expires: Option<i64>,
     /// Expiry the registrar granted in its last 200 OK.
     pub granted_expires: Option<u32>,
+    /// Unix time of the last successful REGISTER; null if none yet.
+    pub last_success: Option<i64>,
     /// Failed attempts since the last success.
     pub failures: u32,
     pub registers_sent: u64,
@@ -124,6 +126,7 @@ impl RecordView {
             next_refresh: s.next_action.map(|at| clock.unix(at)),
             binding_expires: s.binding_expires.map(|at| clock.unix(at)),
             granted_expires: s.granted_expires,
+            last_success: s.last_registered.map(|at| clock.unix(at)),
             failures: s.failures,
             registers_sent: s.registers_sent,
             error: None,
@@ -159,6 +162,7 @@ impl RecordView {
             next_refresh: None,
             binding_expires: None,
             granted_expires: None,
+            last_success: None,
             failures: 0,
             registers_sent: 0,
             error: Some(error),
