@@ -378,13 +378,9 @@ async fn wait_settled(client: &RpcClient) -> anyhow::Result<()> {
         let count = |state: &str| counts.get(state).and_then(Value::as_u64).unwrap_or(0);
         let total: u64 = counts.values().filter_map(Value::as_u64).sum();
         let busy: u64 = IN_PROGRESS.iter().map(|s| count(s)).sum();
-        let done = total - busy;
+        let done = total.saturating_sub(busy);
         let width = 40u64;
-        let filled = if total == 0 {
-            width
-        } else {
-            done * width / total
-        };
+        let filled = (done * width).checked_div(total).unwrap_or(width);
         let bar: String = (0..width)
             .map(|i| if i < filled { '#' } else { '.' })
             .collect();
