@@ -41,24 +41,33 @@ fn now_unix() -> i64 {
 
 /// Positional string parameters; Kamailio also takes numbers where strings are expected.
 fn string_params(params: &Params<'_>, wanted: usize) -> Result<Vec<String>, ErrorObjectOwned> {
-    let values: Vec<Value> = if params.is_object() {
-        return Err(fault(400, "Invalid Parameters"));
-    } else {
-        params
-            .parse::<Option<Vec<Value>>>()
-            .map_err(|_| fault(400, "Invalid Parameters"))?
-            .unwrap_or_default()
-    };
+    // Kamailio's text first (scripts match on it), then what exactly is wrong.
+    let invalid = |detail: &str| fault(400, &format!("Invalid Parameters - {detail}"));
+    if params.is_object() {
+        return Err(invalid("parameters must be positional (a JSON array)"));
+    }
+    let values: Vec<Value> = params
+        .parse::<Option<Vec<Value>>>()
+        .map_err(|_| invalid("parameters must be a JSON array"))?
+        .unwrap_or_default();
     if values.len() < wanted {
-        return Err(fault(400, "Invalid Parameters"));
+        return Err(invalid(&format!(
+            "expected {wanted} value{}, got {}",
+            if wanted == 1 { "" } else { "s" },
+            values.len()
+        )));
     }
     values
         .into_iter()
         .take(wanted)
-        .map(|v| match v {
+        .enumerate()
+        .map(|(i, v)| match v {
             Value::String(s) => Ok(s),
             Value::Number(n) => Ok(n.to_string()),
-            _ => Err(fault(400, "Invalid Parameters")),
+            other => Err(invalid(&format!(
+                "value {} must be a string, not {other}",
+                i + 1
+            ))),
         })
         .collect()
 }
@@ -138,7 +147,15 @@ fn attribute_params(params: &Params<'_>) -> Result<(Attribute, String), ErrorObj
         return Err(fault(400, "Invalid Parameter Values"));
     }
     let attribute =
-        Attribute::parse(&values[0]).ok_or_else(|| fault(400, "Unsupported filter attribute"))?;
+        Attribute::parse(&values[0]).ok_or_else(|| {
+            fault(
+                400,
+                &format!(
+                    "Unsupported filter attribute - {:?}; use l_uuid, l_username, r_username or auth_username",
+                    values[0]
+                ),
+            )
+        })?;
     Ok((attribute, values[1].clone()))
 }
 
