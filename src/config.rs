@@ -51,6 +51,8 @@ pub struct Config {
     pub user_agent: String,
     /// Show `auth_password` / `auth_ha1` in RPC answers (off: they are masked).
     pub show_secrets: bool,
+    /// Shared secret every RPC request must carry (None: no check; RPC is on loopback).
+    pub rpc_token: Option<String>,
     pub pacing: PacingConfig,
     pub retry: RetryPolicy,
     /// RFC 3261 T1/T2/T4 (timer F, the no-answer timeout, is 64 × T1).
@@ -71,6 +73,7 @@ impl Default for Config {
             metrics_listen: Some("127.0.0.1:5064".parse().expect("valid literal")),
             user_agent: format!("uacreg/{}", env!("CARGO_PKG_VERSION")),
             show_secrets: false,
+            rpc_token: None,
             pacing: PacingConfig::default(),
             retry: RetryPolicy::default(),
             timers: Timers::default(),
@@ -92,6 +95,7 @@ pub struct FileConfig {
     pub metrics_listen: Option<String>,
     pub user_agent: Option<String>,
     pub show_secrets: Option<bool>,
+    pub rpc_token: Option<String>,
     pub unregister_on_shutdown: Option<bool>,
     pub shutdown_timeout_secs: Option<u64>,
     pub pacing: Option<PacingFile>,
@@ -147,6 +151,7 @@ pub struct Overrides {
     pub rpc_listen: Option<String>,
     pub metrics_listen: Option<String>,
     pub show_secrets: bool,
+    pub rpc_token: Option<String>,
 }
 
 fn parse_addr(field: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
@@ -204,6 +209,9 @@ impl Config {
         }
         if let Some(v) = file.show_secrets {
             self.show_secrets = v;
+        }
+        if let Some(v) = file.rpc_token {
+            self.rpc_token = (!v.is_empty()).then_some(v);
         }
         if let Some(v) = file.unregister_on_shutdown {
             self.unregister_on_shutdown = v;
@@ -275,6 +283,9 @@ impl Config {
             } else {
                 Some(parse_addr("metrics_listen", v)?)
             };
+        }
+        if let Some(v) = &o.rpc_token {
+            self.rpc_token = (!v.is_empty()).then(|| v.clone());
         }
         if o.show_secrets {
             self.show_secrets = true;

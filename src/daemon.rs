@@ -112,12 +112,13 @@ impl Daemon {
             }
         };
 
-        let (rpc_addr, rpc) = crate::rpc::serve(config.rpc_listen, gateway.clone())
-            .await
-            .map_err(|source| DaemonError::RpcBind {
-                addr: config.rpc_listen,
-                source,
-            })?;
+        let (rpc_addr, rpc) =
+            crate::rpc::serve(config.rpc_listen, gateway.clone(), config.rpc_token.clone())
+                .await
+                .map_err(|source| DaemonError::RpcBind {
+                    addr: config.rpc_listen,
+                    source,
+                })?;
         let metrics = match config.metrics_listen {
             Some(addr) => Some(
                 crate::metrics::serve(addr, gateway.clone())

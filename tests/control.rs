@@ -286,3 +286,33 @@ async fn refresh_reads_one_row_from_the_database() {
     daemon.stop().await;
     registrar.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_token_is_required_when_configured() {
+    let dir = TempDir::new("token");
+    write_rows(&dir.db_url(), &[]);
+    let mut config = test_config(&dir.db_url());
+    config.rpc_token = Some("s3cret-token".into());
+    let daemon = uacreg::daemon::Daemon::start(config).await.unwrap();
+    let url = daemon.rpc_url();
+
+    let anonymous = RpcClient::new(&url)
+        .unwrap()
+        .call("uac.reg_dump", &[])
+        .await;
+    assert!(
+        anonymous.is_err(),
+        "no token must be refused: {anonymous:?}"
+    );
+    let wrong = RpcClient::with_token(&url, Some("guess"))
+        .unwrap()
+        .call("uac.reg_dump", &[])
+        .await;
+    assert!(wrong.is_err(), "a wrong token must be refused");
+    let right = RpcClient::with_token(&url, Some("s3cret-token"))
+        .unwrap()
+        .call("uac.reg_dump", &[])
+        .await;
+    assert_eq!(right.unwrap(), json!([]));
+    daemon.stop().await;
+}

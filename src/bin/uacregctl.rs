@@ -15,6 +15,9 @@ struct Cli {
     /// JSON-RPC endpoint of uacregd.
     #[arg(long, env = "UACREG_RPC", default_value = "http://127.0.0.1:5063/RPC")]
     rpc: String,
+    /// RPC token, if uacregd requires one.
+    #[arg(long, env = "UACREG_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print the raw JSON result.
     #[arg(long, global = true)]
     json: bool,
@@ -107,7 +110,7 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let client = RpcClient::new(&cli.rpc)?;
+            let client = RpcClient::with_token(&cli.rpc, cli.token.as_deref())?;
             return runtime.block_on(watch(&client, &cli.rpc, *interval));
         }
         Command::Call { method, params } => (method.as_str(), params.clone()),
@@ -115,7 +118,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = RpcClient::new(&cli.rpc)?;
+    let client = RpcClient::with_token(&cli.rpc, cli.token.as_deref())?;
     let result = match runtime.block_on(client.call(method, &params)) {
         Ok(value) => value,
         Err(uacreg::rpc::client::RpcError::Call(err)) => {

@@ -31,6 +31,9 @@ struct Cli {
     /// Prometheus endpoint address (default 127.0.0.1:5064; "" switches it off).
     #[arg(long, global = true)]
     metrics_listen: Option<String>,
+    /// Require this token on every RPC request (Authorization: Bearer …); env UACREG_TOKEN.
+    #[arg(long, env = "UACREG_TOKEN", global = true, hide_env_values = true)]
+    rpc_token: Option<String>,
     /// Show passwords and HA1 in RPC answers.
     #[arg(long, global = true)]
     show_secrets: bool,
@@ -87,6 +90,7 @@ fn main() -> anyhow::Result<()> {
         rpc_listen: cli.rpc_listen.clone(),
         metrics_listen: cli.metrics_listen.clone(),
         show_secrets: cli.show_secrets,
+        rpc_token: cli.rpc_token.clone(),
     };
     match cli.command {
         None | Some(Command::Run) => {

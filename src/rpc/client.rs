@@ -14,9 +14,21 @@ pub struct RpcClient {
 impl RpcClient {
     /// `url` like `http://127.0.0.1:5063/RPC`.
     pub fn new(url: &str) -> Result<RpcClient, RpcError> {
+        RpcClient::with_token(url, None)
+    }
+
+    /// A client that sends `Authorization: Bearer <token>` with every request.
+    pub fn with_token(url: &str, token: Option<&str>) -> Result<RpcClient, RpcError> {
+        let mut headers = jsonrpsee_http_client::HeaderMap::new();
+        if let Some(token) = token.filter(|t| !t.is_empty()) {
+            let value = jsonrpsee_http_client::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| RpcError::Custom("the token is not a valid header value".into()))?;
+            headers.insert("authorization", value);
+        }
         let inner = HttpClientBuilder::default()
             .max_response_size(u32::MAX)
             .request_timeout(std::time::Duration::from_secs(120))
+            .set_headers(headers)
             .build(url)?;
         Ok(RpcClient { inner })
     }

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod server;
+pub mod token;
 pub mod view;
 
 pub use client::RpcClient;

@@ -338,16 +338,24 @@ fn empty_or_not_found(matched: bool) -> Result<Empty, ErrorObjectOwned> {
 #[derive(Clone, Serialize)]
 struct Empty {}
 
-/// Starts the HTTP server on `addr`.
+/// Starts the HTTP server on `addr`; with `token`, every request must carry it.
 pub async fn serve(
     addr: SocketAddr,
     gateway: Arc<Gateway>,
+    token: Option<String>,
 ) -> std::io::Result<(SocketAddr, ServerHandle)> {
     // A dump of 100,000 records is far larger than jsonrpsee's 10 MB default.
     let config = jsonrpsee::server::ServerConfig::builder()
         .max_response_body_size(u32::MAX)
         .build();
-    let server = Server::builder().set_config(config).build(addr).await?;
+    let token: Option<Arc<str>> = token.filter(|t| !t.is_empty()).map(Arc::from);
+    let http = tower::ServiceBuilder::new()
+        .layer_fn(move |inner| super::token::RequireToken::new(inner, token.clone()));
+    let server = Server::builder()
+        .set_config(config)
+        .set_http_middleware(http)
+        .build(addr)
+        .await?;
     let local = server.local_addr()?;
     let handle = server.start(methods(gateway));
     Ok((local, handle))
