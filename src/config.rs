@@ -53,6 +53,8 @@ pub struct Config {
     pub show_secrets: bool,
     /// Shared secret every RPC request must carry (None: no check; RPC is on loopback).
     pub rpc_token: Option<String>,
+    /// Also serve JSON-RPC on this Unix socket (mode 0660).
+    pub rpc_socket: Option<std::path::PathBuf>,
     pub pacing: PacingConfig,
     pub retry: RetryPolicy,
     /// RFC 3261 T1/T2/T4 (timer F, the no-answer timeout, is 64 × T1).
@@ -74,6 +76,7 @@ impl Default for Config {
             user_agent: format!("uacreg/{}", env!("CARGO_PKG_VERSION")),
             show_secrets: false,
             rpc_token: None,
+            rpc_socket: None,
             pacing: PacingConfig::default(),
             retry: RetryPolicy::default(),
             timers: Timers::default(),
@@ -96,6 +99,7 @@ pub struct FileConfig {
     pub user_agent: Option<String>,
     pub show_secrets: Option<bool>,
     pub rpc_token: Option<String>,
+    pub rpc_socket: Option<String>,
     pub unregister_on_shutdown: Option<bool>,
     pub shutdown_timeout_secs: Option<u64>,
     pub pacing: Option<PacingFile>,
@@ -212,6 +216,9 @@ impl Config {
         }
         if let Some(v) = file.rpc_token {
             self.rpc_token = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = file.rpc_socket {
+            self.rpc_socket = (!v.is_empty()).then(|| v.into());
         }
         if let Some(v) = file.unregister_on_shutdown {
             self.unregister_on_shutdown = v;

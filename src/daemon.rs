@@ -32,6 +32,11 @@ pub enum DaemonError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot serve JSON-RPC on the Unix socket {path}: {source}")]
+    RpcSocket {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot start the metrics endpoint on {addr}: {source}")]
     MetricsBind {
         addr: SocketAddr,
@@ -47,6 +52,7 @@ pub struct Daemon {
     rpc_addr: SocketAddr,
     rpc: jsonrpsee::server::ServerHandle,
     metrics: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    rpc_unix: Option<jsonrpsee::server::ServerHandle>,
     driver_task: tokio::task::JoinHandle<()>,
     config: Config,
     /// Outcome of the load done at start-up (None when the database could not be read then).
@@ -119,6 +125,18 @@ impl Daemon {
                     addr: config.rpc_listen,
                     source,
                 })?;
+        let rpc_unix = match &config.rpc_socket {
+            #[cfg(unix)]
+            Some(path) => Some(
+                crate::rpc::server::serve_unix(path, gateway.clone(), config.rpc_token.clone())
+                    .await
+                    .map_err(|source| DaemonError::RpcSocket {
+                        path: path.display().to_string(),
+                        source,
+                    })?,
+            ),
+            _ => None,
+        };
         let metrics = match config.metrics_listen {
             Some(addr) => Some(
                 crate::metrics::serve(addr, gateway.clone())
@@ -134,6 +152,7 @@ impl Daemon {
             rpc_addr,
             rpc,
             metrics,
+            rpc_unix,
             driver_task,
             config,
             initial_load,
@@ -165,6 +184,9 @@ impl Daemon {
     /// Stops: RPC first (no new commands), then un-REGISTER (if configured) within the bound.
     pub async fn stop(self) {
         let _ = self.rpc.stop();
+        if let Some(unix) = &self.rpc_unix {
+            let _ = unix.stop();
+        }
         if let Some((_, task)) = &self.metrics {
             task.abort();
         }

@@ -316,3 +316,30 @@ async fn rpc_token_is_required_when_configured() {
     assert_eq!(right.unwrap(), json!([]));
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_on_a_unix_socket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("unix");
+    write_rows(&dir.db_url(), &[]);
+    let socket = dir.0.join("rpc.sock");
+    let mut config = test_config(&dir.db_url());
+    config.rpc_socket = Some(socket.clone());
+    let daemon = uacreg::daemon::Daemon::start(config).await.unwrap();
+
+    let body = r#"{"jsonrpc":"2.0","method":"uac.reg_info","params":["l_uuid","x"],"id":7}"#;
+    let request = format!(
+        "POST /RPC HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(r#""code":404"#) && answer.contains("Record not found"),
+        "{answer}"
+    );
+    daemon.stop().await;
+}

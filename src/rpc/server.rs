@@ -15,6 +15,7 @@ use jsonrpsee::types::{ErrorObjectOwned, Params};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::token::TokenLayer;
 use super::view::RecordView;
 use crate::gateway::Gateway;
 use crate::registration::{Attribute, Snapshot};
@@ -338,25 +339,71 @@ fn empty_or_not_found(matched: bool) -> Result<Empty, ErrorObjectOwned> {
 #[derive(Clone, Serialize)]
 struct Empty {}
 
+fn server_config() -> jsonrpsee::server::ServerConfig {
+    // A dump of 100,000 records is far larger than jsonrpsee's 10 MB default.
+    jsonrpsee::server::ServerConfig::builder()
+        .max_response_body_size(u32::MAX)
+        .build()
+}
+
+fn token_layer(
+    token: Option<String>,
+) -> tower::ServiceBuilder<tower::layer::util::Stack<TokenLayer, tower::layer::util::Identity>> {
+    tower::ServiceBuilder::new().layer(TokenLayer::new(token))
+}
+
 /// Starts the HTTP server on `addr`; with `token`, every request must carry it.
 pub async fn serve(
     addr: SocketAddr,
     gateway: Arc<Gateway>,
     token: Option<String>,
 ) -> std::io::Result<(SocketAddr, ServerHandle)> {
-    // A dump of 100,000 records is far larger than jsonrpsee's 10 MB default.
-    let config = jsonrpsee::server::ServerConfig::builder()
-        .max_response_body_size(u32::MAX)
-        .build();
-    let token: Option<Arc<str>> = token.filter(|t| !t.is_empty()).map(Arc::from);
-    let http = tower::ServiceBuilder::new()
-        .layer_fn(move |inner| super::token::RequireToken::new(inner, token.clone()));
     let server = Server::builder()
-        .set_config(config)
-        .set_http_middleware(http)
+        .set_config(server_config())
+        .set_http_middleware(token_layer(token))
         .build(addr)
         .await?;
     let local = server.local_addr()?;
     let handle = server.start(methods(gateway));
     Ok((local, handle))
+}
+
+/// Serves the same methods on a Unix socket at `path` (mode 0660), for operators who prefer
+/// file permissions to ports. A stale socket file from an earlier run is replaced.
+#[cfg(unix)]
+pub async fn serve_unix(
+    path: &std::path::Path,
+    gateway: Arc<Gateway>,
+    token: Option<String>,
+) -> std::io::Result<ServerHandle> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        std::fs::remove_file(path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    let (stop, handle) = jsonrpsee::server::stop_channel();
+    let builder = Server::builder()
+        .set_config(server_config())
+        .set_http_middleware(token_layer(token))
+        .to_service_builder();
+    let methods: jsonrpsee::server::Methods = methods(gateway).into();
+    tokio::spawn(async move {
+        loop {
+            let socket = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((socket, _)) => socket,
+                    Err(_) => continue,
+                },
+                _ = stop.clone().shutdown() => break,
+            };
+            let service = builder.clone().build(methods.clone(), stop.clone());
+            tokio::spawn(jsonrpsee::server::serve_with_graceful_shutdown(
+                socket,
+                service,
+                stop.clone().shutdown(),
+            ));
+        }
+    });
+    Ok(handle)
 }

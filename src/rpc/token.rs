@@ -25,6 +25,29 @@ impl<S> RequireToken<S> {
     }
 }
 
+/// The layer that wraps the RPC service in [`RequireToken`].
+#[derive(Clone)]
+pub struct TokenLayer {
+    token: Option<Arc<str>>,
+}
+
+impl TokenLayer {
+    /// An empty or absent token means no check.
+    pub fn new(token: Option<String>) -> TokenLayer {
+        TokenLayer {
+            token: token.filter(|t| !t.is_empty()).map(Arc::from),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for TokenLayer {
+    type Service = RequireToken<S>;
+
+    fn layer(&self, inner: S) -> RequireToken<S> {
+        RequireToken::new(inner, self.token.clone())
+    }
+}
+
 /// Compares without an early exit, so timing does not reveal a prefix of the token.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
