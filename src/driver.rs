@@ -255,6 +255,7 @@ pub struct Driver {
     stats: DriverStats,
     encode_buf: Vec<u8>,
     shutdown: Option<(Instant, Reply<usize>)>,
+    last_shutdown_report: Option<Instant>,
 }
 
 impl Driver {
@@ -284,6 +285,7 @@ impl Driver {
             stats: DriverStats::default(),
             encode_buf: Vec::with_capacity(1024),
             shutdown: None,
+            last_shutdown_report: None,
         };
         let handle = DriverHandle {
             commands: commands_tx,
@@ -607,6 +609,15 @@ impl Driver {
             return false;
         };
         let remaining = self.table.leaving_count() + self.table.len();
+        if remaining > 0
+            && self
+                .last_shutdown_report
+                .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            // A shutdown of many rows takes a while: say how far it got.
+            info!(remaining, "un-registering");
+            self.last_shutdown_report = Some(now);
+        }
         if remaining == 0 || now >= *deadline {
             if remaining > 0 {
                 warn!(

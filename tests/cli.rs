@@ -139,3 +139,11 @@ async fn daemon_binary_with_uacregctl() {
     assert!(!log.contains("pw-user"), "a password leaked into the log");
     registrar.stop().await;
 }
+
+#[test]
+fn uacregctl_says_when_the_daemon_is_not_reachable() {
+    let port = free_port();
+    let (ok, text) = ctl(&format!("http://127.0.0.1:{port}/RPC"), &["reg_dump"]);
+    assert!(!ok);
+    assert!(text.contains("cannot reach uacregd at"), "{text}");
+}

@@ -84,7 +84,19 @@ enum Command {
     Call { method: String, params: Vec<String> },
 }
 
+/// Rust ignores SIGPIPE, so printing to a closed pipe panics; a command-line tool should simply
+/// end, like any other Unix tool.
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; resetting a signal
+    // disposition to its default has no other effect on this process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    default_sigpipe();
     let cli = Cli::parse();
     let (method, params): (&str, Vec<String>) = match &cli.command {
         Command::RegDump => ("uac.reg_dump", vec![]),
