@@ -183,13 +183,8 @@ impl Daemon {
 
     /// Stops: RPC first (no new commands), then un-REGISTER (if configured) within the bound.
     pub async fn stop(self) {
-        let _ = self.rpc.stop();
-        if let Some(unix) = &self.rpc_unix {
-            let _ = unix.stop();
-        }
-        if let Some((_, task)) = &self.metrics {
-            task.abort();
-        }
+        // Un-REGISTER first while the RPC still answers, so `uacregctl shutdown` (or anyone
+        // polling uacreg.status) can follow the progress; then close the listeners.
         let within = self
             .config
             .unregister_on_shutdown
@@ -199,10 +194,17 @@ impl Daemon {
             Ok(left) => warn!(left, "stopped with registrations unfinished"),
             Err(_) => warn!("driver already stopped"),
         }
+        let _ = self.rpc.stop();
+        if let Some(unix) = &self.rpc_unix {
+            let _ = unix.stop();
+        }
+        if let Some((_, task)) = &self.metrics {
+            task.abort();
+        }
         let _ = self.driver_task.await;
     }
 
-    /// Runs until SIGINT/SIGTERM; SIGHUP reloads the table.
+    /// Runs until SIGINT/SIGTERM or `uacreg.shutdown`; SIGHUP reloads the table.
     pub async fn run_until_signal(self) {
         #[cfg(unix)]
         {
@@ -218,6 +220,10 @@ impl Daemon {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => break,
                     _ = term.recv() => break,
+                    _ = self.gateway.shutdown_requested() => {
+                        info!("shutdown requested over RPC");
+                        break;
+                    }
                     _ = hup.recv() => {
                         info!("SIGHUP: reloading");
                         let _ = self.gateway.reload().await;
@@ -227,7 +233,10 @@ impl Daemon {
         }
         #[cfg(not(unix))]
         {
-            let _ = tokio::signal::ctrl_c().await;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = self.gateway.shutdown_requested() => {}
+            }
         }
         self.stop().await;
     }

@@ -58,6 +58,8 @@ pub struct Gateway {
     defaults: RowDefaults,
     invalid: Mutex<Vec<InvalidRow>>,
     pub show_secrets: bool,
+    /// Set by `uacreg.shutdown`; the daemon's run loop waits on it beside the signals.
+    shutdown: tokio::sync::Notify,
 }
 
 impl Gateway {
@@ -73,6 +75,7 @@ impl Gateway {
             defaults,
             invalid: Mutex::new(Vec::new()),
             show_secrets,
+            shutdown: tokio::sync::Notify::new(),
         }
     }
 
@@ -158,6 +161,16 @@ impl Gateway {
     /// The values used for rows that leave columns empty (`uac.reg_add` validates with them).
     pub fn defaults(&self) -> &RowDefaults {
         &self.defaults
+    }
+
+    /// Asks the daemon to shut down gracefully (as SIGTERM does).
+    pub fn request_shutdown(&self) {
+        self.shutdown.notify_one();
+    }
+
+    /// Completes once a shutdown was requested.
+    pub async fn shutdown_requested(&self) {
+        self.shutdown.notified().await;
     }
 
     /// Rows the last successful load rejected.

@@ -91,7 +91,7 @@ async fn daemon_binary_with_uacregctl() {
         ))
         .spawn()
         .expect("start uacregd");
-    let _guard = KillOnDrop(child);
+    let mut guard = KillOnDrop(child);
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = String::new();
@@ -130,6 +130,18 @@ async fn daemon_binary_with_uacregctl() {
     );
     let (ok, text) = ctl(&rpc, &["reg_reload"]);
     assert!(ok && text.contains("10 unchanged"), "{text}");
+    // Graceful shutdown from uacregctl, with its progress: every binding is taken back.
+    let (ok, text) = ctl(&rpc, &["shutdown"]);
+    assert!(
+        ok && text.contains("10/10 un-registered") && text.contains("uacregd stopped"),
+        "{text}"
+    );
+    let exited = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        guard.0.try_wait().ok().flatten().is_some()
+    });
+    assert!(exited, "uacregd did not exit after uacreg.shutdown");
+    assert_eq!(registrar.binding_count(), 0);
     // Even at debug level, no password reaches the log.
     let log = std::fs::read_to_string(dir.0.join("uacregd.log")).unwrap();
     assert!(

@@ -69,6 +69,8 @@ enum Command {
     RegRemove { l_uuid: String },
     /// Counts per state and SIP counters (uacreg.status).
     Status,
+    /// Stop uacregd gracefully (uacreg.shutdown), with a progress bar while it un-registers.
+    Shutdown,
     /// `show registrations`: Asterisk-style list (name, server, username, status, expires, code).
     Show {
         #[arg(value_parser = ["registrations"])]
@@ -117,6 +119,7 @@ fn main() -> anyhow::Result<()> {
         Command::RegAdd { values } => ("uac.reg_add", values.clone()),
         Command::RegRemove { l_uuid } => ("uac.reg_remove", vec![l_uuid.clone()]),
         Command::Status => ("uacreg.status", vec![]),
+        Command::Shutdown => ("uacreg.shutdown", vec![]),
         Command::Show { .. } => ("uac.reg_dump", vec![]),
         Command::Watch { interval } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -156,6 +159,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Show { .. } => print_registrations(&result),
+        Command::Shutdown => runtime.block_on(follow_shutdown(&client, &result))?,
         _ => println!("{}", serde_json::to_string_pretty(&result)?),
     }
     Ok(())
@@ -408,6 +412,43 @@ async fn wait_settled(client: &RpcClient) -> anyhow::Result<()> {
         let _ = std::io::stdout().flush();
         if busy == 0 || std::time::Instant::now() >= deadline {
             println!();
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// Progress of a shutdown: bindings still being un-registered, until the daemon is gone.
+async fn follow_shutdown(client: &RpcClient, started: &Value) -> anyhow::Result<()> {
+    use std::io::Write;
+    let total = started["registered"].as_u64().unwrap_or(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let mut last_left = total;
+    loop {
+        let left = match client.call("uacreg.status", &[]).await {
+            Ok(status) => status["sip"]["leaving"].as_u64().unwrap_or(0),
+            // The daemon stops answering once it has finished.
+            Err(_) => 0,
+        };
+        let left = left.min(last_left);
+        last_left = left;
+        let done = total.saturating_sub(left);
+        let width = 40u64;
+        let filled = (done * width).checked_div(total).unwrap_or(width);
+        let bar: String = (0..width)
+            .map(|i| if i < filled { '#' } else { '.' })
+            .collect();
+        print!("\r[{bar}] {done}/{total} un-registered ");
+        let _ = std::io::stdout().flush();
+        if left == 0 || std::time::Instant::now() >= deadline {
+            // Wait for the daemon to go away (it closes RPC after un-registering).
+            for _ in 0..40 {
+                if client.call("uacreg.status", &[]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            println!("\nuacregd stopped");
             return Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;

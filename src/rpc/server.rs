@@ -314,6 +314,14 @@ fn register_all(
         empty_or_not_found(hit.map_err(internal)?)
     })?;
 
+    module.register_async_method("uacreg.shutdown", |_params, gw, _| async move {
+        let counts = gw.driver.status_counts().await.map_err(internal)?;
+        gw.request_shutdown();
+        // What will be un-registered; progress shows in uacreg.status → sip.leaving.
+        let bound = counts.get("registered").copied().unwrap_or(0);
+        Ok::<_, ErrorObjectOwned>(serde_json::json!({ "stopping": true, "registered": bound }))
+    })?;
+
     module.register_async_method("uacreg.status", |_params, gw, _| async move {
         let counts = gw.driver.status_counts().await.map_err(internal)?;
         let stats = gw.driver.stats().await.map_err(internal)?;
