@@ -343,3 +343,45 @@ async fn rpc_on_a_unix_socket() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_of_the_lookup_methods() {
+    let (registrar, _dir, daemon, client) = setup(1, 1).await;
+    let fault = |result: Result<serde_json::Value, uacreg::rpc::client::RpcError>| match result {
+        Err(uacreg::rpc::client::RpcError::Call(err)) => (err.code(), err.message().to_string()),
+        other => panic!("expected a fault, got {other:?}"),
+    };
+    for method in [
+        "uac.reg_info",
+        "uac.reg_enable",
+        "uac.reg_disable",
+        "uac.reg_register",
+        "uac.reg_unregister",
+    ] {
+        let (code, text) = fault(client.call(method, &args(&["l_uuid", "missing"])).await);
+        assert_eq!((code, text.as_str()), (404, "Record not found"), "{method}");
+        let (code, text) = fault(client.call(method, &args(&["colour", "x"])).await);
+        assert_eq!(code, 400, "{method}");
+        assert!(
+            text.starts_with("Unsupported filter attribute"),
+            "{method}: {text}"
+        );
+        let (code, text) = fault(client.call(method, &args(&["", "x"])).await);
+        assert_eq!(
+            (code, text.as_str()),
+            (400, "Invalid Parameter Values"),
+            "{method}"
+        );
+        let (code, text) = fault(client.call(method, &[]).await);
+        assert_eq!(code, 400, "{method}");
+        assert!(text.starts_with("Invalid Parameters"), "{method}: {text}");
+    }
+    for method in ["uac.reg_refresh", "uac.reg_remove"] {
+        let (code, text) = fault(client.call(method, &args(&["missing"])).await);
+        assert_eq!((code, text.as_str()), (404, "Record not found"), "{method}");
+        let (code, _) = fault(client.call(method, &[]).await);
+        assert_eq!(code, 400, "{method}");
+    }
+    daemon.stop().await;
+    registrar.stop().await;
+}

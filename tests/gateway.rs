@@ -153,6 +153,13 @@ async fn realm_mismatch_sends_no_credentials_and_is_visible() {
         .unwrap();
     assert_eq!(info["expected_realm"], "wrong.realm.test");
     assert_eq!(info["offered_realm"], "registrar.test");
+    // It backs off like a temporary failure: the first retry within 15–30 s (30 s, 50 % jitter).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let next = info["next_refresh"].as_i64().expect("a retry is scheduled") - now;
+    assert!((13..=31).contains(&next), "next attempt in {next} s");
     assert_eq!(info["flags"].as_i64().unwrap() & 4, 0);
     assert!(
         wait_until(Duration::from_secs(20), || async {
