@@ -109,12 +109,7 @@ type TableJob = Box<dyn FnOnce(&mut RegistrationTable, Instant) + Send>;
 
 /// Requests from the RPC layer and the daemon.
 enum Command {
-    Snapshots(Reply<Vec<Snapshot>>),
-    Find(Attribute, String, Reply<Option<Snapshot>>),
-    Reload(Vec<Record>, Reply<ReloadSummary>),
-    SetDisabled(Attribute, String, bool, Reply<bool>),
-    Refresh(Attribute, String, Reply<bool>),
-    Counts(Reply<std::collections::BTreeMap<&'static str, usize>>),
+    /// Needs the driver's own counters, not just the table.
     Stats(Reply<DriverStats>),
     Shutdown(Option<Duration>, Reply<usize>),
     /// Any other table operation, run on the driver task.
@@ -151,7 +146,7 @@ impl DriverHandle {
     }
 
     pub async fn snapshots(&self) -> Result<Vec<Snapshot>, DriverGone> {
-        self.ask(Command::Snapshots).await
+        self.apply(|table, _| table.snapshots()).await
     }
 
     pub async fn find(
@@ -160,12 +155,13 @@ impl DriverHandle {
         value: &str,
     ) -> Result<Option<Snapshot>, DriverGone> {
         let value = value.to_string();
-        self.ask(|reply| Command::Find(attribute, value, reply))
+        self.apply(move |table, _| table.find(attribute, &value).map(|r| r.snapshot()))
             .await
     }
 
     pub async fn reload(&self, records: Vec<Record>) -> Result<ReloadSummary, DriverGone> {
-        self.ask(|reply| Command::Reload(records, reply)).await
+        self.apply(move |table, now| table.reload(now, records))
+            .await
     }
 
     pub async fn set_disabled(
@@ -175,13 +171,13 @@ impl DriverHandle {
         disabled: bool,
     ) -> Result<bool, DriverGone> {
         let value = value.to_string();
-        self.ask(|reply| Command::SetDisabled(attribute, value, disabled, reply))
+        self.apply(move |table, now| table.set_disabled(now, attribute, &value, disabled))
             .await
     }
 
     pub async fn refresh(&self, attribute: Attribute, value: &str) -> Result<bool, DriverGone> {
         let value = value.to_string();
-        self.ask(|reply| Command::Refresh(attribute, value, reply))
+        self.apply(move |table, now| table.refresh(now, attribute, &value))
             .await
     }
 
@@ -205,7 +201,7 @@ impl DriverHandle {
     pub async fn status_counts(
         &self,
     ) -> Result<std::collections::BTreeMap<&'static str, usize>, DriverGone> {
-        self.ask(Command::Counts).await
+        self.apply(|table, _| table.status_counts()).await
     }
 
     pub async fn stats(&self) -> Result<DriverStats, DriverGone> {
@@ -561,25 +557,6 @@ impl Driver {
 
     fn handle_command(&mut self, now: Instant, command: Command) {
         match command {
-            Command::Snapshots(reply) => {
-                let _ = reply.send(self.table.snapshots());
-            }
-            Command::Find(attribute, value, reply) => {
-                let _ = reply.send(self.table.find(attribute, &value).map(|r| r.snapshot()));
-            }
-            Command::Reload(records, reply) => {
-                let summary = self.table.reload(now, records);
-                let _ = reply.send(summary);
-            }
-            Command::SetDisabled(attribute, value, disabled, reply) => {
-                let _ = reply.send(self.table.set_disabled(now, attribute, &value, disabled));
-            }
-            Command::Refresh(attribute, value, reply) => {
-                let _ = reply.send(self.table.refresh(now, attribute, &value));
-            }
-            Command::Counts(reply) => {
-                let _ = reply.send(self.table.status_counts());
-            }
             Command::Stats(reply) => {
                 let mut stats = self.stats.clone();
                 stats.core = self.table.counters();
