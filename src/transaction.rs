@@ -302,6 +302,21 @@ mod tests {
         }
     }
 
+    /// One transaction started at `t0`; returns the set and its branch.
+    fn started(t0: Instant, salt: u64, reliable: bool) -> (ClientTransactions, String) {
+        let mut txs = ClientTransactions::new(Timers::default(), salt);
+        let branch = txs.next_branch();
+        txs.start(
+            t0,
+            branch.clone(),
+            owner(),
+            addr(),
+            Arc::from(&b"x"[..]),
+            reliable,
+        );
+        (txs, branch)
+    }
+
     fn addr() -> SocketAddr {
         "127.0.0.1:5060".parse().unwrap()
     }
@@ -309,9 +324,7 @@ mod tests {
     #[test]
     fn udp_retransmits_with_doubling_interval_then_times_out_at_64_t1() {
         let t0 = Instant::now();
-        let mut txs = ClientTransactions::new(Timers::default(), 0xabc);
-        let branch = txs.next_branch();
-        txs.start(t0, branch, owner(), addr(), Arc::from(&b"x"[..]), false);
+        let (mut txs, _) = started(t0, 0xabc, false);
         let mut sent_at = Vec::new();
         let mut timed_out = None;
         let mut out = Vec::new();
@@ -337,16 +350,7 @@ mod tests {
     #[test]
     fn final_response_is_delivered_once_and_retransmissions_absorbed() {
         let t0 = Instant::now();
-        let mut txs = ClientTransactions::new(Timers::default(), 1);
-        let branch = txs.next_branch();
-        txs.start(
-            t0,
-            branch.clone(),
-            owner(),
-            addr(),
-            Arc::from(&b"x"[..]),
-            false,
-        );
+        let (mut txs, branch) = started(t0, 1, false);
         assert_eq!(txs.handle_response(t0, &branch, 100), Matched::Absorbed);
         assert_eq!(
             txs.handle_response(t0 + Duration::from_millis(3), &branch, 200),
@@ -363,16 +367,7 @@ mod tests {
     #[test]
     fn provisional_switches_to_t2_interval() {
         let t0 = Instant::now();
-        let mut txs = ClientTransactions::new(Timers::default(), 1);
-        let branch = txs.next_branch();
-        txs.start(
-            t0,
-            branch.clone(),
-            owner(),
-            addr(),
-            Arc::from(&b"x"[..]),
-            false,
-        );
+        let (mut txs, branch) = started(t0, 1, false);
         txs.handle_response(t0 + Duration::from_millis(100), &branch, 180);
         assert_eq!(txs.next_deadline(), Some(t0 + Duration::from_millis(4100)));
     }
@@ -380,9 +375,7 @@ mod tests {
     #[test]
     fn unknown_or_forged_branches_do_not_match() {
         let t0 = Instant::now();
-        let mut txs = ClientTransactions::new(Timers::default(), 0x55);
-        let branch = txs.next_branch();
-        txs.start(t0, branch, owner(), addr(), Arc::from(&b"x"[..]), false);
+        let (mut txs, _) = started(t0, 0x55, false);
         for bad in [
             "",
             "z9hG4bK",
@@ -398,9 +391,7 @@ mod tests {
     #[test]
     fn reliable_transport_only_has_timer_f() {
         let t0 = Instant::now();
-        let mut txs = ClientTransactions::new(Timers::default(), 1);
-        let branch = txs.next_branch();
-        txs.start(t0, branch, owner(), addr(), Arc::from(&b"x"[..]), true);
+        let (txs, _) = started(t0, 1, true);
         assert_eq!(txs.next_deadline(), Some(t0 + Duration::from_secs(32)));
     }
 }
