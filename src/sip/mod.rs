@@ -8,6 +8,7 @@
 //! it can be swapped.
 
 pub mod digest;
+pub mod framing;
 pub mod message;
 pub mod register;
 

@@ -11,10 +11,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
-use tokio::sync::oneshot;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{oneshot, watch};
 
 use crate::sip::digest::{Algorithm, Authorization, SecretInput};
+use crate::sip::framing::{Frame, next_frame};
 use crate::sip::message::Request;
 
 /// How the registrar answers.
@@ -52,6 +54,10 @@ pub struct RegistrarConfig {
     pub max_expires: Option<u32>,
     /// How long an issued nonce is accepted.
     pub nonce_lifetime: Duration,
+    /// Also accept TCP connections on the UDP port.
+    pub tcp: bool,
+    /// Also accept TLS connections, on a port of their own, with this certificate.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for RegistrarConfig {
@@ -64,6 +70,8 @@ impl Default for RegistrarConfig {
             algorithm: Algorithm::Md5,
             max_expires: None,
             nonce_lifetime: Duration::from_secs(300),
+            tcp: false,
+            tls: None,
         }
     }
 }
@@ -89,6 +97,8 @@ pub struct SeenRequest {
     /// Whether the credentials verified (None without credentials).
     pub authorization_valid: Option<bool>,
     pub code: u16,
+    /// `UDP`, `TCP` or `TLS`: how the request arrived.
+    pub transport: &'static str,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -103,6 +113,10 @@ pub struct RegistrarStats {
     pub ok: u64,
     pub removals: u64,
     pub malformed: u64,
+    /// TCP and TLS connections accepted.
+    pub connections: u64,
+    /// OPTIONS requests (keep-alives) received.
+    pub options: u64,
 }
 
 struct NonceState {
@@ -122,9 +136,14 @@ struct State {
 
 pub struct TestRegistrar {
     local_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     state: Arc<Mutex<State>>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    /// Listener tasks for TCP and TLS.
+    stream_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Bumped to make every open connection close.
+    disconnect: Arc<watch::Sender<u64>>,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -147,6 +166,31 @@ impl TestRegistrar {
             stats: RegistrarStats::default(),
             rng: fastrand::Rng::new(),
         }));
+        let (disconnect, _) = watch::channel(0u64);
+        let disconnect = Arc::new(disconnect);
+        let mut stream_tasks = Vec::new();
+        if config.tcp {
+            let listener = TcpListener::bind(local_addr).await?;
+            stream_tasks.push(tokio::spawn(accept_loop(
+                listener,
+                None,
+                config.clone(),
+                state.clone(),
+                disconnect.clone(),
+            )));
+        }
+        let mut tls_addr = None;
+        if let Some(tls) = &config.tls {
+            let listener = TcpListener::bind(SocketAddr::new(local_addr.ip(), 0)).await?;
+            tls_addr = Some(listener.local_addr()?);
+            stream_tasks.push(tokio::spawn(accept_loop(
+                listener,
+                Some(tokio_rustls::TlsAcceptor::from(tls.clone())),
+                config.clone(),
+                state.clone(),
+                disconnect.clone(),
+            )));
+        }
         let (stop_tx, mut stop_rx) = oneshot::channel();
         let task_state = state.clone();
         let task = tokio::spawn(async move {
@@ -156,7 +200,7 @@ impl TestRegistrar {
                     _ = &mut stop_rx => return,
                     received = socket.recv_from(&mut buf) => {
                         let Ok((len, from)) = received else { continue };
-                        let answer = handle(&config, &task_state, &buf[..len]);
+                        let answer = handle(&config, &task_state, &buf[..len], "UDP");
                         if let Some(answer) = answer {
                             let _ = socket.send_to(answer.as_bytes(), from).await;
                         }
@@ -166,10 +210,24 @@ impl TestRegistrar {
         });
         Ok(TestRegistrar {
             local_addr,
+            tls_addr,
             state,
             stop: Some(stop_tx),
             task,
+            stream_tasks,
+            disconnect,
         })
+    }
+
+    /// Where the TLS listener is (when configured with a certificate).
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Closes every open TCP and TLS connection (the listeners stay open), as a registrar
+    /// restart or a NAT timeout would.
+    pub fn drop_connections(&self) {
+        self.disconnect.send_modify(|epoch| *epoch += 1);
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -229,11 +287,91 @@ impl TestRegistrar {
 impl Drop for TestRegistrar {
     fn drop(&mut self) {
         self.task.abort();
+        for task in &self.stream_tasks {
+            task.abort();
+        }
+        self.drop_connections();
     }
 }
 
-/// Handles one datagram; returns the response text, if any.
-fn handle(config: &RegistrarConfig, state: &Mutex<State>, datagram: &[u8]) -> Option<String> {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    config: RegistrarConfig,
+    state: Arc<Mutex<State>>,
+    disconnect: Arc<watch::Sender<u64>>,
+) {
+    let transport = if tls.is_some() { "TLS" } else { "TCP" };
+    loop {
+        let Ok((tcp, _peer)) = listener.accept().await else {
+            continue;
+        };
+        lock(&state).stats.connections += 1;
+        let config = config.clone();
+        let state = state.clone();
+        let closing = disconnect.subscribe();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(tcp).await {
+                        serve_stream(stream, transport, config, state, closing).await;
+                    }
+                }
+                None => serve_stream(tcp, transport, config, state, closing).await,
+            }
+        });
+    }
+}
+
+/// Answers the REGISTERs of one connection until it closes or [`TestRegistrar::drop_connections`].
+async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    transport: &'static str,
+    config: RegistrarConfig,
+    state: Arc<Mutex<State>>,
+    mut closing: watch::Receiver<u64>,
+) {
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        tokio::select! {
+            _ = closing.changed() => return,
+            read = stream.read_buf(&mut buf) => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    return;
+                }
+            }
+        }
+        loop {
+            match next_frame(&buf) {
+                Frame::Message(len) => {
+                    let message: Vec<u8> = buf.drain(..len).collect();
+                    if let Some(answer) = handle(&config, &state, &message, transport)
+                        && stream.write_all(answer.as_bytes()).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Frame::KeepAlive { len, ping } => {
+                    buf.drain(..len);
+                    if ping && stream.write_all(b"\r\n").await.is_err() {
+                        return;
+                    }
+                }
+                Frame::Incomplete => break,
+                Frame::Invalid(_) => return,
+            }
+        }
+    }
+}
+
+/// Handles one message; returns the response text, if any.
+fn handle(
+    config: &RegistrarConfig,
+    state: &Mutex<State>,
+    datagram: &[u8],
+    transport: &'static str,
+) -> Option<String> {
     let mut state = lock(state);
     let request = match Request::parse(datagram) {
         Ok(request) => request,
@@ -244,6 +382,14 @@ fn handle(config: &RegistrarConfig, state: &Mutex<State>, datagram: &[u8]) -> Op
     };
     if request.method == "ACK" {
         return None;
+    }
+    if request.method == "OPTIONS" {
+        // Keep-alive probes (and monitoring) get a plain 200.
+        state.stats.options += 1;
+        if state.behavior == Behavior::Silent {
+            return None;
+        }
+        return Some(response(&request, 200, "OK", ""));
     }
     if request.method != "REGISTER" {
         return Some(response(
@@ -266,6 +412,7 @@ fn handle(config: &RegistrarConfig, state: &Mutex<State>, datagram: &[u8]) -> Op
         had_authorization: request.authorization.is_some() || request.proxy_authorization.is_some(),
         authorization_valid: None,
         code: 0,
+        transport,
     };
 
     let answer = match behavior {

@@ -1,10 +1,10 @@
-//! Moving bytes: the UDP socket the daemon sends REGISTERs from and receives answers on, and the
+//! Moving bytes: the UDP sockets REGISTERs leave from and answers come back to, TCP and TLS
+//! connections ([`stream`]), where a SIP URI's host leads (RFC 3263, [`resolve`]), and the
 //! pacing that keeps a start-up of many rows from bursting past a registrar.
-//!
-//! TCP, TLS and RFC 3263 resolution come later behind the same `Transport` seam; for now a
-//! destination host that is not an IP literal is resolved with the system resolver.
 
 pub mod pacing;
+pub mod stream;
+pub mod tls;
 pub mod udp;
 
 pub use pacing::{Pacer, PacingConfig};
