@@ -13,6 +13,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::registration::RetryPolicy;
+use crate::registration::record::LocalSocket;
 use crate::transaction::Timers;
 use crate::transport::PacingConfig;
 
@@ -63,6 +64,25 @@ pub struct Config {
     pub unregister_on_shutdown: bool,
     /// How long shutdown waits for those un-REGISTERs.
     pub shutdown_timeout: Duration,
+    /// Accept TCP connections on the SIP port (registrars and proxies calling our contacts).
+    pub sip_tcp: bool,
+    /// More local sockets rows may name in `socket` (`udp:10.0.0.5:5060` is bound;
+    /// `tcp:10.0.0.5:5060` makes connections leave from that address).
+    pub extra_sockets: Vec<LocalSocket>,
+    /// Name servers for RFC 3263 lookups (empty: the system's).
+    pub dns_servers: Vec<SocketAddr>,
+    /// CRLF / OPTIONS keep-alive period per flow (None: off).
+    pub keepalive: Option<Duration>,
+    /// RFC 5626 outbound / RFC 3327 path in REGISTERs.
+    pub outbound: bool,
+    /// CA certificates registrars' TLS certificates must chain to (None: the system's).
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Certificate and key for a TLS listener, and where it listens.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
+    pub tls_listen: Option<SocketAddr>,
+    /// Where requests for registered contacts are relayed (None: not relayed).
+    pub inbound_proxy: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -82,6 +102,16 @@ impl Default for Config {
             timers: Timers::default(),
             unregister_on_shutdown: true,
             shutdown_timeout: Duration::from_secs(5),
+            sip_tcp: true,
+            extra_sockets: Vec::new(),
+            dns_servers: Vec::new(),
+            keepalive: None,
+            outbound: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_listen: None,
+            inbound_proxy: None,
         }
     }
 }
@@ -105,6 +135,27 @@ pub struct FileConfig {
     pub pacing: Option<PacingFile>,
     pub retry: Option<RetryFile>,
     pub sip: Option<SipFile>,
+    pub tls: Option<TlsFile>,
+    pub inbound: Option<InboundFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// PEM file of the CAs registrars' certificates must chain to (default: system roots).
+    pub ca_file: Option<String>,
+    /// PEM certificate chain and key for accepting TLS connections.
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    /// `ip:port` of the TLS listener (needs cert_file and key_file).
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundFile {
+    /// `ip:port` of the SIP proxy that gets requests for registered contacts (UDP).
+    pub proxy: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,6 +165,16 @@ pub struct SipFile {
     pub t1_ms: Option<u64>,
     /// RFC 3261 T2 in milliseconds (default 4000).
     pub t2_ms: Option<u64>,
+    /// Accept TCP on the SIP port (default true).
+    pub tcp: Option<bool>,
+    /// More local sockets rows may name: `["udp:10.0.0.5:5060", "tcp:10.0.0.5:5060"]`.
+    pub sockets: Option<Vec<String>>,
+    /// Name servers (`ip:port`) for NAPTR/SRV/A lookups; default: /etc/resolv.conf.
+    pub dns_servers: Option<Vec<String>>,
+    /// Keep-alive period in seconds (0: off).
+    pub keepalive_secs: Option<u64>,
+    /// Send `Supported: path, outbound` with reg-id and +sip.instance (RFC 5626).
+    pub outbound: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -237,7 +298,58 @@ impl Config {
                 self.pacing.max_in_flight = v;
             }
         }
+        if let Some(tls) = file.tls {
+            self.tls_ca_file = tls.ca_file.map(Into::into);
+            self.tls_cert_file = tls.cert_file.map(Into::into);
+            self.tls_key_file = tls.key_file.map(Into::into);
+            if let Some(v) = tls.listen {
+                self.tls_listen = Some(parse_addr("tls.listen", &v)?);
+            }
+            if self.tls_listen.is_some()
+                && (self.tls_cert_file.is_none() || self.tls_key_file.is_none())
+            {
+                return Err(ConfigError::Invalid {
+                    field: "tls.listen",
+                    message: "a TLS listener needs tls.cert_file and tls.key_file".into(),
+                });
+            }
+        }
+        if let Some(inbound) = file.inbound
+            && let Some(v) = inbound.proxy
+            && !v.is_empty()
+        {
+            self.inbound_proxy = Some(parse_addr("inbound.proxy", &v)?);
+        }
         if let Some(sip) = file.sip {
+            if let Some(v) = sip.tcp {
+                self.sip_tcp = v;
+            }
+            for text in sip.sockets.unwrap_or_default() {
+                let socket = LocalSocket::parse(&text).ok_or_else(|| ConfigError::Invalid {
+                    field: "sip.sockets",
+                    message: format!("{text:?} is not proto:ip:port (udp, tcp or tls)"),
+                })?;
+                self.extra_sockets.push(socket);
+            }
+            for text in sip.dns_servers.unwrap_or_default() {
+                let addr = text
+                    .parse()
+                    .or_else(|_| {
+                        text.parse::<std::net::IpAddr>()
+                            .map(|ip| SocketAddr::new(ip, 53))
+                    })
+                    .map_err(|_| ConfigError::Invalid {
+                        field: "sip.dns_servers",
+                        message: format!("{text:?} is not an ip or ip:port"),
+                    })?;
+                self.dns_servers.push(addr);
+            }
+            if let Some(v) = sip.keepalive_secs {
+                self.keepalive = interval(v);
+            }
+            if let Some(v) = sip.outbound {
+                self.outbound = v;
+            }
             if let Some(v) = sip.t1_ms {
                 self.timers.t1 = Duration::from_millis(v.max(1));
             }

@@ -12,9 +12,11 @@ use thiserror::Error;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::driver::{Driver, DriverConfig};
+use crate::driver::{Driver, DriverConfig, InboundConfig, Sockets};
 use crate::gateway::{Gateway, ReloadReport};
 use crate::registration::CoreConfig;
+use crate::registration::Transport;
+use crate::registration::record::LocalSocket;
 use crate::store::{RowDefaults, Store, StoreError};
 use crate::transport::UdpTransport;
 
@@ -44,6 +46,8 @@ pub enum DaemonError {
     },
     #[error("start-up task failed: {0}")]
     Task(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 pub struct Daemon {
@@ -84,6 +88,17 @@ impl Daemon {
                  unless every registrar is on this host"
             );
         }
+        let (sockets, served) = bind_sockets(&config, transport, &advertised).await?;
+        // TLS towards registrars: a broken CA file is a configuration error; missing system
+        // roots only matter to TLS rows, which then fail with the reason.
+        let tls_client = match crate::transport::tls::client_config(config.tls_ca_file.as_deref()) {
+            Ok(tls) => Some(tls),
+            Err(err) if config.tls_ca_file.is_some() => return Err(DaemonError::Tls(err)),
+            Err(err) => {
+                warn!("TLS rows will fail: {err}");
+                None
+            }
+        };
         let driver_config = DriverConfig {
             core: CoreConfig {
                 policy: config.retry.clone(),
@@ -92,12 +107,20 @@ impl Daemon {
             pacing: config.pacing,
             timers: config.timers,
             via_sent_by: advertised.clone(),
+            dns_servers: config.dns_servers.clone(),
+            tls_client,
+            keepalive: config.keepalive,
+            outbound: config.outbound,
+            inbound: InboundConfig {
+                proxy: config.inbound_proxy,
+                user_agent: config.user_agent.clone(),
+            },
         };
-        let (driver, driver_task) = Driver::start(driver_config, transport);
+        let (driver, driver_task) = Driver::start(driver_config, sockets);
 
         let defaults = RowDefaults {
             contact_addr: advertised.clone(),
-            sockets: vec![format!("udp:{sip_addr}"), format!("udp:{advertised}")],
+            sockets: served,
         };
         let gateway = Arc::new(Gateway::new(driver, store, defaults, config.show_secrets));
 
@@ -240,4 +263,93 @@ impl Daemon {
         }
         self.stop().await;
     }
+}
+
+/// Binds the extra UDP sockets, the TCP and TLS listeners, and lists every socket a row's
+/// `socket` column may name.
+async fn bind_sockets(
+    config: &Config,
+    udp: UdpTransport,
+    advertised: &str,
+) -> Result<(Sockets, Vec<LocalSocket>), DaemonError> {
+    let sip_addr = udp.local_addr();
+    let mut served = vec![LocalSocket {
+        transport: Transport::Udp,
+        addr: sip_addr,
+    }];
+    if let Ok(addr) = advertised.parse::<SocketAddr>() {
+        served.push(LocalSocket {
+            transport: Transport::Udp,
+            addr,
+        });
+    }
+    let tcp = if config.sip_tcp {
+        let listener = tokio::net::TcpListener::bind(sip_addr)
+            .await
+            .map_err(|source| DaemonError::SipBind {
+                addr: sip_addr,
+                source,
+            })?;
+        let more: Vec<LocalSocket> = served
+            .iter()
+            .map(|s| LocalSocket {
+                transport: Transport::Tcp,
+                addr: s.addr,
+            })
+            .collect();
+        served.extend(more);
+        Some(listener)
+    } else {
+        None
+    };
+    let tls = match (
+        &config.tls_listen,
+        &config.tls_cert_file,
+        &config.tls_key_file,
+    ) {
+        (Some(addr), Some(cert), Some(key)) => {
+            let server =
+                crate::transport::tls::server_config(cert, key).map_err(DaemonError::Tls)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::SipBind {
+                    addr: *addr,
+                    source,
+                })?;
+            served.push(LocalSocket {
+                transport: Transport::Tls,
+                addr: listener.local_addr().unwrap_or(*addr),
+            });
+            Some((listener, server))
+        }
+        _ => None,
+    };
+    let mut extra_udp = Vec::new();
+    for socket in &config.extra_sockets {
+        if socket.transport == Transport::Udp {
+            let bound =
+                UdpTransport::bind(socket.addr)
+                    .await
+                    .map_err(|source| DaemonError::SipBind {
+                        addr: socket.addr,
+                        source,
+                    })?;
+            served.push(LocalSocket {
+                transport: Transport::Udp,
+                addr: bound.local_addr(),
+            });
+            extra_udp.push(bound);
+        } else {
+            served.push(*socket);
+        }
+    }
+    Ok((
+        Sockets {
+            udp,
+            extra_udp,
+            tcp,
+            tls,
+        },
+        served,
+    ))
 }

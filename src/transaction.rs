@@ -42,6 +42,13 @@ impl Timers {
     }
 }
 
+/// Where a UDP request goes and which of our sockets it leaves from (`None`: the main one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Route {
+    pub local: Option<SocketAddr>,
+    pub remote: SocketAddr,
+}
+
 /// Who a transaction belongs to: the registration and the CSeq of its request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {
@@ -62,7 +69,7 @@ enum TxState {
 struct Transaction {
     branch: String,
     owner: Owner,
-    destination: SocketAddr,
+    destination: Route,
     bytes: Arc<[u8]>,
     reliable: bool,
     state: TxState,
@@ -90,7 +97,7 @@ impl Transaction {
 pub enum TimerEvent {
     /// Send these bytes again.
     Retransmit {
-        destination: SocketAddr,
+        destination: Route,
         bytes: Arc<[u8]>,
     },
     /// Timer F fired: no final response.
@@ -159,7 +166,7 @@ impl ClientTransactions {
         now: Instant,
         branch: String,
         owner: Owner,
-        destination: SocketAddr,
+        destination: Route,
         bytes: Arc<[u8]>,
         reliable: bool,
     ) {
@@ -243,6 +250,14 @@ impl ClientTransactions {
         self.queue.first().map(|(at, _)| *at)
     }
 
+    /// Ends a transaction without a response (its connection broke); returns its owner.
+    pub fn abandon(&mut self, branch: &str) -> Option<Owner> {
+        let id = self.id_of(branch)?;
+        let tx = self.by_id.remove(&id)?;
+        self.queue.remove(&(tx.deadline(), id));
+        (tx.state != TxState::Completed).then_some(tx.owner)
+    }
+
     /// Handles every timer due at `now`, appending retransmissions and timeouts to `out`.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<TimerEvent>) {
         while let Some(&(at, id)) = self.queue.first() {
@@ -317,8 +332,11 @@ mod tests {
         (txs, branch)
     }
 
-    fn addr() -> SocketAddr {
-        "127.0.0.1:5060".parse().unwrap()
+    fn addr() -> Route {
+        Route {
+            local: None,
+            remote: "127.0.0.1:5060".parse().unwrap(),
+        }
     }
 
     #[test]

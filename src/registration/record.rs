@@ -57,44 +57,114 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// `udp`, `tcp`, `tls` as in `;transport=` and Kamailio socket names.
+    pub fn parse(token: &str) -> Option<Transport> {
+        match token.to_ascii_lowercase().as_str() {
+            "udp" => Some(Transport::Udp),
+            "tcp" => Some(Transport::Tcp),
+            "tls" => Some(Transport::Tls),
+            _ => None,
+        }
+    }
+
+    /// TCP and TLS: no retransmissions, connections to keep.
+    pub fn is_stream(self) -> bool {
+        self != Transport::Udp
+    }
+
+    pub fn default_port(self) -> u16 {
+        match self {
+            Transport::Tls => 5061,
+            _ => 5060,
+        }
+    }
+}
+
 /// Where REGISTERs for a row are sent: the `auth_proxy` URI if set, otherwise `r_domain`.
-/// `port` is `None` when the row did not name one (then RFC 3263 rules pick it: 5060, or 5061
-/// for TLS).
+/// `port` and `transport` are `None` when the row did not name them; RFC 3263 then decides
+/// (NAPTR and SRV records, or 5060/5061 and UDP).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Destination {
     pub host: String,
     pub port: Option<u16>,
-    pub transport: Transport,
+    pub transport: Option<Transport>,
+    /// A `sips:` URI: only TLS may carry the requests.
+    pub secure: bool,
 }
 
 impl Destination {
-    pub fn port_or_default(&self) -> u16 {
-        self.port.unwrap_or(match self.transport {
-            Transport::Tls => 5061,
-            _ => 5060,
-        })
+    /// A UDP destination at an explicit address (tests, the demo).
+    pub fn udp(host: impl Into<String>, port: u16) -> Destination {
+        Destination {
+            host: host.into(),
+            port: Some(port),
+            transport: Some(Transport::Udp),
+            secure: false,
+        }
+    }
+
+    /// Whether the host is an IP literal (no DNS involved).
+    pub fn is_ip_literal(&self) -> bool {
+        self.host.parse::<std::net::IpAddr>().is_ok()
     }
 }
 
 impl fmt::Display for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let host = if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("[{}]", self.host)
+        f.write_str(if self.secure { "sips:" } else { "sip:" })?;
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            write!(f, "[{}]", self.host)?;
         } else {
-            self.host.clone()
-        };
-        match self.port {
-            Some(port) => write!(f, "{}:{}", host, port)?,
-            None => write!(f, "{}", host)?,
+            f.write_str(&self.host)?;
         }
-        if self.transport != Transport::Udp {
+        if let Some(port) = self.port {
+            write!(f, ":{port}")?;
+        }
+        if let Some(transport) = self.transport {
             write!(
                 f,
                 ";transport={}",
-                self.transport.via_token().to_ascii_lowercase()
+                transport.via_token().to_ascii_lowercase()
             )?;
         }
         Ok(())
+    }
+}
+
+/// A local socket as Kamailio names it in the `socket` column: `proto:ip:port`
+/// (`udp:10.0.0.5:5060`, `tcp:[2001:db8::5]:5060`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LocalSocket {
+    pub transport: Transport,
+    pub addr: std::net::SocketAddr,
+}
+
+impl LocalSocket {
+    pub fn parse(text: &str) -> Option<LocalSocket> {
+        let (proto, rest) = text.trim().split_once(':')?;
+        let transport = Transport::parse(proto)?;
+        let addr = rest.parse().ok().or_else(|| {
+            // Bare IPv6 without brackets: `udp:::1:5060` is ambiguous; accept `ip:port` with the
+            // port after the last colon.
+            let (ip, port) = rest.rsplit_once(':')?;
+            Some(std::net::SocketAddr::new(
+                ip.parse().ok()?,
+                port.parse().ok()?,
+            ))
+        })?;
+        Some(LocalSocket { transport, addr })
+    }
+}
+
+impl fmt::Display for LocalSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}",
+            self.transport.via_token().to_ascii_lowercase(),
+            self.addr
+        )
     }
 }
 
@@ -148,6 +218,8 @@ pub struct Record {
     /// `None` when the row has no auth_username or no secret: such a row can only register with a
     /// registrar that does not challenge.
     pub credentials: Option<Credentials>,
+    /// The row's `socket`, parsed: REGISTERs leave from there.
+    pub local_socket: Option<LocalSocket>,
 }
 
 impl Record {

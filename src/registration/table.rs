@@ -358,6 +358,24 @@ impl RegistrationTable {
         self.command(now, attribute, value, |r, ctx| r.refresh_now(ctx))
     }
 
+    /// The row behind a registration, also while it is leaving.
+    pub fn record_of(&self, key: RegKey) -> Option<&Record> {
+        self.registrations.get(&key).map(|r| r.record())
+    }
+
+    /// The connection a binding was registered over is gone, so the registrar can no longer
+    /// reach us through it: register again now. Only for registrations that hold a binding.
+    pub fn rebind(&mut self, now: Instant, key: RegKey) -> bool {
+        let holds_binding = self
+            .registrations
+            .get(&key)
+            .is_some_and(|r| !r.is_leaving() && r.status() == Status::Registered);
+        holds_binding
+            && self
+                .with_registration(key, now, |r, ctx| r.refresh_now(ctx))
+                .is_some()
+    }
+
     /// `uac.reg_register`: register now (undoes `reg_unregister`).
     pub fn register_now(&mut self, now: Instant, attribute: Attribute, value: &str) -> bool {
         self.command(now, attribute, value, |r, ctx| r.register_now(ctx))

@@ -32,16 +32,13 @@ fn record(i: usize) -> Record {
         contact_addr: "127.0.0.1:5080".into(),
         socket: String::new(),
         contact_user: String::new(),
-        destination: Destination {
-            host: "127.0.0.1".into(),
-            port: Some(5070),
-            transport: Transport::Udp,
-        },
+        destination: Destination::udp("127.0.0.1", 5070),
         contact_host_port: "127.0.0.1:5080".into(),
         credentials: Some(Credentials::Password {
             username: user.clone(),
             password: Secret::new(format!("pw-{user}")),
         }),
+        local_socket: None,
     }
 }
 

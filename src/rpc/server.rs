@@ -314,6 +314,36 @@ fn register_all(
         empty_or_not_found(hit.map_err(internal)?)
     })?;
 
+    // What Kamailio's uac_reg_lookup() does in a script, for proxies that prefer to ask: the
+    // contact user (l_uuid) gives the local URI; a local URI (`sip:l_username@l_domain`) gives
+    // the registration back.
+    module.register_async_method("uac.reg_lookup", |params, gw, _| async move {
+        let values = string_params(&params, 1)?;
+        let wanted = values[0].clone();
+        let found = gw
+            .driver
+            .apply(move |table, _| {
+                let lower = wanted.to_ascii_lowercase();
+                let record = if lower.starts_with("sip:") || lower.starts_with("sips:") {
+                    let uri = crate::sip::UriParts::parse(&wanted).ok()?;
+                    let user = uri.user.unwrap_or_default();
+                    table.iter().map(|r| r.record()).find(|r| {
+                        r.l_username == user && r.l_domain.eq_ignore_ascii_case(&uri.host)
+                    })
+                } else {
+                    table.get(&wanted).map(|r| r.record())
+                }?;
+                Some(serde_json::json!({
+                    "l_uuid": record.l_uuid,
+                    "local_uri": format!("sip:{}@{}", record.l_username, record.l_domain),
+                    "contact": record.contact_uri(),
+                }))
+            })
+            .await
+            .map_err(internal)?;
+        found.ok_or_else(not_found)
+    })?;
+
     module.register_async_method("uacreg.shutdown", |_params, gw, _| async move {
         let counts = gw.driver.status_counts().await.map_err(internal)?;
         gw.request_shutdown();

@@ -107,7 +107,10 @@ mod tests {
 
     #[test]
     fn waits_for_the_rest() {
-        assert_eq!(next_frame(b"SIP/2.0 200 OK\r\nContent-Len"), Frame::Incomplete);
+        assert_eq!(
+            next_frame(b"SIP/2.0 200 OK\r\nContent-Len"),
+            Frame::Incomplete
+        );
         assert_eq!(
             next_frame(b"SIP/2.0 200 OK\r\nContent-Length: 5\r\n\r\nab"),
             Frame::Incomplete

@@ -74,7 +74,7 @@ impl UriParts {
     }
 }
 
-fn split_host_port(text: &str) -> Result<(String, Option<u16>), ParseError> {
+pub(crate) fn split_host_port(text: &str) -> Result<(String, Option<u16>), ParseError> {
     let text = text.trim();
     if let Some(rest) = text.strip_prefix('[') {
         let (host, after) = rest
@@ -182,7 +182,7 @@ impl Head<'_> {
     }
 }
 
-fn expand_compact(name: &str) -> String {
+pub(crate) fn expand_compact(name: &str) -> String {
     let lower = name.to_ascii_lowercase();
     let full = match lower.as_str() {
         "i" => "call-id",
@@ -257,7 +257,7 @@ fn find_head_end(data: &[u8]) -> Option<usize> {
 }
 
 /// Splits a header value at commas that are outside quotes and angle brackets.
-fn split_list(value: &str) -> Vec<&str> {
+pub(crate) fn split_list(value: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let (mut in_quotes, mut in_angle, mut escaped) = (false, false, false);
     let mut start = 0;
@@ -284,7 +284,7 @@ fn split_list(value: &str) -> Vec<&str> {
 }
 
 /// Header parameters (`;name=value`) after the name-addr or URI, names lowercased.
-fn header_params(text: &str) -> Vec<(String, Option<String>)> {
+pub(crate) fn header_params(text: &str) -> Vec<(String, Option<String>)> {
     text.split(';')
         .map(str::trim)
         .filter(|p| !p.is_empty())
@@ -299,7 +299,7 @@ fn header_params(text: &str) -> Vec<(String, Option<String>)> {
 }
 
 /// `"Display" <uri>;params`, `Name <uri>;params`, or `uri;params` → (uri text, params text).
-fn split_name_addr(value: &str) -> Result<(&str, &str), ParseError> {
+pub(crate) fn split_name_addr(value: &str) -> Result<(&str, &str), ParseError> {
     // Skip a quoted display name first: it may contain '<'.
     let mut search_from = 0;
     let trimmed = value.trim_start();

@@ -11,7 +11,8 @@ pub mod digest;
 pub mod framing;
 pub mod message;
 pub mod register;
+pub mod relay;
 
 pub use digest::{Algorithm, Authorization, Challenge, DigestError};
 pub use message::{ContactBinding, ParseError, Request, Response, UriParts};
-pub use register::RegisterRequest;
+pub use register::{Hop, RegisterRequest};

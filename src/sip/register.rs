@@ -22,10 +22,41 @@ pub struct RegisterRequest {
     pub user_agent: String,
 }
 
+/// What the hop a request takes adds to it: the Via, and Contact parameters that depend on the
+/// transport chosen (RFC 3263 may only pick it when sending) and on RFC 5626 outbound.
+#[derive(Clone, Copy, Debug)]
+pub struct Hop<'a> {
+    /// Via transport token: `UDP`, `TCP`, `TLS`.
+    pub transport: &'a str,
+    /// Via sent-by `host:port`.
+    pub sent_by: &'a str,
+    /// Full branch, starting with `z9hG4bK`.
+    pub branch: &'a str,
+    /// Appended inside the Contact URI, e.g. `;transport=tcp`.
+    pub contact_uri_params: &'a str,
+    /// Appended after the Contact's `>`, e.g. `;reg-id=1;+sip.instance="<urn:uuid:…>"`.
+    pub contact_header_params: &'a str,
+    /// Value of a Supported header (`path, outbound`), empty for none.
+    pub supported: &'a str,
+}
+
+impl<'a> Hop<'a> {
+    /// A plain hop: only the Via.
+    pub fn plain(transport: &'a str, sent_by: &'a str, branch: &'a str) -> Hop<'a> {
+        Hop {
+            transport,
+            sent_by,
+            branch,
+            contact_uri_params: "",
+            contact_header_params: "",
+            supported: "",
+        }
+    }
+}
+
 impl RegisterRequest {
-    /// Appends the encoded request to `out`. `transport` is the Via token (`UDP`, `TCP`, `TLS`),
-    /// `sent_by` the Via host:port, `branch` the full branch (starting with `z9hG4bK`).
-    pub fn encode(&self, transport: &str, sent_by: &str, branch: &str, out: &mut Vec<u8>) {
+    /// Appends the encoded request, as sent over `hop`, to `out`.
+    pub fn encode(&self, hop: &Hop<'_>, out: &mut Vec<u8>) {
         // Writing into a Vec cannot fail.
         let _ = write!(
             out,
@@ -36,20 +67,25 @@ impl RegisterRequest {
              From: <{}>;tag={}\r\n\
              Call-ID: {}\r\n\
              CSeq: {} REGISTER\r\n\
-             Contact: <{}>\r\n\
+             Contact: <{}{}>{}\r\n\
              Expires: {}\r\n",
             self.request_uri,
-            transport,
-            sent_by,
-            branch,
+            hop.transport,
+            hop.sent_by,
+            hop.branch,
             self.aor,
             self.aor,
             self.from_tag,
             self.call_id,
             self.cseq,
             self.contact_uri,
+            hop.contact_uri_params,
+            hop.contact_header_params,
             self.expires,
         );
+        if !hop.supported.is_empty() {
+            let _ = write!(out, "Supported: {}\r\n", hop.supported);
+        }
         if let Some((name, value)) = &self.authorization {
             let _ = write!(out, "{name}: {value}\r\n");
         }
@@ -78,7 +114,7 @@ mod tests {
             user_agent: "uacreg".into(),
         };
         let mut out = Vec::new();
-        request.encode("UDP", "127.0.0.1:5080", "z9hG4bK1", &mut out);
+        request.encode(&Hop::plain("UDP", "127.0.0.1:5080", "z9hG4bK1"), &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("REGISTER sip:registrar.test SIP/2.0\r\n"));
         assert!(text.contains("Via: SIP/2.0/UDP 127.0.0.1:5080;rport;branch=z9hG4bK1\r\n"));

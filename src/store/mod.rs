@@ -176,7 +176,7 @@ mod tests {
     fn defaults() -> RowDefaults {
         RowDefaults {
             contact_addr: "127.0.0.1:5062".into(),
-            sockets: vec![],
+            sockets: Vec::new(),
         }
     }
 

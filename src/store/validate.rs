@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use thiserror::Error;
 
 use super::row::RawRow;
+use crate::registration::record::LocalSocket;
 use crate::registration::{Credentials, Destination, Record, Transport};
 
 /// Values the daemon supplies for rows that leave them open.
@@ -18,7 +19,7 @@ pub struct RowDefaults {
     pub contact_addr: String,
     /// Sockets the daemon listens on (`udp:127.0.0.1:5062`); a non-empty `socket` column must
     /// name one of them.
-    pub sockets: Vec<String>,
+    pub sockets: Vec<LocalSocket>,
 }
 
 /// Why a row was not loaded. Display names the column and, except for secrets, the value.
@@ -40,8 +41,14 @@ pub enum RowError {
     BadUser { column: &'static str, value: String },
     #[error("auth_proxy {value:?} is not a SIP URI: {reason}")]
     BadAuthProxy { value: String, reason: String },
-    #[error("auth_proxy asks for transport {transport}, which is not supported yet (UDP only)")]
+    #[error("auth_proxy asks for transport {transport:?}; uacreg speaks udp, tcp and tls")]
     UnsupportedTransport { transport: String },
+    #[error("socket {value:?} asks for {socket}, but auth_proxy asks for {proxy}")]
+    TransportConflict {
+        value: String,
+        socket: &'static str,
+        proxy: &'static str,
+    },
     #[error("{column} is negative ({value})")]
     Negative { column: &'static str, value: i64 },
     #[error("auth_ha1 is not 32 hexadecimal digits (an MD5 HA1)")]
@@ -148,15 +155,16 @@ fn parse_proxy(value: &str) -> Result<Destination, RowError> {
     };
     let trimmed = value.trim().trim_start_matches('<').trim_end_matches('>');
     let lower = trimmed.to_ascii_lowercase();
-    let (mut transport, rest) = if lower.starts_with("sips:") {
-        (Transport::Tls, &trimmed[5..])
+    let (secure, rest) = if lower.starts_with("sips:") {
+        (true, &trimmed[5..])
     } else if lower.starts_with("sip:") {
-        (Transport::Udp, &trimmed[4..])
+        (false, &trimmed[4..])
     } else if lower.contains("://") || lower.starts_with("tel:") {
         return Err(bad("only sip: and sips: URIs are supported"));
     } else {
-        (Transport::Udp, trimmed)
+        (false, trimmed)
     };
+    let mut transport = secure.then_some(Transport::Tls);
     let mut parts = rest.split(';');
     let host_part = parts.next().unwrap_or("");
     // A user part in a proxy URI carries no meaning for routing.
@@ -167,16 +175,15 @@ fn parse_proxy(value: &str) -> Result<Destination, RowError> {
     for param in parts {
         let (name, val) = param.split_once('=').unwrap_or((param, ""));
         if name.eq_ignore_ascii_case("transport") {
-            transport = match val.to_ascii_lowercase().as_str() {
-                "udp" => Transport::Udp,
-                "tcp" => Transport::Tcp,
-                "tls" => Transport::Tls,
-                other => {
-                    return Err(RowError::UnsupportedTransport {
-                        transport: other.to_string(),
-                    });
-                }
+            let Some(named) = Transport::parse(val) else {
+                return Err(RowError::UnsupportedTransport {
+                    transport: val.to_string(),
+                });
             };
+            if secure && named != Transport::Tls {
+                return Err(bad("a sips: URI can only use transport=tls"));
+            }
+            transport = Some(named);
         }
     }
     let (host, port) = parse_host_port(host_part).ok_or_else(|| bad("invalid host or port"))?;
@@ -184,6 +191,7 @@ fn parse_proxy(value: &str) -> Result<Destination, RowError> {
         host,
         port,
         transport,
+        secure,
     })
 }
 
@@ -216,23 +224,65 @@ pub fn validate(row: RawRow, defaults: &RowDefaults) -> Result<Record, RowError>
             value: row.r_domain.clone(),
         })?;
 
-    let destination = if row.auth_proxy.trim().is_empty() {
+    let mut destination = if row.auth_proxy.trim().is_empty() {
         Destination {
             host: domain_host,
             port: domain_port,
-            transport: Transport::Udp,
+            transport: None,
+            secure: false,
         }
     } else {
         parse_proxy(&row.auth_proxy)?
     };
-    if destination.transport != Transport::Udp {
-        return Err(RowError::UnsupportedTransport {
-            transport: destination.transport.via_token().to_ascii_lowercase(),
-        });
+
+    let local_socket = if row.socket.is_empty() {
+        None
+    } else {
+        let parsed = LocalSocket::parse(&row.socket);
+        match parsed {
+            Some(socket) if defaults.sockets.contains(&socket) => Some(socket),
+            _ => {
+                return Err(RowError::UnknownSocket {
+                    value: row.socket.clone(),
+                    served: defaults
+                        .sockets
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+    };
+    // The socket's protocol decides the transport when auth_proxy leaves it open (Kamailio
+    // sends from the socket the row names, so its protocol is the one used).
+    if let Some(socket) = local_socket {
+        match destination.transport {
+            None if destination.secure && socket.transport != Transport::Tls => {
+                return Err(RowError::TransportConflict {
+                    value: row.socket.clone(),
+                    socket: socket.transport.via_token(),
+                    proxy: "TLS (sips:)",
+                });
+            }
+            None => destination.transport = Some(socket.transport),
+            Some(named) if named != socket.transport => {
+                return Err(RowError::TransportConflict {
+                    value: row.socket.clone(),
+                    socket: socket.transport.via_token(),
+                    proxy: named.via_token(),
+                });
+            }
+            Some(_) => {}
+        }
     }
 
     let contact_host_port = if row.contact_addr.is_empty() {
-        defaults.contact_addr.clone()
+        match local_socket {
+            // A row sending from its own address is reached there too.
+            Some(socket) if !socket.addr.ip().is_unspecified() => socket_host_port(socket.addr),
+            _ => defaults.contact_addr.clone(),
+        }
     } else {
         parse_host_port(&row.contact_addr).ok_or_else(|| RowError::BadHost {
             column: "contact_addr",
@@ -249,13 +299,6 @@ pub fn validate(row: RawRow, defaults: &RowDefaults) -> Result<Record, RowError>
         return Err(RowError::BadUser {
             column: "contact_user",
             value: row.contact_user.clone(),
-        });
-    }
-
-    if !row.socket.is_empty() && !defaults.sockets.iter().any(|s| s == &row.socket) {
-        return Err(RowError::UnknownSocket {
-            value: row.socket.clone(),
-            served: defaults.sockets.join(", "),
         });
     }
 
@@ -304,7 +347,13 @@ pub fn validate(row: RawRow, defaults: &RowDefaults) -> Result<Record, RowError>
         destination,
         contact_host_port,
         credentials,
+        local_socket,
     })
+}
+
+/// `ip:port` with IPv6 in brackets, as a Contact host part.
+fn socket_host_port(addr: std::net::SocketAddr) -> String {
+    addr.to_string()
 }
 
 #[cfg(test)]
@@ -315,7 +364,7 @@ mod tests {
     fn defaults() -> RowDefaults {
         RowDefaults {
             contact_addr: "127.0.0.1:5062".into(),
-            sockets: vec!["udp:127.0.0.1:5062".into()],
+            sockets: vec![LocalSocket::parse("udp:127.0.0.1:5062").unwrap()],
         }
     }
 
@@ -376,9 +425,40 @@ mod tests {
         let mut row = good();
         row.auth_proxy = "sip:proxy.example.com;transport=tcp".into();
         assert_eq!(
-            err(row).to_string(),
-            "auth_proxy asks for transport tcp, which is not supported yet (UDP only)"
+            validate(row, &defaults()).unwrap().destination.transport,
+            Some(Transport::Tcp)
         );
+        let mut row = good();
+        row.auth_proxy = "sips:proxy.example.com".into();
+        let destination = validate(row, &defaults()).unwrap().destination;
+        assert!(destination.secure);
+        assert_eq!(destination.transport, Some(Transport::Tls));
+        let mut row = good();
+        row.auth_proxy = "sip:proxy.example.com;transport=sctp".into();
+        assert_eq!(
+            err(row).to_string(),
+            "auth_proxy asks for transport \"sctp\"; uacreg speaks udp, tcp and tls"
+        );
+        let mut row = good();
+        row.auth_proxy = "sips:proxy.example.com;transport=udp".into();
+        assert!(matches!(err(row), RowError::BadAuthProxy { .. }));
+    }
+
+    #[test]
+    fn socket_picks_the_transport_and_the_contact() {
+        let mut defaults = defaults();
+        defaults
+            .sockets
+            .push(LocalSocket::parse("tcp:127.0.0.3:5070").unwrap());
+        let mut row = good();
+        row.socket = "tcp:127.0.0.3:5070".into();
+        let record = validate(row, &defaults).unwrap();
+        assert_eq!(record.destination.transport, Some(Transport::Tcp));
+        assert_eq!(record.contact_host_port, "127.0.0.3:5070");
+        let mut row = good();
+        row.socket = "tcp:127.0.0.3:5070".into();
+        row.auth_proxy = "sip:127.0.0.1;transport=udp".into();
+        assert!(matches!(err(row), RowError::TransportConflict { .. }));
     }
 
     #[test]

@@ -678,10 +678,9 @@ mod tests {
 
     async fn exchange(socket: &UdpSocket, to: SocketAddr, request: &RegisterRequest) -> Response {
         let mut bytes = Vec::new();
+        let sent_by = socket.local_addr().unwrap().to_string();
         request.encode(
-            "UDP",
-            &socket.local_addr().unwrap().to_string(),
-            "z9hG4bKt",
+            &crate::sip::Hop::plain("UDP", &sent_by, "z9hG4bKt"),
             &mut bytes,
         );
         socket.send_to(&bytes, to).await.unwrap();

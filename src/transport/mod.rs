@@ -3,6 +3,7 @@
 //! pacing that keeps a start-up of many rows from bursting past a registrar.
 
 pub mod pacing;
+pub mod resolve;
 pub mod stream;
 pub mod tls;
 pub mod udp;

@@ -164,10 +164,10 @@ impl Streams {
         let tls = self.tls_client.clone();
         tokio::spawn(async move {
             match connect(&key, tls).await {
-                Ok(Connected::Plain(stream)) => run_flow(id, key.peer, stream, writes, events).await,
-                Ok(Connected::Tls(stream)) => {
-                    run_flow(id, key.peer, *stream, writes, events).await
+                Ok(Connected::Plain(stream)) => {
+                    run_flow(id, key.peer, stream, writes, events).await
                 }
+                Ok(Connected::Tls(stream)) => run_flow(id, key.peer, *stream, writes, events).await,
                 Err(why) => {
                     let _ = events.send(StreamEvent::Closed { flow: id, why });
                 }
@@ -227,7 +227,8 @@ async fn connect(
         if key.transport != Transport::Tls {
             return Ok(Connected::Plain(tcp));
         }
-        let config = tls.ok_or_else(|| "TLS is not available (see the start-up log)".to_string())?;
+        let config =
+            tls.ok_or_else(|| "TLS is not available (see the start-up log)".to_string())?;
         let name = ServerName::try_from(key.server_name.clone())
             .map_err(|_| format!("{:?} is not a valid TLS server name", key.server_name))?;
         let stream = tokio_rustls::TlsConnector::from(config)

@@ -46,8 +46,7 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String
             let (added, _ignored) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
                 return Err(
-                    "no system CA certificates found; set tls_ca_file to the registrars' CA"
-                        .into(),
+                    "no system CA certificates found; set tls_ca_file to the registrars' CA".into(),
                 );
             }
         }
@@ -63,8 +62,12 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String
 /// The server side, for TLS connections to the gateway's own port.
 pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, String> {
     let certs = read_certificates(cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|err| format!("cannot read a private key from {}: {err}", key_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|err| {
+        format!(
+            "cannot read a private key from {}: {err}",
+            key_file.display()
+        )
+    })?;
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|err| format!("TLS setup: {err}"))?

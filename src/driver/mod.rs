@@ -1,29 +1,38 @@
 //! The async driver: one task that owns the registration table, the client transactions, the
-//! pacer and the SIP socket, and turns the core's actions into datagrams and the network's
-//! datagrams into core inputs.
+//! pacer, the sockets and connections, and turns the core's actions into messages on the wire
+//! and what arrives from the network into core inputs.
 //!
 //! Everything that touches registration state happens on this one task, so there are no locks
 //! around the table; RPC handlers talk to it through [`DriverHandle`] commands and get copies
-//! (snapshots) back. The loop sleeps until the earliest of: a datagram, a command, a core timer,
-//! a transaction timer, or the pacer's next token.
+//! (snapshots) back. The loop sleeps until the earliest of: a datagram, a connection event, a
+//! command, a finished DNS lookup, a core timer, a transaction timer, or the pacer's next token.
+//!
+//! The work is split by direction: [`outbound`] sends REGISTERs (RFC 3263 targets, fail-over,
+//! connections, keep-alives), [`inbound`] answers and relays requests that arrive for our
+//! contacts.
 
-use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+mod inbound;
+mod outbound;
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
+
+pub use inbound::InboundConfig;
+use outbound::{Attempt, Bound, Queued};
 
 use crate::registration::record::Record;
 use crate::registration::{
     Action, Attribute, CoreConfig, Destination, RegKey, RegistrationTable, ReloadSummary, Snapshot,
 };
-use crate::sip::message::{Response, is_response};
-use crate::sip::register::RegisterRequest;
-use crate::transaction::{
-    ClientTransactions, Matched, Owner, TimerEvent, Timers, TransactionStats,
-};
+use crate::transaction::{ClientTransactions, Timers, TransactionStats};
+use crate::transport::resolve::{Resolved, SipResolver};
+use crate::transport::stream::{FlowId, StreamEvent, Streams};
 use crate::transport::{Pacer, PacingConfig, UdpTransport, udp::MAX_DATAGRAM};
 
 /// Maps the monotonic instants the core uses to wall-clock seconds for display.
@@ -86,12 +95,34 @@ impl LatencyHistogram {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct DriverStats {
     pub datagrams_received: u64,
+    /// Messages received over TCP and TLS connections.
+    pub stream_messages_received: u64,
     pub malformed_dropped: u64,
     pub unmatched_responses: u64,
+    /// Requests that were neither answered nor relayed (no proxy configured, unknown method).
     pub requests_ignored: u64,
+    /// OPTIONS answered with 200.
+    pub options_answered: u64,
+    /// Requests relayed to the proxy, and responses relayed back.
+    pub requests_relayed: u64,
+    pub responses_relayed: u64,
+    /// Requests for users we hold no registration for (answered 404).
+    pub unknown_user: u64,
     pub registers_sent: u64,
     pub send_errors: u64,
     pub resolve_failures: u64,
+    /// Requests moved to the next RFC 3263 target after a timeout, 503 or broken connection.
+    pub failovers: u64,
+    /// TCP/TLS connections opened by us and accepted from peers; connections that ended.
+    pub connections_opened: u64,
+    pub connections_accepted: u64,
+    pub connections_closed: u64,
+    /// Open connections now.
+    pub connections: usize,
+    /// Registrations re-registered because their connection or keep-alive failed.
+    pub rebinds: u64,
+    pub keepalives_sent: u64,
+    pub keepalive_failures: u64,
     pub queued: usize,
     pub in_flight: usize,
     pub leaving: usize,
@@ -217,71 +248,168 @@ impl DriverHandle {
 }
 
 /// Settings for [`Driver::start`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DriverConfig {
     pub core: CoreConfig,
     pub pacing: PacingConfig,
     pub timers: Timers,
-    /// `host:port` for the Via header.
+    /// `host:port` for the Via header and connections' return address.
     pub via_sent_by: String,
+    /// Name servers for RFC 3263 lookups; empty: the system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<SocketAddr>,
+    /// TLS client settings; `None` when TLS could not be set up (TLS rows then fail clearly).
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
+    /// Keep-alive period per flow (CRLF on connections, OPTIONS over UDP); `None`: off.
+    pub keepalive: Option<Duration>,
+    /// RFC 5626 outbound and RFC 3327 Path: `Supported: path, outbound`, `reg-id` and
+    /// `+sip.instance` on the Contact.
+    pub outbound: bool,
+    pub inbound: InboundConfig,
 }
 
-/// A REGISTER waiting for the pacer (or for its destination to be resolved).
-struct Queued {
-    key: RegKey,
-    destination: Destination,
-    request: RegisterRequest,
+/// The sockets the driver serves.
+pub struct Sockets {
+    /// The main UDP socket (default for rows without a `socket`).
+    pub udp: UdpTransport,
+    /// More UDP sockets rows can name in their `socket` column.
+    pub extra_udp: Vec<UdpTransport>,
+    /// TCP on the main port, for registrars and proxies that connect to us.
+    pub tcp: Option<TcpListener>,
+    /// TLS listener with its certificate, when configured.
+    pub tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
 }
 
-/// How long a resolved host name is reused.
-const RESOLVE_TTL: Duration = Duration::from_secs(300);
+/// Things other tasks hand to the driver.
+enum Event {
+    /// A datagram on one of the extra UDP sockets.
+    Datagram {
+        local: SocketAddr,
+        from: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    /// A peer connected to us.
+    Accepted {
+        stream: Box<dyn Io>,
+        peer: SocketAddr,
+        transport: crate::registration::Transport,
+    },
+    Resolved {
+        destination: Destination,
+        result: Result<Resolved, String>,
+    },
+}
+
+/// An RFC 3263 answer (or the reason there is none) and until when it may be reused.
+type CachedTargets = (
+    Result<Arc<[crate::transport::resolve::Target]>, String>,
+    Instant,
+);
+
+/// A connection's byte stream, whichever its transport.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 pub struct Driver {
     table: RegistrationTable,
     transactions: ClientTransactions,
     pacer: Pacer,
-    transport: Arc<UdpTransport>,
-    via_sent_by: String,
+    config: DriverConfig,
+    udp: Arc<UdpTransport>,
+    extra_udp: HashMap<SocketAddr, Arc<UdpTransport>>,
+    streams: Streams,
+    stream_rx: mpsc::UnboundedReceiver<StreamEvent>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events_rx: mpsc::UnboundedReceiver<Event>,
+    resolver: Option<Arc<SipResolver>>,
     queue: VecDeque<Queued>,
-    resolved: HashMap<(String, u16), (Result<SocketAddr, String>, Instant)>,
-    resolving: HashMap<(String, u16), Vec<Queued>>,
-    resolve_tx: mpsc::UnboundedSender<((String, u16), Result<SocketAddr, String>)>,
-    resolve_rx: mpsc::UnboundedReceiver<((String, u16), Result<SocketAddr, String>)>,
+    /// RFC 3263 answers by destination, until their TTL ends.
+    resolved: HashMap<Destination, CachedTargets>,
+    /// Requests waiting for a lookup in progress.
+    resolving: HashMap<Destination, Vec<Queued>>,
+    /// The request in flight per registration, with the targets left to try.
+    attempts: HashMap<RegKey, Attempt>,
+    /// Where each registration's binding was accepted (the target it stays on).
+    bound: HashMap<RegKey, Bound>,
+    /// Registrations whose binding lives on each connection.
+    flow_members: HashMap<FlowId, HashSet<RegKey>>,
+    /// Re-registrations after a lost connection, delayed when connections keep dropping.
+    rebind_at: BTreeSet<(Instant, RegKey)>,
+    drops: HashMap<RegKey, (u32, Instant)>,
+    keepalive: outbound::KeepAlive,
     commands: mpsc::Receiver<Command>,
     stats: DriverStats,
     encode_buf: Vec<u8>,
     shutdown: Option<(Instant, Reply<usize>)>,
     last_shutdown_report: Option<Instant>,
+    branch_secret: u64,
 }
 
 impl Driver {
-    /// Binds nothing itself: takes a bound transport, spawns the task, returns its handle.
+    /// Takes bound sockets, spawns the task, returns its handle.
     pub fn start(
         config: DriverConfig,
-        transport: UdpTransport,
+        sockets: Sockets,
     ) -> (DriverHandle, tokio::task::JoinHandle<()>) {
         let (commands_tx, commands_rx) = mpsc::channel(256);
-        let (resolve_tx, resolve_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (stream_tx, stream_rx) = mpsc::unbounded_channel();
         let now = Instant::now();
         let mut rng = fastrand::Rng::new();
         let salt = rng.u64(..);
-        let local_addr = transport.local_addr();
+        let branch_secret = rng.u64(..);
+        let local_addr = sockets.udp.local_addr();
+        let resolver = if config.dns_servers.is_empty() {
+            match SipResolver::from_system() {
+                Ok(resolver) => Some(Arc::new(resolver)),
+                Err(err) => {
+                    warn!("no system DNS resolver ({err}); rows naming hosts cannot register");
+                    None
+                }
+            }
+        } else {
+            Some(Arc::new(SipResolver::with_nameservers(&config.dns_servers)))
+        };
+        let mut extra_udp = HashMap::new();
+        for socket in sockets.extra_udp {
+            let socket = Arc::new(socket);
+            extra_udp.insert(socket.local_addr(), socket.clone());
+            tokio::spawn(read_udp(socket, events_tx.clone()));
+        }
+        if let Some(listener) = sockets.tcp {
+            tokio::spawn(accept(listener, None, events_tx.clone()));
+        }
+        if let Some((listener, tls)) = sockets.tls {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            tokio::spawn(accept(listener, Some(acceptor), events_tx.clone()));
+        }
+        let keepalive = outbound::KeepAlive::new(config.keepalive);
         let driver = Driver {
-            table: RegistrationTable::new(config.core, rng),
+            table: RegistrationTable::new(config.core.clone(), rng),
             transactions: ClientTransactions::new(config.timers, salt),
             pacer: Pacer::new(config.pacing, now),
-            transport: Arc::new(transport),
-            via_sent_by: config.via_sent_by,
+            streams: Streams::new(stream_tx, config.tls_client.clone()),
+            config,
+            udp: Arc::new(sockets.udp),
+            extra_udp,
+            stream_rx,
+            events_tx,
+            events_rx,
+            resolver,
             queue: VecDeque::new(),
             resolved: HashMap::new(),
             resolving: HashMap::new(),
-            resolve_tx,
-            resolve_rx,
+            attempts: HashMap::new(),
+            bound: HashMap::new(),
+            flow_members: HashMap::new(),
+            rebind_at: BTreeSet::new(),
+            drops: HashMap::new(),
+            keepalive,
             commands: commands_rx,
             stats: DriverStats::default(),
             encode_buf: Vec::with_capacity(1024),
             shutdown: None,
             last_shutdown_report: None,
+            branch_secret,
         };
         let handle = DriverHandle {
             commands: commands_tx,
@@ -301,17 +429,17 @@ impl Driver {
                 return;
             }
             let deadline = self.next_wakeup(now);
-            let transport = self.transport.clone();
+            let udp = self.udp.clone();
             tokio::select! {
-                received = transport.recv(&mut buf) => {
+                received = udp.recv(&mut buf) => {
                     match received {
                         Ok((len, from)) => {
                             let now = Instant::now();
-                            self.handle_datagram(now, &buf[..len], from);
+                            self.handle_datagram(now, &buf[..len], from, None);
                             // Drain what else is already queued before doing timer work.
                             for _ in 0..256 {
-                                match transport.try_recv(&mut buf) {
-                                    Ok((len, from)) => self.handle_datagram(now, &buf[..len], from),
+                                match udp.try_recv(&mut buf) {
+                                    Ok((len, from)) => self.handle_datagram(now, &buf[..len], from, None),
                                     Err(_) => break,
                                 }
                             }
@@ -321,6 +449,12 @@ impl Driver {
                             debug!("SIP socket receive error: {err}");
                         }
                     }
+                }
+                Some(event) = self.stream_rx.recv() => {
+                    self.handle_stream_event(Instant::now(), event);
+                }
+                Some(event) = self.events_rx.recv() => {
+                    self.handle_event(Instant::now(), event);
                 }
                 command = self.commands.recv() => {
                     match command {
@@ -332,9 +466,6 @@ impl Driver {
                         }
                     }
                 }
-                Some((host, result)) = self.resolve_rx.recv() => {
-                    self.handle_resolved(Instant::now(), host, result);
-                }
                 _ = sleep_until_opt(deadline) => {}
             }
         }
@@ -343,26 +474,9 @@ impl Driver {
     /// Runs due timers and sends whatever became sendable.
     fn step(&mut self, now: Instant) {
         self.table.handle_timeout(now);
-        let mut events = Vec::new();
-        self.transactions.handle_timeout(now, &mut events);
-        for event in events {
-            match event {
-                TimerEvent::Retransmit { destination, bytes } => {
-                    trace!(%destination, "retransmitting");
-                    if self.transport.try_send(&bytes, destination).is_err() {
-                        self.stats.send_errors += 1;
-                    }
-                }
-                TimerEvent::TimedOut(owner) => {
-                    self.table.handle_transaction_failure(
-                        now,
-                        owner.key,
-                        owner.cseq,
-                        "no response (transaction timeout)",
-                    );
-                }
-            }
-        }
+        self.handle_transaction_timers(now);
+        self.handle_rebinds(now);
+        self.handle_keepalives(now);
         self.collect_actions();
         self.flush(now);
     }
@@ -391,6 +505,8 @@ impl Driver {
             }
         };
         consider(self.transactions.next_deadline());
+        consider(self.rebind_at.first().map(|(at, _)| *at));
+        consider(self.keepalive.next_deadline());
         if !self.queue.is_empty() {
             consider(self.pacer.next_token_at(now));
         }
@@ -400,158 +516,24 @@ impl Driver {
         deadline
     }
 
-    /// Sends queued requests as far as pacing allows.
-    fn flush(&mut self, now: Instant) {
-        while let Some(front) = self.queue.front() {
-            if !self.table.is_current(front.key, front.request.cseq) {
-                self.queue.pop_front();
-                continue;
+    fn handle_event(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::Datagram { local, from, bytes } => {
+                self.handle_datagram(now, &bytes, from, Some(local));
             }
-            if !self.pacer.try_admit(now, self.transactions.pending()) {
-                break;
+            Event::Accepted {
+                stream,
+                peer,
+                transport,
+            } => {
+                self.stats.connections_accepted += 1;
+                let flow = self.streams.adopt(stream, peer, transport);
+                debug!(flow, %peer, "accepted a {} connection", transport.via_token());
             }
-            let Some(queued) = self.queue.pop_front() else {
-                break;
-            };
-            self.send_now(now, queued);
-        }
-    }
-
-    fn send_now(&mut self, now: Instant, queued: Queued) {
-        let port = queued.destination.port_or_default();
-        let target = match queued.destination.host.parse::<IpAddr>() {
-            Ok(ip) => SocketAddr::new(ip, port),
-            Err(_) => {
-                let name = (queued.destination.host.clone(), port);
-                match self.resolved.get(&name) {
-                    Some((Ok(addr), at)) if now.duration_since(*at) < RESOLVE_TTL => *addr,
-                    Some((Err(why), at)) if now.duration_since(*at) < Duration::from_secs(30) => {
-                        let why = why.clone();
-                        self.table.handle_transaction_failure(
-                            now,
-                            queued.key,
-                            queued.request.cseq,
-                            &why,
-                        );
-                        self.collect_actions();
-                        return;
-                    }
-                    _ => {
-                        self.start_resolving(name, queued);
-                        return;
-                    }
-                }
-            }
-        };
-        let branch = self.transactions.next_branch();
-        self.encode_buf.clear();
-        queued.request.encode(
-            queued.destination.transport.via_token(),
-            &self.via_sent_by,
-            &branch,
-            &mut self.encode_buf,
-        );
-        let bytes: Arc<[u8]> = Arc::from(&self.encode_buf[..]);
-        if let Err(err) = self.transport.try_send(&bytes, target) {
-            // Left to the transaction: timer E retransmits, timer F reports the failure.
-            debug!(%target, "send failed: {err}");
-            self.stats.send_errors += 1;
-        }
-        self.stats.registers_sent += 1;
-        self.transactions.start(
-            now,
-            branch,
-            Owner {
-                key: queued.key,
-                cseq: queued.request.cseq,
-            },
-            target,
-            bytes,
-            false,
-        );
-    }
-
-    fn start_resolving(&mut self, name: (String, u16), queued: Queued) {
-        if let Some(waiting) = self.resolving.get_mut(&name) {
-            waiting.push(queued);
-            return;
-        }
-        self.resolving.insert(name.clone(), vec![queued]);
-        let tx = self.resolve_tx.clone();
-        tokio::spawn(async move {
-            let host = name.0.clone();
-            let lookup = tokio::time::timeout(
-                Duration::from_secs(10),
-                tokio::net::lookup_host((host.as_str(), name.1)),
-            )
-            .await;
-            let result = match lookup {
-                Ok(Ok(mut addrs)) => addrs
-                    .next()
-                    .ok_or_else(|| format!("DNS: no address for {}", name.0)),
-                Ok(Err(err)) => Err(format!("DNS: cannot resolve {}: {err}", name.0)),
-                Err(_) => Err(format!("DNS: lookup of {} timed out", name.0)),
-            };
-            let _ = tx.send((name, result));
-        });
-    }
-
-    fn handle_resolved(
-        &mut self,
-        now: Instant,
-        name: (String, u16),
-        result: Result<SocketAddr, String>,
-    ) {
-        if let Err(why) = &result {
-            warn!("{why}");
-            self.stats.resolve_failures += 1;
-        }
-        self.resolved.insert(name.clone(), (result, now));
-        for queued in self.resolving.remove(&name).unwrap_or_default() {
-            // Back to the front of the queue: they were admitted by the pacer already once,
-            // but sending them again through it keeps the accounting simple.
-            self.queue.push_front(queued);
-        }
-    }
-
-    fn handle_datagram(&mut self, now: Instant, bytes: &[u8], from: SocketAddr) {
-        self.stats.datagrams_received += 1;
-        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            // RFC 5626 keep-alive (CRLF) or padding.
-            return;
-        }
-        if !is_response(bytes) {
-            self.stats.requests_ignored += 1;
-            trace!(%from, "ignoring a request on the registration socket");
-            return;
-        }
-        let response = match Response::parse(bytes) {
-            Ok(response) => response,
-            Err(err) => {
-                self.stats.malformed_dropped += 1;
-                debug!(%from, "dropping malformed datagram: {err}");
-                return;
-            }
-        };
-        let Some(branch) = response.branch.as_deref() else {
-            self.stats.malformed_dropped += 1;
-            return;
-        };
-        match self
-            .transactions
-            .handle_response(now, branch, response.code)
-        {
-            Matched::Deliver(owner, latency) => {
-                *self.stats.responses.entry(response.code).or_default() += 1;
-                self.stats.latency.observe(latency);
-                self.table.handle_response(now, owner.key, &response);
-                self.collect_actions();
-            }
-            Matched::Absorbed => {}
-            Matched::Unknown => {
-                self.stats.unmatched_responses += 1;
-                trace!(%from, branch, "response matches no transaction");
-            }
+            Event::Resolved {
+                destination,
+                result,
+            } => self.handle_resolved(now, destination, result),
         }
     }
 
@@ -564,6 +546,7 @@ impl Driver {
                 stats.in_flight = self.transactions.pending();
                 stats.leaving = self.table.leaving_count();
                 stats.transactions = self.transactions.stats();
+                stats.connections = self.streams.len();
                 let _ = reply.send(stats);
             }
             Command::Shutdown(Some(timeout), reply) => {
@@ -608,6 +591,79 @@ impl Driver {
             return true;
         }
         false
+    }
+}
+
+/// Feeds an extra UDP socket's datagrams to the driver.
+async fn read_udp(socket: Arc<UdpTransport>, events: mpsc::UnboundedSender<Event>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let local = socket.local_addr();
+    loop {
+        match socket.recv(&mut buf).await {
+            Ok((len, from)) => {
+                let event = Event::Datagram {
+                    local,
+                    from,
+                    bytes: buf[..len].to_vec(),
+                };
+                if events.send(event).is_err() {
+                    return;
+                }
+            }
+            Err(err) => trace!(%local, "receive error: {err}"),
+        }
+    }
+}
+
+/// Accepts connections (and does the TLS handshake) off the driver task.
+async fn accept(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    use crate::registration::Transport;
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors and the like: do not spin.
+                warn!("accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let events = events.clone();
+        match &tls {
+            None => {
+                let event = Event::Accepted {
+                    stream: Box::new(tcp),
+                    peer,
+                    transport: Transport::Tcp,
+                };
+                if events.send(event).is_err() {
+                    return;
+                }
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(5), acceptor.accept(tcp)).await;
+                    match handshake {
+                        Ok(Ok(stream)) => {
+                            let _ = events.send(Event::Accepted {
+                                stream: Box::new(stream),
+                                peer,
+                                transport: Transport::Tls,
+                            });
+                        }
+                        Ok(Err(err)) => debug!(%peer, "TLS handshake failed: {err}"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
 }
 
