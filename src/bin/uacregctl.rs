@@ -55,6 +55,10 @@ enum Command {
     /// Un-REGISTER now and stay unregistered (uac.reg_unregister ATTR VALUE).
     #[command(name = "reg_unregister")]
     RegUnregister { attr: String, value: String },
+    /// Local URI of a contact user (l_uuid), or the registration of a local URI
+    /// (uac.reg_lookup L_UUID | sip:l_username@l_domain).
+    #[command(name = "reg_lookup", alias = "lookup")]
+    RegLookup { key: String },
     /// Switch sending on (1) or off (0) (uac.reg_active MODE).
     #[command(name = "reg_active")]
     RegActive { mode: String },
@@ -104,6 +108,7 @@ fn main() -> anyhow::Result<()> {
         Command::RegDump => ("uac.reg_dump", vec![]),
         Command::RegInfo { attr, value } => ("uac.reg_info", vec![attr.clone(), value.clone()]),
         Command::RegReload { .. } => ("uac.reg_reload", vec![]),
+        Command::RegLookup { key } => ("uac.reg_lookup", vec![key.clone()]),
         Command::RegEnable { attr, value } => ("uac.reg_enable", vec![attr.clone(), value.clone()]),
         Command::RegDisable { attr, value } => {
             ("uac.reg_disable", vec![attr.clone(), value.clone()])

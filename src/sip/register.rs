@@ -127,4 +127,39 @@ mod tests {
         assert_eq!(parsed.cseq, 10);
         assert_eq!(parsed.contacts[0].uri.user.as_deref(), Some("uuid000000"));
     }
+
+    #[test]
+    fn stream_and_outbound_hop_parameters() {
+        let request = RegisterRequest {
+            request_uri: "sip:registrar.test".into(),
+            aor: "sip:alice@registrar.test".into(),
+            from_tag: "abc".into(),
+            call_id: "cid@x".into(),
+            cseq: 1,
+            contact_uri: "sip:uuid1@[::1]:5062".into(),
+            expires: 600,
+            authorization: None,
+            user_agent: String::new(),
+        };
+        let mut out = Vec::new();
+        request.encode(
+            &Hop {
+                transport: "TLS",
+                sent_by: "[::1]:5062",
+                branch: "z9hG4bK2",
+                contact_uri_params: ";transport=tls",
+                contact_header_params: ";reg-id=1;+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-000000000001>\"",
+                supported: "path, outbound",
+            },
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Via: SIP/2.0/TLS [::1]:5062;rport;branch=z9hG4bK2\r\n"));
+        assert!(text.contains(
+            "Contact: <sip:uuid1@[::1]:5062;transport=tls>;reg-id=1;+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-000000000001>\"\r\n"
+        ));
+        assert!(text.contains("Supported: path, outbound\r\n"));
+        let parsed = crate::sip::message::Request::parse(text.as_bytes()).unwrap();
+        assert_eq!(parsed.contacts[0].uri.user.as_deref(), Some("uuid1"));
+    }
 }

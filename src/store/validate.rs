@@ -458,7 +458,11 @@ mod tests {
         let mut row = good();
         row.socket = "tcp:127.0.0.3:5070".into();
         row.auth_proxy = "sip:127.0.0.1;transport=udp".into();
-        assert!(matches!(err(row), RowError::TransportConflict { .. }));
+        let error = validate(row, &defaults).unwrap_err();
+        assert!(
+            matches!(error, RowError::TransportConflict { .. }),
+            "{error:?}"
+        );
     }
 
     #[test]

@@ -148,6 +148,8 @@ pub struct RegistrarOptions {
     pub max_expires: u32,
     /// registrar `default_expires`, used when the REGISTER carries no expiry (default 3600).
     pub default_expires: u32,
+    /// Also listen on TCP at the same address (Kamailio's TCP stack, one worker).
+    pub tcp: bool,
 }
 
 impl Default for RegistrarOptions {
@@ -156,6 +158,7 @@ impl Default for RegistrarOptions {
             min_expires: 0,
             max_expires: 0,
             default_expires: 3600,
+            tcp: false,
         }
     }
 }
@@ -549,11 +552,13 @@ debug=2
 log_stderror=yes
 fork=yes
 children=1
-disable_tcp=yes
+disable_tcp=@DISABLE_TCP@
+tcp_children=1
 auto_aliases=no
 dns=no
 rev_dns=no
 listen=udp:@LISTEN@
+@TCP_LISTEN@
 alias="@DOMAIN@"
 server_header="Server: uacreg-test-registrar @TOKEN@"
 
@@ -627,6 +632,15 @@ request_route {
 }
 "#;
     TEMPLATE
+        .replace("@DISABLE_TCP@", if options.tcp { "no" } else { "yes" })
+        .replace(
+            "@TCP_LISTEN@",
+            &if options.tcp {
+                format!("listen=tcp:{listen}")
+            } else {
+                String::new()
+            },
+        )
         .replace("@LISTEN@", &listen.to_string())
         .replace("@DOMAIN@", domain)
         .replace("@TOKEN@", token)
