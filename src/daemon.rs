@@ -74,12 +74,7 @@ impl Daemon {
                 source,
             })?;
 
-        let transport = UdpTransport::bind(config.sip_listen)
-            .await
-            .map_err(|source| DaemonError::SipBind {
-                addr: config.sip_listen,
-                source,
-            })?;
+        let (transport, tcp) = bind_main(&config).await?;
         let sip_addr = transport.local_addr();
         let advertised = config.advertised_with_port(sip_addr);
         if config.sip_listen.ip().is_unspecified() && config.advertised_addr.starts_with("127.") {
@@ -88,7 +83,7 @@ impl Daemon {
                  unless every registrar is on this host"
             );
         }
-        let (sockets, served) = bind_sockets(&config, transport, &advertised).await?;
+        let (sockets, served) = bind_sockets(&config, transport, tcp, &advertised).await?;
         // TLS towards registrars: a broken CA file is a configuration error; missing system
         // roots only matter to TLS rows, which then fail with the reason.
         let tls_client = match crate::transport::tls::client_config(config.tls_ca_file.as_deref()) {
@@ -265,11 +260,41 @@ impl Daemon {
     }
 }
 
+/// Binds the main UDP socket and, on the same port, the TCP listener. With port 0 the system
+/// picks a UDP port whose TCP twin may be taken; then another port is tried.
+async fn bind_main(
+    config: &Config,
+) -> Result<(UdpTransport, Option<tokio::net::TcpListener>), DaemonError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let udp = UdpTransport::bind(config.sip_listen)
+            .await
+            .map_err(|source| DaemonError::SipBind {
+                addr: config.sip_listen,
+                source,
+            })?;
+        if !config.sip_tcp {
+            return Ok((udp, None));
+        }
+        let addr = udp.local_addr();
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return Ok((udp, Some(listener))),
+            Err(err)
+                if config.sip_listen.port() == 0
+                    && err.kind() == std::io::ErrorKind::AddrInUse
+                    && attempts < 20 => {}
+            Err(source) => return Err(DaemonError::SipBind { addr, source }),
+        }
+    }
+}
+
 /// Binds the extra UDP sockets, the TCP and TLS listeners, and lists every socket a row's
 /// `socket` column may name.
 async fn bind_sockets(
     config: &Config,
     udp: UdpTransport,
+    tcp: Option<tokio::net::TcpListener>,
     advertised: &str,
 ) -> Result<(Sockets, Vec<LocalSocket>), DaemonError> {
     let sip_addr = udp.local_addr();
@@ -283,13 +308,7 @@ async fn bind_sockets(
             addr,
         });
     }
-    let tcp = if config.sip_tcp {
-        let listener = tokio::net::TcpListener::bind(sip_addr)
-            .await
-            .map_err(|source| DaemonError::SipBind {
-                addr: sip_addr,
-                source,
-            })?;
+    if tcp.is_some() {
         let more: Vec<LocalSocket> = served
             .iter()
             .map(|s| LocalSocket {
@@ -298,10 +317,7 @@ async fn bind_sockets(
             })
             .collect();
         served.extend(more);
-        Some(listener)
-    } else {
-        None
-    };
+    }
     let tls = match (
         &config.tls_listen,
         &config.tls_cert_file,

@@ -496,3 +496,55 @@ async fn rows_send_from_their_own_socket_with_outbound_and_keepalive() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_a_tcp_connection_to_us_are_answered_on_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let registrar = registrar_with(1, "127.0.0.1:0", false).await;
+    let dir = TempDir::new("tcp-inbound");
+    let daemon = start(&dir, &demo_rows(1, registrar.local_addr()), |_| {}).await;
+    assert!(all_registered(&daemon, 1, Duration::from_secs(20)).await);
+    let gateway = daemon.sip_addr();
+    let mut stream = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    let me = stream.local_addr().unwrap();
+    // A CRLF ping first (RFC 5626), then OPTIONS and an INVITE for an unknown user.
+    stream.write_all(b"\r\n\r\n").await.unwrap();
+    for (branch, request) in [
+        (
+            "z9hG4bKt1",
+            format!("OPTIONS sip:{gateway};transport=tcp SIP/2.0\r\n"),
+        ),
+        (
+            "z9hG4bKt2",
+            format!("INVITE sip:nobody@{gateway};transport=tcp SIP/2.0\r\n"),
+        ),
+    ] {
+        let method = request.split(' ').next().unwrap().to_string();
+        let message = format!(
+            "{request}Via: SIP/2.0/TCP {me};branch={branch}\r\nFrom: <sip:p@x.test>;tag=1\r\n\
+             To: <sip:{gateway}>\r\nCall-ID: {branch}\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+        );
+        stream.write_all(message.as_bytes()).await.unwrap();
+    }
+    let mut received = Vec::new();
+    let complete = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed early");
+            received.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&received);
+            if text.contains("SIP/2.0 404") && text.contains("SIP/2.0 200") {
+                break text.into_owned();
+            }
+        }
+    })
+    .await
+    .expect("both answers on the same connection");
+    assert!(complete.starts_with("\r\n"), "pong first: {complete:?}");
+    assert!(complete.contains("branch=z9hG4bKt1"));
+    assert!(complete.contains("branch=z9hG4bKt2"));
+    let stats = daemon.gateway().driver.stats().await.unwrap();
+    assert_eq!(stats.connections_accepted, 1);
+    daemon.stop().await;
+}

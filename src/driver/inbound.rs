@@ -83,7 +83,8 @@ impl Driver {
         }
     }
 
-    fn udp_socket(&self, local: Option<SocketAddr>) -> &Arc<UdpTransport> {
+    /// The UDP socket bound at `local`, or the main one.
+    pub(super) fn udp_socket(&self, local: Option<SocketAddr>) -> &Arc<UdpTransport> {
         local
             .and_then(|addr| self.extra_udp.get(&addr))
             .unwrap_or(&self.udp)

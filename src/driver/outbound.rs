@@ -257,10 +257,7 @@ impl Driver {
             let flow = self.streams.send(&flow_key, bytes.clone());
             attempt.flow = Some(flow);
         } else {
-            let socket = local
-                .and_then(|addr| self.extra_udp.get(&addr))
-                .unwrap_or(&self.udp);
-            if let Err(err) = socket.try_send(&bytes, target.addr) {
+            if let Err(err) = self.udp_socket(local).try_send(&bytes, target.addr) {
                 // Left to the transaction: timer E retransmits, timer F reports the failure.
                 debug!(target = %target.addr, "send failed: {err}");
                 self.stats.send_errors += 1;
@@ -348,10 +345,7 @@ impl Driver {
             match event {
                 TimerEvent::Retransmit { destination, bytes } => {
                     trace!(destination = %destination.remote, "retransmitting");
-                    let socket = destination
-                        .local
-                        .and_then(|addr| self.extra_udp.get(&addr))
-                        .unwrap_or(&self.udp);
+                    let socket = self.udp_socket(destination.local);
                     if socket.try_send(&bytes, destination.remote).is_err() {
                         self.stats.send_errors += 1;
                     }
@@ -695,10 +689,7 @@ impl Driver {
             tag = self.branch_secret,
             seq = self.keepalive.seq,
         );
-        let socket = route
-            .local
-            .and_then(|addr| self.extra_udp.get(&addr))
-            .unwrap_or(&self.udp);
+        let socket = self.udp_socket(route.local);
         if socket.try_send(request.as_bytes(), route.remote).is_err() {
             self.stats.send_errors += 1;
         }

@@ -155,7 +155,22 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 
 impl TestRegistrar {
     pub async fn start(config: RegistrarConfig) -> std::io::Result<TestRegistrar> {
-        let socket = UdpSocket::bind(config.bind).await?;
+        // With port 0 the UDP port's TCP twin may be taken: try other ports.
+        let mut attempts = 0;
+        let (socket, tcp_listener) = loop {
+            attempts += 1;
+            let socket = UdpSocket::bind(config.bind).await?;
+            if !config.tcp {
+                break (socket, None);
+            }
+            match TcpListener::bind(socket.local_addr()?).await {
+                Ok(listener) => break (socket, Some(listener)),
+                Err(err) if config.bind.port() == 0 && attempts < 20 => {
+                    let _ = err;
+                }
+                Err(err) => return Err(err),
+            }
+        };
         let local_addr = socket.local_addr()?;
         let state = Arc::new(Mutex::new(State {
             behavior: Behavior::Normal,
@@ -169,8 +184,7 @@ impl TestRegistrar {
         let (disconnect, _) = watch::channel(0u64);
         let disconnect = Arc::new(disconnect);
         let mut stream_tasks = Vec::new();
-        if config.tcp {
-            let listener = TcpListener::bind(local_addr).await?;
+        if let Some(listener) = tcp_listener {
             stream_tasks.push(tokio::spawn(accept_loop(
                 listener,
                 None,
