@@ -113,14 +113,9 @@ impl SipResolver {
     pub async fn resolve(&self, query: &Query<'_>) -> Result<Resolved, String> {
         let now = Instant::now();
         let host = query.host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            let transport = pick_transport(query.transport, query.secure);
-            let port = query.port.unwrap_or(default_port(transport));
+        if let Some(target) = literal_target(query) {
             return Ok(Resolved {
-                targets: vec![Target {
-                    transport,
-                    addr: SocketAddr::new(ip, port),
-                }],
+                targets: vec![target],
                 valid_until: now + MAX_REUSE,
             });
         }
@@ -151,7 +146,7 @@ impl SipResolver {
             }
             if walk.targets.is_empty() {
                 let transport = pick_transport(query.transport, query.secure);
-                walk.addresses(host, default_port(transport), transport)
+                walk.addresses(host, transport.default_port(), transport)
                     .await?;
             }
         }
@@ -181,11 +176,17 @@ fn pick_transport(explicit: Option<Transport>, secure: bool) -> Transport {
 }
 
 /// 5061 for TLS, 5060 otherwise (RFC 3261 §19.1.2).
-pub fn default_port(transport: Transport) -> u16 {
-    match transport {
-        Transport::Tls => 5061,
-        Transport::Udp | Transport::Tcp => 5060,
-    }
+/// The one target of an IP-literal host (RFC 3263 §4.1/4.2: no DNS, the named transport or UDP
+/// — TLS for `sips:` — on the named port or the transport's default); `None` for a name.
+pub fn literal_target(query: &Query<'_>) -> Option<Target> {
+    let host = query.host.trim_start_matches('[').trim_end_matches(']');
+    let ip = host.parse::<IpAddr>().ok()?;
+    let transport = pick_transport(query.transport, query.secure);
+    let port = query.port.unwrap_or(transport.default_port());
+    Some(Target {
+        transport,
+        addr: SocketAddr::new(ip, port),
+    })
 }
 
 /// How long an answer is reused: its smallest TTL, within [`MIN_REUSE`, `MAX_REUSE`]; the

@@ -68,13 +68,8 @@ pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConf
             key_file.display()
         )
     })?;
-    let config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|err| format!("TLS setup: {err}"))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|err| format!("TLS certificate {}: {err}", cert_file.display()))?;
-    Ok(Arc::new(config))
+    build_server_config(certs, key)
+        .map_err(|err| format!("TLS certificate {}: {err}", cert_file.display()))
 }
 
 /// The same from PEM text, for tests and the demo.
@@ -84,11 +79,18 @@ pub fn server_config_from_pem(cert_pem: &str, key_pem: &str) -> Result<Arc<Serve
         .map_err(|err| format!("bad certificate: {err}"))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|err| format!("bad private key: {err}"))?;
+    build_server_config(certs, key).map_err(|err| format!("TLS certificate: {err}"))
+}
+
+fn build_server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, String> {
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|err| format!("TLS setup: {err}"))?
+        .map_err(|err| err.to_string())?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|err| format!("TLS certificate: {err}"))?;
+        .map_err(|err| err.to_string())?;
     Ok(Arc::new(config))
 }
