@@ -1,5 +1,9 @@
--- The uacreg table for PostgreSQL, as Kamailio's `uac` module defines it (table version 5), plus
--- the optional `contact_user` column of table version 6.
+-- The tables uacreg uses, for PostgreSQL (psql -f schema/postgres.sql). uacregd creates them
+-- itself on first start (migrations/postgres runs the same statements; a test checks that this
+-- file and the migrations agree).
+--
+-- uacreg: Kamailio's `uac` module table (table version 5) plus the optional `contact_user`
+-- column of version 6. A table Kamailio created is used as it is.
 CREATE TABLE IF NOT EXISTS uacreg (
     id SERIAL PRIMARY KEY NOT NULL,
     l_uuid VARCHAR(64) DEFAULT '' NOT NULL,
@@ -20,4 +24,27 @@ CREATE TABLE IF NOT EXISTS uacreg (
     contact_user VARCHAR(64) DEFAULT '' NOT NULL,
     CONSTRAINT uacreg_l_uuid_idx UNIQUE (l_uuid)
 );
-ALTER TABLE uacreg ADD COLUMN IF NOT EXISTS contact_user VARCHAR(64) DEFAULT '' NOT NULL;
+
+-- uacreg_status: written by uacregd when [database] status_table = true, never read back.
+CREATE TABLE IF NOT EXISTS uacreg_status (
+    l_uuid VARCHAR(64) PRIMARY KEY NOT NULL,
+    state VARCHAR(32) DEFAULT '' NOT NULL,
+    last_code INTEGER DEFAULT 0 NOT NULL,
+    last_reason VARCHAR(255) DEFAULT '' NOT NULL,
+    last_success BIGINT DEFAULT 0 NOT NULL,
+    next_refresh BIGINT DEFAULT 0 NOT NULL,
+    binding_expires BIGINT DEFAULT 0 NOT NULL,
+    failures INTEGER DEFAULT 0 NOT NULL,
+    updated_at BIGINT DEFAULT 0 NOT NULL
+);
+
+-- Any change to uacreg sends NOTIFY uacreg_changed; uacregd LISTENs and reloads the difference.
+CREATE OR REPLACE FUNCTION uacreg_notify_change() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('uacreg_changed', TG_OP);
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+DROP TRIGGER IF EXISTS uacreg_notify_change ON uacreg;
+CREATE TRIGGER uacreg_notify_change AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON uacreg
+    FOR EACH STATEMENT EXECUTE FUNCTION uacreg_notify_change();

@@ -1,7 +1,10 @@
--- The uacreg table for SQLite, as Kamailio's `uac` module defines it (table version 5), plus
--- the optional `contact_user` column of table version 6. Create it by hand with
+-- The tables uacreg uses, for SQLite. Create them by hand with
 --   sqlite3 uacreg.db < schema/sqlite.sql
--- or let uacregd create it on first start (migrations/sqlite does the same).
+-- or let uacregd create them on first start (migrations/sqlite runs the same statements; a test
+-- checks that this file and the migrations agree).
+--
+-- uacreg: Kamailio's `uac` module table (table version 5) plus the optional `contact_user`
+-- column of version 6. A table Kamailio created is used as it is.
 CREATE TABLE IF NOT EXISTS uacreg (
     id INTEGER PRIMARY KEY NOT NULL,
     l_uuid VARCHAR(64) DEFAULT '' NOT NULL,
@@ -21,4 +24,17 @@ CREATE TABLE IF NOT EXISTS uacreg (
     socket VARCHAR(128) DEFAULT '' NOT NULL,
     contact_user VARCHAR(64) DEFAULT '' NOT NULL,
     CONSTRAINT uacreg_l_uuid_idx UNIQUE (l_uuid)
+);
+
+-- uacreg_status: written by uacregd when [database] status_table = true, never read back.
+CREATE TABLE IF NOT EXISTS uacreg_status (
+    l_uuid VARCHAR(64) PRIMARY KEY NOT NULL,
+    state VARCHAR(32) DEFAULT '' NOT NULL,
+    last_code INTEGER DEFAULT 0 NOT NULL,
+    last_reason VARCHAR(255) DEFAULT '' NOT NULL,
+    last_success BIGINT DEFAULT 0 NOT NULL,
+    next_refresh BIGINT DEFAULT 0 NOT NULL,
+    binding_expires BIGINT DEFAULT 0 NOT NULL,
+    failures INTEGER DEFAULT 0 NOT NULL,
+    updated_at BIGINT DEFAULT 0 NOT NULL
 );

@@ -53,7 +53,7 @@ impl RawRow {
     }
 }
 
-/// What diesel reads.
+/// What diesel reads: the columns of Kamailio's table version 5 (`contact_user` is read apart).
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = uacreg)]
 pub(super) struct DbRow {
@@ -73,11 +73,12 @@ pub(super) struct DbRow {
     reg_delay: Option<i32>,
     contact_addr: Option<String>,
     socket: Option<String>,
-    contact_user: Option<String>,
 }
 
-impl From<DbRow> for RawRow {
-    fn from(r: DbRow) -> RawRow {
+/// A row as read: the version-5 columns, and `contact_user` where the table has it (version 6,
+/// or a table uacreg created).
+impl From<(DbRow, Option<String>)> for RawRow {
+    fn from((r, contact_user): (DbRow, Option<String>)) -> RawRow {
         RawRow {
             id: i64::from(r.id),
             l_uuid: r.l_uuid.unwrap_or_default(),
@@ -95,12 +96,12 @@ impl From<DbRow> for RawRow {
             reg_delay: i64::from(r.reg_delay.unwrap_or(0)),
             contact_addr: r.contact_addr.unwrap_or_default(),
             socket: r.socket.unwrap_or_default(),
-            contact_user: r.contact_user.unwrap_or_default(),
+            contact_user: contact_user.unwrap_or_default(),
         }
     }
 }
 
-/// What diesel writes (the id is assigned by the database).
+/// What diesel writes, but for `contact_user` (the id is assigned by the database).
 #[derive(Insertable, AsChangeset)]
 #[diesel(table_name = uacreg)]
 pub(super) struct NewDbRow<'a> {
@@ -119,7 +120,6 @@ pub(super) struct NewDbRow<'a> {
     reg_delay: Option<i32>,
     contact_addr: Option<&'a str>,
     socket: Option<&'a str>,
-    contact_user: Option<&'a str>,
 }
 
 fn clamp_i32(v: i64) -> i32 {
@@ -144,7 +144,6 @@ impl<'a> From<&'a RawRow> for NewDbRow<'a> {
             reg_delay: Some(clamp_i32(r.reg_delay)),
             contact_addr: Some(&r.contact_addr),
             socket: Some(&r.socket),
-            contact_user: Some(&r.contact_user),
         }
     }
 }

@@ -25,3 +25,19 @@ diesel::table! {
         contact_user -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    /// Written by uacregd (`[database] status_table`), one row per registration; times are Unix
+    /// seconds, 0 for "never" / "none".
+    uacreg_status (l_uuid) {
+        l_uuid -> Text,
+        state -> Text,
+        last_code -> Integer,
+        last_reason -> Text,
+        last_success -> BigInt,
+        next_refresh -> BigInt,
+        binding_expires -> BigInt,
+        failures -> Integer,
+        updated_at -> BigInt,
+    }
+}

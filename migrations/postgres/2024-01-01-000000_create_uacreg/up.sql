@@ -18,4 +18,3 @@ CREATE TABLE IF NOT EXISTS uacreg (
     contact_user VARCHAR(64) DEFAULT '' NOT NULL,
     CONSTRAINT uacreg_l_uuid_idx UNIQUE (l_uuid)
 );
-ALTER TABLE uacreg ADD COLUMN IF NOT EXISTS contact_user VARCHAR(64) DEFAULT '' NOT NULL;

@@ -1,0 +1,1 @@
+DROP TABLE IF EXISTS uacreg_status;

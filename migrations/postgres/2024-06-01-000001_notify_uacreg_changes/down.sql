@@ -1,0 +1,2 @@
+DROP TRIGGER IF EXISTS uacreg_notify_change ON uacreg;
+DROP FUNCTION IF EXISTS uacreg_notify_change();

@@ -1,0 +1,307 @@
+//! One connection to one of the three engines, chosen by the URL's scheme.
+//!
+//! SQLite is diesel's own synchronous connection over the bundled library. PostgreSQL and
+//! MySQL/MariaDB go through diesel-async's pure-Rust clients (tokio-postgres, mysql_async) behind
+//! its `AsyncConnectionWrapper`, which gives them diesel's synchronous `Connection` API: the
+//! store's queries are written once, for all three, and no C client library has to be installed
+//! or built. The wrapper blocks on the daemon's tokio runtime, so the store is only ever used from
+//! `spawn_blocking` threads (or from plain threads, where [`Connection`] brings a small runtime
+//! of its own).
+
+use std::fmt;
+
+use diesel::Connection as _;
+use diesel::mysql::Mysql;
+use diesel::pg::Pg;
+use diesel::sqlite::{Sqlite, SqliteConnection};
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use super::StoreError;
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
+
+/// The database engine a URL names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Sqlite => "SQLite",
+            Engine::Postgres => "PostgreSQL",
+            Engine::Mysql => "MySQL/MariaDB",
+        }
+    }
+}
+
+/// A database URL with its engine; Display hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DbUrl {
+    pub engine: Engine,
+    /// What the driver is given (for SQLite: the file path).
+    target: String,
+}
+
+impl DbUrl {
+    /// Picks the engine from the scheme alone (a bare path is SQLite); never guesses further.
+    pub fn parse(url: &str) -> Result<DbUrl, StoreError> {
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        let (engine, target) = match scheme.as_deref() {
+            Some("postgres") | Some("postgresql") => (Engine::Postgres, url.to_string()),
+            // mysql_async only knows the mysql:// scheme; MariaDB speaks the same protocol.
+            Some("mysql") | Some("mariadb") => (
+                Engine::Mysql,
+                format!("mysql://{}", url.split_once("://").map_or("", |(_, r)| r)),
+            ),
+            Some("sqlite") | Some("file") | None => {
+                (Engine::Sqlite, super::sqlite::path_of(url).to_string())
+            }
+            Some(other) => {
+                return Err(StoreError::Url(format!(
+                    "unknown scheme {other:?} (use sqlite://, postgres:// or mysql://)"
+                )));
+            }
+        };
+        if target.is_empty() {
+            return Err(StoreError::Url(format!("{:?} names no file", redact(url))));
+        }
+        if engine != Engine::Sqlite {
+            let rest = target.split_once("://").map_or("", |(_, r)| r);
+            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            if host.is_empty() || host.starts_with('/') {
+                return Err(StoreError::Url(format!(
+                    "{} names no server (expected {}://user:password@host:port/database)",
+                    redact(url),
+                    scheme.as_deref().unwrap_or("")
+                )));
+            }
+        }
+        Ok(DbUrl { engine, target })
+    }
+}
+
+impl fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.engine {
+            Engine::Sqlite => write!(f, "sqlite://{}", self.target),
+            _ => f.write_str(&redact(&self.target)),
+        }
+    }
+}
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// `scheme://user:secret@host/db` → `scheme://user:***@host/db`; anything else unchanged. Used
+/// wherever a URL may reach a log line, an RPC answer or an error.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    // The userinfo ends at the last '@' before the path.
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &rest[..at];
+    match userinfo.split_once(':') {
+        Some((user, _secret)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+/// An open connection of one engine.
+pub enum Connection {
+    Sqlite(SqliteConnection),
+    Postgres(Box<AsyncConnectionWrapper<AsyncPgConnection>>),
+    Mysql(Box<AsyncConnectionWrapper<AsyncMysqlConnection>>),
+}
+
+/// Runs the same diesel code on whichever connection is open: `$conn` is bound to the concrete
+/// connection type in each arm, so queries are checked against all three backends at compile
+/// time.
+macro_rules! with_connection {
+    ($connection:expr, $conn:ident => $body:expr) => {
+        match $connection {
+            $crate::store::connection::Connection::Sqlite($conn) => $body,
+            $crate::store::connection::Connection::Postgres($conn) => {
+                let $conn = &mut **$conn;
+                $body
+            }
+            $crate::store::connection::Connection::Mysql($conn) => {
+                let $conn = &mut **$conn;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_connection;
+
+/// A tokio runtime for the client libraries when the caller has none (tests and tools that use
+/// the store from a plain thread). Inside the daemon the current runtime's handle is used.
+fn ensure_runtime() -> Result<Option<tokio::runtime::Runtime>, StoreError> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Ok(None);
+    }
+    // Multi-threaded (one worker) because the wrapper blocks through a `Handle`, and only a
+    // worker thread keeps the I/O driver turning while it does.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map(Some)
+        .map_err(|e| StoreError::Open(format!("cannot start a runtime for the client: {e}")))
+}
+
+/// An open, migrated connection (and the runtime it needs when the caller has none).
+pub struct Opened {
+    pub connection: Connection,
+    pub runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// Connects and brings the schema up to date.
+pub fn open(url: &DbUrl) -> Result<Opened, StoreError> {
+    match url.engine {
+        Engine::Sqlite => {
+            let mut conn = super::sqlite::open(&url.target)?;
+            migrate::<Sqlite, _>(&mut conn, SQLITE_MIGRATIONS)?;
+            Ok(Opened {
+                connection: Connection::Sqlite(conn),
+                runtime: None,
+            })
+        }
+        Engine::Postgres => {
+            let runtime = ensure_runtime()?;
+            let _entered = runtime.as_ref().map(|rt| rt.enter());
+            let mut conn =
+                AsyncConnectionWrapper::<AsyncPgConnection>::establish(&postgres_target(url))
+                    .map_err(|e| StoreError::Open(clean_error(&e.to_string(), url)))?;
+            migrate::<Pg, _>(&mut conn, POSTGRES_MIGRATIONS)?;
+            Ok(Opened {
+                connection: Connection::Postgres(Box::new(conn)),
+                runtime,
+            })
+        }
+        Engine::Mysql => {
+            let runtime = ensure_runtime()?;
+            let _entered = runtime.as_ref().map(|rt| rt.enter());
+            let mut conn = AsyncConnectionWrapper::<AsyncMysqlConnection>::establish(&url.target)
+                .map_err(|e| StoreError::Open(clean_error(&e.to_string(), url)))?;
+            migrate::<Mysql, _>(&mut conn, MYSQL_MIGRATIONS)?;
+            Ok(Opened {
+                connection: Connection::Mysql(Box::new(conn)),
+                runtime,
+            })
+        }
+    }
+}
+
+/// The PostgreSQL URL with a connect timeout unless the operator set one: an unreachable server
+/// must turn into an error, not a start-up or reload that hangs.
+pub fn postgres_target(url: &DbUrl) -> String {
+    if url.target.contains("connect_timeout=") {
+        return url.target.clone();
+    }
+    let sep = if url.target.contains('?') { '&' } else { '?' };
+    format!("{}{sep}connect_timeout=10", url.target)
+}
+
+fn migrate<DB, C>(conn: &mut C, migrations: EmbeddedMigrations) -> Result<(), StoreError>
+where
+    DB: diesel::backend::Backend,
+    C: MigrationHarness<DB>,
+{
+    conn.run_pending_migrations(migrations)
+        .map(|_| ())
+        .map_err(|e| StoreError::Migrate(e.to_string()))
+}
+
+/// Client errors sometimes quote the connection string; never let its password through.
+pub fn clean_error(message: &str, url: &DbUrl) -> String {
+    let rest = url.target.split_once("://").map_or("", |(_, r)| r);
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let secret = rest[..authority_end]
+        .rfind('@')
+        .and_then(|at| rest[..at].split_once(':'))
+        .map(|(_, secret)| secret)
+        .filter(|s| !s.is_empty());
+    match secret {
+        Some(secret) => message.replace(secret, "***"),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheme_picks_the_engine() {
+        assert_eq!(DbUrl::parse("x.db").unwrap().engine, Engine::Sqlite);
+        assert_eq!(
+            DbUrl::parse("sqlite:///tmp/x.db").unwrap().engine,
+            Engine::Sqlite
+        );
+        assert_eq!(
+            DbUrl::parse("postgres://u:p@h/d").unwrap().engine,
+            Engine::Postgres
+        );
+        assert_eq!(
+            DbUrl::parse("postgresql://u:p@h/d").unwrap().engine,
+            Engine::Postgres
+        );
+        let maria = DbUrl::parse("mariadb://u:p@h:3306/d").unwrap();
+        assert_eq!(maria.engine, Engine::Mysql);
+        assert_eq!(maria.target, "mysql://u:p@h:3306/d");
+        assert!(matches!(DbUrl::parse("redis://x"), Err(StoreError::Url(_))));
+        assert!(matches!(DbUrl::parse("sqlite://"), Err(StoreError::Url(_))));
+        assert!(matches!(
+            DbUrl::parse("postgres://u:pw@/db"),
+            Err(StoreError::Url(e)) if !e.contains("pw")
+        ));
+    }
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(
+            redact("postgres://kamailio:s3cr@t@db:5432/kam"),
+            "postgres://kamailio:***@db:5432/kam"
+        );
+        assert_eq!(redact("mysql://root@db/kam"), "mysql://root@db/kam");
+        assert_eq!(redact("sqlite:///a/b@c:d"), "sqlite:///a/b@c:d");
+        let url = DbUrl::parse("mysql://u:hunter2@h/d").unwrap();
+        assert_eq!(url.to_string(), "mysql://u:***@h/d");
+        assert_eq!(format!("{url:?}"), "mysql://u:***@h/d");
+        assert_eq!(
+            clean_error("auth failed for mysql://u:hunter2@h/d", &url),
+            "auth failed for mysql://u:***@h/d"
+        );
+    }
+
+    #[test]
+    fn postgres_gets_a_connect_timeout() {
+        let url = DbUrl::parse("postgres://u:p@h/d").unwrap();
+        assert_eq!(
+            postgres_target(&url),
+            "postgres://u:p@h/d?connect_timeout=10"
+        );
+        let url = DbUrl::parse("postgres://u:p@h/d?sslmode=disable").unwrap();
+        assert!(postgres_target(&url).ends_with("&connect_timeout=10"));
+        let url = DbUrl::parse("postgres://u:p@h/d?connect_timeout=3").unwrap();
+        assert_eq!(
+            postgres_target(&url),
+            "postgres://u:p@h/d?connect_timeout=3"
+        );
+    }
+}
