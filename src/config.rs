@@ -83,6 +83,32 @@ pub struct Config {
     pub tls_listen: Option<SocketAddr>,
     /// Where requests for registered contacts are relayed (None: not relayed).
     pub inbound_proxy: Option<SocketAddr>,
+    /// Picking up table changes and writing status back.
+    pub database: DatabaseConfig,
+}
+
+/// `[database]`: how the daemon follows the table without being told, and what it writes back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatabaseConfig {
+    /// Diff reload every so often (None: only on `uac.reg_reload`, SIGHUP or NOTIFY).
+    pub reload_interval: Option<Duration>,
+    /// PostgreSQL: LISTEN for the `uacreg_changed` notifications the migrations' trigger sends.
+    pub notify: bool,
+    /// Write each registration's state to the `uacreg_status` table.
+    pub status_table: bool,
+    /// How often changed status rows are written (one transaction per round).
+    pub status_interval: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            reload_interval: None,
+            notify: true,
+            status_table: false,
+            status_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Default for Config {
@@ -112,6 +138,7 @@ impl Default for Config {
             tls_key_file: None,
             tls_listen: None,
             inbound_proxy: None,
+            database: DatabaseConfig::default(),
         }
     }
 }
@@ -137,6 +164,20 @@ pub struct FileConfig {
     pub sip: Option<SipFile>,
     pub tls: Option<TlsFile>,
     pub inbound: Option<InboundFile>,
+    pub database: Option<DatabaseFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseFile {
+    /// Seconds between automatic diff reloads (0, the default: off).
+    pub reload_interval_secs: Option<u64>,
+    /// PostgreSQL: reload when the table's trigger sends NOTIFY uacreg_changed (default true).
+    pub notify: Option<bool>,
+    /// Write registration states to the uacreg_status table (default false).
+    pub status_table: Option<bool>,
+    /// Seconds between status writes (default 5; at least 1).
+    pub status_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -314,6 +355,20 @@ impl Config {
                 });
             }
         }
+        if let Some(db) = file.database {
+            if let Some(v) = db.reload_interval_secs {
+                self.database.reload_interval = interval(v);
+            }
+            if let Some(v) = db.notify {
+                self.database.notify = v;
+            }
+            if let Some(v) = db.status_table {
+                self.database.status_table = v;
+            }
+            if let Some(v) = db.status_interval_secs {
+                self.database.status_interval = Duration::from_secs(v.max(1));
+            }
+        }
         if let Some(inbound) = file.inbound
             && let Some(v) = inbound.proxy
             && !v.is_empty()
@@ -484,7 +539,8 @@ mod tests {
         let path = dir.join("uacreg.toml");
         std::fs::write(
             &path,
-            "db_url = \"sqlite:///tmp/x.db\"\nsip_listen = \"127.0.0.2:6000\"\n[pacing]\nrate = 50\n",
+            "db_url = \"sqlite:///tmp/x.db\"\nsip_listen = \"127.0.0.2:6000\"\n[pacing]\nrate = 50\n\
+             [database]\nreload_interval_secs = 30\nstatus_table = true\nstatus_interval_secs = 0\n",
         )
         .unwrap();
         let overrides = Overrides {
@@ -497,6 +553,15 @@ mod tests {
         assert_eq!(config.advertised_addr, "127.0.0.2:6000");
         assert_eq!(config.rpc_listen, "127.0.0.1:7000".parse().unwrap());
         assert_eq!(config.pacing.rate, 50);
+        assert_eq!(
+            config.database,
+            DatabaseConfig {
+                reload_interval: Some(Duration::from_secs(30)),
+                notify: true,
+                status_table: true,
+                status_interval: Duration::from_secs(1),
+            }
+        );
         std::fs::write(&path, "bogus_key = 1\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("bogus_key"), "{err}");

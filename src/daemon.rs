@@ -17,7 +17,7 @@ use crate::gateway::{Gateway, ReloadReport};
 use crate::registration::CoreConfig;
 use crate::registration::Transport;
 use crate::registration::record::LocalSocket;
-use crate::store::{RowDefaults, Store, StoreError};
+use crate::store::{DbUrl, Engine, RowDefaults, Store, StoreError};
 use crate::transport::UdpTransport;
 
 #[derive(Debug, Error)]
@@ -58,6 +58,8 @@ pub struct Daemon {
     metrics: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     rpc_unix: Option<jsonrpsee::server::ServerHandle>,
     driver_task: tokio::task::JoinHandle<()>,
+    /// Periodic reload, NOTIFY listener, status writer.
+    background: Vec<tokio::task::JoinHandle<()>>,
     config: Config,
     /// Outcome of the load done at start-up (None when the database could not be read then).
     pub initial_load: Option<ReloadReport>,
@@ -65,14 +67,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub async fn start(config: Config) -> Result<Daemon, DaemonError> {
-        let url = config.db_url.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&url))
-            .await
-            .map_err(|err| DaemonError::Task(err.to_string()))?
-            .map_err(|source| DaemonError::Store {
-                url: config.db_url.clone(),
-                source,
-            })?;
+        let store = open_store(&config.db_url).await?;
 
         let (transport, tcp) = bind_main(&config).await?;
         let sip_addr = transport.local_addr();
@@ -163,7 +158,12 @@ impl Daemon {
             ),
             None => None,
         };
-        info!(%sip_addr, %rpc_addr, advertised = %advertised, db = %config.db_url, "uacregd running");
+        let db_url = gateway
+            .with_store(|store| store.url().clone())
+            .await
+            .map_err(|e| DaemonError::Task(e.to_string()))?;
+        let background = spawn_database_tasks(&config, &gateway, &db_url);
+        info!(%sip_addr, %rpc_addr, advertised = %advertised, db = %db_url, "uacregd running");
         Ok(Daemon {
             gateway,
             sip_addr,
@@ -172,6 +172,7 @@ impl Daemon {
             metrics,
             rpc_unix,
             driver_task,
+            background,
             config,
             initial_load,
         })
@@ -207,6 +208,9 @@ impl Daemon {
             .config
             .unregister_on_shutdown
             .then_some(self.config.shutdown_timeout);
+        for task in &self.background {
+            task.abort();
+        }
         match self.gateway.driver.shutdown(within).await {
             Ok(0) => info!("stopped"),
             Ok(left) => warn!(left, "stopped with registrations unfinished"),
@@ -258,6 +262,93 @@ impl Daemon {
         }
         self.stop().await;
     }
+}
+
+/// Opens the store. A malformed URL is an error at once; an unreachable or failing database is
+/// waited for — logged on every attempt, 1, 2, 4 … 30 s apart — because the daemon is useless
+/// without its rows and a supervisor restarting it in a loop helps nobody.
+async fn open_store(url: &str) -> Result<Store, DaemonError> {
+    let store = Store::unconnected(url).map_err(|source| DaemonError::Store {
+        url: crate::store::redact(url),
+        source,
+    })?;
+    let shown = store.url().to_string();
+    let mut store = store;
+    let mut wait = Duration::from_secs(1);
+    let mut attempt = 1u32;
+    loop {
+        let (back, result) = tokio::task::spawn_blocking(move || {
+            let result = store.connect();
+            (store, result)
+        })
+        .await
+        .map_err(|err| DaemonError::Task(err.to_string()))?;
+        store = back;
+        match result {
+            Ok(()) => {
+                if attempt > 1 {
+                    info!(db = %shown, attempts = attempt, "database reachable; starting");
+                }
+                if let Some(layout) = store.layout() {
+                    if !layout.has_contact_user {
+                        info!(
+                            kamailio_table_version = ?layout.kamailio_version,
+                            "uacreg table without contact_user (Kamailio version 5): used as it is"
+                        );
+                    }
+                }
+                return Ok(store);
+            }
+            Err(source) if !source.is_transient() => {
+                return Err(DaemonError::Store { url: shown, source });
+            }
+            Err(err) => {
+                error!(
+                    db = %shown,
+                    attempt,
+                    "database not available at start-up: {err}; trying again in {}s \
+                     (registrations start once it answers)",
+                    wait.as_secs()
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Starts the tasks that follow the table and write status back, as configured.
+fn spawn_database_tasks(
+    config: &Config,
+    gateway: &Arc<Gateway>,
+    url: &DbUrl,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if let Some(interval) = config.database.reload_interval {
+        info!(every_secs = interval.as_secs(), "periodic reload on");
+        tasks.push(tokio::spawn(crate::table_watch::periodic(
+            gateway.clone(),
+            interval,
+        )));
+    }
+    if config.database.notify && url.engine == Engine::Postgres {
+        tasks.push(tokio::spawn(crate::table_watch::listen(
+            gateway.clone(),
+            url.clone(),
+        )));
+    }
+    if config.database.status_table {
+        info!(
+            every_secs = config.database.status_interval.as_secs(),
+            "writing registration states to uacreg_status"
+        );
+        tasks.push(tokio::spawn(crate::status_export::run(
+            gateway.clone(),
+            config.database.status_interval,
+        )));
+    }
+    tasks
 }
 
 /// Binds the main UDP socket and, on the same port, the TCP listener. With port 0 the system

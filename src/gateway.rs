@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use thiserror::Error;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::driver::{DriverGone, DriverHandle};
 use crate::registration::ReloadSummary;
-use crate::store::{InvalidRow, RowDefaults, Store, StoreError};
+use crate::store::{InvalidRow, RowDefaults, Store, StoreError, TableLayout};
 
 #[derive(Debug, Error)]
 pub enum ReloadError {
@@ -52,11 +52,46 @@ pub struct ReloadReport {
     pub invalid: Vec<InvalidRowReport>,
 }
 
+/// Why a reload runs: decides how loudly its outcome is logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadCause {
+    /// Start-up, `uac.reg_reload`, SIGHUP: every outcome is logged.
+    Operator,
+    /// The periodic reload or a PostgreSQL NOTIFY: only changes and the start and end of a
+    /// failure streak are logged, so a database outage does not flood the log.
+    Automatic,
+}
+
+/// The database as `uacreg.status` shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DatabaseHealth {
+    pub engine: &'static str,
+    /// The URL with its password hidden.
+    pub url: String,
+    /// Whether the last statement found the database reachable.
+    pub reachable: bool,
+    /// Kamailio's `version` row for uacreg, when there is one.
+    pub kamailio_table_version: Option<i32>,
+    pub contact_user_column: bool,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    /// Unix time of the last successful reload.
+    pub last_reload: Option<i64>,
+    /// Why the last reload failed (cleared by the next success).
+    pub last_error: Option<String>,
+    /// PostgreSQL LISTEN uacreg_changed is active.
+    pub listening: bool,
+    pub notifications: u64,
+    pub status_rows_written: u64,
+    pub status_write_failures: u64,
+}
+
 pub struct Gateway {
     pub driver: DriverHandle,
     store: Arc<tokio::sync::Mutex<Store>>,
     defaults: RowDefaults,
     invalid: Mutex<Vec<InvalidRow>>,
+    health: Mutex<DatabaseHealth>,
     pub show_secrets: bool,
     /// Set by `uacreg.shutdown`; the daemon's run loop waits on it beside the signals.
     shutdown: tokio::sync::Notify,
@@ -69,31 +104,57 @@ impl Gateway {
         defaults: RowDefaults,
         show_secrets: bool,
     ) -> Gateway {
+        let mut health = DatabaseHealth {
+            engine: store.url().engine.name(),
+            url: store.url().to_string(),
+            reachable: store.is_connected(),
+            ..DatabaseHealth::default()
+        };
+        if let Some(layout) = store.layout() {
+            health.kamailio_table_version = layout.kamailio_version;
+            health.contact_user_column = layout.has_contact_user;
+        }
         Gateway {
             driver,
             store: Arc::new(tokio::sync::Mutex::new(store)),
             defaults,
             invalid: Mutex::new(Vec::new()),
+            health: Mutex::new(health),
             show_secrets,
             shutdown: tokio::sync::Notify::new(),
         }
     }
 
-    /// Reads the whole table, validates it and applies the difference. Reloads are serialised.
+    /// Reads the whole table, validates it and applies the difference (an operator's reload).
     pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        self.reload_because(ReloadCause::Operator).await
+    }
+
+    /// Reads the whole table, validates it and applies the difference. Reloads are serialised;
+    /// a failed read leaves every registration as it is.
+    pub async fn reload_because(&self, cause: ReloadCause) -> Result<ReloadReport, ReloadError> {
         let store = self.store.clone();
         let defaults = self.defaults.clone();
         let mut guard = store.lock_owned().await;
-        let loaded = tokio::task::spawn_blocking(move || guard.load(&defaults))
-            .await
-            .map_err(|err| ReloadError::Task(err.to_string()))?;
+        let (loaded, layout) = tokio::task::spawn_blocking(move || {
+            let loaded = guard.load(&defaults);
+            (loaded, guard.layout())
+        })
+        .await
+        .map_err(|err| ReloadError::Task(err.to_string()))?;
         let loaded = match loaded {
             Ok(loaded) => loaded,
             Err(err) => {
-                error!("reload failed, keeping the current registrations: {err}");
+                let first_failure = self.note_reload(Some(&err), layout);
+                if cause == ReloadCause::Operator || first_failure {
+                    error!("reload failed, keeping the current registrations: {err}");
+                } else {
+                    debug!("reload failed again: {err}");
+                }
                 return Err(err.into());
             }
         };
+        let recovered = self.note_reload(None, layout);
         let count = loaded.records.len();
         for bad in &loaded.invalid {
             warn!(
@@ -116,20 +177,63 @@ impl Gateway {
         if let Ok(mut slot) = self.invalid.lock() {
             *slot = loaded.invalid;
         }
-        info!(
-            loaded = count,
-            invalid = invalid.len(),
-            added = summary.added,
-            changed = summary.changed,
-            removed = summary.removed,
-            unchanged = summary.unchanged,
-            "rows loaded"
-        );
+        let changed = summary.added + summary.changed + summary.removed > 0;
+        if cause == ReloadCause::Operator || changed || recovered {
+            info!(
+                loaded = count,
+                invalid = invalid.len(),
+                added = summary.added,
+                changed = summary.changed,
+                removed = summary.removed,
+                unchanged = summary.unchanged,
+                "rows loaded"
+            );
+        }
         Ok(ReloadReport {
             summary,
             loaded: count,
             invalid,
         })
+    }
+
+    /// Records a reload's outcome. Returns true when it changes the picture: the first failure
+    /// after a success, or the first success after a failure.
+    fn note_reload(&self, error: Option<&StoreError>, layout: Option<TableLayout>) -> bool {
+        let Ok(mut health) = self.health.lock() else {
+            return false;
+        };
+        let was_failing = health.last_error.is_some();
+        if let Some(layout) = layout {
+            health.kamailio_table_version = layout.kamailio_version;
+            health.contact_user_column = layout.has_contact_user;
+        }
+        match error {
+            Some(err) => {
+                health.reload_failures += 1;
+                health.reachable = false;
+                health.last_error = Some(err.to_string());
+                !was_failing
+            }
+            None => {
+                health.reloads += 1;
+                health.reachable = true;
+                health.last_error = None;
+                health.last_reload = Some(self.driver.clock().unix(std::time::Instant::now()));
+                was_failing
+            }
+        }
+    }
+
+    /// The database's state for `uacreg.status`.
+    pub fn database_health(&self) -> DatabaseHealth {
+        self.health.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Updates the health record (the LISTEN task and the status writer report here).
+    pub fn update_health(&self, f: impl FnOnce(&mut DatabaseHealth)) {
+        if let Ok(mut health) = self.health.lock() {
+            f(&mut health);
+        }
     }
 
     /// `uac.reg_refresh`: re-reads one row and applies it. `Ok(false)`: neither the database nor

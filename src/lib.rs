@@ -10,11 +10,14 @@
 //!   run a simulated day of 100,000 registrations in a second.
 //! * [`transaction`] and [`transport`] — RFC 3261 non-INVITE client transactions (timers E, F, K)
 //!   and the sockets they run over, plus send pacing so that a start-up never bursts.
-//! * [`store`] — the `uacreg` table through diesel: loading, validating (a bad row becomes a named
-//!   error; the others load) and migrating.
+//! * [`store`] — the `uacreg` table through diesel on SQLite, PostgreSQL or MySQL/MariaDB:
+//!   loading, validating (a bad row becomes a named error; the others load), migrating, and
+//!   riding out database outages.
 //! * [`rpc`] — Kamailio-compatible JSON-RPC (`uac.reg_dump`, `uac.reg_info`, `uac.reg_reload`, …).
 //! * [`driver`] — the async task that owns the table, transactions and socket.
 //! * [`gateway`] — loading rows (start-up and `uac.reg_reload`) and what RPC asks the driver.
+//! * [`table_watch`] — reloads without being asked: periodically, or on PostgreSQL NOTIFY.
+//! * [`status_export`] — the optional `uacreg_status` table, written in batches.
 //! * [`metrics`] — Prometheus text on `GET /metrics`.
 //! * [`daemon`] — wires everything together for the `uacregd` binary.
 //! * [`demo`] — `uacregd demo`: registrar, rows, daemon and report in one command.
@@ -30,7 +33,9 @@ pub mod metrics;
 pub mod registration;
 pub mod rpc;
 pub mod sip;
+pub mod status_export;
 pub mod store;
+pub mod table_watch;
 pub mod testing;
 pub mod transaction;
 pub mod transport;

@@ -295,6 +295,22 @@ impl Registration {
     pub fn timer(&self) -> Option<Instant> {
         self.timer
     }
+    /// Last final response (code, reason), as `uac.reg_info` shows it.
+    pub fn last_response(&self) -> (Option<u16>, &str) {
+        (self.last_code, &self.last_reason)
+    }
+    /// When the registrar last accepted the binding.
+    pub fn last_registered(&self) -> Option<Instant> {
+        self.last_registered
+    }
+    /// When the binding the registrar granted runs out.
+    pub fn binding_expires(&self) -> Option<Instant> {
+        self.binding_expires
+    }
+    /// Failures in a row.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
     /// The table popped this registration's timer from its queue.
     pub(super) fn clear_timer(&mut self) {
         self.timer = None;

@@ -358,6 +358,7 @@ fn register_all(
         Ok::<_, ErrorObjectOwned>(serde_json::json!({
             "registrations": counts,
             "invalid_rows": gw.invalid_rows().len(),
+            "database": gw.database_health(),
             "sip": stats,
         }))
     })?;
