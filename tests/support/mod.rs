@@ -1,8 +1,12 @@
-//! Helpers shared by the integration tests: external SIP peers started for one test.
+//! Helpers shared by the integration tests: external SIP peers and database servers started
+//! for one test.
 //!
 //! * [`kamailio`] — a real Kamailio registrar (digest auth, usrloc) on a spare loopback port.
 //! * [`sipp`] — runs a sipp scenario as a UAC against a loopback target.
-//! * [`process`] — what both need: unique temp dirs, spare ports, bounded waits.
+//! * [`dbserver`] — a throwaway PostgreSQL or MariaDB server (fresh data dir, database and
+//!   user `uacreg`) on a spare loopback TCP port, which can be stopped and restarted.
+//! * [`process`] — what they all need: unique temp dirs, spare ports, bounded waits, a watchdog
+//!   that stops a server when the test process goes away.
 //!
 //! Everything here talks only to 127.0.0.1 and every wait has a deadline. The programs are
 //! installed by `scripts/install-test-deps`; when one is missing, `require_*` skips the test
@@ -12,6 +16,7 @@
 //! `allow(dead_code)`.
 #![allow(dead_code)]
 
+pub mod dbserver;
 pub mod kamailio;
 pub mod process;
 pub mod sipp;
