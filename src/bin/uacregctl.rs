@@ -142,7 +142,13 @@ fn main() -> anyhow::Result<()> {
     let result = match runtime.block_on(client.call(method, &params)) {
         Ok(value) => value,
         Err(uacreg::rpc::client::RpcError::Call(err)) => {
-            eprintln!("error {}: {}", err.code(), err.message());
+            // The cause travels in `data` (Kamailio's own text stays in `message`).
+            match err.data().map(|d| serde_json::from_str::<serde_json::Value>(d.get())) {
+                Some(Ok(serde_json::Value::String(cause))) => {
+                    eprintln!("error {}: {}: {cause}", err.code(), err.message())
+                }
+                _ => eprintln!("error {}: {}", err.code(), err.message()),
+            }
             std::process::exit(1);
         }
         Err(err) => {

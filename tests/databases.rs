@@ -1,0 +1,493 @@
+//! The same integration suite on SQLite, PostgreSQL and MariaDB: the real daemon, a real
+//! database server started for the test (tests/support/dbserver.rs), the in-repo registrar on
+//! loopback.
+//!
+//! Every scenario is one async function taking the backend; `on_every_backend!` makes a test of
+//! it per engine (`sqlite::…`, `postgres::…`, `mariadb::…`). Server-only scenarios (stopping the
+//! database, NOTIFY) are listed per engine. A missing server binary skips locally and fails in CI.
+
+mod common;
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{TempDir, rpc, test_config, wait_until};
+use serde_json::Value;
+use support::dbserver::{DbServer, Engine, require_engine};
+use uacreg::config::Config;
+use uacreg::daemon::Daemon;
+use uacreg::demo::demo_rows;
+use uacreg::store::{RawRow, StatusRow, Store};
+use uacreg::testing::registrar::{RegistrarConfig, TestRegistrar};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+    MariaDb,
+}
+
+/// A database for one test: a SQLite file, or a server of its own.
+struct Db {
+    backend: Backend,
+    url: String,
+    server: Option<DbServer>,
+    _dir: TempDir,
+}
+
+impl Db {
+    /// None: the engine is not installed and this is not CI (the test is skipped).
+    async fn start(backend: Backend) -> Option<Db> {
+        let dir = TempDir::new("databases");
+        let engine = match backend {
+            Backend::Sqlite => {
+                let url = dir.db_url();
+                return Some(Db {
+                    backend,
+                    url,
+                    server: None,
+                    _dir: dir,
+                });
+            }
+            Backend::Postgres => Engine::Postgres,
+            Backend::MariaDb => Engine::MariaDb,
+        };
+        if !require_engine(engine) {
+            return None;
+        }
+        let server = tokio::task::spawn_blocking(move || DbServer::start(engine))
+            .await
+            .unwrap()
+            .expect("database server starts");
+        Some(Db {
+            backend,
+            url: server.url(),
+            server: Some(server),
+            _dir: dir,
+        })
+    }
+
+    /// Runs SQL statements on the database (outside uacreg), returns what they print.
+    async fn sql(&self, statements: &str) -> String {
+        let statements = statements.to_string();
+        match &self.server {
+            Some(server) => {
+                let result = tokio::task::block_in_place(|| server.sql(&statements));
+                result.unwrap_or_else(|e| panic!("SQL failed: {e}\n{statements}"))
+            }
+            None => {
+                let path = self.url.trim_start_matches("sqlite://").to_string();
+                tokio::task::spawn_blocking(move || {
+                    let out = std::process::Command::new("sqlite3")
+                        .args(["-batch", &path, &statements])
+                        .output()
+                        .expect("sqlite3 runs");
+                    assert!(
+                        out.status.success(),
+                        "sqlite3 failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    String::from_utf8_lossy(&out.stdout).into_owned()
+                })
+                .await
+                .unwrap()
+            }
+        }
+    }
+
+    /// Runs `f` on a store of this database on a blocking thread (the PostgreSQL and MySQL
+    /// clients block on the runtime, which async code may not do).
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> T + Send + 'static,
+    ) -> T {
+        let url = self.url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut store = Store::open(&url).expect("store opens");
+            f(&mut store)
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn insert(&self, rows: Vec<RawRow>) {
+        self.with_store(move |s| s.insert(&rows).expect("insert"))
+            .await;
+    }
+
+    /// The engine's own DDL from Kamailio's packages, with the `version` table.
+    fn kamailio_ddl(&self) -> String {
+        let dir = match self.backend {
+            Backend::Sqlite => "/usr/share/kamailio/db_sqlite",
+            Backend::Postgres => "/usr/share/kamailio/postgres",
+            Backend::MariaDb => "/usr/share/kamailio/mysql",
+        };
+        let read = |name: &str| {
+            std::fs::read_to_string(format!("{dir}/{name}"))
+                .unwrap_or_else(|e| panic!("{dir}/{name}: {e} (scripts/install-test-deps installs it)"))
+        };
+        format!("{}\n{}", read("standard-create.sql"), read("uac-create.sql"))
+    }
+}
+
+fn users(n: usize) -> HashMap<String, String> {
+    (0..n)
+        .map(|i| (format!("user{i:06}"), format!("pw-user{i:06}")))
+        .collect()
+}
+
+async fn registrar(n: usize) -> TestRegistrar {
+    TestRegistrar::start(RegistrarConfig {
+        users: users(n),
+        ..RegistrarConfig::default()
+    })
+    .await
+    .expect("registrar starts")
+}
+
+fn config(db: &Db) -> Config {
+    let mut config = test_config(&db.url);
+    config.database.notify = false;
+    config
+}
+
+async fn state_counts(daemon: &Daemon) -> std::collections::BTreeMap<&'static str, usize> {
+    daemon.gateway().driver.status_counts().await.unwrap()
+}
+
+async fn registered(daemon: &Daemon) -> usize {
+    state_counts(daemon).await.get("registered").copied().unwrap_or(0)
+}
+
+async fn wait_registered(daemon: &Daemon, n: usize, limit: Duration) {
+    let ok = wait_until(limit, || async { registered(daemon).await == n }).await;
+    assert!(ok, "{} of {n} registered: {:?}", registered(daemon).await, state_counts(daemon).await);
+}
+
+/// Loads rows, registers them, then a diff reload acts on exactly the changed rows.
+async fn registers_rows_and_reloads_the_difference(backend: Backend) {
+    let Some(db) = Db::start(backend).await else { return };
+    let registrar = registrar(30).await;
+    let mut rows = demo_rows(20, registrar.local_addr());
+    rows[3].r_domain = "bad domain".into(); // one malformed row: reported, the rest load
+    db.insert(rows).await;
+    let daemon = Daemon::start(config(&db)).await.expect("daemon starts");
+    wait_registered(&daemon, 19, Duration::from_secs(20)).await;
+    let status: Value = rpc(&daemon).call("uacreg.status", &[]).await.unwrap();
+    assert_eq!(status["invalid_rows"], 1, "{status}");
+    assert_eq!(status["database"]["reachable"], true, "{status}");
+    let before: HashMap<String, usize> = (0..25)
+        .map(|i| format!("user{i:06}"))
+        .map(|u| (u.clone(), registrar.requests_for(&u).len()))
+        .collect();
+
+    // One changed, one removed, one added, the bad one fixed.
+    let extra = demo_rows(21, registrar.local_addr()).pop().unwrap();
+    let mut changed = demo_rows(1, registrar.local_addr()).pop().unwrap();
+    changed.expires = 1800;
+    let fixed = demo_rows(4, registrar.local_addr()).pop().unwrap();
+    db.with_store(move |s| {
+        assert!(s.update(&changed).unwrap());
+        assert!(s.update(&fixed).unwrap());
+        assert!(s.delete("uuid000007").unwrap());
+        s.insert(&[extra]).unwrap();
+    })
+    .await;
+    let report: Value = rpc(&daemon).call("uac.reg_reload", &[]).await.unwrap();
+    assert_eq!(report["added"], 2, "{report}"); // uuid000020 and the fixed uuid000003
+    assert_eq!(report["changed"], 1, "{report}");
+    assert_eq!(report["removed"], 1, "{report}");
+    wait_registered(&daemon, 20, Duration::from_secs(20)).await;
+    wait_until(Duration::from_secs(10), || async { registrar.bindings("user000007").is_empty() })
+        .await;
+    assert!(registrar.bindings("user000007").is_empty(), "removed row still bound");
+    for (user, count) in before {
+        let now = registrar.requests_for(&user).len();
+        let acted = matches!(user.as_str(), "user000000" | "user000003" | "user000007" | "user000020");
+        assert_eq!(now > count, acted, "{user}: {count} → {now} REGISTERs");
+    }
+    daemon.stop().await;
+}
+
+/// A table made by Kamailio's own SQL (table version 5, `version` row) works and stays as it was.
+async fn kamailio_table_is_used_as_is(backend: Backend) {
+    let Some(db) = Db::start(backend).await else { return };
+    let registrar = registrar(5).await;
+    db.sql(&db.kamailio_ddl()).await;
+    let columns_sql = match backend {
+        Backend::Sqlite => "SELECT name FROM pragma_table_info('uacreg');".to_string(),
+        _ => "SELECT column_name FROM information_schema.columns WHERE table_name = 'uacreg' \
+              ORDER BY column_name;"
+            .to_string(),
+    };
+    let columns_before = db.sql(&columns_sql).await;
+    let addr = registrar.local_addr();
+    let mut inserts = String::new();
+    for i in 0..5 {
+        inserts.push_str(&format!(
+            "INSERT INTO uacreg (l_uuid, l_username, l_domain, r_username, r_domain, realm, \
+             auth_username, auth_password, auth_proxy, expires) VALUES ('uuid{i:06}', \
+             'local{i:06}', 'gw.test', 'user{i:06}', 'registrar.test', 'registrar.test', \
+             'user{i:06}', 'pw-user{i:06}', 'sip:{addr}', 3600);\n"
+        ));
+    }
+    db.sql(&inserts).await;
+    let daemon = Daemon::start(config(&db)).await.expect("daemon starts");
+    wait_registered(&daemon, 5, Duration::from_secs(20)).await;
+    let status: Value = rpc(&daemon).call("uacreg.status", &[]).await.unwrap();
+    assert_eq!(status["database"]["kamailio_table_version"], 5, "{status}");
+    assert_eq!(status["database"]["contact_user_column"], false, "{status}");
+    daemon.stop().await;
+    assert_eq!(db.sql(&columns_sql).await, columns_before, "uacreg columns changed");
+    let version = db
+        .sql("SELECT table_version FROM version WHERE table_name = 'uacreg';")
+        .await;
+    assert_eq!(version.trim(), "5");
+}
+
+/// Kamailio's version 6 (with `contact_user`) is read with its contact_user.
+async fn kamailio_version_6_table_reads_contact_user(backend: Backend) {
+    let Some(db) = Db::start(backend).await else { return };
+    let registrar = registrar(1).await;
+    let ddl = db.kamailio_ddl().replace(
+        "values ('uacreg','5')",
+        "values ('uacreg','6')",
+    );
+    db.sql(&ddl).await;
+    db.sql("ALTER TABLE uacreg ADD COLUMN contact_user VARCHAR(64) DEFAULT '' NOT NULL;")
+        .await;
+    let mut row = demo_rows(1, registrar.local_addr()).pop().unwrap();
+    row.contact_user = "line1".into();
+    db.insert(vec![row]).await;
+    let daemon = Daemon::start(config(&db)).await.expect("daemon starts");
+    wait_registered(&daemon, 1, Duration::from_secs(20)).await;
+    let bindings = registrar.bindings("user000000");
+    assert!(
+        bindings.iter().any(|b| b.contact.contains("sip:line1@")),
+        "contact_user not used: {bindings:?}"
+    );
+    let status: Value = rpc(&daemon).call("uacreg.status", &[]).await.unwrap();
+    assert_eq!(status["database"]["kamailio_table_version"], 6, "{status}");
+    daemon.stop().await;
+}
+
+/// With a reload interval, rows written behind the daemon's back are picked up.
+async fn periodic_reload_picks_up_changes(backend: Backend) {
+    let Some(db) = Db::start(backend).await else { return };
+    let registrar = registrar(3).await;
+    db.insert(demo_rows(1, registrar.local_addr())).await;
+    let mut config = config(&db);
+    config.database.reload_interval = Some(Duration::from_secs(1));
+    let daemon = Daemon::start(config).await.expect("daemon starts");
+    wait_registered(&daemon, 1, Duration::from_secs(10)).await;
+    let rows = demo_rows(3, registrar.local_addr());
+    db.insert(rows[1..].to_vec()).await;
+    wait_registered(&daemon, 3, Duration::from_secs(10)).await;
+    db.with_store(|s| assert!(s.delete("uuid000000").unwrap())).await;
+    let gone = wait_until(Duration::from_secs(10), || async {
+        registrar.bindings("user000000").is_empty()
+    })
+    .await;
+    assert!(gone, "deleted row still bound");
+    // A quiet table costs nothing on the wire.
+    let seen = registrar.stats().requests;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(registrar.stats().requests, seen);
+    daemon.stop().await;
+}
+
+/// uacreg_status follows the registrations, in batches.
+async fn status_table_follows_the_registrations(backend: Backend) {
+    let Some(db) = Db::start(backend).await else { return };
+    let registrar = registrar(10).await;
+    let mut rows = demo_rows(10, registrar.local_addr());
+    rows[9].auth_password = uacreg::registration::Secret::new("wrong");
+    db.insert(rows).await;
+    let mut config = config(&db);
+    config.database.status_table = true;
+    config.database.status_interval = Duration::from_secs(1);
+    config.retry.auth_failure_retry = None;
+    let daemon = Daemon::start(config).await.expect("daemon starts");
+    wait_registered(&daemon, 9, Duration::from_secs(20)).await;
+    let read = || db.with_store(|s| s.read_status().unwrap());
+    let settled = |rows: &Vec<StatusRow>| {
+        rows.len() == 10 && rows.iter().filter(|r| r.state == "registered").count() == 9
+    };
+    let mut status = read().await;
+    for _ in 0..50 {
+        if settled(&status) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        status = read().await;
+    }
+    assert!(settled(&status), "{status:?}");
+    let ok = &status[0];
+    assert_eq!((ok.last_code, ok.last_reason.as_str()), (200, "OK"));
+    assert!(ok.last_success > 0 && ok.binding_expires > ok.last_success, "{ok:?}");
+    assert!(ok.next_refresh > ok.last_success && ok.next_refresh < ok.binding_expires, "{ok:?}");
+    let bad = status.iter().find(|r| r.l_uuid == "uuid000009").unwrap();
+    assert_eq!(bad.state, "auth_failed", "{bad:?}");
+    assert_eq!(bad.last_code, 401);
+    // A removed row's status goes too; the operator's rows are never written.
+    db.with_store(|s| assert!(s.delete("uuid000000").unwrap())).await;
+    let _: Value = rpc(&daemon).call("uac.reg_reload", &[]).await.unwrap();
+    let gone = wait_until(Duration::from_secs(10), || async {
+        read().await.iter().all(|r| r.l_uuid != "uuid000000")
+    })
+    .await;
+    assert!(gone);
+    let written: Value = rpc(&daemon).call("uacreg.status", &[]).await.unwrap();
+    assert!(written["database"]["status_rows_written"].as_u64().unwrap() >= 10, "{written}");
+    daemon.stop().await;
+}
+
+/// The database stops mid-run: every registration keeps running and refreshing, a reload says
+/// clearly why it failed, and once the server is back reloads work again.
+async fn database_outage_loses_nothing(backend: Backend) {
+    let Some(mut db) = Db::start(backend).await else { return };
+    let registrar = TestRegistrar::start(RegistrarConfig {
+        users: users(20),
+        max_expires: Some(4),
+        ..RegistrarConfig::default()
+    })
+    .await
+    .unwrap();
+    db.insert(demo_rows(20, registrar.local_addr())).await;
+    let mut config = config(&db);
+    config.database.reload_interval = Some(Duration::from_secs(1));
+    let daemon = Daemon::start(config).await.expect("daemon starts");
+    wait_registered(&daemon, 20, Duration::from_secs(20)).await;
+
+    let server = db.server.as_mut().expect("a server backend");
+    tokio::task::block_in_place(|| server.stop());
+    let before = registrar.stats().ok;
+    // Bindings last 4 s: over 6 s every row refreshes at least once without the database.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(registered(&daemon).await, 20, "{:?}", state_counts(&daemon).await);
+    assert!(
+        registrar.stats().ok >= before + 20,
+        "refreshes stopped: {} → {}",
+        before,
+        registrar.stats().ok
+    );
+    let err = rpc(&daemon)
+        .call("uac.reg_reload", &[])
+        .await
+        .unwrap_err()
+        .to_string();
+    eprintln!("reload during the outage: {err}");
+    assert!(
+        err.contains("registrations left unchanged") && err.contains("database"),
+        "unclear reload error: {err}"
+    );
+    let status: Value = rpc(&daemon).call("uacreg.status", &[]).await.unwrap();
+    assert_eq!(status["database"]["reachable"], false, "{status}");
+    assert!(!status.to_string().contains("uacreg-secret"), "password in status: {status}");
+    assert_eq!(registered(&daemon).await, 20);
+
+    let server = db.server.as_mut().unwrap();
+    tokio::task::block_in_place(|| server.restart()).expect("server restarts");
+    // The back-off is at most a few seconds at this point.
+    let back = wait_until(Duration::from_secs(40), || async {
+        rpc(&daemon).call("uac.reg_reload", &[]).await.is_ok()
+    })
+    .await;
+    assert!(back, "reload never worked again");
+    // A change made after the outage is picked up by the periodic reload.
+    let registrar_addr = registrar.local_addr();
+    db.with_store(move |s| {
+        let mut row = demo_rows(1, registrar_addr).pop().unwrap();
+        row.flags = 1;
+        assert!(s.update(&row).unwrap());
+    })
+    .await;
+    wait_registered(&daemon, 19, Duration::from_secs(10)).await;
+    let status: Value = rpc(&daemon).call("uacreg.status", &[]).await.unwrap();
+    assert_eq!(status["database"]["reachable"], true, "{status}");
+    daemon.stop().await;
+}
+
+/// Started while the database is down, the daemon waits, then starts and registers.
+async fn start_up_waits_for_the_database(backend: Backend) {
+    let Some(mut db) = Db::start(backend).await else { return };
+    let registrar = registrar(5).await;
+    db.insert(demo_rows(5, registrar.local_addr())).await;
+    let server = db.server.as_mut().expect("a server backend");
+    tokio::task::block_in_place(|| server.stop());
+    let starting = tokio::spawn(Daemon::start(config(&db)));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!starting.is_finished(), "the daemon did not wait for the database");
+    let server = db.server.as_mut().unwrap();
+    tokio::task::block_in_place(|| server.restart()).expect("server restarts");
+    let daemon = tokio::time::timeout(Duration::from_secs(40), starting)
+        .await
+        .expect("the daemon starts once the database answers")
+        .unwrap()
+        .expect("daemon starts");
+    wait_registered(&daemon, 5, Duration::from_secs(20)).await;
+    daemon.stop().await;
+}
+
+/// PostgreSQL: the trigger's NOTIFY makes the daemon reload within moments, no interval set.
+async fn postgres_notify_reloads_at_once(backend: Backend) {
+    let Some(db) = Db::start(backend).await else { return };
+    let registrar = registrar(2).await;
+    db.insert(demo_rows(1, registrar.local_addr())).await;
+    let mut config = config(&db);
+    config.database.notify = true;
+    let daemon = Daemon::start(config).await.expect("daemon starts");
+    wait_registered(&daemon, 1, Duration::from_secs(10)).await;
+    let listening = wait_until(Duration::from_secs(10), || async {
+        daemon.gateway().database_health().listening
+    })
+    .await;
+    assert!(listening, "not listening");
+    let row = demo_rows(2, registrar.local_addr()).pop().unwrap();
+    db.insert(vec![row]).await;
+    wait_registered(&daemon, 2, Duration::from_secs(5)).await;
+    assert!(daemon.gateway().database_health().notifications >= 1);
+    // The listener survives a server restart and catches up on what changed meanwhile.
+    daemon.stop().await;
+}
+
+macro_rules! tests_on {
+    ($module:ident, $backend:expr, [$($scenario:ident),* $(,)?]) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($backend).await
+                }
+            )*
+        }
+    };
+}
+
+tests_on!(sqlite, super::Backend::Sqlite, [
+    registers_rows_and_reloads_the_difference,
+    kamailio_table_is_used_as_is,
+    kamailio_version_6_table_reads_contact_user,
+    periodic_reload_picks_up_changes,
+    status_table_follows_the_registrations,
+]);
+tests_on!(postgres, super::Backend::Postgres, [
+    registers_rows_and_reloads_the_difference,
+    kamailio_table_is_used_as_is,
+    kamailio_version_6_table_reads_contact_user,
+    periodic_reload_picks_up_changes,
+    status_table_follows_the_registrations,
+    database_outage_loses_nothing,
+    start_up_waits_for_the_database,
+    postgres_notify_reloads_at_once,
+]);
+tests_on!(mariadb, super::Backend::MariaDb, [
+    registers_rows_and_reloads_the_difference,
+    kamailio_table_is_used_as_is,
+    kamailio_version_6_table_reads_contact_user,
+    periodic_reload_picks_up_changes,
+    status_table_follows_the_registrations,
+    database_outage_loses_nothing,
+    start_up_waits_for_the_database,
+]);
