@@ -124,10 +124,15 @@ impl Db {
             Backend::MariaDb => "/usr/share/kamailio/mysql",
         };
         let read = |name: &str| {
-            std::fs::read_to_string(format!("{dir}/{name}"))
-                .unwrap_or_else(|e| panic!("{dir}/{name}: {e} (scripts/install-test-deps installs it)"))
+            std::fs::read_to_string(format!("{dir}/{name}")).unwrap_or_else(|e| {
+                panic!("{dir}/{name}: {e} (scripts/install-test-deps installs it)")
+            })
         };
-        format!("{}\n{}", read("standard-create.sql"), read("uac-create.sql"))
+        format!(
+            "{}\n{}",
+            read("standard-create.sql"),
+            read("uac-create.sql")
+        )
     }
 }
 
@@ -157,17 +162,28 @@ async fn state_counts(daemon: &Daemon) -> std::collections::BTreeMap<&'static st
 }
 
 async fn registered(daemon: &Daemon) -> usize {
-    state_counts(daemon).await.get("registered").copied().unwrap_or(0)
+    state_counts(daemon)
+        .await
+        .get("registered")
+        .copied()
+        .unwrap_or(0)
 }
 
 async fn wait_registered(daemon: &Daemon, n: usize, limit: Duration) {
     let ok = wait_until(limit, || async { registered(daemon).await == n }).await;
-    assert!(ok, "{} of {n} registered: {:?}", registered(daemon).await, state_counts(daemon).await);
+    assert!(
+        ok,
+        "{} of {n} registered: {:?}",
+        registered(daemon).await,
+        state_counts(daemon).await
+    );
 }
 
 /// Loads rows, registers them, then a diff reload acts on exactly the changed rows.
 async fn registers_rows_and_reloads_the_difference(backend: Backend) {
-    let Some(db) = Db::start(backend).await else { return };
+    let Some(db) = Db::start(backend).await else {
+        return;
+    };
     let registrar = registrar(30).await;
     let mut rows = demo_rows(20, registrar.local_addr());
     rows[3].r_domain = "bad domain".into(); // one malformed row: reported, the rest load
@@ -199,12 +215,20 @@ async fn registers_rows_and_reloads_the_difference(backend: Backend) {
     assert_eq!(report["changed"], 1, "{report}");
     assert_eq!(report["removed"], 1, "{report}");
     wait_registered(&daemon, 20, Duration::from_secs(20)).await;
-    wait_until(Duration::from_secs(10), || async { registrar.bindings("user000007").is_empty() })
-        .await;
-    assert!(registrar.bindings("user000007").is_empty(), "removed row still bound");
+    wait_until(Duration::from_secs(10), || async {
+        registrar.bindings("user000007").is_empty()
+    })
+    .await;
+    assert!(
+        registrar.bindings("user000007").is_empty(),
+        "removed row still bound"
+    );
     for (user, count) in before {
         let now = registrar.requests_for(&user).len();
-        let acted = matches!(user.as_str(), "user000000" | "user000003" | "user000007" | "user000020");
+        let acted = matches!(
+            user.as_str(),
+            "user000000" | "user000003" | "user000007" | "user000020"
+        );
         assert_eq!(now > count, acted, "{user}: {count} → {now} REGISTERs");
     }
     daemon.stop().await;
@@ -212,7 +236,9 @@ async fn registers_rows_and_reloads_the_difference(backend: Backend) {
 
 /// A table made by Kamailio's own SQL (table version 5, `version` row) works and stays as it was.
 async fn kamailio_table_is_used_as_is(backend: Backend) {
-    let Some(db) = Db::start(backend).await else { return };
+    let Some(db) = Db::start(backend).await else {
+        return;
+    };
     let registrar = registrar(5).await;
     db.sql(&db.kamailio_ddl()).await;
     let columns_sql = match backend {
@@ -239,7 +265,11 @@ async fn kamailio_table_is_used_as_is(backend: Backend) {
     assert_eq!(status["database"]["kamailio_table_version"], 5, "{status}");
     assert_eq!(status["database"]["contact_user_column"], false, "{status}");
     daemon.stop().await;
-    assert_eq!(db.sql(&columns_sql).await, columns_before, "uacreg columns changed");
+    assert_eq!(
+        db.sql(&columns_sql).await,
+        columns_before,
+        "uacreg columns changed"
+    );
     let version = db
         .sql("SELECT table_version FROM version WHERE table_name = 'uacreg';")
         .await;
@@ -248,12 +278,13 @@ async fn kamailio_table_is_used_as_is(backend: Backend) {
 
 /// Kamailio's version 6 (with `contact_user`) is read with its contact_user.
 async fn kamailio_version_6_table_reads_contact_user(backend: Backend) {
-    let Some(db) = Db::start(backend).await else { return };
+    let Some(db) = Db::start(backend).await else {
+        return;
+    };
     let registrar = registrar(1).await;
-    let ddl = db.kamailio_ddl().replace(
-        "values ('uacreg','5')",
-        "values ('uacreg','6')",
-    );
+    let ddl = db
+        .kamailio_ddl()
+        .replace("values ('uacreg','5')", "values ('uacreg','6')");
     db.sql(&ddl).await;
     db.sql("ALTER TABLE uacreg ADD COLUMN contact_user VARCHAR(64) DEFAULT '' NOT NULL;")
         .await;
@@ -274,7 +305,9 @@ async fn kamailio_version_6_table_reads_contact_user(backend: Backend) {
 
 /// With a reload interval, rows written behind the daemon's back are picked up.
 async fn periodic_reload_picks_up_changes(backend: Backend) {
-    let Some(db) = Db::start(backend).await else { return };
+    let Some(db) = Db::start(backend).await else {
+        return;
+    };
     let registrar = registrar(3).await;
     db.insert(demo_rows(1, registrar.local_addr())).await;
     let mut config = config(&db);
@@ -284,7 +317,8 @@ async fn periodic_reload_picks_up_changes(backend: Backend) {
     let rows = demo_rows(3, registrar.local_addr());
     db.insert(rows[1..].to_vec()).await;
     wait_registered(&daemon, 3, Duration::from_secs(10)).await;
-    db.with_store(|s| assert!(s.delete("uuid000000").unwrap())).await;
+    db.with_store(|s| assert!(s.delete("uuid000000").unwrap()))
+        .await;
     let gone = wait_until(Duration::from_secs(10), || async {
         registrar.bindings("user000000").is_empty()
     })
@@ -299,7 +333,9 @@ async fn periodic_reload_picks_up_changes(backend: Backend) {
 
 /// uacreg_status follows the registrations, in batches.
 async fn status_table_follows_the_registrations(backend: Backend) {
-    let Some(db) = Db::start(backend).await else { return };
+    let Some(db) = Db::start(backend).await else {
+        return;
+    };
     let registrar = registrar(10).await;
     let mut rows = demo_rows(10, registrar.local_addr());
     rows[9].auth_password = uacreg::registration::Secret::new("wrong");
@@ -325,13 +361,20 @@ async fn status_table_follows_the_registrations(backend: Backend) {
     assert!(settled(&status), "{status:?}");
     let ok = &status[0];
     assert_eq!((ok.last_code, ok.last_reason.as_str()), (200, "OK"));
-    assert!(ok.last_success > 0 && ok.binding_expires > ok.last_success, "{ok:?}");
-    assert!(ok.next_refresh > ok.last_success && ok.next_refresh < ok.binding_expires, "{ok:?}");
+    assert!(
+        ok.last_success > 0 && ok.binding_expires > ok.last_success,
+        "{ok:?}"
+    );
+    assert!(
+        ok.next_refresh > ok.last_success && ok.next_refresh < ok.binding_expires,
+        "{ok:?}"
+    );
     let bad = status.iter().find(|r| r.l_uuid == "uuid000009").unwrap();
     assert_eq!(bad.state, "auth_failed", "{bad:?}");
     assert_eq!(bad.last_code, 401);
     // A removed row's status goes too; the operator's rows are never written.
-    db.with_store(|s| assert!(s.delete("uuid000000").unwrap())).await;
+    db.with_store(|s| assert!(s.delete("uuid000000").unwrap()))
+        .await;
     let _: Value = rpc(&daemon).call("uac.reg_reload", &[]).await.unwrap();
     let gone = wait_until(Duration::from_secs(10), || async {
         read().await.iter().all(|r| r.l_uuid != "uuid000000")
@@ -339,14 +382,19 @@ async fn status_table_follows_the_registrations(backend: Backend) {
     .await;
     assert!(gone);
     let written: Value = rpc(&daemon).call("uacreg.status", &[]).await.unwrap();
-    assert!(written["database"]["status_rows_written"].as_u64().unwrap() >= 10, "{written}");
+    assert!(
+        written["database"]["status_rows_written"].as_u64().unwrap() >= 10,
+        "{written}"
+    );
     daemon.stop().await;
 }
 
 /// The database stops mid-run: every registration keeps running and refreshing, a reload says
 /// clearly why it failed, and once the server is back reloads work again.
 async fn database_outage_loses_nothing(backend: Backend) {
-    let Some(mut db) = Db::start(backend).await else { return };
+    let Some(mut db) = Db::start(backend).await else {
+        return;
+    };
     let registrar = TestRegistrar::start(RegistrarConfig {
         users: users(20),
         max_expires: Some(4),
@@ -365,7 +413,12 @@ async fn database_outage_loses_nothing(backend: Backend) {
     let before = registrar.stats().ok;
     // Bindings last 4 s: over 6 s every row refreshes at least once without the database.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(registered(&daemon).await, 20, "{:?}", state_counts(&daemon).await);
+    assert_eq!(
+        registered(&daemon).await,
+        20,
+        "{:?}",
+        state_counts(&daemon).await
+    );
     assert!(
         registrar.stats().ok >= before + 20,
         "refreshes stopped: {} → {}",
@@ -384,7 +437,10 @@ async fn database_outage_loses_nothing(backend: Backend) {
     );
     let status: Value = rpc(&daemon).call("uacreg.status", &[]).await.unwrap();
     assert_eq!(status["database"]["reachable"], false, "{status}");
-    assert!(!status.to_string().contains("uacreg-secret"), "password in status: {status}");
+    assert!(
+        !status.to_string().contains("uacreg-secret"),
+        "password in status: {status}"
+    );
     assert_eq!(registered(&daemon).await, 20);
 
     let server = db.server.as_mut().unwrap();
@@ -411,14 +467,19 @@ async fn database_outage_loses_nothing(backend: Backend) {
 
 /// Started while the database is down, the daemon waits, then starts and registers.
 async fn start_up_waits_for_the_database(backend: Backend) {
-    let Some(mut db) = Db::start(backend).await else { return };
+    let Some(mut db) = Db::start(backend).await else {
+        return;
+    };
     let registrar = registrar(5).await;
     db.insert(demo_rows(5, registrar.local_addr())).await;
     let server = db.server.as_mut().expect("a server backend");
     tokio::task::block_in_place(|| server.stop());
     let starting = tokio::spawn(Daemon::start(config(&db)));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!starting.is_finished(), "the daemon did not wait for the database");
+    assert!(
+        !starting.is_finished(),
+        "the daemon did not wait for the database"
+    );
     let server = db.server.as_mut().unwrap();
     tokio::task::block_in_place(|| server.restart()).expect("server restarts");
     let daemon = tokio::time::timeout(Duration::from_secs(40), starting)
@@ -432,8 +493,10 @@ async fn start_up_waits_for_the_database(backend: Backend) {
 
 /// PostgreSQL: the trigger's NOTIFY makes the daemon reload within moments, no interval set.
 async fn postgres_notify_reloads_at_once(backend: Backend) {
-    let Some(db) = Db::start(backend).await else { return };
-    let registrar = registrar(2).await;
+    let Some(mut db) = Db::start(backend).await else {
+        return;
+    };
+    let registrar = registrar(3).await;
     db.insert(demo_rows(1, registrar.local_addr())).await;
     let mut config = config(&db);
     config.database.notify = true;
@@ -448,7 +511,25 @@ async fn postgres_notify_reloads_at_once(backend: Backend) {
     db.insert(vec![row]).await;
     wait_registered(&daemon, 2, Duration::from_secs(5)).await;
     assert!(daemon.gateway().database_health().notifications >= 1);
-    // The listener survives a server restart and catches up on what changed meanwhile.
+
+    // The listener survives a server restart and listens again.
+    let server = db.server.as_mut().unwrap();
+    tokio::task::block_in_place(|| server.stop());
+    let lost = wait_until(Duration::from_secs(20), || async {
+        !daemon.gateway().database_health().listening
+    })
+    .await;
+    assert!(lost, "the lost LISTEN connection went unnoticed");
+    let server = db.server.as_mut().unwrap();
+    tokio::task::block_in_place(|| server.restart()).expect("server restarts");
+    let again = wait_until(Duration::from_secs(40), || async {
+        daemon.gateway().database_health().listening
+    })
+    .await;
+    assert!(again, "not listening after the restart");
+    let row = demo_rows(3, registrar.local_addr()).pop().unwrap();
+    db.insert(vec![row]).await;
+    wait_registered(&daemon, 3, Duration::from_secs(5)).await;
     daemon.stop().await;
 }
 
@@ -465,29 +546,41 @@ macro_rules! tests_on {
     };
 }
 
-tests_on!(sqlite, super::Backend::Sqlite, [
-    registers_rows_and_reloads_the_difference,
-    kamailio_table_is_used_as_is,
-    kamailio_version_6_table_reads_contact_user,
-    periodic_reload_picks_up_changes,
-    status_table_follows_the_registrations,
-]);
-tests_on!(postgres, super::Backend::Postgres, [
-    registers_rows_and_reloads_the_difference,
-    kamailio_table_is_used_as_is,
-    kamailio_version_6_table_reads_contact_user,
-    periodic_reload_picks_up_changes,
-    status_table_follows_the_registrations,
-    database_outage_loses_nothing,
-    start_up_waits_for_the_database,
-    postgres_notify_reloads_at_once,
-]);
-tests_on!(mariadb, super::Backend::MariaDb, [
-    registers_rows_and_reloads_the_difference,
-    kamailio_table_is_used_as_is,
-    kamailio_version_6_table_reads_contact_user,
-    periodic_reload_picks_up_changes,
-    status_table_follows_the_registrations,
-    database_outage_loses_nothing,
-    start_up_waits_for_the_database,
-]);
+tests_on!(
+    sqlite,
+    super::Backend::Sqlite,
+    [
+        registers_rows_and_reloads_the_difference,
+        kamailio_table_is_used_as_is,
+        kamailio_version_6_table_reads_contact_user,
+        periodic_reload_picks_up_changes,
+        status_table_follows_the_registrations,
+    ]
+);
+tests_on!(
+    postgres,
+    super::Backend::Postgres,
+    [
+        registers_rows_and_reloads_the_difference,
+        kamailio_table_is_used_as_is,
+        kamailio_version_6_table_reads_contact_user,
+        periodic_reload_picks_up_changes,
+        status_table_follows_the_registrations,
+        database_outage_loses_nothing,
+        start_up_waits_for_the_database,
+        postgres_notify_reloads_at_once,
+    ]
+);
+tests_on!(
+    mariadb,
+    super::Backend::MariaDb,
+    [
+        registers_rows_and_reloads_the_difference,
+        kamailio_table_is_used_as_is,
+        kamailio_version_6_table_reads_contact_user,
+        periodic_reload_picks_up_changes,
+        status_table_follows_the_registrations,
+        database_outage_loses_nothing,
+        start_up_waits_for_the_database,
+    ]
+);

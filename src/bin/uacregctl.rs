@@ -143,7 +143,10 @@ fn main() -> anyhow::Result<()> {
         Ok(value) => value,
         Err(uacreg::rpc::client::RpcError::Call(err)) => {
             // The cause travels in `data` (Kamailio's own text stays in `message`).
-            match err.data().map(|d| serde_json::from_str::<serde_json::Value>(d.get())) {
+            match err
+                .data()
+                .map(|d| serde_json::from_str::<serde_json::Value>(d.get()))
+            {
                 Some(Ok(serde_json::Value::String(cause))) => {
                     eprintln!("error {}: {}: {cause}", err.code(), err.message())
                 }
