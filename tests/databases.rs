@@ -79,10 +79,19 @@ impl Db {
             None => {
                 let path = self.url.trim_start_matches("sqlite://").to_string();
                 tokio::task::spawn_blocking(move || {
-                    let out = std::process::Command::new("sqlite3")
-                        .args(["-batch", &path, &statements])
-                        .output()
+                    use std::io::Write as _;
+                    // On stdin: SQL that starts with a comment would look like an option.
+                    let mut child = std::process::Command::new("sqlite3")
+                        .args(["-batch", &path])
+                        .stdin(std::process::Stdio::piped())
+                        .stdout(std::process::Stdio::piped())
+                        .stderr(std::process::Stdio::piped())
+                        .spawn()
                         .expect("sqlite3 runs");
+                    let mut stdin = child.stdin.take().unwrap();
+                    stdin.write_all(statements.as_bytes()).unwrap();
+                    drop(stdin);
+                    let out = child.wait_with_output().expect("sqlite3 runs");
                     assert!(
                         out.status.success(),
                         "sqlite3 failed: {}",
@@ -533,6 +542,59 @@ async fn postgres_notify_reloads_at_once(backend: Backend) {
     daemon.stop().await;
 }
 
+/// schema/<engine>.sql run by hand creates exactly what the migrations create: same tables,
+/// columns, types, defaults, keys, indexes (and on PostgreSQL the trigger).
+async fn schema_file_matches_the_migrations(backend: Backend) {
+    let Some(migrated) = Db::start(backend).await else {
+        return;
+    };
+    let Some(by_hand) = Db::start(backend).await else {
+        return;
+    };
+    migrated.with_store(|_| ()).await;
+    let (file, describe) = match backend {
+        Backend::Sqlite => (
+            "sqlite",
+            "SELECT m.name, p.name, p.type, p.\"notnull\", p.dflt_value, p.pk \
+             FROM sqlite_master m, pragma_table_info(m.name) p \
+             WHERE m.name IN ('uacreg', 'uacreg_status') ORDER BY 1, 2; \
+             SELECT name, tbl_name FROM sqlite_master WHERE type = 'index' \
+             AND tbl_name IN ('uacreg', 'uacreg_status') ORDER BY 1;",
+        ),
+        Backend::Postgres => (
+            "postgres",
+            "SELECT table_name, column_name, data_type, character_maximum_length, is_nullable, \
+             column_default FROM information_schema.columns \
+             WHERE table_name IN ('uacreg', 'uacreg_status') ORDER BY 1, 2; \
+             SELECT indexname, indexdef FROM pg_indexes \
+             WHERE tablename IN ('uacreg', 'uacreg_status') ORDER BY 1; \
+             SELECT trigger_name, event_manipulation, action_statement \
+             FROM information_schema.triggers ORDER BY 1, 2;",
+        ),
+        Backend::MariaDb => (
+            "mysql",
+            "SELECT table_name, column_name, column_type, is_nullable, column_default, column_key \
+             FROM information_schema.columns WHERE table_schema = DATABASE() \
+             AND table_name IN ('uacreg', 'uacreg_status') ORDER BY 1, 2; \
+             SELECT table_name, index_name, column_name, non_unique FROM information_schema.statistics \
+             WHERE table_schema = DATABASE() AND table_name IN ('uacreg', 'uacreg_status') \
+             ORDER BY 1, 2, 3;",
+        ),
+    };
+    let path = format!("{}/schema/{file}.sql", env!("CARGO_MANIFEST_DIR"));
+    by_hand.sql(&std::fs::read_to_string(&path).unwrap()).await;
+    let expected = migrated.sql(describe).await;
+    assert!(
+        expected.contains("contact_user") && expected.contains("next_refresh"),
+        "{expected}"
+    );
+    assert_eq!(
+        by_hand.sql(describe).await,
+        expected,
+        "{path} differs from the migrations"
+    );
+}
+
 macro_rules! tests_on {
     ($module:ident, $backend:expr, [$($scenario:ident),* $(,)?]) => {
         mod $module {
@@ -555,6 +617,7 @@ tests_on!(
         kamailio_version_6_table_reads_contact_user,
         periodic_reload_picks_up_changes,
         status_table_follows_the_registrations,
+        schema_file_matches_the_migrations,
     ]
 );
 tests_on!(
@@ -566,6 +629,7 @@ tests_on!(
         kamailio_version_6_table_reads_contact_user,
         periodic_reload_picks_up_changes,
         status_table_follows_the_registrations,
+        schema_file_matches_the_migrations,
         database_outage_loses_nothing,
         start_up_waits_for_the_database,
         postgres_notify_reloads_at_once,
@@ -580,6 +644,7 @@ tests_on!(
         kamailio_version_6_table_reads_contact_user,
         periodic_reload_picks_up_changes,
         status_table_follows_the_registrations,
+        schema_file_matches_the_migrations,
         database_outage_loses_nothing,
         start_up_waits_for_the_database,
     ]
