@@ -82,7 +82,7 @@ impl Db {
                     use std::io::Write as _;
                     // On stdin: SQL that starts with a comment would look like an option.
                     let mut child = std::process::Command::new("sqlite3")
-                        .args(["-batch", &path])
+                        .args(["-batch", "-cmd", ".timeout 5000", &path])
                         .stdin(std::process::Stdio::piped())
                         .stdout(std::process::Stdio::piped())
                         .stderr(std::process::Stdio::piped())

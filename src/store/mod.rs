@@ -182,20 +182,30 @@ impl Store {
         self.session = None;
         match Self::start_session(&self.url) {
             Ok(session) => {
-                if let Some(outage) = self.outage.take() {
-                    info!(
-                        db = %self.url,
-                        failed_attempts = outage.attempts,
-                        "database reachable again"
-                    );
-                }
+                self.end_outage();
                 self.session = Some(session);
                 Ok(())
+            }
+            // Reached the server, but migrating or reading the layout failed (a table renamed
+            // away, missing privileges): not an outage, so no back-off; the next call tries again.
+            Err(err) if !matches!(err, StoreError::Open(_)) => {
+                self.end_outage();
+                Err(err)
             }
             Err(err) => {
                 self.note_failure(&err);
                 Err(err)
             }
+        }
+    }
+
+    fn end_outage(&mut self) {
+        if let Some(outage) = self.outage.take() {
+            info!(
+                db = %self.url,
+                failed_attempts = outage.attempts,
+                "database reachable again"
+            );
         }
     }
 
