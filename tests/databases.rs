@@ -10,11 +10,13 @@ mod common;
 mod support;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
-use common::{TempDir, rpc, test_config, wait_until};
+use common::{TempDir, rpc, test_config, users, wait_until};
 use serde_json::Value;
 use support::dbserver::{DbServer, Engine, require_engine};
+use support::kamailio::run_sqlite;
 use uacreg::config::Config;
 use uacreg::daemon::Daemon;
 use uacreg::demo::demo_rows;
@@ -79,25 +81,9 @@ impl Db {
             None => {
                 let path = self.url.trim_start_matches("sqlite://").to_string();
                 tokio::task::spawn_blocking(move || {
-                    use std::io::Write as _;
                     // On stdin: SQL that starts with a comment would look like an option.
-                    let mut child = std::process::Command::new("sqlite3")
-                        .args(["-batch", "-cmd", ".timeout 5000", &path])
-                        .stdin(std::process::Stdio::piped())
-                        .stdout(std::process::Stdio::piped())
-                        .stderr(std::process::Stdio::piped())
-                        .spawn()
-                        .expect("sqlite3 runs");
-                    let mut stdin = child.stdin.take().unwrap();
-                    stdin.write_all(statements.as_bytes()).unwrap();
-                    drop(stdin);
-                    let out = child.wait_with_output().expect("sqlite3 runs");
-                    assert!(
-                        out.status.success(),
-                        "sqlite3 failed: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                    String::from_utf8_lossy(&out.stdout).into_owned()
+                    run_sqlite(Path::new("sqlite3"), Path::new(&path), &[], &statements)
+                        .unwrap_or_else(|e| panic!("{e}"))
                 })
                 .await
                 .unwrap()
@@ -118,6 +104,18 @@ impl Db {
         })
         .await
         .unwrap()
+    }
+
+    /// Stops the server (keeping its data and port).
+    fn stop_server(&mut self) {
+        let server = self.server.as_mut().expect("a server backend");
+        tokio::task::block_in_place(|| server.stop());
+    }
+
+    /// Starts the stopped server again, on the same port with the same data.
+    fn restart_server(&mut self) {
+        let server = self.server.as_mut().expect("a server backend");
+        tokio::task::block_in_place(|| server.restart()).expect("server restarts");
     }
 
     async fn insert(&self, rows: Vec<RawRow>) {
@@ -143,12 +141,6 @@ impl Db {
             read("uac-create.sql")
         )
     }
-}
-
-fn users(n: usize) -> HashMap<String, String> {
-    (0..n)
-        .map(|i| (format!("user{i:06}"), format!("pw-user{i:06}")))
-        .collect()
 }
 
 async fn registrar(n: usize) -> TestRegistrar {
@@ -417,8 +409,7 @@ async fn database_outage_loses_nothing(backend: Backend) {
     let daemon = Daemon::start(config).await.expect("daemon starts");
     wait_registered(&daemon, 20, Duration::from_secs(20)).await;
 
-    let server = db.server.as_mut().expect("a server backend");
-    tokio::task::block_in_place(|| server.stop());
+    db.stop_server();
     let before = registrar.stats().ok;
     // Bindings last 4 s: over 6 s every row refreshes at least once without the database.
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -452,8 +443,7 @@ async fn database_outage_loses_nothing(backend: Backend) {
     );
     assert_eq!(registered(&daemon).await, 20);
 
-    let server = db.server.as_mut().unwrap();
-    tokio::task::block_in_place(|| server.restart()).expect("server restarts");
+    db.restart_server();
     // The back-off is at most a few seconds at this point.
     let back = wait_until(Duration::from_secs(40), || async {
         rpc(&daemon).call("uac.reg_reload", &[]).await.is_ok()
@@ -481,16 +471,14 @@ async fn start_up_waits_for_the_database(backend: Backend) {
     };
     let registrar = registrar(5).await;
     db.insert(demo_rows(5, registrar.local_addr())).await;
-    let server = db.server.as_mut().expect("a server backend");
-    tokio::task::block_in_place(|| server.stop());
+    db.stop_server();
     let starting = tokio::spawn(Daemon::start(config(&db)));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         !starting.is_finished(),
         "the daemon did not wait for the database"
     );
-    let server = db.server.as_mut().unwrap();
-    tokio::task::block_in_place(|| server.restart()).expect("server restarts");
+    db.restart_server();
     let daemon = tokio::time::timeout(Duration::from_secs(40), starting)
         .await
         .expect("the daemon starts once the database answers")
@@ -522,15 +510,13 @@ async fn postgres_notify_reloads_at_once(backend: Backend) {
     assert!(daemon.gateway().database_health().notifications >= 1);
 
     // The listener survives a server restart and listens again.
-    let server = db.server.as_mut().unwrap();
-    tokio::task::block_in_place(|| server.stop());
+    db.stop_server();
     let lost = wait_until(Duration::from_secs(20), || async {
         !daemon.gateway().database_health().listening
     })
     .await;
     assert!(lost, "the lost LISTEN connection went unnoticed");
-    let server = db.server.as_mut().unwrap();
-    tokio::task::block_in_place(|| server.restart()).expect("server restarts");
+    db.restart_server();
     let again = wait_until(Duration::from_secs(40), || async {
         daemon.gateway().database_health().listening
     })

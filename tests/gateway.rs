@@ -13,12 +13,6 @@ use uacreg::sip::digest::Algorithm;
 use uacreg::store::Store;
 use uacreg::testing::registrar::{RegistrarConfig, TestRegistrar};
 
-fn users(n: usize) -> HashMap<String, String> {
-    (0..n)
-        .map(|i| (format!("user{i:06}"), format!("pw-user{i:06}")))
-        .collect()
-}
-
 async fn registrar(n: usize) -> TestRegistrar {
     TestRegistrar::start(RegistrarConfig {
         bind: "127.0.0.1:0".parse().unwrap(),

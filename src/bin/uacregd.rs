@@ -16,8 +16,9 @@ struct Cli {
     /// TOML configuration file.
     #[arg(short, long, global = true)]
     config: Option<PathBuf>,
-    /// Database URL (default sqlite://uacreg.db).
-    #[arg(long, global = true)]
+    /// Database URL (default sqlite://uacreg.db): sqlite://path, postgres://user:pw@host/db,
+    /// mysql://user:pw@host/db. UACREG_DB keeps a password out of the process list.
+    #[arg(long, global = true, env = "UACREG_DB", hide_env_values = true)]
     db: Option<String>,
     /// SIP listen address (default 0.0.0.0:5062).
     #[arg(long, global = true)]

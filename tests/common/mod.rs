@@ -38,6 +38,13 @@ impl Drop for TempDir {
     }
 }
 
+/// The registrar accounts `demo_rows` expects: `user000000` … with password `pw-user000000` ….
+pub fn users(n: usize) -> std::collections::HashMap<String, String> {
+    (0..n)
+        .map(|i| (format!("user{i:06}"), format!("pw-user{i:06}")))
+        .collect()
+}
+
 /// Writes `rows` into a new database at `url`.
 pub fn write_rows(url: &str, rows: &[RawRow]) {
     let mut store = Store::open(url).expect("open store");

@@ -32,15 +32,15 @@
 //! see that token, otherwise the instance is restarted on another port.
 
 use std::fmt::Write as _;
-use std::io::{self, Write as _};
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::process::{
-    PortReservation, TempDir, find_program, read_lossy, require, signal_group, spare_udp_port,
-    tail, wait_timeout,
+    PortReservation, TempDir, find_program, read_lossy, require, run_with_input, signal_group,
+    spare_udp_port, tail,
 };
 
 /// How long Kamailio may take to answer its first OPTIONS. It usually takes well under a second.
@@ -445,56 +445,24 @@ fn sql_quote(s: &str) -> String {
 }
 
 /// Runs one `sqlite3` command line on `db` with `sql` on stdin; stdout on success.
-fn run_sqlite(sqlite3: &Path, db: &Path, extra_args: &[&str], sql: &str) -> io::Result<String> {
-    let mut child = Command::new(sqlite3)
+pub fn run_sqlite(sqlite3: &Path, db: &Path, extra_args: &[&str], sql: &str) -> io::Result<String> {
+    let mut command = Command::new(sqlite3);
+    command
         .args(["-batch", "-noheader", "-list", "-bail"])
         // Waits on a lock instead of failing (e.g. during a WAL checkpoint).
         .args(["-cmd", ".timeout 10000"])
         .args(extra_args)
-        .arg(db)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| io::Error::new(e.kind(), format!("spawning {}: {e}", sqlite3.display())))?;
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    // Read stdout/stderr on threads so a large result cannot deadlock against our write.
-    let mut out_pipe = child.stdout.take().expect("piped stdout");
-    let mut err_pipe = child.stderr.take().expect("piped stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = io::Read::read_to_end(&mut out_pipe, &mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = io::Read::read_to_end(&mut err_pipe, &mut s);
-        s
-    });
-    let write_result = stdin.write_all(sql.as_bytes());
-    drop(stdin);
-    let status = match wait_timeout(&mut child, SQLITE_LIMIT)? {
-        Some(status) => status,
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("sqlite3 on {} took over {SQLITE_LIMIT:?}", db.display()),
-            ));
-        }
-    };
-    let out = out_reader.join().unwrap_or_default();
-    let err = err_reader.join().unwrap_or_default();
-    write_result?;
-    if !status.success() {
+        .arg(db);
+    let out = run_with_input(&mut command, sql, SQLITE_LIMIT)?;
+    if !out.status.success() {
         return Err(io::Error::other(format!(
-            "sqlite3 on {} failed ({status}): {}",
+            "sqlite3 on {} failed ({}): {}",
             db.display(),
-            String::from_utf8_lossy(&err).trim()
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn create_database(
