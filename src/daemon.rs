@@ -216,6 +216,18 @@ impl Daemon {
             Ok(left) => warn!(left, "stopped with registrations unfinished"),
             Err(_) => warn!("driver already stopped"),
         }
+        if self.config.database.status_table {
+            let now = self.gateway.driver.clock().unix(std::time::Instant::now());
+            let marked = tokio::time::timeout(
+                Duration::from_secs(5),
+                self.gateway
+                    .with_store(move |store| store.mark_status_stopped(now)),
+            )
+            .await;
+            if !matches!(marked, Ok(Ok(Ok(())))) {
+                warn!("could not mark uacreg_status rows as stopped");
+            }
+        }
         let _ = self.rpc.stop();
         if let Some(unix) = &self.rpc_unix {
             let _ = unix.stop();

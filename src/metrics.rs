@@ -82,11 +82,57 @@ async fn answer(mut stream: TcpStream, gateway: &Gateway) -> std::io::Result<()>
 async fn render(gateway: &Gateway) -> Option<String> {
     let counts = gateway.driver.status_counts().await.ok()?;
     let stats = gateway.driver.stats().await.ok()?;
-    Some(format_metrics(
-        &counts,
-        gateway.invalid_rows().len(),
-        &stats,
-    ))
+    let mut text = format_metrics(&counts, gateway.invalid_rows().len(), &stats);
+    format_database(&mut text, &gateway.database_health());
+    Some(text)
+}
+
+/// The database part: reachability, reloads, NOTIFY and status writes.
+pub fn format_database(out: &mut String, health: &crate::gateway::DatabaseHealth) {
+    let rows: [(&str, &str, &str, u64); 6] = [
+        (
+            "uacreg_database_reachable",
+            "gauge",
+            "1 when the last database statement succeeded.",
+            u64::from(health.reachable),
+        ),
+        (
+            "uacreg_reloads_total",
+            "counter",
+            "Successful table reloads (RPC, SIGHUP, periodic, NOTIFY).",
+            health.reloads,
+        ),
+        (
+            "uacreg_reload_failures_total",
+            "counter",
+            "Reloads that could not read the table (registrations left unchanged).",
+            health.reload_failures,
+        ),
+        (
+            "uacreg_notifications_total",
+            "counter",
+            "PostgreSQL NOTIFY uacreg_changed received.",
+            health.notifications,
+        ),
+        (
+            "uacreg_status_rows_written_total",
+            "counter",
+            "uacreg_status rows written or deleted.",
+            health.status_rows_written,
+        ),
+        (
+            "uacreg_status_write_failures_total",
+            "counter",
+            "uacreg_status write rounds that failed.",
+            health.status_write_failures,
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
 }
 
 /// The exposition text.

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{TempDir, rpc, test_config, users, wait_until};
+use common::{TempDir, metric, rpc, scrape, test_config, users, wait_until};
 use serde_json::Value;
 use support::dbserver::{DbServer, Engine, require_engine};
 use support::kamailio::run_sqlite;
@@ -388,6 +388,15 @@ async fn status_table_follows_the_registrations(backend: Backend) {
         "{written}"
     );
     daemon.stop().await;
+    // Stopped: no row claims a binding that nobody refreshes any more.
+    let after = read().await;
+    assert_eq!(after.len(), 9);
+    assert!(
+        after
+            .iter()
+            .all(|r| r.state == "stopped" && r.next_refresh == 0),
+        "{after:?}"
+    );
 }
 
 /// The database stops mid-run: every registration keeps running and refreshing, a reload says
@@ -437,6 +446,9 @@ async fn database_outage_loses_nothing(backend: Backend) {
     );
     let status: Value = rpc(&daemon).call("uacreg.status", &[]).await.unwrap();
     assert_eq!(status["database"]["reachable"], false, "{status}");
+    let metrics = scrape(&daemon).await;
+    assert_eq!(metric(&metrics, "uacreg_database_reachable"), 0.0);
+    assert!(metric(&metrics, "uacreg_reload_failures_total") >= 1.0);
     assert!(
         !status.to_string().contains("uacreg-secret"),
         "password in status: {status}"

@@ -202,30 +202,6 @@ async fn stale_nonce_is_answered_without_a_failure() {
     daemon.stop().await;
 }
 
-/// A plain HTTP GET of the metrics page.
-async fn scrape(daemon: &uacreg::daemon::Daemon) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = daemon.metrics_addr().expect("metrics enabled");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
-    text
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_states_responses_retries_and_latency() {
     let behavior = Behavior::Reject {

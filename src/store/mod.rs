@@ -414,6 +414,21 @@ impl Store {
         })
     }
 
+    /// Shutdown: every status row says `stopped`, so a dashboard does not show bindings that
+    /// the daemon no longer refreshes as registered.
+    pub fn mark_status_stopped(&mut self, now_unix: i64) -> Result<(), StoreError> {
+        self.run(|connection, _| {
+            with_connection!(connection, conn => diesel::update(uacreg_status::table)
+                .set((
+                    uacreg_status::state.eq("stopped"),
+                    uacreg_status::next_refresh.eq(0i64),
+                    uacreg_status::updated_at.eq(now_unix),
+                ))
+                .execute(conn)?);
+            Ok(())
+        })
+    }
+
     /// Every row of `uacreg_status`, ordered by l_uuid (tests and tools).
     pub fn read_status(&mut self) -> Result<Vec<StatusRow>, StoreError> {
         self.run(|connection, _| {

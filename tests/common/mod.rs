@@ -104,3 +104,27 @@ pub async fn registered_count(daemon: &Daemon) -> usize {
 pub fn rpc(daemon: &Daemon) -> RpcClient {
     RpcClient::new(&daemon.rpc_url()).expect("rpc client")
 }
+
+/// A plain HTTP GET of the metrics page.
+pub async fn scrape(daemon: &uacreg::daemon::Daemon) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = daemon.metrics_addr().expect("metrics enabled");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    text
+}
+
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
