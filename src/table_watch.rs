@@ -74,12 +74,8 @@ pub async fn listen(gateway: Arc<Gateway>, url: DbUrl) {
 }
 
 async fn subscribe(url: &DbUrl) -> Result<AsyncPgConnection, String> {
-    // TCP keep-alives notice a server that vanished without closing the connection.
-    let mut target = postgres_target(url);
-    if !target.contains("keepalives_idle=") {
-        target.push_str("&keepalives_idle=30");
-    }
-    let mut conn = AsyncPgConnection::establish(&target)
+    // postgres_target's keep-alives notice a server that vanished without closing the connection.
+    let mut conn = AsyncPgConnection::establish(&postgres_target(url))
         .await
         .map_err(|e| clean_error(&e.to_string(), url))?;
     diesel::sql_query(format!("LISTEN {CHANNEL}"))

@@ -207,14 +207,23 @@ pub fn open(url: &DbUrl) -> Result<Opened, StoreError> {
     }
 }
 
-/// The PostgreSQL URL with a connect timeout unless the operator set one: an unreachable server
-/// must turn into an error, not a start-up or reload that hangs.
+/// The PostgreSQL URL with the timeouts a gateway needs unless the operator set them: an
+/// unreachable server must turn into an error, not a start-up or reload that hangs —
+/// `connect_timeout` for the connect, `tcp_user_timeout` for a statement sent to a server that
+/// vanished, `keepalives_idle` for an idle connection (the LISTEN one) to a server that vanished.
 pub fn postgres_target(url: &DbUrl) -> String {
-    if url.target.contains("connect_timeout=") {
-        return url.target.clone();
+    let mut target = url.target.clone();
+    for (key, value) in [
+        ("connect_timeout", "10"),
+        ("tcp_user_timeout", "30"),
+        ("keepalives_idle", "30"),
+    ] {
+        if !target.contains(&format!("{key}=")) {
+            let sep = if target.contains('?') { '&' } else { '?' };
+            target = format!("{target}{sep}{key}={value}");
+        }
     }
-    let sep = if url.target.contains('?') { '&' } else { '?' };
-    format!("{}{sep}connect_timeout=10", url.target)
+    target
 }
 
 fn migrate<DB, C>(conn: &mut C, migrations: EmbeddedMigrations) -> Result<(), StoreError>
@@ -290,18 +299,16 @@ mod tests {
     }
 
     #[test]
-    fn postgres_gets_a_connect_timeout() {
+    fn postgres_gets_timeouts() {
         let url = DbUrl::parse("postgres://u:p@h/d").unwrap();
         assert_eq!(
             postgres_target(&url),
-            "postgres://u:p@h/d?connect_timeout=10"
+            "postgres://u:p@h/d?connect_timeout=10&tcp_user_timeout=30&keepalives_idle=30"
         );
-        let url = DbUrl::parse("postgres://u:p@h/d?sslmode=disable").unwrap();
-        assert!(postgres_target(&url).ends_with("&connect_timeout=10"));
-        let url = DbUrl::parse("postgres://u:p@h/d?connect_timeout=3").unwrap();
+        let url = DbUrl::parse("postgres://u:p@h/d?sslmode=disable&connect_timeout=3").unwrap();
         assert_eq!(
             postgres_target(&url),
-            "postgres://u:p@h/d?connect_timeout=3"
+            "postgres://u:p@h/d?sslmode=disable&connect_timeout=3&tcp_user_timeout=30&keepalives_idle=30"
         );
     }
 }
