@@ -98,6 +98,9 @@ pub struct DatabaseConfig {
     pub status_table: bool,
     /// How often changed status rows are written (one transaction per round).
     pub status_interval: Duration,
+    /// Create and upgrade uacreg's tables (and the NOTIFY trigger) on connecting. Off for a
+    /// database user that may only read: the tables must then exist already.
+    pub migrate: bool,
 }
 
 impl Default for DatabaseConfig {
@@ -107,6 +110,7 @@ impl Default for DatabaseConfig {
             notify: true,
             status_table: false,
             status_interval: Duration::from_secs(5),
+            migrate: true,
         }
     }
 }
@@ -178,6 +182,8 @@ pub struct DatabaseFile {
     pub status_table: Option<bool>,
     /// Seconds between status writes (default 5; at least 1).
     pub status_interval_secs: Option<u64>,
+    /// Create/upgrade tables on start (default true).
+    pub migrate: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -367,6 +373,9 @@ impl Config {
             }
             if let Some(v) = db.status_interval_secs {
                 self.database.status_interval = Duration::from_secs(v.max(1));
+            }
+            if let Some(v) = db.migrate {
+                self.database.migrate = v;
             }
         }
         if let Some(inbound) = file.inbound
@@ -560,6 +569,7 @@ mod tests {
                 notify: true,
                 status_table: true,
                 status_interval: Duration::from_secs(1),
+                migrate: true,
             }
         );
         std::fs::write(&path, "bogus_key = 1\n").unwrap();

@@ -67,7 +67,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub async fn start(config: Config) -> Result<Daemon, DaemonError> {
-        let store = open_store(&config.db_url).await?;
+        let store = open_store(&config.db_url, config.database.migrate).await?;
 
         let (transport, tcp) = bind_main(&config).await?;
         let sip_addr = transport.local_addr();
@@ -279,13 +279,13 @@ impl Daemon {
 /// Opens the store. A malformed URL is an error at once; an unreachable or failing database is
 /// waited for — logged on every attempt, 1, 2, 4 … 30 s apart — because the daemon is useless
 /// without its rows and a supervisor restarting it in a loop helps nobody.
-async fn open_store(url: &str) -> Result<Store, DaemonError> {
-    let store = Store::unconnected(url).map_err(|source| DaemonError::Store {
+async fn open_store(url: &str, migrate: bool) -> Result<Store, DaemonError> {
+    let mut store = Store::unconnected(url).map_err(|source| DaemonError::Store {
         url: crate::store::redact(url),
         source,
     })?;
+    store.set_migrate(migrate);
     let shown = store.url().to_string();
-    let mut store = store;
     let mut wait = Duration::from_secs(1);
     let mut attempt = 1u32;
     loop {

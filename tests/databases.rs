@@ -118,6 +118,21 @@ impl Db {
         tokio::task::block_in_place(|| server.restart()).expect("server restarts");
     }
 
+    /// Like `with_store`, without running the migrations.
+    async fn with_store_unmigrated<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> T + Send + 'static,
+    ) -> T {
+        let url = self.url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut store = Store::unconnected(&url).expect("url");
+            store.set_migrate(false);
+            f(&mut store)
+        })
+        .await
+        .unwrap()
+    }
+
     async fn insert(&self, rows: Vec<RawRow>) {
         self.with_store(move |s| s.insert(&rows).expect("insert"))
             .await;
@@ -275,6 +290,37 @@ async fn kamailio_table_is_used_as_is(backend: Backend) {
         .sql("SELECT table_version FROM version WHERE table_name = 'uacreg';")
         .await;
     assert_eq!(version.trim(), "5");
+}
+
+/// `migrate = false` (a user that may only read): a Kamailio table is used and nothing is created.
+async fn without_migrations_nothing_is_created(backend: Backend) {
+    let Some(db) = Db::start(backend).await else {
+        return;
+    };
+    db.sql(&db.kamailio_ddl()).await;
+    let tables_sql = match backend {
+        Backend::Sqlite => "SELECT name FROM sqlite_master ORDER BY 1;",
+        _ => {
+            "SELECT table_name FROM information_schema.tables \
+              WHERE table_schema NOT IN ('pg_catalog', 'information_schema', 'mysql', \
+              'performance_schema', 'sys') ORDER BY 1;"
+        }
+    };
+    let before = db.sql(tables_sql).await;
+    let mut config = config(&db);
+    config.database.migrate = false;
+    let daemon = Daemon::start(config).await.expect("daemon starts");
+    db.with_store_unmigrated(|s| {
+        let mut rows = demo_rows(2, "127.0.0.1:9".parse().unwrap());
+        rows.iter_mut().for_each(|r| r.contact_user.clear());
+        s.insert(&rows)
+    })
+    .await
+    .expect("insert");
+    let report: Value = rpc(&daemon).call("uac.reg_reload", &[]).await.unwrap();
+    assert_eq!(report["added"], 2, "{report}");
+    daemon.stop().await;
+    assert_eq!(db.sql(tables_sql).await, before, "tables were created");
 }
 
 /// Kamailio's version 6 (with `contact_user`) is read with its contact_user.
@@ -612,6 +658,7 @@ tests_on!(
     [
         registers_rows_and_reloads_the_difference,
         kamailio_table_is_used_as_is,
+        without_migrations_nothing_is_created,
         kamailio_version_6_table_reads_contact_user,
         periodic_reload_picks_up_changes,
         status_table_follows_the_registrations,
@@ -624,6 +671,7 @@ tests_on!(
     [
         registers_rows_and_reloads_the_difference,
         kamailio_table_is_used_as_is,
+        without_migrations_nothing_is_created,
         kamailio_version_6_table_reads_contact_user,
         periodic_reload_picks_up_changes,
         status_table_follows_the_registrations,
@@ -639,6 +687,7 @@ tests_on!(
     [
         registers_rows_and_reloads_the_difference,
         kamailio_table_is_used_as_is,
+        without_migrations_nothing_is_created,
         kamailio_version_6_table_reads_contact_user,
         periodic_reload_picks_up_changes,
         status_table_follows_the_registrations,

@@ -170,12 +170,14 @@ pub struct Opened {
     pub runtime: Option<tokio::runtime::Runtime>,
 }
 
-/// Connects and brings the schema up to date.
-pub fn open(url: &DbUrl) -> Result<Opened, StoreError> {
+/// Connects and, when `migrate` is set, brings the schema up to date.
+pub fn open(url: &DbUrl, migrate: bool) -> Result<Opened, StoreError> {
     match url.engine {
         Engine::Sqlite => {
             let mut conn = super::sqlite::open(&url.target)?;
-            migrate::<Sqlite, _>(&mut conn, SQLITE_MIGRATIONS)?;
+            if migrate {
+                run_migrations::<Sqlite, _>(&mut conn, SQLITE_MIGRATIONS)?;
+            }
             Ok(Opened {
                 connection: Connection::Sqlite(conn),
                 runtime: None,
@@ -187,7 +189,9 @@ pub fn open(url: &DbUrl) -> Result<Opened, StoreError> {
             let mut conn =
                 AsyncConnectionWrapper::<AsyncPgConnection>::establish(&postgres_target(url))
                     .map_err(|e| StoreError::Open(clean_error(&e.to_string(), url)))?;
-            migrate::<Pg, _>(&mut conn, POSTGRES_MIGRATIONS)?;
+            if migrate {
+                run_migrations::<Pg, _>(&mut conn, POSTGRES_MIGRATIONS)?;
+            }
             Ok(Opened {
                 connection: Connection::Postgres(Box::new(conn)),
                 runtime,
@@ -198,7 +202,9 @@ pub fn open(url: &DbUrl) -> Result<Opened, StoreError> {
             let _entered = runtime.as_ref().map(|rt| rt.enter());
             let mut conn = AsyncConnectionWrapper::<AsyncMysqlConnection>::establish(&url.target)
                 .map_err(|e| StoreError::Open(clean_error(&e.to_string(), url)))?;
-            migrate::<Mysql, _>(&mut conn, MYSQL_MIGRATIONS)?;
+            if migrate {
+                run_migrations::<Mysql, _>(&mut conn, MYSQL_MIGRATIONS)?;
+            }
             Ok(Opened {
                 connection: Connection::Mysql(Box::new(conn)),
                 runtime,
@@ -226,7 +232,7 @@ pub fn postgres_target(url: &DbUrl) -> String {
     target
 }
 
-fn migrate<DB, C>(conn: &mut C, migrations: EmbeddedMigrations) -> Result<(), StoreError>
+fn run_migrations<DB, C>(conn: &mut C, migrations: EmbeddedMigrations) -> Result<(), StoreError>
 where
     DB: diesel::backend::Backend,
     C: MigrationHarness<DB>,

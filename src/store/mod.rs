@@ -155,6 +155,8 @@ macro_rules! read_rows {
 /// The database holding the `uacreg` table.
 pub struct Store {
     url: DbUrl,
+    /// Run the migrations on connecting (off: the tables must exist, nothing is created).
+    migrate: bool,
     session: Option<Session>,
     outage: Option<Outage>,
 }
@@ -172,15 +174,23 @@ impl Store {
     pub fn unconnected(url: &str) -> Result<Store, StoreError> {
         Ok(Store {
             url: DbUrl::parse(url)?,
+            migrate: true,
             session: None,
             outage: None,
         })
     }
 
+    /// Whether connecting runs the migrations (default on). Off suits a database user that may
+    /// only read `uacreg`: nothing is created, and features whose objects are missing
+    /// (`uacreg_status`, the NOTIFY trigger) report that they are missing.
+    pub fn set_migrate(&mut self, migrate: bool) {
+        self.migrate = migrate;
+    }
+
     /// Connects now, whatever the retry schedule says. A failure starts (or extends) the outage.
     pub fn connect(&mut self) -> Result<(), StoreError> {
         self.session = None;
-        match Self::start_session(&self.url) {
+        match Self::start_session(&self.url, self.migrate) {
             Ok(session) => {
                 self.end_outage();
                 self.session = Some(session);
@@ -209,8 +219,8 @@ impl Store {
         }
     }
 
-    fn start_session(url: &DbUrl) -> Result<Session, StoreError> {
-        let opened = connection::open(url)?;
+    fn start_session(url: &DbUrl, migrate: bool) -> Result<Session, StoreError> {
+        let opened = connection::open(url, migrate)?;
         let mut session = Session {
             connection: opened.connection,
             layout: TableLayout {
@@ -663,6 +673,45 @@ mod tests {
         drop(store);
         assert_eq!(uacreg_columns(&path), before, "the table was altered");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn without_migrations_nothing_is_created() {
+        let (dir, url) = temp_url("nomigrate");
+        let path = sqlite::path_of(&url).to_string();
+        std::fs::create_dir_all(std::path::Path::new(&path).parent().unwrap()).unwrap();
+        let mut conn = diesel::sqlite::SqliteConnection::establish(&path).unwrap();
+        diesel::connection::SimpleConnection::batch_execute(&mut conn, KAMAILIO_V5_SQLITE).unwrap();
+        let tables = |conn: &mut diesel::sqlite::SqliteConnection| {
+            #[derive(QueryableByName)]
+            struct Name {
+                #[diesel(sql_type = diesel::sql_types::Text)]
+                name: String,
+            }
+            diesel::sql_query("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY 1")
+                .load::<Name>(conn)
+                .unwrap()
+                .into_iter()
+                .map(|n| n.name)
+                .collect::<Vec<_>>()
+        };
+        let before = tables(&mut conn);
+        let mut store = Store::unconnected(&url).unwrap();
+        store.set_migrate(false);
+        assert_eq!(store.load(&defaults()).unwrap().records.len(), 1);
+        assert_eq!(tables(&mut conn), before);
+        // The optional table is missing: a clear error, the rest works.
+        let err = store.read_status().unwrap_err();
+        assert!(err.to_string().contains("uacreg_status"), "{err}");
+        assert_eq!(store.load(&defaults()).unwrap().records.len(), 1);
+        // A database without the uacreg table at all says so.
+        let (dir2, url2) = temp_url("nomigrate-empty");
+        let mut empty = Store::unconnected(&url2).unwrap();
+        empty.set_migrate(false);
+        let err = empty.load(&defaults()).unwrap_err();
+        assert!(err.to_string().contains("uacreg table is missing"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(dir2);
     }
 
     #[test]
