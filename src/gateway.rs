@@ -81,6 +81,8 @@ pub struct DatabaseHealth {
     pub last_error: Option<String>,
     /// PostgreSQL LISTEN uacreg_changed is active.
     pub listening: bool,
+    /// Whether the trigger that sends NOTIFY exists (None: not checked, not PostgreSQL).
+    pub notify_trigger: Option<bool>,
     pub notifications: u64,
     pub status_rows_written: u64,
     pub status_write_failures: u64,

@@ -46,7 +46,7 @@ pub async fn listen(gateway: Arc<Gateway>, url: DbUrl) {
     let mut failing = false;
     loop {
         match subscribe(&url).await {
-            Ok(mut conn) => {
+            Ok((mut conn, has_trigger)) => {
                 if failing {
                     info!("listening for uacreg changes again");
                 } else {
@@ -54,7 +54,10 @@ pub async fn listen(gateway: Arc<Gateway>, url: DbUrl) {
                 }
                 failing = false;
                 retry = FIRST_RETRY;
-                gateway.update_health(|h| h.listening = true);
+                gateway.update_health(|h| {
+                    h.listening = true;
+                    h.notify_trigger = Some(has_trigger);
+                });
                 // Whatever changed while nobody listened.
                 let _ = gateway.reload_because(ReloadCause::Automatic).await;
                 let lost = follow(&gateway, &mut conn).await;
@@ -73,7 +76,8 @@ pub async fn listen(gateway: Arc<Gateway>, url: DbUrl) {
     }
 }
 
-async fn subscribe(url: &DbUrl) -> Result<AsyncPgConnection, String> {
+/// Connects and LISTENs; also says whether the trigger that sends the notifications exists.
+async fn subscribe(url: &DbUrl) -> Result<(AsyncPgConnection, bool), String> {
     // postgres_target's keep-alives notice a server that vanished without closing the connection.
     let mut conn = AsyncPgConnection::establish(&postgres_target(url))
         .await
@@ -82,7 +86,26 @@ async fn subscribe(url: &DbUrl) -> Result<AsyncPgConnection, String> {
         .execute(&mut conn)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(conn)
+    // With `migrate = false` the trigger exists only if the operator created it.
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let triggers = diesel::sql_query(
+        "SELECT COUNT(*) AS n FROM pg_trigger WHERE tgname = 'uacreg_notify_change' \
+         AND tgrelid = 'uacreg'::regclass",
+    )
+    .get_result::<Count>(&mut conn)
+    .await
+    .map_or(1, |c| c.n);
+    if triggers == 0 {
+        warn!(
+            "no uacreg_notify_change trigger on uacreg: NOTIFY will not come \
+             (create it with the last statements of schema/postgres.sql)"
+        );
+    }
+    Ok((conn, triggers > 0))
 }
 
 /// Reloads after each burst of notifications until the connection fails; returns why.

@@ -309,7 +309,20 @@ async fn without_migrations_nothing_is_created(backend: Backend) {
     let before = db.sql(tables_sql).await;
     let mut config = config(&db);
     config.database.migrate = false;
+    config.database.notify = true;
     let daemon = Daemon::start(config).await.expect("daemon starts");
+    if backend == Backend::Postgres {
+        // LISTEN works, but the trigger was not installed: said so, not silently waited on.
+        let checked = wait_until(Duration::from_secs(10), || async {
+            daemon.gateway().database_health().notify_trigger.is_some()
+        })
+        .await;
+        assert!(checked);
+        assert_eq!(
+            daemon.gateway().database_health().notify_trigger,
+            Some(false)
+        );
+    }
     db.with_store_unmigrated(|s| {
         let mut rows = demo_rows(2, "127.0.0.1:9".parse().unwrap());
         rows.iter_mut().for_each(|r| r.contact_user.clear());
@@ -562,6 +575,10 @@ async fn postgres_notify_reloads_at_once(backend: Backend) {
     })
     .await;
     assert!(listening, "not listening");
+    assert_eq!(
+        daemon.gateway().database_health().notify_trigger,
+        Some(true)
+    );
     let row = demo_rows(2, registrar.local_addr()).pop().unwrap();
     db.insert(vec![row]).await;
     wait_registered(&daemon, 2, Duration::from_secs(5)).await;
