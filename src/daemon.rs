@@ -122,7 +122,11 @@ impl Daemon {
                 tokio::spawn(async move {
                     loop {
                         tokio::time::sleep(Duration::from_secs(10)).await;
-                        if gateway.reload().await.is_ok() {
+                        if gateway
+                            .reload_because(crate::gateway::ReloadCause::Automatic)
+                            .await
+                            .is_ok()
+                        {
                             break;
                         }
                     }
