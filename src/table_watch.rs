@@ -12,13 +12,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use tracing::{info, warn};
 
 use crate::gateway::{Gateway, ReloadCause};
 use crate::store::DbUrl;
-use crate::store::connection::{clean_error, postgres_target};
 
 /// The channel the trigger notifies.
 pub const CHANNEL: &str = "uacreg_changed";
@@ -78,10 +77,10 @@ pub async fn listen(gateway: Arc<Gateway>, url: DbUrl) {
 
 /// Connects and LISTENs; also says whether the trigger that sends the notifications exists.
 async fn subscribe(url: &DbUrl) -> Result<(AsyncPgConnection, bool), String> {
-    // postgres_target's keep-alives notice a server that vanished without closing the connection.
-    let mut conn = AsyncPgConnection::establish(&postgres_target(url))
+    // Its TCP keep-alives notice a server that vanished without closing the connection.
+    let mut conn = crate::store::postgres::connect(url)
         .await
-        .map_err(|e| clean_error(&e.to_string(), url))?;
+        .map_err(|e| e.to_string())?;
     diesel::sql_query(format!("LISTEN {CHANNEL}"))
         .execute(&mut conn)
         .await

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{TempDir, metric, rpc, scrape, test_config, users, wait_until};
+use common::{TempDir, metric, rpc, scrape, test_config, test_pki, users, wait_until};
 use serde_json::Value;
 use support::dbserver::{DbServer, Engine, require_engine};
 use support::kamailio::run_sqlite;
@@ -128,6 +128,17 @@ impl Db {
             let mut store = Store::unconnected(&url).expect("url");
             store.set_migrate(false);
             f(&mut store)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Opens a store on `url` on a blocking thread; the error as text.
+    async fn try_open(url: String) -> Result<(), String> {
+        tokio::task::spawn_blocking(move || {
+            Store::open(&url)
+                .and_then(|mut s| s.read_status().map(|_| ()))
+                .map_err(|e| e.to_string())
         })
         .await
         .unwrap()
@@ -656,6 +667,61 @@ async fn schema_file_matches_the_migrations(backend: Backend) {
     );
 }
 
+/// TLS to the database: with the CA named in the URL the daemon connects and registers; a
+/// certificate from another CA is refused with the reason; PostgreSQL (`hostssl` only) refuses
+/// a plain-text login, so the working connection was TLS.
+async fn tls_to_the_database_is_verified(backend: Backend) {
+    let Some(mut db) = Db::start(backend).await else {
+        return;
+    };
+    let pki = TempDir::new("dbtls");
+    let (ca_file, cert, key) = test_pki(&pki);
+    let other = TempDir::new("dbtls-other");
+    let (other_ca, _, _) = test_pki(&other);
+    tokio::task::block_in_place(|| db.server.as_mut().unwrap().enable_tls(&cert, &key))
+        .expect("server restarts with TLS");
+    let with_ca = |ca: &std::path::Path| match backend {
+        Backend::Postgres => format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            db.url,
+            ca.display()
+        ),
+        _ => format!("{}?require_ssl=true&ssl_ca={}", db.url, ca.display()),
+    };
+    Db::try_open(with_ca(&ca_file))
+        .await
+        .expect("TLS with the right CA");
+    let err = Db::try_open(with_ca(&other_ca)).await.unwrap_err();
+    eprintln!("{backend:?} with another CA: {err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(!err.contains("uacreg-secret"), "{err}");
+    if backend == Backend::Postgres {
+        let err = Db::try_open(db.url.clone()).await.unwrap_err();
+        assert!(
+            err.contains("no encryption") || err.contains("pg_hba"),
+            "{err}"
+        );
+    }
+
+    let registrar = registrar(3).await;
+    db.url = with_ca(&ca_file);
+    db.insert(demo_rows(3, registrar.local_addr())).await;
+    let mut config = config(&db);
+    config.database.notify = true; // PostgreSQL: the LISTEN connection is TLS too
+    config.database.status_table = true;
+    config.database.status_interval = Duration::from_secs(1);
+    let daemon = Daemon::start(config).await.expect("daemon starts");
+    wait_registered(&daemon, 3, Duration::from_secs(20)).await;
+    if backend == Backend::Postgres {
+        let listening = wait_until(Duration::from_secs(10), || async {
+            daemon.gateway().database_health().listening
+        })
+        .await;
+        assert!(listening, "LISTEN over TLS failed");
+    }
+    daemon.stop().await;
+}
+
 macro_rules! tests_on {
     ($module:ident, $backend:expr, [$($scenario:ident),* $(,)?]) => {
         mod $module {
@@ -695,6 +761,7 @@ tests_on!(
         schema_file_matches_the_migrations,
         database_outage_loses_nothing,
         start_up_waits_for_the_database,
+        tls_to_the_database_is_verified,
         postgres_notify_reloads_at_once,
     ]
 );
@@ -711,5 +778,6 @@ tests_on!(
         schema_file_matches_the_migrations,
         database_outage_loses_nothing,
         start_up_waits_for_the_database,
+        tls_to_the_database_is_verified,
     ]
 );

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -15,12 +14,6 @@ use uacreg::demo::demo_rows;
 use uacreg::store::RawRow;
 use uacreg::testing::dns::{Record, TestDns};
 use uacreg::testing::registrar::{Behavior, RegistrarConfig, TestRegistrar};
-
-fn users(n: usize) -> HashMap<String, String> {
-    (0..n)
-        .map(|i| (format!("user{i:06}"), format!("pw-user{i:06}")))
-        .collect()
-}
 
 async fn registrar_with(n: usize, bind: &str, tcp: bool) -> TestRegistrar {
     TestRegistrar::start(RegistrarConfig {
@@ -103,24 +96,6 @@ async fn tcp_rows_share_one_connection_and_reregister_when_it_drops() {
     assert_eq!(stats.rebinds, 20, "{stats:?}");
     assert_eq!(stats.connections_closed, 1);
     daemon.stop().await;
-}
-
-/// A throwaway CA and a server certificate for 127.0.0.1 signed by it.
-fn test_pki(dir: &TempDir) -> (std::path::PathBuf, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server_params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "registrar.test".to_string()])
-            .unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let server = server_params.signed_by(&server_key, &issuer).unwrap();
-    let ca_file = dir.0.join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    (ca_file, server.pem(), server_key.serialize_pem())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,6 @@
 
 use std::fmt;
 
-use diesel::Connection as _;
 use diesel::mysql::Mysql;
 use diesel::pg::Pg;
 use diesel::sqlite::{Sqlite, SqliteConnection};
@@ -85,6 +84,13 @@ impl DbUrl {
             }
         }
         Ok(DbUrl { engine, target })
+    }
+}
+
+impl DbUrl {
+    /// What the driver is given: the file path for SQLite, the URL for a server.
+    pub fn target(&self) -> &str {
+        &self.target
     }
 }
 
@@ -186,9 +192,8 @@ pub fn open(url: &DbUrl, migrate: bool) -> Result<Opened, StoreError> {
         Engine::Postgres => {
             let runtime = ensure_runtime()?;
             let _entered = runtime.as_ref().map(|rt| rt.enter());
-            let mut conn =
-                AsyncConnectionWrapper::<AsyncPgConnection>::establish(&postgres_target(url))
-                    .map_err(|e| StoreError::Open(clean_error(&e.to_string(), url)))?;
+            let pg = tokio::runtime::Handle::current().block_on(super::postgres::connect(url))?;
+            let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(pg);
             if migrate {
                 run_migrations::<Pg, _>(&mut conn, POSTGRES_MIGRATIONS)?;
             }
@@ -200,8 +205,8 @@ pub fn open(url: &DbUrl, migrate: bool) -> Result<Opened, StoreError> {
         Engine::Mysql => {
             let runtime = ensure_runtime()?;
             let _entered = runtime.as_ref().map(|rt| rt.enter());
-            let mut conn = AsyncConnectionWrapper::<AsyncMysqlConnection>::establish(&url.target)
-                .map_err(|e| StoreError::Open(clean_error(&e.to_string(), url)))?;
+            let my = tokio::runtime::Handle::current().block_on(super::mysql::connect(url))?;
+            let mut conn = AsyncConnectionWrapper::<AsyncMysqlConnection>::from(my);
             if migrate {
                 run_migrations::<Mysql, _>(&mut conn, MYSQL_MIGRATIONS)?;
             }
@@ -211,25 +216,6 @@ pub fn open(url: &DbUrl, migrate: bool) -> Result<Opened, StoreError> {
             })
         }
     }
-}
-
-/// The PostgreSQL URL with the timeouts a gateway needs unless the operator set them: an
-/// unreachable server must turn into an error, not a start-up or reload that hangs —
-/// `connect_timeout` for the connect, `tcp_user_timeout` for a statement sent to a server that
-/// vanished, `keepalives_idle` for an idle connection (the LISTEN one) to a server that vanished.
-pub fn postgres_target(url: &DbUrl) -> String {
-    let mut target = url.target.clone();
-    for (key, value) in [
-        ("connect_timeout", "10"),
-        ("tcp_user_timeout", "30"),
-        ("keepalives_idle", "30"),
-    ] {
-        if !target.contains(&format!("{key}=")) {
-            let sep = if target.contains('?') { '&' } else { '?' };
-            target = format!("{target}{sep}{key}={value}");
-        }
-    }
-    target
 }
 
 fn run_migrations<DB, C>(conn: &mut C, migrations: EmbeddedMigrations) -> Result<(), StoreError>
@@ -301,20 +287,6 @@ mod tests {
         assert_eq!(
             clean_error("auth failed for mysql://u:hunter2@h/d", &url),
             "auth failed for mysql://u:***@h/d"
-        );
-    }
-
-    #[test]
-    fn postgres_gets_timeouts() {
-        let url = DbUrl::parse("postgres://u:p@h/d").unwrap();
-        assert_eq!(
-            postgres_target(&url),
-            "postgres://u:p@h/d?connect_timeout=10&tcp_user_timeout=30&keepalives_idle=30"
-        );
-        let url = DbUrl::parse("postgres://u:p@h/d?sslmode=disable&connect_timeout=3").unwrap();
-        assert_eq!(
-            postgres_target(&url),
-            "postgres://u:p@h/d?sslmode=disable&connect_timeout=3&tcp_user_timeout=30&keepalives_idle=30"
         );
     }
 }

@@ -12,6 +12,7 @@
 //! touches the registrations: callers keep the running ones when a read fails.
 //!
 //! * [`connection`] — the URL, the engine, one connection of any engine, migrations.
+//! * [`postgres`], [`mysql`] — connecting to a server: timeouts, TLS.
 //! * [`layout`] — Kamailio table version 5 or 6: which columns to read.
 //! * [`schema`] — diesel's table definitions.
 //! * [`row`] — [`RawRow`], a row as stored.
@@ -21,6 +22,8 @@
 
 pub mod connection;
 pub mod layout;
+pub mod mysql;
+pub mod postgres;
 pub mod row;
 pub mod schema;
 pub mod sqlite;

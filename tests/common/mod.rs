@@ -128,3 +128,21 @@ pub fn metric(text: &str, series: &str) -> f64 {
         })
         .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
 }
+
+/// A throwaway CA and a server certificate for 127.0.0.1 signed by it.
+pub fn test_pki(dir: &TempDir) -> (std::path::PathBuf, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server_params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "registrar.test".to_string()])
+            .unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server = server_params.signed_by(&server_key, &issuer).unwrap();
+    let ca_file = dir.0.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    (ca_file, server.pem(), server_key.serialize_pem())
+}

@@ -294,6 +294,8 @@ pub struct DbServer {
     log_path: PathBuf,
     init: Duration,
     startup: Duration,
+    /// Server options added by [`enable_tls`](Self::enable_tls).
+    extra_args: Vec<String>,
     // Declared last: removed after the process is gone.
     dir: TempDir,
 }
@@ -326,6 +328,7 @@ impl DbServer {
             log_path,
             init,
             startup: Duration::ZERO,
+            extra_args: Vec::new(),
             dir,
         };
         let mut failures = String::new();
@@ -408,6 +411,52 @@ impl DbServer {
         }
     }
 
+    /// Restarts the server serving TLS with `cert_pem`/`key_pem` (PEM). PostgreSQL then also
+    /// refuses plain-text logins over TCP (`hostssl` in pg_hba.conf), so a client that gets in
+    /// spoke TLS; MariaDB offers TLS and leaves the choice to the client.
+    pub fn enable_tls(&mut self, cert_pem: &str, key_pem: &str) -> io::Result<()> {
+        let tls = self.dir.path().join("tls");
+        std::fs::create_dir_all(&tls)?;
+        let cert = tls.join("server.crt");
+        let key = tls.join("server.key");
+        std::fs::write(&cert, cert_pem)?;
+        std::fs::write(&key, key_pem)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        if let Some(account) = self.install.server_account() {
+            for path in [&tls, &cert, &key] {
+                std::os::unix::fs::chown(path, Some(account.uid), Some(account.gid))?;
+            }
+        }
+        self.extra_args = match self.engine() {
+            Engine::Postgres => {
+                let hba = self.dir.path().join("data").join("pg_hba.conf");
+                let text = std::fs::read_to_string(&hba)?;
+                let ssl_only: String = text
+                    .lines()
+                    .map(|line| match line.strip_prefix("host ") {
+                        Some(rest) => format!("hostssl {rest}\n"),
+                        None => format!("{line}\n"),
+                    })
+                    .collect();
+                std::fs::write(&hba, ssl_only)?;
+                vec![
+                    "-c".into(),
+                    "ssl=on".into(),
+                    "-c".into(),
+                    format!("ssl_cert_file={}", cert.display()),
+                    "-c".into(),
+                    format!("ssl_key_file={}", key.display()),
+                ]
+            }
+            Engine::MariaDb => vec![
+                format!("--ssl-cert={}", cert.display()),
+                format!("--ssl-key={}", key.display()),
+            ],
+        };
+        self.restart()
+    }
+
     /// Whether the server process is alive (started and neither stopped nor exited).
     pub fn is_running(&self) -> bool {
         self.process.as_ref().is_some_and(|p| !p.has_exited())
@@ -462,7 +511,8 @@ impl DbServer {
             self.engine(),
             self.addr()
         );
-        let command = server_command(&self.install, self.dir.path(), self.port());
+        let mut command = server_command(&self.install, self.dir.path(), self.port());
+        command.args(&self.extra_args);
         let stop_signal = match self.engine() {
             // SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for clients to leave.
             Engine::Postgres => "INT",

@@ -1,0 +1,87 @@
+//! Connecting to MySQL/MariaDB, with TLS when the URL asks for it.
+//!
+//! mysql_async reads `require_ssl=true` (with `verify_ca`, `verify_identity`, `built_in_roots`)
+//! from the URL and verifies the server against the built-in web roots. A private CA — the usual
+//! case for a database — is given with uacreg's own `ssl_ca=/path/ca.pem`, which is taken out of
+//! the URL and handed to the client as a root certificate.
+
+use diesel_async::{AsyncConnection, AsyncMysqlConnection};
+use mysql_async::{Opts, OptsBuilder};
+
+use super::StoreError;
+use super::connection::{DbUrl, clean_error};
+
+/// The URL without `ssl_ca`, and the CA file if one was named.
+pub fn split_ca(url: &str) -> (String, Option<std::path::PathBuf>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut ca = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.strip_prefix("ssl_ca=") {
+            Some(path) => {
+                ca = Some(std::path::PathBuf::from(path));
+                false
+            }
+            None => !pair.is_empty(),
+        })
+        .collect();
+    if kept.is_empty() {
+        (base.to_string(), ca)
+    } else {
+        (format!("{base}?{}", kept.join("&")), ca)
+    }
+}
+
+pub async fn connect(url: &DbUrl) -> Result<AsyncMysqlConnection, StoreError> {
+    let failed = |e: &dyn std::fmt::Display| StoreError::Open(clean_error(&e.to_string(), url));
+    let (plain_url, ca) = split_ca(url.target());
+    let Some(ca) = ca else {
+        return AsyncMysqlConnection::establish(&plain_url)
+            .await
+            .map_err(|e| failed(&e));
+    };
+    let opts = Opts::from_url(&plain_url)
+        .map_err(|e| StoreError::Url(clean_error(&e.to_string(), url)))?;
+    let ssl = opts
+        .ssl_opts()
+        .cloned()
+        .unwrap_or_default()
+        .with_root_certs(vec![ca.into()]);
+    // The same settings diesel-async's own establish uses.
+    let builder = OptsBuilder::from_opts(opts)
+        .stmt_cache_size(0)
+        .client_found_rows(true)
+        .ssl_opts(Some(ssl));
+    let conn = mysql_async::Conn::new(builder)
+        .await
+        .map_err(|e| failed(&e))?;
+    AsyncMysqlConnection::try_from(conn)
+        .await
+        .map_err(|e| failed(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssl_ca_is_taken_out() {
+        assert_eq!(
+            split_ca("mysql://u:p@h/d"),
+            ("mysql://u:p@h/d".into(), None)
+        );
+        assert_eq!(
+            split_ca("mysql://u:p@h/d?require_ssl=true&ssl_ca=/etc/ca.pem"),
+            (
+                "mysql://u:p@h/d?require_ssl=true".into(),
+                Some("/etc/ca.pem".into())
+            )
+        );
+        assert_eq!(
+            split_ca("mysql://u:p@h/d?ssl_ca=/ca.pem"),
+            ("mysql://u:p@h/d".into(), Some("/ca.pem".into()))
+        );
+    }
+}
