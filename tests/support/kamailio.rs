@@ -35,11 +35,11 @@ use std::fmt::Write as _;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::process::{
-    PortReservation, TempDir, find_program, read_lossy, require, run_with_input, signal_group,
+    PortReservation, TempDir, Watched, find_program, read_lossy, require, run_with_input,
     spare_udp_port, tail,
 };
 
@@ -179,10 +179,8 @@ pub struct Binding {
 
 /// A running Kamailio registrar. Dropping it stops the process and removes its temp dir.
 pub struct KamailioRegistrar {
-    /// The `sh` watchdog; its pid is the process group of it and Kamailio.
-    watchdog: Child,
-    /// Closing this tells the watchdog to stop Kamailio.
-    lifeline: Option<ChildStdin>,
+    /// Kamailio under its watchdog (process group = the watchdog's pid).
+    process: Watched,
     _port: PortReservation,
     addr: SocketAddr,
     domain: String,
@@ -230,12 +228,11 @@ impl KamailioRegistrar {
                 config(&install, port.addr(), domain, &db, &token, options),
             )?;
             let began = Instant::now();
-            let (mut watchdog, lifeline) = spawn(&install, &cfg, dir.path(), &log_path)?;
-            match wait_ready(&watchdog, port.addr(), &token, &log_path) {
+            let mut process = spawn(&install, &cfg, dir.path(), &log_path)?;
+            match wait_ready(&process, port.addr(), &token, &log_path) {
                 Ok(()) => {
                     return Ok(KamailioRegistrar {
-                        watchdog,
-                        lifeline: Some(lifeline),
+                        process,
                         addr: port.addr(),
                         _port: port,
                         domain: domain.to_owned(),
@@ -247,11 +244,11 @@ impl KamailioRegistrar {
                     });
                 }
                 Err(Start::Retry(why)) => {
-                    stop(&mut watchdog, Some(lifeline));
+                    process.stop(SHUTDOWN_LIMIT);
                     let _ = writeln!(failures, "attempt {attempt} on {}: {why}", port.addr());
                 }
                 Err(Start::Fail(why)) => {
-                    stop(&mut watchdog, Some(lifeline));
+                    process.stop(SHUTDOWN_LIMIT);
                     return Err(io::Error::other(format!(
                         "Kamailio did not start on {}: {why}\n--- log {} ---\n{}",
                         port.addr(),
@@ -290,7 +287,7 @@ impl KamailioRegistrar {
 
     /// Process group of Kamailio and its watchdog (the watchdog's pid).
     pub fn process_group(&self) -> u32 {
-        self.watchdog.id()
+        self.process.process_group()
     }
 
     /// Pids of every process in [`process_group`](Self::process_group): the watchdog, Kamailio's
@@ -403,8 +400,9 @@ impl KamailioRegistrar {
 }
 
 impl Drop for KamailioRegistrar {
+    /// SIGTERM through the watchdog, up to [`SHUTDOWN_LIMIT`]; then everything left is killed.
     fn drop(&mut self) {
-        stop(&mut self.watchdog, self.lifeline.take());
+        self.process.stop(SHUTDOWN_LIMIT);
     }
 }
 
@@ -619,37 +617,12 @@ request_route {
         .replace("@DEFAULT_EXPIRES@", &options.default_expires.to_string())
 }
 
-/// Starts Kamailio under a watchdog shell in a new process group:
-/// `kamailio &`, and a reader of the lifeline pipe that sends SIGTERM when the pipe closes.
-/// The shell exits with Kamailio's status when Kamailio exits on its own.
-fn spawn(
-    install: &Installation,
-    cfg: &Path,
-    dir: &Path,
-    log_path: &Path,
-) -> io::Result<(Child, ChildStdin)> {
-    use std::os::unix::process::CommandExt;
-
-    // An asynchronous list gets /dev/null as stdin before its own redirections, so the
-    // lifeline is first saved as fd 3 and handed to the reader from there.
-    const WATCHDOG: &str = r#"
-exec 3<&0
-"$0" "$@" 3<&- &
-k=$!
-( read -r _ignored <&3; kill -TERM "$k" 2>/dev/null ) &
-w=$!
-exec 3<&-
-wait "$k"
-rc=$?
-kill -TERM "$w" 2>/dev/null
-exit "$rc"
-"#;
+/// Starts Kamailio in the foreground under a watchdog ([`Watched`]) in a new process group,
+/// with SIGTERM as its stop signal and its output in `log_path`.
+fn spawn(install: &Installation, cfg: &Path, dir: &Path, log_path: &Path) -> io::Result<Watched> {
     let log = std::fs::File::create(log_path)?;
-    let log_err = log.try_clone()?;
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(WATCHDOG)
-        .arg(&install.kamailio)
+    let mut kamailio = Command::new(&install.kamailio);
+    kamailio
         .arg("-f")
         .arg(cfg)
         .args(["-DD", "-E", "-m", "32", "-M", "4"])
@@ -657,21 +630,14 @@ exit "$rc"
         .arg(dir)
         .arg("-P")
         .arg(dir.join("kamailio.pid"))
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(log)
-        .stderr(log_err)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| io::Error::new(e.kind(), format!("spawning kamailio via /bin/sh: {e}")))?;
-    let lifeline = child.stdin.take().expect("piped stdin");
-    Ok((child, lifeline))
+        .current_dir(dir);
+    Watched::spawn(&kamailio, "TERM", &log)
 }
 
 /// Sends OPTIONS to `addr` until a reply carrying `token` arrives, Kamailio exits, or
 /// [`STARTUP_LIMIT`] passes.
 fn wait_ready(
-    watchdog: &Child,
+    process: &Watched,
     addr: SocketAddr,
     token: &str,
     log_path: &Path,
@@ -684,7 +650,7 @@ fn wait_ready(
     let mut buf = [0u8; 4096];
     let mut probe = 0u32;
     while Instant::now() < deadline {
-        if has_exited(watchdog) {
+        if process.has_exited() {
             let log = read_lossy(log_path);
             let why = "kamailio exited before answering".to_owned();
             return Err(if log.contains("Address already in use") {
@@ -735,33 +701,6 @@ fn wait_ready(
     Err(Start::Fail(format!(
         "no answer to OPTIONS within {STARTUP_LIMIT:?}"
     )))
-}
-
-/// Closes the lifeline (the watchdog then sends SIGTERM to Kamailio) and waits up to
-/// [`SHUTDOWN_LIMIT`]; then SIGKILL goes to the whole process group, which reaches stragglers
-/// or, on timeout, everything. The group is signalled while the watchdog is still unreaped (at
-/// most a zombie), so its pid, which is the group id, cannot have been reused.
-fn stop(watchdog: &mut Child, lifeline: Option<ChildStdin>) {
-    drop(lifeline);
-    let deadline = Instant::now() + SHUTDOWN_LIMIT;
-    while !has_exited(watchdog) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    signal_group(watchdog.id(), "KILL");
-    let _ = watchdog.wait();
-}
-
-/// Whether `child` has exited, without reaping it (so its pid stays reserved): a zombie shows
-/// state `Z` in `/proc/<pid>/stat`. Linux only, like the rest of this harness.
-fn has_exited(child: &Child) -> bool {
-    match std::fs::read_to_string(format!("/proc/{}/stat", child.id())) {
-        // "pid (comm) S ...": comm may contain spaces and parentheses, so split after the last ')'.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state == "Z" || state == "X"),
-        Err(_) => true,
-    }
 }
 
 /// Pids of the live (not zombie) processes whose process group is `pgid`, from `/proc`.
