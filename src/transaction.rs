@@ -133,6 +133,9 @@ pub struct ClientTransactions {
     branch_salt: u64,
     by_id: HashMap<u64, Transaction>,
     queue: BTreeSet<(Instant, u64)>,
+    /// How many of `by_id` are Completed (kept only to absorb repeated responses until timer
+    /// K): `pending()` is asked once per admitted request, so it must not walk the map.
+    completed_held: usize,
     stats: TransactionStats,
 }
 
@@ -146,6 +149,7 @@ impl ClientTransactions {
             branch_salt,
             by_id: HashMap::new(),
             queue: BTreeSet::new(),
+            completed_held: 0,
             stats: TransactionStats::default(),
         }
     }
@@ -231,6 +235,7 @@ impl ClientTransactions {
                     return Matched::Deliver(owner, latency);
                 }
                 tx.state = TxState::Completed;
+                self.completed_held += 1;
                 tx.next_event = now + self.timers.t4;
                 // Nothing is retransmitted any more; only the branch is needed to absorb
                 // repeated responses, so drop the request bytes now rather than after timer K.
@@ -255,7 +260,11 @@ impl ClientTransactions {
         let id = self.id_of(branch)?;
         let tx = self.by_id.remove(&id)?;
         self.queue.remove(&(tx.deadline(), id));
-        (tx.state != TxState::Completed).then_some(tx.owner)
+        if tx.state == TxState::Completed {
+            self.completed_held -= 1;
+            return None;
+        }
+        Some(tx.owner)
     }
 
     /// Handles every timer due at `now`, appending retransmissions and timeouts to `out`.
@@ -270,6 +279,7 @@ impl ClientTransactions {
             };
             if tx.state == TxState::Completed {
                 self.by_id.remove(&id);
+                self.completed_held -= 1;
                 continue;
             }
             if now >= tx.gives_up_at {
@@ -295,10 +305,7 @@ impl ClientTransactions {
 
     /// Transactions not yet answered (Trying or Proceeding) — what pacing limits.
     pub fn pending(&self) -> usize {
-        self.by_id
-            .values()
-            .filter(|tx| tx.state != TxState::Completed)
-            .count()
+        self.by_id.len() - self.completed_held
     }
 
     pub fn stats(&self) -> TransactionStats {
@@ -380,6 +387,48 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(txs.handle_response(t0, &branch, 200), Matched::Unknown);
         assert_eq!(txs.next_deadline(), None);
+    }
+
+    /// `pending()` is a counter now; it must agree with counting the map at every step.
+    #[test]
+    fn pending_counts_only_unanswered_transactions() {
+        let t0 = Instant::now();
+        let mut txs = ClientTransactions::new(Timers::default(), 9);
+        let naive = |txs: &ClientTransactions| {
+            txs.by_id
+                .values()
+                .filter(|tx| tx.state != TxState::Completed)
+                .count()
+        };
+        let mut branches = Vec::new();
+        for i in 0..10 {
+            let branch = txs.next_branch();
+            txs.start(
+                t0,
+                branch.clone(),
+                owner(),
+                addr(),
+                Arc::from(&b"x"[..]),
+                i % 3 == 0,
+            );
+            branches.push(branch);
+        }
+        assert_eq!(txs.pending(), 10);
+        for branch in &branches[..4] {
+            txs.handle_response(t0, branch, 200);
+            txs.handle_response(t0, branch, 200); // a repeat changes nothing
+            assert_eq!(txs.pending(), naive(&txs));
+        }
+        assert_eq!(txs.pending(), 6);
+        txs.abandon(&branches[1]); // completed: no longer held
+        txs.abandon(&branches[5]); // unanswered
+        assert_eq!(txs.pending(), naive(&txs));
+        assert_eq!(txs.pending(), 5);
+        let mut out = Vec::new();
+        txs.handle_timeout(t0 + Duration::from_secs(6), &mut out); // timer K for the completed
+        assert_eq!(txs.pending(), naive(&txs));
+        txs.handle_timeout(t0 + Duration::from_secs(40), &mut out); // the rest time out
+        assert_eq!((txs.pending(), txs.by_id.len()), (0, 0));
     }
 
     #[test]

@@ -93,6 +93,10 @@ pub struct RegistrationTable {
     active: bool,
     parked: Vec<RegKey>,
     counters: CoreCounters,
+    /// Current (not leaving) registrations per status, kept up to date on every change:
+    /// `uacreg.status`, metrics and start-up progress ask often, and a walk over 100,000
+    /// registrations inside the driver task each time starved the sockets.
+    status_counts: [usize; Status::ALL.len()],
 }
 
 /// `uac.reg_add` on an l_uuid that exists.
@@ -112,6 +116,23 @@ impl RegistrationTable {
             active: true,
             parked: Vec::new(),
             counters: CoreCounters::default(),
+            status_counts: [0; Status::ALL.len()],
+        }
+    }
+
+    /// The status a registration is counted under: None while it is leaving.
+    fn counted(registration: &Registration) -> Option<Status> {
+        (!registration.is_leaving()).then(|| registration.status())
+    }
+
+    fn recount(&mut self, was: Option<Status>, now: Option<Status>) {
+        if was != now {
+            if let Some(s) = was {
+                self.status_counts[s as usize] -= 1;
+            }
+            if let Some(s) = now {
+                self.status_counts[s as usize] += 1;
+            }
         }
     }
 
@@ -125,6 +146,7 @@ impl RegistrationTable {
     ) -> Option<R> {
         let registration = self.registrations.get_mut(&key)?;
         let before = registration.timer();
+        let counted_before = Self::counted(registration);
         let mut ctx = Ctx {
             now,
             rng: &mut self.rng,
@@ -136,6 +158,12 @@ impl RegistrationTable {
         let result = f(registration, &mut ctx);
         let after = registration.timer();
         let finished = registration.is_finished();
+        let counted_after = if finished {
+            None
+        } else {
+            Self::counted(registration)
+        };
+        self.recount(counted_before, counted_after);
         if before != after {
             if let Some(at) = before {
                 self.timers.remove(&(at, key));
@@ -155,6 +183,7 @@ impl RegistrationTable {
         self.next_key += 1;
         let l_uuid = record.l_uuid.clone();
         let registration = Registration::new(key, record, &mut self.rng);
+        self.recount(None, Self::counted(&registration));
         self.registrations.insert(key, registration);
         self.by_uuid.insert(l_uuid, key);
         self.with_registration(key, now, |r, ctx| r.start(ctx));
@@ -319,6 +348,17 @@ impl RegistrationTable {
 
     /// Number of current registrations in each status.
     pub fn status_counts(&self) -> BTreeMap<&'static str, usize> {
+        let counts: BTreeMap<&'static str, usize> = Status::ALL
+            .iter()
+            .map(|s| (s.name(), self.status_counts[*s as usize]))
+            .collect();
+        // Every test that looks at the counts also checks them against a full walk.
+        debug_assert_eq!(counts, self.walk_status_counts(), "status counts drifted");
+        counts
+    }
+
+    /// The counts by walking every current registration (what the kept counts must equal).
+    fn walk_status_counts(&self) -> BTreeMap<&'static str, usize> {
         let mut counts: BTreeMap<&'static str, usize> =
             Status::ALL.iter().map(|s| (s.name(), 0)).collect();
         for registration in self.iter() {
