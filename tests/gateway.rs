@@ -300,6 +300,26 @@ async fn bad_rows_and_garbage_datagrams_do_not_hurt_the_others() {
         "{info}"
     );
     assert_eq!(info["auth_ha1"], "********");
+    // reg_dump lists the bad row once, as invalid, beside the loaded ones.
+    let dump = client.call("uac.reg_dump", &[]).await.unwrap();
+    let states: Vec<(&str, &str)> = dump
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["l_uuid"].as_str().unwrap(), v["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states
+            .iter()
+            .filter(|(id, _)| *id == "uuid000002")
+            .collect::<Vec<_>>(),
+        vec![&("uuid000002", "invalid")],
+        "{states:?}"
+    );
+    let mut ids: Vec<&str> = states.iter().map(|(id, _)| *id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((states.len(), ids.len()), (5, 5), "{states:?}");
     // Still fully responsive after the garbage.
     let ok = client.call("uac.reg_refresh", &["uuid000000".into()]).await;
     assert!(ok.is_ok(), "{ok:?}");
