@@ -346,6 +346,22 @@ impl RegistrationTable {
         self.iter().map(Registration::snapshot).collect()
     }
 
+    /// Up to `limit` snapshots in l_uuid order, starting after `after` (None: from the start):
+    /// a dump taken in slices, so the driver never stops for the whole table at once.
+    pub fn snapshots_after(&self, after: Option<&str>, limit: usize) -> Vec<Snapshot> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(l_uuid) => Bound::Excluded(l_uuid),
+            None => Bound::Unbounded,
+        };
+        self.by_uuid
+            .range::<str, _>((start, Bound::Unbounded))
+            .filter_map(|(_, key)| self.registrations.get(key))
+            .take(limit)
+            .map(Registration::snapshot)
+            .collect()
+    }
+
     /// Number of current registrations in each status.
     pub fn status_counts(&self) -> BTreeMap<&'static str, usize> {
         let counts: BTreeMap<&'static str, usize> = Status::ALL

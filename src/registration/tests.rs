@@ -705,3 +705,28 @@ fn start_spread_spreads_the_first_registers() {
         "{first_second} REGISTERs in the first second"
     );
 }
+
+#[test]
+fn dump_slices_cover_every_row_once_in_order() {
+    let mut sim = Sim::new(Mode::Normal);
+    let start = sim.now;
+    sim.table.reload(start, (0..10).map(record).collect());
+    let whole: Vec<String> = sim
+        .table
+        .snapshots()
+        .into_iter()
+        .map(|s| s.record.l_uuid)
+        .collect();
+    let mut sliced: Vec<String> = Vec::new();
+    loop {
+        let after = sliced.last().cloned();
+        let slice = sim.table.snapshots_after(after.as_deref(), 3);
+        let done = slice.len() < 3;
+        sliced.extend(slice.into_iter().map(|s| s.record.l_uuid));
+        if done {
+            break;
+        }
+    }
+    assert_eq!(sliced, whole);
+    assert_eq!(whole.len(), 10);
+}
