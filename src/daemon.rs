@@ -112,6 +112,7 @@ impl Daemon {
             contact_addr: advertised.clone(),
             sockets: served,
         };
+        let db_url = store.url().clone();
         let gateway = Arc::new(Gateway::new(driver, store, defaults, config.show_secrets));
 
         let initial_load = match gateway.reload().await {
@@ -162,10 +163,6 @@ impl Daemon {
             ),
             None => None,
         };
-        let db_url = gateway
-            .with_store(|store| store.url().clone())
-            .await
-            .map_err(|e| DaemonError::Task(e.to_string()))?;
         let background = spawn_database_tasks(&config, &gateway, &db_url);
         info!(%sip_addr, %rpc_addr, advertised = %advertised, db = %db_url, "uacregd running");
         Ok(Daemon {

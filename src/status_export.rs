@@ -9,7 +9,7 @@
 //! simply stay pending and go out in the first round after it is back; registrations never wait
 //! for this.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,14 +67,11 @@ pub fn current_rows(table: &RegistrationTable, clock: &WallClock, now: Instant) 
 impl StatusExport {
     /// What differs between `current` and what was last written.
     pub fn changes(&self, current: Vec<StatusRow>) -> StatusChanges {
-        let mut seen: HashMap<&str, ()> = HashMap::with_capacity(current.len());
-        for row in &current {
-            seen.insert(row.l_uuid.as_str(), ());
-        }
+        let seen: HashSet<&str> = current.iter().map(|row| row.l_uuid.as_str()).collect();
         let removed = self
             .written
             .keys()
-            .filter(|k| !seen.contains_key(k.as_str()))
+            .filter(|k| !seen.contains(k.as_str()))
             .cloned()
             .collect();
         drop(seen);

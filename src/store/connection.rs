@@ -112,19 +112,21 @@ impl fmt::Debug for DbUrl {
 /// `scheme://user:secret@host/db` → `scheme://user:***@host/db`; anything else unchanged. Used
 /// wherever a URL may reach a log line, an RPC answer or an error.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    // The userinfo ends at the last '@' before the path.
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_string();
-    };
-    let userinfo = &rest[..at];
-    match userinfo.split_once(':') {
-        Some((user, _secret)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+    match password_span(url) {
+        Some((start, end)) => format!("{}***{}", &url[..start], &url[end..]),
         None => url.to_string(),
     }
+}
+
+/// Byte range of the password in `scheme://user:password@host/…`: the userinfo ends at the last
+/// '@' before the path, the password starts after its first ':'.
+fn password_span(url: &str) -> Option<(usize, usize)> {
+    let rest_start = url.find("://")? + 3;
+    let rest = &url[rest_start..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let at = rest[..authority_end].rfind('@')?;
+    let colon = rest[..at].find(':')?;
+    Some((rest_start + colon + 1, rest_start + at))
 }
 
 /// An open connection of one engine.
@@ -189,33 +191,42 @@ pub fn open(url: &DbUrl, migrate: bool) -> Result<Opened, StoreError> {
                 runtime: None,
             })
         }
-        Engine::Postgres => {
-            let runtime = ensure_runtime()?;
-            let _entered = runtime.as_ref().map(|rt| rt.enter());
-            let pg = tokio::runtime::Handle::current().block_on(super::postgres::connect(url))?;
-            let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(pg);
-            if migrate {
-                run_migrations::<Pg, _>(&mut conn, POSTGRES_MIGRATIONS)?;
-            }
-            Ok(Opened {
-                connection: Connection::Postgres(Box::new(conn)),
-                runtime,
-            })
-        }
-        Engine::Mysql => {
-            let runtime = ensure_runtime()?;
-            let _entered = runtime.as_ref().map(|rt| rt.enter());
-            let my = tokio::runtime::Handle::current().block_on(super::mysql::connect(url))?;
-            let mut conn = AsyncConnectionWrapper::<AsyncMysqlConnection>::from(my);
-            if migrate {
-                run_migrations::<Mysql, _>(&mut conn, MYSQL_MIGRATIONS)?;
-            }
-            Ok(Opened {
-                connection: Connection::Mysql(Box::new(conn)),
-                runtime,
-            })
-        }
+        Engine::Postgres => open_server::<_, Pg>(
+            super::postgres::connect(url),
+            migrate.then_some(POSTGRES_MIGRATIONS),
+            Connection::Postgres,
+        ),
+        Engine::Mysql => open_server::<_, Mysql>(
+            super::mysql::connect(url),
+            migrate.then_some(MYSQL_MIGRATIONS),
+            Connection::Mysql,
+        ),
     }
+}
+
+/// A server connection: made on the caller's runtime (or a small one of its own), given
+/// diesel's synchronous API by the wrapper, and migrated when `migrations` are given.
+fn open_server<C, DB>(
+    connect: impl std::future::Future<Output = Result<C, StoreError>>,
+    migrations: Option<EmbeddedMigrations>,
+    wrap: impl FnOnce(Box<AsyncConnectionWrapper<C>>) -> Connection,
+) -> Result<Opened, StoreError>
+where
+    C: diesel_async::AsyncConnection,
+    DB: diesel::backend::Backend,
+    AsyncConnectionWrapper<C>: MigrationHarness<DB>,
+{
+    let runtime = ensure_runtime()?;
+    let _entered = runtime.as_ref().map(|rt| rt.enter());
+    let connected = tokio::runtime::Handle::current().block_on(connect)?;
+    let mut conn = AsyncConnectionWrapper::<C>::from(connected);
+    if let Some(migrations) = migrations {
+        run_migrations::<DB, _>(&mut conn, migrations)?;
+    }
+    Ok(Opened {
+        connection: wrap(Box::new(conn)),
+        runtime,
+    })
 }
 
 fn run_migrations<DB, C>(conn: &mut C, migrations: EmbeddedMigrations) -> Result<(), StoreError>
@@ -230,16 +241,9 @@ where
 
 /// Client errors sometimes quote the connection string; never let its password through.
 pub fn clean_error(message: &str, url: &DbUrl) -> String {
-    let rest = url.target.split_once("://").map_or("", |(_, r)| r);
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let secret = rest[..authority_end]
-        .rfind('@')
-        .and_then(|at| rest[..at].split_once(':'))
-        .map(|(_, secret)| secret)
-        .filter(|s| !s.is_empty());
-    match secret {
-        Some(secret) => message.replace(secret, "***"),
-        None => message.to_string(),
+    match password_span(&url.target) {
+        Some((start, end)) if end > start => message.replace(&url.target[start..end], "***"),
+        _ => message.to_string(),
     }
 }
 
