@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
 
-use crate::driver::{DriverStats, LATENCY_BOUNDS_MS};
+use crate::driver::{DriverStats, LATENCY_BOUNDS_MS, LatencyHistogram};
 use crate::gateway::Gateway;
 
 /// Starts the metrics listener; returns the bound address and the accept task.
@@ -223,25 +223,32 @@ pub fn format_metrics(
         let _ = writeln!(out, "uacreg_responses_total{{code=\"{code}\"}} {n}");
     }
 
-    let name = "uacreg_transaction_latency_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Time from first sending a REGISTER to its final response.\n# TYPE {name} histogram"
+    histogram(
+        &mut out,
+        "uacreg_transaction_latency_seconds",
+        "Time from first sending a REGISTER to its final response.",
+        &stats.latency,
     );
+    histogram(
+        &mut out,
+        "uacreg_timer_lateness_seconds",
+        "How late due refresh and retry timers ran (driver busy or asleep too long).",
+        &stats.timer_lateness,
+    );
+    out
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, values: &LatencyHistogram) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
     for (i, bound) in LATENCY_BOUNDS_MS.iter().enumerate() {
         let le = *bound as f64 / 1000.0;
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{le=\"{le}\"}} {}",
-            stats.latency.counts[i]
-        );
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {}", values.counts[i]);
     }
     let _ = writeln!(
         out,
         "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
-        stats.latency.counts[LATENCY_BOUNDS_MS.len()],
-        stats.latency.sum_seconds,
-        stats.latency.count
+        values.counts[LATENCY_BOUNDS_MS.len()],
+        values.sum_seconds,
+        values.count
     );
-    out
 }

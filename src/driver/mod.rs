@@ -133,6 +133,10 @@ pub struct DriverStats {
     /// Final responses by status code.
     pub responses: std::collections::BTreeMap<u16, u64>,
     pub latency: LatencyHistogram,
+    /// How late the registrations' timers (refreshes, retries) ran: time from a timer's
+    /// deadline to the moment the driver got to it. Work that holds the driver (a large dump,
+    /// a reload) shows up here as delayed refreshes.
+    pub timer_lateness: LatencyHistogram,
     pub core: crate::registration::CoreCounters,
 }
 
@@ -491,6 +495,10 @@ impl Driver {
 
     /// Runs due timers and sends whatever became sendable.
     fn step(&mut self, now: Instant) {
+        if let Some(due) = self.table.next_deadline().filter(|due| *due <= now) {
+            // The earliest due timer is the latest one: one observation per step.
+            self.stats.timer_lateness.observe(now - due);
+        }
         self.table.handle_timeout(now);
         self.handle_transaction_timers(now);
         self.handle_rebinds(now);

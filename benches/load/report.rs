@@ -1,0 +1,174 @@
+//! One run's figures, printed as a table (one column per run) and appended to a CSV file.
+
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub gateway: String,
+    pub peer: String,
+    pub rows: usize,
+    pub expires: u32,
+    pub seconds_to_registered: Option<f64>,
+    /// Bindings at the registrar when phase 1 ended.
+    pub registered: u64,
+    pub registers_seen: Option<u64>,
+    pub registers_sent: Option<u64>,
+    pub retransmissions: Option<u64>,
+    pub timeouts: Option<u64>,
+    pub error_answers: Option<u64>,
+    pub empty_kib: Option<u64>,
+    pub settled_kib: Option<u64>,
+    pub peak_kib: Option<u64>,
+    /// CPU seconds until every row was registered, and at the end of the run.
+    pub cpu_seconds: Option<f64>,
+    pub cpu_seconds_total: Option<f64>,
+    pub dump_ms: Option<f64>,
+    pub dump_records: Option<usize>,
+    /// Upper bound (ms) of how late the latest due timer ran during the dumps, and how many
+    /// timer rounds ran: `(None, 0)` when no timer was due.
+    pub dump_timer_lateness: Option<(Option<u64>, u64)>,
+    pub reload_ms: Option<f64>,
+    pub reload_changed: Option<usize>,
+    pub reload_seconds: Option<f64>,
+    pub reload_registers_seen: Option<u64>,
+}
+
+impl Outcome {
+    pub fn new(gateway: &str, peer: &str, rows: usize) -> Outcome {
+        Outcome {
+            gateway: gateway.to_lowercase(),
+            peer: peer.to_lowercase(),
+            rows,
+            ..Outcome::default()
+        }
+    }
+
+    /// (name, value) pairs in report order; empty strings where the run has no figure.
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let f1 = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.1}"));
+        let f2 = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.2}"));
+        let u = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
+        let mib = |v: Option<u64>| v.map_or(String::new(), |v| format!("{:.1}", v as f64 / 1024.0));
+        let per_row = |v: Option<u64>| v.map(|v| v as f64 / self.rows.max(1) as f64);
+        let bytes_per_row = match (self.settled_kib, self.empty_kib) {
+            (Some(s), Some(e)) => {
+                Some(s.saturating_sub(e) as f64 * 1024.0 / self.rows.max(1) as f64)
+            }
+            _ => None,
+        };
+        let rows_per_sec = self
+            .seconds_to_registered
+            .map(|s| self.rows as f64 / s.max(1e-9));
+        let lateness = match self.dump_timer_lateness {
+            None => String::new(),
+            Some((_, 0)) => "no timer due".into(),
+            Some((Some(ms), n)) => format!("<= {ms} ms ({n} rounds)"),
+            Some((None, n)) => format!("> 10 s ({n} rounds)"),
+        };
+        let reload_per_row = match (self.reload_registers_seen, self.reload_changed) {
+            (Some(s), Some(c)) if c > 0 => Some(s as f64 / c as f64),
+            _ => None,
+        };
+        vec![
+            ("gateway", self.gateway.clone()),
+            ("registrar", self.peer.clone()),
+            ("rows", self.rows.to_string()),
+            ("expires_s", self.expires.to_string()),
+            ("seconds_to_all_registered", f2(self.seconds_to_registered)),
+            (
+                "rows_per_second",
+                format!("{:.0}", rows_per_sec.unwrap_or(0.0)),
+            ),
+            ("registered", self.registered.to_string()),
+            ("registers_seen_by_registrar", u(self.registers_seen)),
+            ("registers_per_row", f2(per_row(self.registers_seen))),
+            ("registers_sent_by_gateway", u(self.registers_sent)),
+            ("retransmissions", u(self.retransmissions)),
+            ("timeouts", u(self.timeouts)),
+            ("error_answers", u(self.error_answers)),
+            ("rss_empty_mib", mib(self.empty_kib)),
+            ("rss_settled_mib", mib(self.settled_kib)),
+            ("rss_peak_mib", mib(self.peak_kib)),
+            ("bytes_per_row_settled", f1(bytes_per_row)),
+            ("cpu_seconds_to_registered", f2(self.cpu_seconds)),
+            ("cpu_seconds_total", f2(self.cpu_seconds_total)),
+            ("reg_dump_ms", f1(self.dump_ms)),
+            (
+                "reg_dump_records",
+                self.dump_records.map_or(String::new(), |v| v.to_string()),
+            ),
+            ("timer_lateness_during_dumps", lateness),
+            ("reload_answer_ms", f1(self.reload_ms)),
+            (
+                "reload_changed_rows",
+                self.reload_changed.map_or(String::new(), |v| v.to_string()),
+            ),
+            ("reload_seconds_to_quiet", f2(self.reload_seconds)),
+            ("reload_registers_seen", u(self.reload_registers_seen)),
+            ("reload_registers_per_changed_row", f2(reload_per_row)),
+        ]
+    }
+}
+
+/// How late timers ran between two readings of the cumulative lateness histogram
+/// `(count within bound, bound ms)`: the smallest bound holding every new observation
+/// (`None` if some were beyond the last finite bound) and how many there were.
+pub fn lateness_during(before: &[(f64, u64)], after: &[(f64, u64)]) -> (Option<u64>, u64) {
+    let total = after.last().map_or(0.0, |a| a.0) - before.last().map_or(0.0, |b| b.0);
+    let bound = before
+        .iter()
+        .zip(after)
+        .find(|(b, a)| a.0 - b.0 >= total && a.1 != u64::MAX)
+        .map(|(_, a)| a.1);
+    (bound, total as u64)
+}
+
+pub fn print_table(outcomes: &[Outcome]) {
+    let columns: Vec<Vec<(&'static str, String)>> = outcomes.iter().map(Outcome::fields).collect();
+    let Some(first) = columns.first() else {
+        return;
+    };
+    let width = columns
+        .iter()
+        .flat_map(|c| c.iter().map(|(_, v)| v.len()))
+        .max()
+        .unwrap_or(8)
+        .max(10);
+    println!();
+    for (i, (name, _)) in first.iter().enumerate() {
+        print!("{name:<34}");
+        for column in &columns {
+            print!(" {:>width$}", column[i].1);
+        }
+        println!();
+    }
+}
+
+pub fn append_csv(path: &Path, outcome: &Outcome) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let fields = outcome.fields();
+    let new = !path.exists();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    if new {
+        let names: Vec<&str> = std::iter::once("date")
+            .chain(fields.iter().map(|(n, _)| *n))
+            .collect();
+        writeln!(file, "{}", names.join(","))?;
+    }
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%dT%H:%M:%SZ")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let values: Vec<String> = std::iter::once(date)
+        .chain(fields.into_iter().map(|(_, v)| v.replace(',', ";")))
+        .collect();
+    writeln!(file, "{}", values.join(","))
+}
