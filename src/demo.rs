@@ -72,6 +72,7 @@ pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()>
         users,
         qop: true,
         algorithm: Algorithm::Md5,
+        keep_history: false,
         ..RegistrarConfig::default()
     })
     .await

@@ -79,7 +79,17 @@ impl Uacregd {
         )?;
         let log = dir.join("uacregd.log");
         let log_file = std::fs::File::create(&log)?;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_uacregd"));
+        // UACREG_LOAD_WRAPPER="heaptrack -o /tmp/ht" runs the daemon under a profiler.
+        let wrapper = std::env::var("UACREG_LOAD_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command.args(words).arg(env!("CARGO_BIN_EXE_uacregd"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_uacregd")),
+        };
         command
             .arg("--config")
             .arg(&config)

@@ -160,13 +160,53 @@ fn attribute_params(params: &Params<'_>) -> Result<(Attribute, String), ErrorObj
     Ok((attribute, values[1].clone()))
 }
 
-fn render(gateway: &Gateway, snapshot: &Snapshot) -> RecordView {
-    RecordView::from_snapshot(
+/// One record as a JSON value: a single answer (reg_info) owns what it returns.
+fn render(gateway: &Gateway, snapshot: &Snapshot) -> serde_json::Value {
+    let view = RecordView::from_snapshot(
         snapshot,
         &gateway.driver.clock(),
         now_unix(),
         gateway.show_secrets,
-    )
+    );
+    serde_json::to_value(view).unwrap_or(serde_json::Value::Null)
+}
+
+/// The `uac.reg_dump` answer, rendered while it is serialised.
+///
+/// At 100,000 rows, building every record's view first (copies of all its strings) and then
+/// serialising the lot cost more than the snapshots themselves; here each view borrows from its
+/// snapshot and lives only while its own JSON is written.
+#[derive(Clone)]
+struct DumpAnswer {
+    snapshots: Arc<Vec<Snapshot>>,
+    /// Rows that failed validation and have no live registration under their l_uuid.
+    invalid: Arc<Vec<crate::store::InvalidRow>>,
+    clock: crate::driver::WallClock,
+    now_unix: i64,
+    show_secrets: bool,
+}
+
+impl serde::Serialize for DumpAnswer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.snapshots.len() + self.invalid.len()))?;
+        for snapshot in self.snapshots.iter() {
+            seq.serialize_element(&RecordView::from_snapshot(
+                snapshot,
+                &self.clock,
+                self.now_unix,
+                self.show_secrets,
+            ))?;
+        }
+        for bad in self.invalid.iter() {
+            seq.serialize_element(&RecordView::from_invalid(
+                &bad.row,
+                bad.error.to_string(),
+                self.show_secrets,
+            ))?;
+        }
+        seq.end()
+    }
 }
 
 /// Builds the module with every method registered.
@@ -182,20 +222,22 @@ fn register_all(
 ) -> Result<(), jsonrpsee::core::RegisterMethodError> {
     module.register_async_method("uac.reg_dump", |_params, gw, _| async move {
         let snapshots = gw.driver.snapshots().await.map_err(internal)?;
-        let mut views: Vec<RecordView> = snapshots.iter().map(|s| render(&gw, s)).collect();
-        // A set, not a scan of every view per invalid row (100,000 views × many bad rows).
+        // A set, not a scan of every snapshot per invalid row (100,000 rows × many bad rows).
         let loaded: std::collections::HashSet<&str> =
             snapshots.iter().map(|s| s.record.l_uuid.as_str()).collect();
-        for bad in gw.invalid_rows() {
-            if !bad.row.l_uuid.is_empty() && !loaded.contains(bad.row.l_uuid.as_str()) {
-                views.push(RecordView::from_invalid(
-                    &bad.row,
-                    bad.error.to_string(),
-                    gw.show_secrets,
-                ));
-            }
-        }
-        Ok::<_, ErrorObjectOwned>(views)
+        let invalid: Vec<_> = gw
+            .invalid_rows()
+            .into_iter()
+            .filter(|bad| !bad.row.l_uuid.is_empty() && !loaded.contains(bad.row.l_uuid.as_str()))
+            .collect();
+        drop(loaded);
+        Ok::<_, ErrorObjectOwned>(DumpAnswer {
+            snapshots: Arc::new(snapshots),
+            invalid: Arc::new(invalid),
+            clock: gw.driver.clock(),
+            now_unix: now_unix(),
+            show_secrets: gw.show_secrets,
+        })
     })?;
 
     module.register_async_method("uac.reg_info", |params, gw, _| async move {
@@ -211,11 +253,12 @@ fn register_all(
                     Attribute::AuthUsername => bad.row.auth_username == value,
                 });
                 match invalid {
-                    Some(bad) => Ok(RecordView::from_invalid(
+                    Some(bad) => Ok(serde_json::to_value(RecordView::from_invalid(
                         &bad.row,
                         bad.error.to_string(),
                         gw.show_secrets,
-                    )),
+                    ))
+                    .unwrap_or(serde_json::Value::Null)),
                     None => Err(not_found()),
                 }
             }

@@ -4,6 +4,8 @@
 //! so scripts written against Kamailio keep working; serde serialises struct fields in
 //! declaration order, which is what fixes the key order. Our own fields come after Kamailio's.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 use crate::driver::WallClock;
@@ -15,33 +17,33 @@ pub const MASK: &str = "********";
 
 /// One record in Kamailio's shape plus our extra fields.
 #[derive(Clone, Debug, Serialize)]
-pub struct RecordView {
-    pub l_uuid: String,
-    pub l_username: String,
-    pub l_domain: String,
-    pub r_username: String,
-    pub r_domain: String,
+pub struct RecordView<'a> {
+    pub l_uuid: Cow<'a, str>,
+    pub l_username: Cow<'a, str>,
+    pub l_domain: Cow<'a, str>,
+    pub r_username: Cow<'a, str>,
+    pub r_domain: Cow<'a, str>,
     /// null when empty (Kamailio keeps an empty realm unset).
-    pub realm: Option<String>,
-    pub auth_username: String,
-    pub auth_password: String,
-    pub auth_ha1: String,
-    pub auth_proxy: String,
+    pub realm: Option<Cow<'a, str>>,
+    pub auth_username: Cow<'a, str>,
+    pub auth_password: Cow<'a, str>,
+    pub auth_ha1: Cow<'a, str>,
+    pub auth_proxy: Cow<'a, str>,
     pub expires: i64,
     pub flags: i64,
     pub diff_expires: i64,
     pub timer_expires: i64,
     pub reg_init: i64,
     pub reg_delay: i64,
-    pub contact_addr: String,
-    pub socket: Option<String>,
+    pub contact_addr: Cow<'a, str>,
+    pub socket: Option<Cow<'a, str>>,
     // ---- uacreg's own fields ----
     /// `registered`, `auth_failed`, `realm_mismatch`, `invalid`, …
     pub state: &'static str,
     pub last_code: Option<u16>,
-    pub last_reason: String,
-    pub expected_realm: Option<String>,
-    pub offered_realm: Option<String>,
+    pub last_reason: Cow<'a, str>,
+    pub expected_realm: Option<Cow<'a, str>>,
+    pub offered_realm: Option<Cow<'a, str>>,
     /// Unix time of the next REGISTER (refresh or retry); null when none is scheduled.
     pub next_refresh: Option<i64>,
     /// Unix time the registrar's binding runs out; null without a binding.
@@ -54,55 +56,55 @@ pub struct RecordView {
     pub failures: u32,
     pub registers_sent: u64,
     /// Why the row is not used (state `invalid`); null otherwise.
-    pub error: Option<String>,
+    pub error: Option<Cow<'a, str>>,
 }
 
-fn show_secret(secret: &Secret, show: bool, empty: &str) -> String {
+fn show_secret<'a>(secret: &'a Secret, show: bool, empty: &'static str) -> Cow<'a, str> {
     if secret.is_empty() {
-        empty.to_string()
+        Cow::Borrowed(empty)
     } else if show {
-        secret.expose().to_string()
+        Cow::Borrowed(secret.expose())
     } else {
-        MASK.to_string()
+        Cow::Borrowed(MASK)
     }
 }
 
 /// Kamailio's rendering of an unset optional column: JSON null.
-fn null_if_empty(value: &str) -> Option<String> {
-    (!value.is_empty()).then(|| value.to_string())
+fn null_if_empty(value: &str) -> Option<Cow<'_, str>> {
+    (!value.is_empty()).then_some(Cow::Borrowed(value))
 }
 
 /// Kamailio's rendering of an empty string column that it prints as "none".
-fn none_if_empty(value: &str) -> String {
+fn none_if_empty(value: &str) -> Cow<'_, str> {
     if value.is_empty() {
-        "none".to_string()
+        Cow::Borrowed("none")
     } else {
-        value.to_string()
+        Cow::Borrowed(value)
     }
 }
 
-impl RecordView {
+impl<'a> RecordView<'a> {
     /// A live registration. `now_unix` is the current wall-clock second.
     pub fn from_snapshot(
-        s: &Snapshot,
+        s: &'a Snapshot,
         clock: &WallClock,
         now_unix: i64,
         show_secrets: bool,
-    ) -> RecordView {
-        let r: &Record = &s.record;
+    ) -> RecordView<'a> {
+        let r: &'a Record = &s.record;
         let timer_at = match s.status {
             crate::registration::Status::Registered => s.binding_expires.or(s.next_action),
             _ => s.next_action.or(s.binding_expires),
         };
         let timer_expires = timer_at.map(|at| clock.unix(at)).unwrap_or(0);
         RecordView {
-            l_uuid: r.l_uuid.clone(),
-            l_username: r.l_username.clone(),
-            l_domain: r.l_domain.clone(),
-            r_username: r.r_username.clone(),
-            r_domain: r.r_domain.clone(),
+            l_uuid: Cow::Borrowed(&r.l_uuid),
+            l_username: Cow::Borrowed(&r.l_username),
+            l_domain: Cow::Borrowed(&r.l_domain),
+            r_username: Cow::Borrowed(&r.r_username),
+            r_domain: Cow::Borrowed(&r.r_domain),
             realm: null_if_empty(&r.realm),
-            auth_username: r.auth_username.clone(),
+            auth_username: Cow::Borrowed(&r.auth_username),
             auth_password: show_secret(&r.auth_password, show_secrets, "none"),
             auth_ha1: show_secret(&r.auth_ha1, show_secrets, "none"),
             auth_proxy: none_if_empty(&r.auth_proxy),
@@ -120,9 +122,9 @@ impl RecordView {
             socket: null_if_empty(&r.socket),
             state: s.status.name(),
             last_code: s.last_code,
-            last_reason: s.last_reason.clone(),
-            expected_realm: s.expected_realm.clone(),
-            offered_realm: s.offered_realm.clone(),
+            last_reason: Cow::Borrowed(&s.last_reason),
+            expected_realm: s.expected_realm.as_deref().map(Cow::Borrowed),
+            offered_realm: s.offered_realm.as_deref().map(Cow::Borrowed),
             next_refresh: s.next_action.map(|at| clock.unix(at)),
             binding_expires: s.binding_expires.map(|at| clock.unix(at)),
             granted_expires: s.granted_expires,
@@ -134,15 +136,15 @@ impl RecordView {
     }
 
     /// A row that failed validation: shown with its columns as stored and the reason.
-    pub fn from_invalid(row: &RawRow, error: String, show_secrets: bool) -> RecordView {
+    pub fn from_invalid(row: &'a RawRow, error: String, show_secrets: bool) -> RecordView<'a> {
         RecordView {
-            l_uuid: row.l_uuid.clone(),
-            l_username: row.l_username.clone(),
-            l_domain: row.l_domain.clone(),
-            r_username: row.r_username.clone(),
-            r_domain: row.r_domain.clone(),
+            l_uuid: Cow::Borrowed(&row.l_uuid),
+            l_username: Cow::Borrowed(&row.l_username),
+            l_domain: Cow::Borrowed(&row.l_domain),
+            r_username: Cow::Borrowed(&row.r_username),
+            r_domain: Cow::Borrowed(&row.r_domain),
             realm: null_if_empty(&row.realm),
-            auth_username: row.auth_username.clone(),
+            auth_username: Cow::Borrowed(&row.auth_username),
             auth_password: show_secret(&row.auth_password, show_secrets, "none"),
             auth_ha1: show_secret(&row.auth_ha1, show_secrets, "none"),
             auth_proxy: none_if_empty(&row.auth_proxy),
@@ -156,7 +158,7 @@ impl RecordView {
             socket: null_if_empty(&row.socket),
             state: "invalid",
             last_code: None,
-            last_reason: String::new(),
+            last_reason: Cow::Borrowed(""),
             expected_realm: None,
             offered_realm: None,
             next_refresh: None,
@@ -165,7 +167,7 @@ impl RecordView {
             last_success: None,
             failures: 0,
             registers_sent: 0,
-            error: Some(error),
+            error: Some(Cow::Owned(error)),
         }
     }
 }
