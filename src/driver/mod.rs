@@ -13,8 +13,9 @@
 
 mod inbound;
 mod outbound;
+mod send_queue;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -343,7 +344,7 @@ pub struct Driver {
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     resolver: Option<Arc<SipResolver>>,
-    queue: VecDeque<Queued>,
+    queue: send_queue::SendQueue,
     /// RFC 3263 answers by destination, until their TTL ends.
     resolved: HashMap<Destination, CachedTargets>,
     /// Requests waiting for a lookup in progress.
@@ -417,7 +418,7 @@ impl Driver {
             events_tx,
             events_rx,
             resolver,
-            queue: VecDeque::new(),
+            queue: send_queue::SendQueue::default(),
             resolved: HashMap::new(),
             resolving: HashMap::new(),
             attempts: HashMap::new(),
@@ -514,7 +515,7 @@ impl Driver {
                     key,
                     destination,
                     request,
-                } => self.queue.push_back(Queued {
+                } => self.queue.push(Queued {
                     key,
                     destination,
                     request,
