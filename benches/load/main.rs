@@ -20,6 +20,7 @@
 mod procfs;
 mod report;
 mod rows;
+mod sipp;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 mod uacregd;
@@ -75,6 +76,8 @@ struct Args {
 enum PeerKind {
     /// The in-repo registrar (digest auth, no request history), in the tool's process.
     Builtin,
+    /// sipp (`sip-tester`) running a digest-checking registrar scenario.
+    Sipp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -85,6 +88,7 @@ enum GatewayKind {
 /// A registrar the rows register with.
 enum Peer {
     Builtin(TestRegistrar),
+    Sipp(sipp::SippRegistrar),
 }
 
 impl Peer {
@@ -99,12 +103,14 @@ impl Peer {
                 }))?;
                 Ok(Peer::Builtin(registrar))
             }
+            PeerKind::Sipp => Ok(Peer::Sipp(sipp::SippRegistrar::start(rows)?)),
         }
     }
 
     fn addr(&self) -> std::net::SocketAddr {
         match self {
             Peer::Builtin(r) => r.local_addr(),
+            Peer::Sipp(r) => r.addr(),
         }
     }
 
@@ -112,13 +118,15 @@ impl Peer {
     fn registers_seen(&self) -> io::Result<u64> {
         match self {
             Peer::Builtin(r) => Ok(r.stats().requests),
+            Peer::Sipp(r) => r.registers_received(),
         }
     }
 
-    /// Bindings the registrar holds now.
+    /// Bindings the registrar holds now (sipp keeps none: the 200 OKs it sent).
     fn bindings(&self) -> io::Result<u64> {
         match self {
             Peer::Builtin(r) => Ok(r.binding_count() as u64),
+            Peer::Sipp(r) => r.registered(),
         }
     }
 
@@ -126,12 +134,14 @@ impl Peer {
     fn error_answers(&self) -> io::Result<u64> {
         match self {
             Peer::Builtin(r) => Ok(r.stats().rejected + r.stats().malformed),
+            Peer::Sipp(r) => r.errors(),
         }
     }
 
     fn stop(self, runtime: &tokio::runtime::Runtime) {
         match self {
             Peer::Builtin(r) => runtime.block_on(r.stop()),
+            Peer::Sipp(r) => drop(r),
         }
     }
 }
