@@ -301,6 +301,19 @@ impl ClientTransactions {
             tx.next_event = now + tx.interval;
             self.queue.insert((tx.deadline(), id));
         }
+        self.release_spare_capacity();
+    }
+
+    /// A start-up burst grows the map to tens of thousands of slots (each holds a whole
+    /// transaction) that a quiet gateway never needs again; give most of them back once the
+    /// map is a quarter full. Each shrink follows at least as many removals as it moves
+    /// entries, so the cost per transaction stays constant.
+    fn release_spare_capacity(&mut self) {
+        const KEEP: usize = 1024;
+        let capacity = self.by_id.capacity();
+        if capacity > KEEP && self.by_id.len() < capacity / 4 {
+            self.by_id.shrink_to((self.by_id.len() * 2).max(KEEP));
+        }
     }
 
     /// Transactions not yet answered (Trying or Proceeding) — what pacing limits.
@@ -344,6 +357,31 @@ mod tests {
             local: None,
             remote: "127.0.0.1:5060".parse().unwrap(),
         }
+    }
+
+    #[test]
+    fn a_burst_of_transactions_gives_its_memory_back_once_done() {
+        let t0 = Instant::now();
+        let mut txs = ClientTransactions::new(Timers::default(), 1);
+        let mut branches = Vec::new();
+        for _ in 0..20_000 {
+            let branch = txs.next_branch();
+            txs.start(t0, branch.clone(), owner(), addr(), Arc::from(&b"x"[..]), false);
+            branches.push(branch);
+        }
+        let grown = txs.by_id.capacity();
+        assert!(grown >= 20_000);
+        for branch in &branches {
+            assert!(matches!(
+                txs.handle_response(t0, branch, 200),
+                Matched::Deliver(..)
+            ));
+        }
+        let mut out = Vec::new();
+        txs.handle_timeout(t0 + Duration::from_secs(6), &mut out);
+        assert_eq!(txs.pending(), 0);
+        assert!(txs.by_id.is_empty());
+        assert!(txs.by_id.capacity() < grown / 4, "{}", txs.by_id.capacity());
     }
 
     #[test]
