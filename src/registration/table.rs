@@ -266,10 +266,7 @@ impl RegistrationTable {
                 registration.clear_timer();
             }
             // Leaving registrations still finish (un-REGISTER) while inactive.
-            let leaving = self
-                .registrations
-                .get(&key)
-                .is_some_and(|r| r.is_leaving());
+            let leaving = self.registrations.get(&key).is_some_and(|r| r.is_leaving());
             if !self.active && !leaving {
                 self.parked.push(key);
                 continue;
@@ -291,8 +288,11 @@ impl RegistrationTable {
     }
 
     /// All queued actions, in the order they were produced.
-    pub fn drain_actions(&mut self) -> std::vec::Drain<'_, Action> {
-        self.actions.drain(..)
+    ///
+    /// The buffer goes with them: starting 100,000 rows queues 100,000 sends in one step, and a
+    /// buffer kept for reuse would hold that capacity (~23 MB) for good.
+    pub fn drain_actions(&mut self) -> std::vec::IntoIter<Action> {
+        std::mem::take(&mut self.actions).into_iter()
     }
 
     /// Whether request `cseq` of `key` is still the one its registration waits for (a queued
