@@ -61,6 +61,10 @@ struct Args {
     /// reg_dump calls to time (the median is reported).
     #[arg(long, default_value_t = 3)]
     dumps: usize,
+    /// Wait until the gateway is refreshing (REGISTERs flowing again) before the reg_dumps, so
+    /// the report shows whether dumping delays refreshes. Use with a short --expires.
+    #[arg(long)]
+    dump_while_refreshing: bool,
     /// Extra TOML appended to uacregd's configuration, e.g. "[pacing]\nrate = 10000".
     #[arg(long, default_value = "")]
     uacregd_config: String,
@@ -378,6 +382,16 @@ fn run(
     outcome.settled_kib = Some(procfs::memory_kib(&pids));
 
     // Phase 3: reg_dump at N, and how late the gateway's timers ran while it answered.
+    if args.dump_while_refreshing {
+        let sent = gateway.counters()?.registers_sent;
+        let deadline = Instant::now() + Duration::from_secs(u64::from(args.expires) * 2);
+        while Instant::now() < deadline
+            && gateway.counters()?.registers_sent <= sent.map(|s| s + 100)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("   refreshes are flowing; dumping");
+    }
     let lateness_before = gateway.counters()?.lateness;
     let mut dumps = Vec::new();
     for _ in 0..args.dumps {
