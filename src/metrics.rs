@@ -152,7 +152,7 @@ pub fn format_metrics(
     }
     let _ = writeln!(out, "{name}{{state=\"invalid\"}} {invalid_rows}");
 
-    let simple: [(&str, &str, &str, u64); 9] = [
+    let simple: [(&str, &str, &str, u64); 11] = [
         (
             "uacreg_registers_sent_total",
             "counter",
@@ -206,6 +206,18 @@ pub fn format_metrics(
             "gauge",
             "REGISTERs waiting for the pacer.",
             stats.queued as u64,
+        ),
+        (
+            "uacreg_pacing_window",
+            "gauge",
+            "Unanswered REGISTERs allowed now (halved on late answers, regrown by answers).",
+            stats.pacing_window as u64,
+        ),
+        (
+            "uacreg_pacing_backoffs_total",
+            "counter",
+            "Times late answers or timeouts halved the pacing window.",
+            stats.pacing_backoffs,
         ),
     ];
     for (name, kind, help, value) in simple {

@@ -166,6 +166,7 @@ struct GatewayCounters {
     retransmissions: Option<u64>,
     timeouts: Option<u64>,
     granted: Option<u64>,
+    pacing_backoffs: Option<u64>,
     /// Timer lateness histogram: (count within each bound, bound in ms).
     lateness: Option<Vec<(f64, u64)>>,
 }
@@ -202,6 +203,7 @@ impl Gateway {
                     retransmissions: get("uacreg_retransmissions_total"),
                     timeouts: get("uacreg_transaction_timeouts_total"),
                     granted: get("uacreg_registrations_granted_total"),
+                    pacing_backoffs: get("uacreg_pacing_backoffs_total"),
                     lateness: Some(lateness),
                 })
             }
@@ -368,6 +370,7 @@ fn run(
     outcome.registers_sent = counters.registers_sent;
     outcome.retransmissions = counters.retransmissions;
     outcome.timeouts = counters.timeouts;
+    outcome.pacing_backoffs = counters.pacing_backoffs;
     outcome.error_answers = Some(peer.error_answers()?);
     eprintln!(
         "   registered {} in {:?}; registrar saw {seen} REGISTERs",

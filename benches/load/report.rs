@@ -16,6 +16,8 @@ pub struct Outcome {
     pub registers_sent: Option<u64>,
     pub retransmissions: Option<u64>,
     pub timeouts: Option<u64>,
+    /// Times uacregd's pacing window was halved by late answers.
+    pub pacing_backoffs: Option<u64>,
     pub error_answers: Option<u64>,
     pub empty_kib: Option<u64>,
     pub settled_kib: Option<u64>,
@@ -86,6 +88,7 @@ impl Outcome {
             ("registers_sent_by_gateway", u(self.registers_sent)),
             ("retransmissions", u(self.retransmissions)),
             ("timeouts", u(self.timeouts)),
+            ("pacing_backoffs", u(self.pacing_backoffs)),
             ("error_answers", u(self.error_answers)),
             ("rss_empty_mib", mib(self.empty_kib)),
             ("rss_settled_mib", mib(self.settled_kib)),

@@ -129,6 +129,10 @@ pub struct DriverStats {
     pub keepalive_failures: u64,
     pub queued: usize,
     pub in_flight: usize,
+    /// Unanswered transactions the pacer allows now (adapts to late answers), and how many
+    /// times late answers or timeouts made it back off.
+    pub pacing_window: usize,
+    pub pacing_backoffs: u64,
     pub leaving: usize,
     pub transactions: TransactionStats,
     /// Final responses by status code.
@@ -571,6 +575,7 @@ impl Driver {
                 stats.core = self.table.counters();
                 stats.queued = self.queue.len();
                 stats.in_flight = self.transactions.pending();
+                (stats.pacing_window, stats.pacing_backoffs) = self.pacer.window();
                 stats.leaving = self.table.leaving_count();
                 stats.transactions = self.transactions.stats();
                 stats.connections = self.streams.len();

@@ -340,6 +340,7 @@ impl Driver {
         for event in events {
             match event {
                 TimerEvent::Retransmit { destination, bytes } => {
+                    self.pacer.on_late(now);
                     trace!(destination = %destination.remote, "retransmitting");
                     let socket = self.udp_socket(destination.local);
                     if socket.try_send(&bytes, destination.remote).is_err() {
@@ -347,6 +348,7 @@ impl Driver {
                     }
                 }
                 TimerEvent::TimedOut(owner) => {
+                    self.pacer.on_late(now);
                     self.fail_over_or_report(
                         now,
                         owner,
@@ -404,6 +406,7 @@ impl Driver {
             .handle_response(now, branch, response.code)
         {
             Matched::Deliver(owner, latency) => {
+                self.pacer.on_answer();
                 *self.stats.responses.entry(response.code).or_default() += 1;
                 self.stats.latency.observe(latency);
                 let more_targets = self.attempts.get(&owner.key).is_some_and(|a| {

@@ -5,6 +5,12 @@
 //! and the retransmissions make it worse. The rate limit spreads new requests evenly; the
 //! in-flight cap makes the rate adapt to a registrar that answers slowly. Retransmissions are not
 //! paced — they belong to requests already admitted.
+//!
+//! The cap itself adapts the way TCP's congestion window does: a retransmission or a timeout
+//! (a registrar that did not answer within T1) halves it, at most once per second, down to
+//! [`MIN_WINDOW`]; every answer grows it by 1/window, so it climbs back by one per round
+//! trip up to `max_in_flight`. An overloaded registrar thus gets fewer new requests instead of
+//! more retransmissions of a full window.
 
 use std::time::{Duration, Instant};
 
@@ -30,12 +36,22 @@ impl Default for PacingConfig {
     }
 }
 
-/// Token bucket driven by explicit time.
+/// The smallest in-flight window back-off goes down to.
+pub const MIN_WINDOW: f64 = 4.0;
+
+/// Back-off halves the window at most once per this long: one loss event, many late answers.
+const CUT_SPACING: Duration = Duration::from_secs(1);
+
+/// Token bucket and adaptive in-flight window, driven by explicit time.
 #[derive(Debug)]
 pub struct Pacer {
     config: PacingConfig,
     tokens: f64,
     last: Instant,
+    /// Unanswered transactions allowed now (≤ `max_in_flight`).
+    window: f64,
+    last_cut: Option<Instant>,
+    cuts: u64,
 }
 
 impl Pacer {
@@ -44,7 +60,41 @@ impl Pacer {
             config,
             tokens: f64::from(config.burst.max(1)),
             last: now,
+            window: config.max_in_flight as f64,
+            last_cut: None,
+            cuts: 0,
         }
+    }
+
+    /// An answer arrived: the window grows by one per window's worth of answers.
+    pub fn on_answer(&mut self) {
+        let max = self.config.max_in_flight as f64;
+        if max > 0.0 && self.window < max {
+            self.window = (self.window + 1.0 / self.window).min(max);
+        }
+    }
+
+    /// A request had to be retransmitted or timed out: the registrar (or the path) is not
+    /// keeping up, so halve the window (once per loss event).
+    pub fn on_late(&mut self, now: Instant) {
+        if self.config.max_in_flight == 0 {
+            return;
+        }
+        if self
+            .last_cut
+            .is_some_and(|at| now.saturating_duration_since(at) < CUT_SPACING)
+        {
+            return;
+        }
+        self.last_cut = Some(now);
+        self.cuts += 1;
+        let floor = MIN_WINDOW.min(self.config.max_in_flight as f64);
+        self.window = (self.window / 2.0).max(floor);
+    }
+
+    /// The in-flight window now, and how many times it was cut.
+    pub fn window(&self) -> (usize, u64) {
+        (self.window as usize, self.cuts)
     }
 
     fn refill(&mut self, now: Instant) {
@@ -56,7 +106,7 @@ impl Pacer {
 
     /// Takes permission for one new request, given how many transactions are unanswered.
     pub fn try_admit(&mut self, now: Instant, in_flight: usize) -> bool {
-        if self.config.max_in_flight != 0 && in_flight >= self.config.max_in_flight {
+        if self.config.max_in_flight != 0 && in_flight as f64 >= self.window.floor() {
             return false;
         }
         if self.config.rate == 0 {
@@ -118,6 +168,37 @@ mod tests {
         let mut pacer = Pacer::new(config, t0);
         assert!(pacer.try_admit(t0, 2));
         assert!(!pacer.try_admit(t0, 3));
+    }
+
+    #[test]
+    fn late_answers_halve_the_window_and_answers_grow_it_back() {
+        let t0 = Instant::now();
+        let config = PacingConfig {
+            rate: 0,
+            burst: 1,
+            max_in_flight: 64,
+        };
+        let mut pacer = Pacer::new(config, t0);
+        assert!(pacer.try_admit(t0, 63));
+        pacer.on_late(t0);
+        // Many late answers of the same loss event cut once.
+        pacer.on_late(t0 + Duration::from_millis(300));
+        assert_eq!(pacer.window(), (32, 1));
+        assert!(!pacer.try_admit(t0, 32));
+        assert!(pacer.try_admit(t0, 31));
+        for i in 1..10u64 {
+            pacer.on_late(t0 + Duration::from_secs(i));
+        }
+        assert_eq!(pacer.window().0, MIN_WINDOW as usize);
+        // Additive increase: about one per window of answers, never past the configured cap.
+        for _ in 0..5 {
+            pacer.on_answer();
+        }
+        assert_eq!(pacer.window().0, 5);
+        for _ in 0..10_000 {
+            pacer.on_answer();
+        }
+        assert_eq!(pacer.window().0, 64);
     }
 
     #[test]
