@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
+use super::calendar::RefreshCalendar;
 use super::machine::{Action, Ctx, RegKey, Registration, Snapshot, Status};
 use super::policy::RetryPolicy;
 use super::record::Record;
@@ -97,6 +98,9 @@ pub struct RegistrationTable {
     /// `uacreg.status`, metrics and start-up progress ask often, and a walk over 100,000
     /// registrations inside the driver task each time starved the sockets.
     status_counts: [usize; Status::ALL.len()],
+    /// Spread refresh timers per second (see [`RetryPolicy::max_refresh_share`]), counted in
+    /// and out as registrations arm and drop them.
+    calendar: RefreshCalendar,
 }
 
 /// `uac.reg_add` on an l_uuid that exists.
@@ -117,6 +121,7 @@ impl RegistrationTable {
             parked: Vec::new(),
             counters: CoreCounters::default(),
             status_counts: [0; Status::ALL.len()],
+            calendar: RefreshCalendar::default(),
         }
     }
 
@@ -144,8 +149,11 @@ impl RegistrationTable {
         now: Instant,
         f: impl FnOnce(&mut Registration, &mut Ctx<'_>) -> R,
     ) -> Option<R> {
+        let refresh_cap = self.config.policy.refresh_cap(self.by_uuid.len());
+        self.calendar.start(now);
         let registration = self.registrations.get_mut(&key)?;
         let before = registration.timer();
+        let second_before = registration.refresh_second();
         let counted_before = Self::counted(registration);
         let mut ctx = Ctx {
             now,
@@ -154,9 +162,20 @@ impl RegistrationTable {
             user_agent: &self.config.user_agent,
             actions: &mut self.actions,
             counters: &mut self.counters,
+            calendar: &mut self.calendar,
+            refresh_cap,
         };
         let result = f(registration, &mut ctx);
         let after = registration.timer();
+        let second_after = registration.refresh_second();
+        if second_before != second_after {
+            if let Some(second) = second_before {
+                self.calendar.remove(second);
+            }
+            if let Some(second) = second_after {
+                self.calendar.add(second);
+            }
+        }
         let finished = registration.is_finished();
         let counted_after = if finished {
             None
@@ -260,8 +279,12 @@ impl RegistrationTable {
             }
             self.timers.pop_first();
             // The timer entry is gone; make the registration agree before it reacts.
-            if let Some(registration) = self.registrations.get_mut(&key) {
-                registration.clear_timer();
+            let released = self
+                .registrations
+                .get_mut(&key)
+                .and_then(Registration::clear_timer);
+            if let Some(second) = released {
+                self.calendar.remove(second);
             }
             // Leaving registrations still finish (un-REGISTER) while inactive.
             let leaving = self
@@ -381,6 +404,46 @@ impl RegistrationTable {
             *counts.entry(registration.status().name()).or_default() += 1;
         }
         counts
+    }
+
+    /// Refresh timers currently counted in the spreading calendar.
+    pub fn scheduled_refreshes(&self) -> usize {
+        let scheduled = self.calendar.scheduled();
+        // Every test that looks at the calendar also checks it against the armed timers.
+        #[cfg(debug_assertions)]
+        if let Err(drift) = self.check_calendar() {
+            panic!("refresh calendar drifted: {drift}");
+        }
+        scheduled
+    }
+
+    /// Refreshes allowed to share one second now (0: refreshes are not spread).
+    pub fn refresh_cap(&self) -> u32 {
+        self.config.policy.refresh_cap(self.by_uuid.len())
+    }
+
+    /// The calendar's counts against every registration's refresh timer: each spread refresh
+    /// is counted once, in the second its timer falls in.
+    #[cfg(debug_assertions)]
+    fn check_calendar(&self) -> Result<(), String> {
+        for registration in self.registrations.values() {
+            if let Some(second) = registration.refresh_second() {
+                let timer_second = registration
+                    .timer()
+                    .and_then(|at| self.calendar.second_of(at));
+                if timer_second != Some(u64::from(second)) {
+                    return Err(format!(
+                        "{:?} is counted in second {second}, its timer is in {timer_second:?}",
+                        registration.key()
+                    ));
+                }
+            }
+        }
+        self.calendar.agrees_with(
+            self.registrations
+                .values()
+                .filter_map(Registration::refresh_second),
+        )
     }
 
     // ---- operator commands (return false when no row matched) ----
