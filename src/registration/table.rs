@@ -85,7 +85,10 @@ pub struct RegistrationTable {
     config: CoreConfig,
     rng: fastrand::Rng,
     next_key: u64,
-    registrations: HashMap<RegKey, Registration>,
+    /// Boxed: a registration is ~850 bytes and a hash map keeps up to twice as many slots as
+    /// entries (load factor 7/8, power-of-two growth), so inline slots cost up to ~1 KB per row
+    /// in empty space; a box costs 8 bytes per slot instead.
+    registrations: HashMap<RegKey, Box<Registration>>,
     /// Current (not leaving) registrations by l_uuid, in l_uuid order for dumps.
     by_uuid: BTreeMap<String, RegKey>,
     timers: BTreeSet<(Instant, RegKey)>,
@@ -102,6 +105,9 @@ pub struct RegistrationTable {
     /// and out as registrations arm and drop them.
     calendar: RefreshCalendar,
 }
+
+/// Room for queued actions the table keeps between calls.
+const ACTIONS_KEPT: usize = 1024;
 
 /// `uac.reg_add` on an l_uuid that exists.
 #[derive(Debug, PartialEq, Eq)]
@@ -203,7 +209,7 @@ impl RegistrationTable {
         let l_uuid = record.l_uuid.clone();
         let registration = Registration::new(key, record, &mut self.rng);
         self.recount(None, Self::counted(&registration));
-        self.registrations.insert(key, registration);
+        self.registrations.insert(key, Box::new(registration));
         self.by_uuid.insert(l_uuid, key);
         self.with_registration(key, now, |r, ctx| r.start(ctx));
     }
@@ -282,15 +288,12 @@ impl RegistrationTable {
             let released = self
                 .registrations
                 .get_mut(&key)
-                .and_then(Registration::clear_timer);
+                .and_then(|r| r.clear_timer());
             if let Some(second) = released {
                 self.calendar.remove(second);
             }
             // Leaving registrations still finish (un-REGISTER) while inactive.
-            let leaving = self
-                .registrations
-                .get(&key)
-                .is_some_and(Registration::is_leaving);
+            let leaving = self.registrations.get(&key).is_some_and(|r| r.is_leaving());
             if !self.active && !leaving {
                 self.parked.push(key);
                 continue;
@@ -313,6 +316,13 @@ impl RegistrationTable {
 
     /// All queued actions, in the order they were produced.
     pub fn drain_actions(&mut self) -> std::vec::Drain<'_, Action> {
+        // A start-up fires every row's first REGISTER in one call, and the queue would keep room
+        // for all of them (~250 bytes a row) for good: give back what a quarter of it would not
+        // use. Shrinking only below a quarter keeps this amortised O(1).
+        let len = self.actions.len();
+        if self.actions.capacity() > ACTIONS_KEPT.max(4 * len) {
+            self.actions.shrink_to(ACTIONS_KEPT.max(2 * len));
+        }
         self.actions.drain(..)
     }
 
@@ -348,6 +358,7 @@ impl RegistrationTable {
         self.by_uuid
             .get(l_uuid)
             .and_then(|key| self.registrations.get(key))
+            .map(|r| &**r)
     }
 
     /// Current registrations in l_uuid order.
@@ -355,6 +366,7 @@ impl RegistrationTable {
         self.by_uuid
             .values()
             .filter_map(|key| self.registrations.get(key))
+            .map(|r| &**r)
     }
 
     /// First registration whose `attribute` equals `value` (Kamailio's lookup rule).
@@ -381,7 +393,7 @@ impl RegistrationTable {
             .range::<str, _>((start, Bound::Unbounded))
             .filter_map(|(_, key)| self.registrations.get(key))
             .take(limit)
-            .map(Registration::snapshot)
+            .map(|r| r.snapshot())
             .collect()
     }
 
@@ -442,7 +454,7 @@ impl RegistrationTable {
         self.calendar.agrees_with(
             self.registrations
                 .values()
-                .filter_map(Registration::refresh_second),
+                .filter_map(|r| r.refresh_second()),
         )
     }
 
