@@ -289,11 +289,6 @@ impl Registrar {
         }
         response
     }
-
-    /// Heap bytes this model holds (not the core's).
-    fn heap(&self) -> usize {
-        self.rows.capacity() * size_of::<Binding>() + self.per_second.capacity() * 4
-    }
 }
 
 fn response(req: &RegisterRequest, code: u16, reason: &str) -> Response {
@@ -367,7 +362,12 @@ struct Outcome {
     before: Memory,
     loaded: Memory,
     end: Memory,
-    model_heap: usize,
+    /// Live heap once the registrar model and the send queues are gone: the table alone.
+    core_heap_end: usize,
+    /// What the send queues still held at the end (their capacity stays from start-up).
+    queues_heap_end: usize,
+    /// Live heap when every row had just registered.
+    registered_heap: Option<usize>,
 }
 
 /// One run; `measure` snapshots memory (only meaningful for the first run of the process).
@@ -407,6 +407,7 @@ fn run(args: &Args, share: f64) -> Outcome {
     let mut in_transit: VecDeque<(Instant, RegKey, Response)> = VecDeque::new();
     let mut now = start;
     let mut all_registered = None;
+    let mut registered_heap = None;
     let mut dropped_sends = 0u64;
     let mut checked = start;
     loop {
@@ -461,6 +462,7 @@ fn run(args: &Args, share: f64) -> Outcome {
             checked = now;
             if table.status_counts()[Status::Registered.name()] == args.rows {
                 all_registered = Some((now - start).as_secs_f64());
+                registered_heap = Some(LIVE_BYTES.load(Ordering::Relaxed));
             }
         }
     }
@@ -488,10 +490,31 @@ fn run(args: &Args, share: f64) -> Outcome {
         before,
         loaded,
         end: end_memory,
-        model_heap: registrar.heap(),
+        core_heap_end: 0,
+        queues_heap_end: 0,
+        registered_heap,
     };
+    drop(registrar);
+    let with_queues = LIVE_BYTES.load(Ordering::Relaxed);
+    drop(queue);
+    drop(in_transit);
+    let core = LIVE_BYTES.load(Ordering::Relaxed);
     drop(table);
-    outcome
+    Outcome {
+        core_heap_end: core,
+        queues_heap_end: with_queues - core,
+        ..outcome
+    }
+}
+
+/// Slots hashbrown holds for `n` entries inserted one by one: the smallest power of two whose
+/// 7/8 holds them.
+fn hash_buckets(n: usize) -> usize {
+    let mut buckets = 4;
+    while buckets * 7 / 8 < n {
+        buckets *= 2;
+    }
+    buckets
 }
 
 fn per_row(bytes: usize, base: usize, rows: usize) -> f64 {
@@ -579,26 +602,36 @@ fn main() {
         );
     }
     println!("    peak RSS                 {:>10.1}", mib(peak_rss));
-    let core_end = main.end.heap.saturating_sub(main.model_heap);
     println!(
-        "  bytes per row (core)        loaded: heap {:.0}, RSS {:.0}; end: heap {:.0}, RSS {:.0}; blocks/row {:.1}",
+        "  bytes per row               heap: {:.0} loaded, {} registered, {:.0} at the end (table alone); RSS: {:.0} loaded, {:.0} at the end",
         per_row(main.loaded.heap, main.before.heap, rows),
+        main.registered_heap.map_or("-".into(), |h| format!(
+            "{:.0}",
+            per_row(h, main.before.heap, rows)
+        )),
+        per_row(main.core_heap_end, main.before.heap, rows),
         per_row(main.loaded.rss, main.before.rss, rows),
-        per_row(core_end, main.before.heap, rows),
-        per_row(
-            main.end.rss.saturating_sub(main.model_heap),
-            main.before.rss,
-            rows
-        ),
-        per_row(main.end.blocks, main.before.blocks, rows),
+        per_row(main.end.rss, main.before.rss, rows),
     );
-    let sample = record(0);
     println!(
-        "  sizes: Registration {} B, Record {} B inline + {} B of strings; model {:.1} MiB",
-        size_of::<Registration>(),
+        "  send queues at the end      {:>10.1} MiB (capacity kept from start-up)",
+        mib(main.queues_heap_end)
+    );
+    // What the table's heap is made of, per row: the parts known from outside, and the rest.
+    let registration = size_of::<Registration>() as f64;
+    let slots = hash_buckets(rows) as f64 * (size_of::<(RegKey, Box<Registration>)>() + 1) as f64
+        / rows.max(1) as f64;
+    let strings = record_heap(&record(0)) as f64;
+    let core = per_row(main.core_heap_end, main.before.heap, rows);
+    println!(
+        "  table heap per row: Registration {registration:.0} (Record {} inline), hash-map slots {slots:.0}, record strings {strings:.0}, rest {:.0} (l_uuid index, timer queue, Call-ID/tag, digest challenge, calendar)",
         size_of::<Record>(),
-        record_heap(&sample),
-        mib(main.model_heap)
+        core - registration - slots - strings
+    );
+    println!(
+        "  a queued send: Action {} B inline, RegisterRequest {} B inline",
+        size_of::<Action>(),
+        size_of::<RegisterRequest>()
     );
 
     if let Err(err) = append_csv(&args, &main, baseline.as_ref(), peak_rss) {
@@ -630,7 +663,7 @@ fn append_csv(
     if new {
         writeln!(
             file,
-            "rows,hours,grants,rate,share,wall_s,all_registered_s,registers_per_row,refreshes,late,lapsed,min_margin_s,busiest,cap,busiest_unspread,rss_before,rss_loaded,rss_end,rss_peak,heap_before,heap_loaded,heap_end,model_heap"
+            "rows,hours,grants,rate,share,wall_s,all_registered_s,registers_per_row,refreshes,late,lapsed,min_margin_s,busiest,cap,busiest_unspread,rss_before,rss_loaded,rss_end,rss_peak,heap_before,heap_loaded,heap_end,heap_core_end"
         )?;
     }
     let grants: Vec<String> = args.grants.iter().map(u32::to_string).collect();
@@ -661,6 +694,6 @@ fn append_csv(
         main.before.heap,
         main.loaded.heap,
         main.end.heap,
-        main.model_heap,
+        main.core_heap_end,
     )
 }
