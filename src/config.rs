@@ -230,6 +230,10 @@ pub struct PacingFile {
     pub rate: Option<u32>,
     pub burst: Option<u32>,
     pub max_in_flight: Option<usize>,
+    /// Largest fraction of the rows whose refresh may be scheduled in one second (0: off;
+    /// default 0.002). Refreshes of rows that registered together are moved earlier, never
+    /// before half their grant, until no second carries more.
+    pub max_refresh_share: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -343,6 +347,16 @@ impl Config {
             }
             if let Some(v) = p.max_in_flight {
                 self.pacing.max_in_flight = v;
+            }
+            if let Some(v) = p.max_refresh_share {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(ConfigError::Invalid {
+                        field: "pacing.max_refresh_share",
+                        message: format!("{v} is not a fraction between 0 and 1"),
+                    });
+                }
+                // Refreshes are the core's business: the share travels with its policy.
+                self.retry.max_refresh_share = v;
             }
         }
         if let Some(tls) = file.tls {
@@ -562,6 +576,7 @@ mod tests {
         assert_eq!(config.advertised_addr, "127.0.0.2:6000");
         assert_eq!(config.rpc_listen, "127.0.0.1:7000".parse().unwrap());
         assert_eq!(config.pacing.rate, 50);
+        assert_eq!(config.retry.max_refresh_share, 0.002, "the default");
         assert_eq!(
             config.database,
             DatabaseConfig {
@@ -572,6 +587,19 @@ mod tests {
                 migrate: true,
             }
         );
+        std::fs::write(&path, "[pacing]\nmax_refresh_share = 0.01\n").unwrap();
+        let config = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(config.retry.max_refresh_share, 0.01);
+        std::fs::write(&path, "[pacing]\nmax_refresh_share = 0\n").unwrap();
+        let config = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(
+            config.retry.refresh_cap(100_000),
+            0,
+            "0 switches spreading off"
+        );
+        std::fs::write(&path, "[pacing]\nmax_refresh_share = 2.5\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("max_refresh_share"), "{err}");
         std::fs::write(&path, "bogus_key = 1\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("bogus_key"), "{err}");

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
+use super::calendar::RefreshCalendar;
 use super::policy::{Failure, RetryPolicy, Verdict};
 use super::record::{Credentials, Destination, Record};
 use crate::sip::digest::{Authorization, Challenge, DigestError, SecretInput};
@@ -105,6 +106,30 @@ pub struct Ctx<'a> {
     pub user_agent: &'a str,
     pub actions: &'a mut Vec<Action>,
     pub counters: &'a mut super::table::CoreCounters,
+    /// Refreshes per second already scheduled, for spreading a new one.
+    pub calendar: &'a mut RefreshCalendar,
+    /// Refreshes allowed in one second (0: refreshes are not spread).
+    pub refresh_cap: u32,
+}
+
+impl Ctx<'_> {
+    /// When the refresh after a success granting `granted` seconds goes: the policy's refresh
+    /// point, moved earlier into a second with room when refreshes are spread. The second is
+    /// the calendar slot the refresh must be counted in (None: not spread).
+    fn refresh_time(&mut self, granted: u32) -> (Instant, Option<u32>) {
+        let target = self.now + self.policy.refresh_after(granted, self.rng);
+        if self.refresh_cap == 0 {
+            return (target, None);
+        }
+        let earliest = self.now + self.policy.earliest_refresh(granted);
+        match self
+            .calendar
+            .choose(self.now, earliest, target, self.refresh_cap)
+        {
+            Some(placement) => (placement.at, Some(placement.second)),
+            None => (target, None),
+        }
+    }
 }
 
 /// Why the in-flight request was sent; decides what its answer means.
@@ -232,6 +257,10 @@ pub struct Registration {
     interval_raises: u8,
 
     timer: Option<Instant>,
+    /// The calendar second `timer` is counted in when it is a spread refresh. Set only with
+    /// the timer ([`Registration::arm_refresh`]) and cleared with every other change of it, so
+    /// the table can keep the calendar exact by comparing it before and after each call.
+    refresh_second: Option<u32>,
     reg_init: Option<Instant>,
     binding_expires: Option<Instant>,
     granted_expires: Option<u32>,
@@ -268,6 +297,7 @@ impl Registration {
             stale_answers: 0,
             interval_raises: 0,
             timer: None,
+            refresh_second: None,
             reg_init: None,
             binding_expires: None,
             granted_expires: None,
@@ -311,9 +341,25 @@ impl Registration {
     pub fn failures(&self) -> u32 {
         self.failures
     }
-    /// The table popped this registration's timer from its queue.
-    pub(super) fn clear_timer(&mut self) {
+    /// The calendar second this registration's refresh timer is counted in, if spread.
+    pub(super) fn refresh_second(&self) -> Option<u32> {
+        self.refresh_second
+    }
+    /// The table popped this registration's timer from its queue; returns the calendar second
+    /// the timer was counted in, for the table to count it out.
+    pub(super) fn clear_timer(&mut self) -> Option<u32> {
         self.timer = None;
+        self.refresh_second.take()
+    }
+    /// Arms (or disarms) the timer for anything but a spread refresh.
+    fn set_timer(&mut self, at: Option<Instant>) {
+        self.timer = at;
+        self.refresh_second = None;
+    }
+    /// Arms the refresh timer; `second` is its calendar slot when it was spread.
+    fn arm_refresh(&mut self, at: Instant, second: Option<u32>) {
+        self.timer = Some(at);
+        self.refresh_second = second;
     }
     pub fn is_leaving(&self) -> bool {
         self.leaving
@@ -345,7 +391,7 @@ impl Registration {
             let delay = ctx
                 .policy
                 .first_register_after(self.record.reg_delay, ctx.rng);
-            self.timer = Some(ctx.now + delay);
+            self.set_timer(Some(ctx.now + delay));
         } else {
             self.settle_idle();
         }
@@ -353,7 +399,7 @@ impl Registration {
 
     /// Idle status for a row that wants no binding.
     fn settle_idle(&mut self) {
-        self.timer = None;
+        self.set_timer(None);
         self.status = if self.operator_disabled || self.record.is_disabled() {
             Status::Disabled
         } else {
@@ -363,7 +409,7 @@ impl Registration {
 
     /// The registration's timer fired.
     pub fn handle_timer(&mut self, ctx: &mut Ctx<'_>) {
-        self.timer = None;
+        self.set_timer(None);
         if self.in_flight.is_some() {
             // A request is still being worked on; its outcome schedules what follows.
             return;
@@ -544,10 +590,11 @@ impl Registration {
         self.binding_expires = Some(ctx.now + Duration::from_secs(u64::from(granted)));
         self.last_registered = Some(ctx.now);
         if self.wants_binding() && !std::mem::take(&mut self.redo_after_flight) {
-            self.timer = Some(ctx.now + ctx.policy.refresh_after(granted, ctx.rng));
+            let (at, second) = ctx.refresh_time(granted);
+            self.arm_refresh(at, second);
         } else {
             // Disabled or removed while the REGISTER was in flight: take the binding back.
-            self.timer = Some(ctx.now);
+            self.set_timer(Some(ctx.now));
         }
     }
 
@@ -802,7 +849,7 @@ impl Registration {
             "registration attempt failed: {}",
             self.last_reason
         );
-        self.timer = at;
+        self.set_timer(at);
     }
 
     /// Whether the row stopped trying and waits for the operator.
@@ -820,9 +867,9 @@ impl Registration {
     fn after_round(&mut self, ctx: &mut Ctx<'_>) {
         self.redo_after_flight = false;
         if self.wants_binding() || self.maybe_bound {
-            self.timer = Some(ctx.now);
+            self.set_timer(Some(ctx.now));
         } else if self.leaving {
-            self.timer = None;
+            self.set_timer(None);
         } else {
             self.settle_idle();
         }
@@ -864,13 +911,13 @@ impl Registration {
         self.leaving = true;
         if self.in_flight.is_some() {
             // The outcome of the request in flight decides; `after_round` un-registers.
-            self.timer = None;
+            self.set_timer(None);
             return;
         }
         if self.maybe_bound {
-            self.timer = Some(ctx.now);
+            self.set_timer(Some(ctx.now));
         } else {
-            self.timer = None;
+            self.set_timer(None);
         }
     }
 
@@ -900,12 +947,12 @@ impl Registration {
         if self.in_flight.is_some() {
             // The answer to the request in flight was asked for under the old wishes: act again
             // as soon as it arrives.
-            self.timer = None;
+            self.set_timer(None);
             self.redo_after_flight = true;
             return;
         }
         if self.wants_binding() || self.maybe_bound {
-            self.timer = Some(ctx.now);
+            self.set_timer(Some(ctx.now));
         } else {
             self.settle_idle();
         }

@@ -10,7 +10,9 @@
 //! * [`machine`] — one registration's state machine.
 //! * [`table`] — all registrations, the timer queue, reload diffs, operator commands.
 //! * [`policy`] — refresh timing and failure back-off.
+//! * [`calendar`] — refreshes scheduled per second, so bunched refreshes spread out.
 
+pub mod calendar;
 pub mod machine;
 pub mod policy;
 pub mod record;

@@ -87,6 +87,22 @@ pub struct RetryPolicy {
     /// A new row's first REGISTER waits `reg_delay` plus a random share of this, so a start-up
     /// or a reload of many rows is spread out even before the transport's pacing.
     pub start_spread: Duration,
+    /// Largest fraction of the table's registrations whose refresh may be scheduled in any one
+    /// second (0: refreshes are not spread). The cap is `max(1, ceil(share × rows))` refreshes a
+    /// second; a refresh whose second is full goes in the latest earlier second with room, but
+    /// never earlier than half its grant (see [`RetryPolicy::earliest_refresh`]).
+    ///
+    /// The default, 0.002 (0.2 %), is 200 a second for 100,000 rows. A table that registered all
+    /// at once then needs 1 / 0.002 = 500 seconds of refresh slots, and with 3,600 s grants each
+    /// row's window runs from 1,800 s (half the grant) to its refresh point at 3,120–3,300 s:
+    /// at least 1,320 s, so the whole bunch fits below the cap with room to spare, no refresh
+    /// moves more than ~500 s earlier (once: the next round starts spread), and every refresh
+    /// still goes before expiry. Steady refreshing of 3,600 s grants is about 1/3,000 of the
+    /// table a second (0.033 %), far below the cap, so only bunches are moved. A smaller share
+    /// moves refreshes further forward (more REGISTERs in that round); below about
+    /// 1 / window (0.00076 for 3,600 s grants) a full bunch no longer fits and the least-loaded
+    /// seconds take the excess, which is still the flattest spread the window allows.
+    pub max_refresh_share: f64,
 }
 
 impl Default for RetryPolicy {
@@ -102,6 +118,7 @@ impl Default for RetryPolicy {
             max_expires: 86_400,
             max_retry_after: Duration::from_secs(6 * 3600),
             start_spread: Duration::ZERO,
+            max_refresh_share: 0.002,
         }
     }
 }
@@ -160,6 +177,22 @@ impl RetryPolicy {
                 .saturating_sub(jitter)
                 .max(1000),
         )
+    }
+
+    /// The earliest a refresh after a success granting `granted` seconds may be moved to by
+    /// spreading: half the grant, so spreading never more than doubles a row's REGISTER rate.
+    pub fn earliest_refresh(&self, granted: u32) -> Duration {
+        Duration::from_millis(u64::from(granted) * 500)
+    }
+
+    /// Refreshes allowed to share one second in a table of `rows` registrations (0: refreshes
+    /// are not spread).
+    pub fn refresh_cap(&self, rows: usize) -> u32 {
+        let share = self.max_refresh_share;
+        if share.is_nan() || share <= 0.0 {
+            return 0;
+        }
+        (share * rows as f64).ceil().clamp(1.0, f64::from(u32::MAX)) as u32
     }
 
     /// Delay before retry number `attempt` (1 for the first retry) after a temporary failure,

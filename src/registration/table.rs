@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
+use super::calendar::RefreshCalendar;
 use super::machine::{Action, Ctx, RegKey, Registration, Snapshot, Status};
 use super::policy::RetryPolicy;
 use super::record::Record;
@@ -84,8 +85,9 @@ pub struct RegistrationTable {
     config: CoreConfig,
     rng: fastrand::Rng,
     next_key: u64,
-    /// Boxed: a `Registration` is ~840 bytes, and a map grown to hold 100,000 of them inline keeps
-    /// up to twice that many slots; boxed, an empty slot costs 16 bytes.
+    /// Boxed: a registration is ~850 bytes and a hash map keeps up to twice as many slots as
+    /// entries (load factor 7/8, power-of-two growth), so inline slots cost up to ~1 KB per row
+    /// in empty space; a box costs 8 bytes per slot instead.
     registrations: HashMap<RegKey, Box<Registration>>,
     /// Current (not leaving) registrations by l_uuid, in l_uuid order for dumps.
     by_uuid: BTreeMap<String, RegKey>,
@@ -99,7 +101,13 @@ pub struct RegistrationTable {
     /// `uacreg.status`, metrics and start-up progress ask often, and a walk over 100,000
     /// registrations inside the driver task each time starved the sockets.
     status_counts: [usize; Status::ALL.len()],
+    /// Spread refresh timers per second (see [`RetryPolicy::max_refresh_share`]), counted in
+    /// and out as registrations arm and drop them.
+    calendar: RefreshCalendar,
 }
+
+/// Room for queued actions the table keeps between calls.
+const ACTIONS_KEPT: usize = 1024;
 
 /// `uac.reg_add` on an l_uuid that exists.
 #[derive(Debug, PartialEq, Eq)]
@@ -119,6 +127,7 @@ impl RegistrationTable {
             parked: Vec::new(),
             counters: CoreCounters::default(),
             status_counts: [0; Status::ALL.len()],
+            calendar: RefreshCalendar::default(),
         }
     }
 
@@ -146,8 +155,11 @@ impl RegistrationTable {
         now: Instant,
         f: impl FnOnce(&mut Registration, &mut Ctx<'_>) -> R,
     ) -> Option<R> {
+        let refresh_cap = self.config.policy.refresh_cap(self.by_uuid.len());
+        self.calendar.start(now);
         let registration = self.registrations.get_mut(&key)?;
         let before = registration.timer();
+        let second_before = registration.refresh_second();
         let counted_before = Self::counted(registration);
         let mut ctx = Ctx {
             now,
@@ -156,9 +168,20 @@ impl RegistrationTable {
             user_agent: &self.config.user_agent,
             actions: &mut self.actions,
             counters: &mut self.counters,
+            calendar: &mut self.calendar,
+            refresh_cap,
         };
         let result = f(registration, &mut ctx);
         let after = registration.timer();
+        let second_after = registration.refresh_second();
+        if second_before != second_after {
+            if let Some(second) = second_before {
+                self.calendar.remove(second);
+            }
+            if let Some(second) = second_after {
+                self.calendar.add(second);
+            }
+        }
         let finished = registration.is_finished();
         let counted_after = if finished {
             None
@@ -262,8 +285,12 @@ impl RegistrationTable {
             }
             self.timers.pop_first();
             // The timer entry is gone; make the registration agree before it reacts.
-            if let Some(registration) = self.registrations.get_mut(&key) {
-                registration.clear_timer();
+            let released = self
+                .registrations
+                .get_mut(&key)
+                .and_then(|r| r.clear_timer());
+            if let Some(second) = released {
+                self.calendar.remove(second);
             }
             // Leaving registrations still finish (un-REGISTER) while inactive.
             let leaving = self.registrations.get(&key).is_some_and(|r| r.is_leaving());
@@ -288,11 +315,15 @@ impl RegistrationTable {
     }
 
     /// All queued actions, in the order they were produced.
-    ///
-    /// The buffer goes with them: starting 100,000 rows queues 100,000 sends in one step, and a
-    /// buffer kept for reuse would hold that capacity (~23 MB) for good.
-    pub fn drain_actions(&mut self) -> std::vec::IntoIter<Action> {
-        std::mem::take(&mut self.actions).into_iter()
+    pub fn drain_actions(&mut self) -> std::vec::Drain<'_, Action> {
+        // A start-up fires every row's first REGISTER in one call, and the queue would keep room
+        // for all of them (~250 bytes a row) for good: give back what a quarter of it would not
+        // use. Shrinking only below a quarter keeps this amortised O(1).
+        let len = self.actions.len();
+        if self.actions.capacity() > ACTIONS_KEPT.max(4 * len) {
+            self.actions.shrink_to(ACTIONS_KEPT.max(2 * len));
+        }
+        self.actions.drain(..)
     }
 
     /// Whether request `cseq` of `key` is still the one its registration waits for (a queued
@@ -326,14 +357,16 @@ impl RegistrationTable {
     pub fn get(&self, l_uuid: &str) -> Option<&Registration> {
         self.by_uuid
             .get(l_uuid)
-            .and_then(|key| self.registrations.get(key).map(|r| &**r))
+            .and_then(|key| self.registrations.get(key))
+            .map(|r| &**r)
     }
 
     /// Current registrations in l_uuid order.
     pub fn iter(&self) -> impl Iterator<Item = &Registration> {
         self.by_uuid
             .values()
-            .filter_map(|key| self.registrations.get(key).map(|r| &**r))
+            .filter_map(|key| self.registrations.get(key))
+            .map(|r| &**r)
     }
 
     /// First registration whose `attribute` equals `value` (Kamailio's lookup rule).
@@ -383,6 +416,46 @@ impl RegistrationTable {
             *counts.entry(registration.status().name()).or_default() += 1;
         }
         counts
+    }
+
+    /// Refresh timers currently counted in the spreading calendar.
+    pub fn scheduled_refreshes(&self) -> usize {
+        let scheduled = self.calendar.scheduled();
+        // Every test that looks at the calendar also checks it against the armed timers.
+        #[cfg(debug_assertions)]
+        if let Err(drift) = self.check_calendar() {
+            panic!("refresh calendar drifted: {drift}");
+        }
+        scheduled
+    }
+
+    /// Refreshes allowed to share one second now (0: refreshes are not spread).
+    pub fn refresh_cap(&self) -> u32 {
+        self.config.policy.refresh_cap(self.by_uuid.len())
+    }
+
+    /// The calendar's counts against every registration's refresh timer: each spread refresh
+    /// is counted once, in the second its timer falls in.
+    #[cfg(debug_assertions)]
+    fn check_calendar(&self) -> Result<(), String> {
+        for registration in self.registrations.values() {
+            if let Some(second) = registration.refresh_second() {
+                let timer_second = registration
+                    .timer()
+                    .and_then(|at| self.calendar.second_of(at));
+                if timer_second != Some(u64::from(second)) {
+                    return Err(format!(
+                        "{:?} is counted in second {second}, its timer is in {timer_second:?}",
+                        registration.key()
+                    ));
+                }
+            }
+        }
+        self.calendar.agrees_with(
+            self.registrations
+                .values()
+                .filter_map(|r| r.refresh_second()),
+        )
     }
 
     // ---- operator commands (return false when no row matched) ----

@@ -69,6 +69,10 @@ struct Model {
     fail_code: u16,
     fail_retry_after: Option<u32>,
     rng: fastrand::Rng,
+    /// REGISTERs that arrived for a binding that had already expired.
+    late: usize,
+    /// The least time left on a binding when a REGISTER for it arrived.
+    min_margin: Option<Duration>,
 }
 
 impl Model {
@@ -86,6 +90,8 @@ impl Model {
             fail_code: 503,
             fail_retry_after: None,
             rng: fastrand::Rng::with_seed(7),
+            late: 0,
+            min_margin: None,
         }
     }
 
@@ -115,6 +121,15 @@ impl Model {
             .next()
             .unwrap_or("")
             .to_string();
+        let held = self.bindings.get(&user).filter(|_| req.expires > 0);
+        if let Some(expiry) = held {
+            match expiry.checked_duration_since(now) {
+                Some(left) if !left.is_zero() => {
+                    self.min_margin = Some(self.min_margin.map_or(left, |m| m.min(left)));
+                }
+                _ => self.late += 1,
+            }
+        }
         if self.fail_until.is_some_and(|until| now < until) && self.rng.f64() < self.fail_ratio {
             let mut r = base_response(req, self.fail_code, "Failure");
             r.retry_after = self.fail_retry_after;
@@ -199,6 +214,8 @@ struct Sim {
     sent_count: usize,
     /// When each kept request was sent.
     sent_at: Vec<Instant>,
+    /// Keep the send times even when the requests are not kept.
+    keep_times: bool,
 }
 
 impl Sim {
@@ -213,7 +230,20 @@ impl Sim {
             keep_sent: true,
             sent_count: 0,
             sent_at: Vec::new(),
+            keep_times: false,
         }
+    }
+
+    fn with_policy(mode: Mode, policy: RetryPolicy, seed: u64) -> Sim {
+        let mut sim = Sim::new(mode);
+        sim.table = RegistrationTable::new(
+            CoreConfig {
+                policy,
+                ..CoreConfig::default()
+            },
+            fastrand::Rng::with_seed(seed),
+        );
+        sim
     }
 
     fn pump_actions(&mut self) {
@@ -227,9 +257,11 @@ impl Sim {
             };
             self.in_transit.push_back((at, key, answer, request.cseq));
             self.sent_count += 1;
+            if self.keep_sent || self.keep_times {
+                self.sent_at.push(self.now);
+            }
             if self.keep_sent {
                 self.sent.push((key, request));
-                self.sent_at.push(self.now);
             }
         }
     }
@@ -729,4 +761,168 @@ fn dump_slices_cover_every_row_once_in_order() {
     }
     assert_eq!(sliced, whole);
     assert_eq!(whole.len(), 10);
+}
+
+/// The busiest second of REGISTERs sent from `from` on, counted in whole seconds since `start`.
+fn busiest_second(sent_at: &[Instant], start: Instant, from: Duration) -> (u64, usize) {
+    let mut per_second: HashMap<u64, usize> = HashMap::new();
+    for at in sent_at.iter().filter(|at| **at >= start + from) {
+        *per_second.entry((*at - start).as_secs()).or_default() += 1;
+    }
+    per_second
+        .into_iter()
+        .max_by_key(|(second, count)| (*count, std::cmp::Reverse(*second)))
+        .unwrap_or((0, 0))
+}
+
+/// 100,000 rows registered within ~20 s, refreshed for the first time an hour later.
+fn bunched_start(share: f64) -> Sim {
+    let policy = RetryPolicy {
+        start_spread: Duration::from_secs(20),
+        max_refresh_share: share,
+        ..RetryPolicy::default()
+    };
+    let mut sim = Sim::with_policy(Mode::Normal, policy, 42);
+    sim.keep_sent = false;
+    sim.keep_times = true;
+    // One REGISTER per refresh (the nonce stays valid), so sends per second are refreshes.
+    sim.model.nonce_life = Duration::from_secs(2 * 86_400);
+    let start = sim.now;
+    sim.table.reload(start, (0..100_000).map(record).collect());
+    sim.run_until(start + Duration::from_secs(25));
+    assert_eq!(sim.table.status_counts()["registered"], 100_000);
+    assert_eq!(sim.model.late, 0);
+    // Every row's first refresh, and none of its second.
+    sim.run_until(start + Duration::from_secs(3400));
+    sim
+}
+
+#[test]
+fn refreshes_of_a_bunched_start_stay_under_the_cap() {
+    let mut sim = bunched_start(0.002);
+    let start = sim.now - Duration::from_secs(3400);
+    let cap = sim.table.refresh_cap();
+    assert_eq!(cap, 200, "0.2 % of 100,000 rows");
+    // All first REGISTERs and their answers went out in the first 21 s; from then on every
+    // REGISTER is a refresh.
+    let refreshes = sim.sent_at.len() - 200_000;
+    assert_eq!(refreshes, 100_000, "one refresh per row");
+    let (second, busiest) = busiest_second(&sim.sent_at, start, Duration::from_secs(22));
+    assert!(
+        busiest <= cap as usize,
+        "{busiest} refreshes in second {second}, cap {cap}"
+    );
+    // Spreading moved refreshes earlier, but never before half the grant...
+    let first_refresh = sim.sent_at[200_000..].iter().min().copied().unwrap();
+    assert!(first_refresh >= start + Duration::from_secs(1800));
+    // ...and never past expiry: the registrar saw every refresh with time to spare.
+    assert_eq!(sim.model.late, 0);
+    let margin = sim.model.min_margin.unwrap();
+    assert!(
+        margin >= Duration::from_secs(290),
+        "{margin:?} before expiry"
+    );
+    // Each row is counted once for its next refresh.
+    assert_eq!(sim.table.scheduled_refreshes(), 100_000);
+    // Removing every row (un-REGISTERs) empties the calendar.
+    sim.table.reload(sim.now, Vec::new());
+    sim.run_until(sim.now + Duration::from_secs(10));
+    assert_eq!(sim.table.leaving_count(), 0);
+    assert!(sim.table.is_empty());
+    assert_eq!(sim.table.scheduled_refreshes(), 0);
+}
+
+#[test]
+fn share_zero_refreshes_as_before() {
+    let sim = bunched_start(0.0);
+    let start = sim.now - Duration::from_secs(3400);
+    assert_eq!(sim.table.refresh_cap(), 0);
+    assert_eq!(sim.table.scheduled_refreshes(), 0, "nothing counted");
+    // Each refresh at grant − 300 s − up to 5 %, so the start-up's bunch comes back bunched:
+    // the same rows that stay under 200 a second when spread.
+    let (_, busiest) = busiest_second(&sim.sent_at, start, Duration::from_secs(22));
+    assert!(busiest > 400, "{busiest} in the busiest second");
+    let refreshes = &sim.sent_at[200_000..];
+    assert_eq!(refreshes.len(), 100_000);
+    let earliest = refreshes.iter().min().copied().unwrap() - start;
+    assert!(
+        earliest >= Duration::from_secs(3600 - 300 - 180),
+        "{earliest:?}"
+    );
+    assert_eq!(sim.model.late, 0);
+}
+
+#[test]
+fn calendar_follows_every_change_of_a_refresh_timer() {
+    let policy = RetryPolicy {
+        max_refresh_share: 0.002,
+        ..RetryPolicy::default()
+    };
+    let mut sim = Sim::with_policy(Mode::Normal, policy, 3);
+    sim.keep_sent = false;
+    let start = sim.now;
+    let rows: Vec<Record> = (0..1000).map(record).collect();
+    sim.table.reload(start, rows.clone());
+    assert_eq!(
+        sim.table.scheduled_refreshes(),
+        0,
+        "first REGISTERs are not spread"
+    );
+    sim.run_until(start + Duration::from_secs(5));
+    assert_eq!(sim.table.refresh_cap(), 2);
+    assert_eq!(sim.table.scheduled_refreshes(), 1000);
+
+    // Disabled rows drop their refresh (and un-REGISTER).
+    for i in 0..100 {
+        let l_uuid = format!("uuid{i:06}");
+        assert!(
+            sim.table
+                .set_disabled(sim.now, Attribute::LUuid, &l_uuid, true)
+        );
+    }
+    assert_eq!(sim.table.scheduled_refreshes(), 900);
+    // An operator refresh re-registers now; the new refresh is counted when it succeeds.
+    for i in 100..110 {
+        let l_uuid = format!("uuid{i:06}");
+        assert!(sim.table.refresh(sim.now, Attribute::LUuid, &l_uuid));
+    }
+    assert_eq!(sim.table.scheduled_refreshes(), 890);
+    sim.run_until(sim.now + Duration::from_secs(5));
+    assert_eq!(sim.table.scheduled_refreshes(), 900);
+
+    // A reload: changed credentials re-register in place, a changed contact replaces the
+    // registration, a removed row leaves, an added one registers.
+    let mut next = rows[100..].to_vec();
+    next[0].credentials = Some(Credentials::Password {
+        username: "user000100".into(),
+        password: Secret::new("pw-user000100"),
+    });
+    next[0].auth_password = Secret::new("pw-user000100x");
+    next[1].contact_addr = "127.0.0.1:5081".into();
+    next[1].contact_host_port = "127.0.0.1:5081".into();
+    next.truncate(800);
+    next.push(record(5000));
+    sim.table.reload(sim.now, next);
+    sim.run_until(sim.now + Duration::from_secs(5));
+    assert_eq!(sim.table.status_counts()["registered"], 801);
+    assert_eq!(sim.table.leaving_count(), 0);
+    assert_eq!(sim.table.scheduled_refreshes(), 801);
+
+    // Refresh timers fire and are re-armed all day; the count holds.
+    sim.run_until(start + Duration::from_secs(86_400));
+    assert_eq!(sim.table.status_counts()["registered"], 801);
+    assert_eq!(sim.table.scheduled_refreshes(), 801);
+    assert_eq!(sim.model.late, 0);
+
+    // Sending switched off parks due timers; the calendar lets them go.
+    sim.table.set_active(sim.now, false);
+    sim.run_until(sim.now + Duration::from_secs(3600));
+    assert_eq!(sim.table.scheduled_refreshes(), 0);
+    sim.table.set_active(sim.now, true);
+    sim.run_until(sim.now + Duration::from_secs(5));
+    assert_eq!(sim.table.scheduled_refreshes(), 801);
+
+    sim.table.shutdown(sim.now);
+    sim.run_until(sim.now + Duration::from_secs(5));
+    assert_eq!(sim.table.scheduled_refreshes(), 0);
 }
