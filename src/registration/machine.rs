@@ -160,6 +160,61 @@ struct InFlight {
     auth: AuthUse,
 }
 
+/// The Call-ID and From tag of a registration's REGISTERs, kept as the random numbers they are
+/// written from: 24 bytes instead of two strings (~130 bytes with their heap blocks), which
+/// matters at 100,000 rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DialogIds {
+    call_id: [u64; 2],
+    from_tag: u64,
+}
+
+impl DialogIds {
+    fn call_id(&self) -> String {
+        format!("{:016x}{:016x}@uacreg", self.call_id[0], self.call_id[1])
+    }
+
+    fn from_tag(&self) -> String {
+        format!("{:016x}", self.from_tag)
+    }
+
+    fn is_call_id(&self, text: &str) -> bool {
+        let Some(hex) = text.strip_suffix("@uacreg") else {
+            return false;
+        };
+        // Exactly what call_id() writes: 32 lower-case hex digits (from_str_radix alone would
+        // also take a sign or upper case).
+        hex.len() == 32
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && u64::from_str_radix(&hex[..16], 16) == Ok(self.call_id[0])
+            && u64::from_str_radix(&hex[16..], 16) == Ok(self.call_id[1])
+    }
+}
+
+#[cfg(test)]
+mod dialog_id_tests {
+    use super::DialogIds;
+
+    #[test]
+    fn call_id_matches_only_its_own_text() {
+        let ids = DialogIds {
+            call_id: [0x0123_4567_89ab_cdef, 0xf],
+            from_tag: 7,
+        };
+        let text = ids.call_id();
+        assert_eq!(text, "0123456789abcdef000000000000000f@uacreg");
+        assert!(ids.is_call_id(&text));
+        assert!(!ids.is_call_id(&text.to_uppercase()));
+        assert!(!ids.is_call_id("+123456789abcdef000000000000000f@uacreg"));
+        assert!(!ids.is_call_id("0123456789abcdef000000000000000e@uacreg"));
+        assert!(!ids.is_call_id("0123456789abcdef000000000000000f@other"));
+        assert!(!ids.is_call_id("é"));
+        assert_eq!(ids.from_tag(), "0000000000000007");
+    }
+}
+
 /// A digest challenge kept for answering future requests with the same nonce.
 #[derive(Clone, Debug)]
 struct AuthSession {
@@ -243,8 +298,8 @@ pub struct Registration {
     /// Being removed (row deleted or replaced): un-register if needed, then drop.
     leaving: bool,
 
-    call_id: String,
-    from_tag: String,
+    /// Random bits the Call-ID and From tag are written from (see [`DialogIds`]).
+    ids: DialogIds,
     next_cseq: u32,
     /// Expiry we ask for; starts at the row's `expires`, raised by a 423's Min-Expires.
     requested_expires: u32,
@@ -288,8 +343,10 @@ impl Registration {
             operator_disabled: false,
             operator_unregistered: false,
             leaving: false,
-            call_id: format!("{:016x}{:016x}@uacreg", rng.u64(..), rng.u64(..)),
-            from_tag: format!("{:016x}", rng.u64(..)),
+            ids: DialogIds {
+                call_id: [rng.u64(..), rng.u64(..)],
+                from_tag: rng.u64(..),
+            },
             next_cseq: 1,
             requested_expires,
             in_flight: None,
@@ -469,8 +526,8 @@ impl Registration {
         let request = RegisterRequest {
             request_uri: self.record.request_uri(),
             aor: self.record.aor(),
-            from_tag: self.from_tag.clone(),
-            call_id: self.call_id.clone(),
+            from_tag: self.ids.from_tag(),
+            call_id: self.ids.call_id(),
             cseq,
             contact_uri: self.record.contact_uri(),
             expires,
@@ -529,7 +586,7 @@ impl Registration {
         let Some(flight) = self.in_flight.clone() else {
             return;
         };
-        if response.cseq != flight.cseq || response.call_id != self.call_id {
+        if response.cseq != flight.cseq || !self.ids.is_call_id(&response.call_id) {
             return;
         }
         if response.code < 200 {
