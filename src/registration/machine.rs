@@ -174,7 +174,7 @@ impl DialogIds {
         format!("{:016x}{:016x}@uacreg", self.call_id[0], self.call_id[1])
     }
 
-    fn from_tag(&self) -> String {
+    fn tag(&self) -> String {
         format!("{:016x}", self.from_tag)
     }
 
@@ -211,7 +211,7 @@ mod dialog_id_tests {
         assert!(!ids.is_call_id("0123456789abcdef000000000000000e@uacreg"));
         assert!(!ids.is_call_id("0123456789abcdef000000000000000f@other"));
         assert!(!ids.is_call_id("é"));
-        assert_eq!(ids.from_tag(), "0000000000000007");
+        assert_eq!(ids.tag(), "0000000000000007");
     }
 }
 
@@ -526,7 +526,7 @@ impl Registration {
         let request = RegisterRequest {
             request_uri: self.record.request_uri(),
             aor: self.record.aor(),
-            from_tag: self.ids.from_tag(),
+            from_tag: self.ids.tag(),
             call_id: self.ids.call_id(),
             cseq,
             contact_uri: self.record.contact_uri(),
