@@ -84,15 +84,17 @@ const MODULES: &[&str] = &[
 ];
 
 /// Where the pieces of an installed Kamailio are, or why it is not usable.
-struct Installation {
-    kamailio: PathBuf,
-    sqlite3: PathBuf,
-    module_dir: PathBuf,
-    ddl_dir: PathBuf,
+pub struct Installation {
+    pub kamailio: PathBuf,
+    pub sqlite3: PathBuf,
+    pub module_dir: PathBuf,
+    pub ddl_dir: PathBuf,
 }
 
 impl Installation {
-    fn find() -> Result<Installation, String> {
+    /// Finds Kamailio, the `sqlite3` CLI, the module dir (with every module of [`MODULES`]) and
+    /// the SQLite DDL; the error says what is missing.
+    pub fn find() -> Result<Installation, String> {
         let kamailio = find_program("kamailio", KAMAILIO_CANDIDATES)
             .ok_or("no kamailio binary (Debian package kamailio)")?;
         let sqlite3 = find_program("sqlite3", SQLITE3_CANDIDATES)
@@ -416,7 +418,8 @@ impl std::fmt::Debug for KamailioRegistrar {
     }
 }
 
-enum Start {
+/// Why [`wait_ready`] gave up.
+pub enum Start {
     /// Not ours on this port (collision); try another.
     Retry(String),
     Fail(String),
@@ -438,7 +441,8 @@ fn check_domain(domain: &str) -> io::Result<()> {
     }
 }
 
-fn sql_quote(s: &str) -> String {
+/// `s` as an SQL string literal.
+pub fn sql_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
@@ -620,12 +624,29 @@ request_route {
 /// Starts Kamailio in the foreground under a watchdog ([`Watched`]) in a new process group,
 /// with SIGTERM as its stop signal and its output in `log_path`.
 fn spawn(install: &Installation, cfg: &Path, dir: &Path, log_path: &Path) -> io::Result<Watched> {
+    spawn_with_memory(install, cfg, dir, log_path, 32, 4)
+}
+
+/// [`spawn`] with `shm_mb` MB of shared memory (`-m`) and `pkg_mb` MB of private memory per
+/// process (`-M`).
+pub fn spawn_with_memory(
+    install: &Installation,
+    cfg: &Path,
+    dir: &Path,
+    log_path: &Path,
+    shm_mb: u32,
+    pkg_mb: u32,
+) -> io::Result<Watched> {
     let log = std::fs::File::create(log_path)?;
     let mut kamailio = Command::new(&install.kamailio);
     kamailio
         .arg("-f")
         .arg(cfg)
-        .args(["-DD", "-E", "-m", "32", "-M", "4"])
+        .args(["-DD", "-E"])
+        .arg("-m")
+        .arg(shm_mb.to_string())
+        .arg("-M")
+        .arg(pkg_mb.to_string())
         .arg("-Y")
         .arg(dir)
         .arg("-P")
@@ -636,7 +657,7 @@ fn spawn(install: &Installation, cfg: &Path, dir: &Path, log_path: &Path) -> io:
 
 /// Sends OPTIONS to `addr` until a reply carrying `token` arrives, Kamailio exits, or
 /// [`STARTUP_LIMIT`] passes.
-fn wait_ready(
+pub fn wait_ready(
     process: &Watched,
     addr: SocketAddr,
     token: &str,
