@@ -468,11 +468,40 @@ fn run(
         outcome.dump_timer_lateness = Some(report::lateness_during(&before, &after));
     }
 
-    // Phase 4: change a share of the rows and reload.
+    // Phase 4: change a share of the rows and reload (not while refreshes flow: the registrar
+    // would never be quiet, and their REGISTERs would count as the reload's).
+    if !args.dump_while_refreshing {
+        measure_reload(args, &gateway, &peer, &rows, &mut outcome)?;
+    }
+
+    outcome.peak_kib = Some(
+        match gateway_kind {
+            GatewayKind::Uacregd => procfs::peak_rss_kib(pids[0]).unwrap_or(0),
+            GatewayKind::Kamailio => 0,
+        }
+        .max(sampler.peak_kib()),
+    );
+    outcome.cpu_seconds_total = Some(procfs::cpu_seconds(&pids));
+    drop(sampler);
+    gateway.stop();
+    peer.stop(runtime);
+    Ok(outcome)
+}
+
+/// Changes `--changed-share` of the rows, reloads, and waits until the changed rows are registered
+/// again and the registrar has been quiet for 2 s.
+fn measure_reload(
+    args: &Args,
+    gateway: &Gateway,
+    peer: &Peer,
+    rows: &[LoadRow],
+    outcome: &mut Outcome,
+) -> anyhow::Result<()> {
+    let n = rows.len();
     let changed_count = ((n as f64 * args.changed_share).round() as usize).clamp(1, n.max(1));
     let step = (n / changed_count).max(1);
     let changed: Vec<usize> = (0..n).step_by(step).take(changed_count).collect();
-    gateway.change_rows(&rows, &changed)?;
+    gateway.change_rows(rows, &changed)?;
     let before = gateway.counters()?;
     let seen_before = peer.registers_seen()?;
     let reload_started = Instant::now();
@@ -501,16 +530,5 @@ fn run(
     outcome.reload_seconds = Some((last_change - reload_started).as_secs_f64());
     outcome.reload_registers_seen = Some(last_seen - seen_before);
 
-    outcome.peak_kib = Some(
-        match gateway_kind {
-            GatewayKind::Uacregd => procfs::peak_rss_kib(pids[0]).unwrap_or(0),
-            GatewayKind::Kamailio => 0,
-        }
-        .max(sampler.peak_kib()),
-    );
-    outcome.cpu_seconds_total = Some(procfs::cpu_seconds(&pids));
-    drop(sampler);
-    gateway.stop();
-    peer.stop(runtime);
-    Ok(outcome)
+    Ok(())
 }
