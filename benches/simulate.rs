@@ -369,6 +369,8 @@ struct Outcome {
     queues_heap_end: usize,
     /// Live heap when every row had just registered.
     registered_heap: Option<usize>,
+    /// Longest a REGISTER waited for pacing once every row had registered.
+    longest_wait: Duration,
 }
 
 /// One run; `measure` snapshots memory (only meaningful for the first run of the process).
@@ -404,7 +406,9 @@ fn run(args: &Args, share: f64) -> Outcome {
     let mut pacer = Pacer::new(pacing, start);
     let rtt = Duration::from_millis(args.rtt_ms);
     let end = start + Duration::from_secs_f64(args.hours * 3600.0);
-    let mut queue: VecDeque<(RegKey, RegisterRequest)> = VecDeque::new();
+    // (queued at, key, request)
+    let mut queue: VecDeque<(Instant, RegKey, RegisterRequest)> = VecDeque::new();
+    let mut longest_wait = Duration::ZERO;
     let mut in_transit: VecDeque<(Instant, RegKey, Response)> = VecDeque::new();
     let mut now = start;
     let mut all_registered = None;
@@ -414,10 +418,10 @@ fn run(args: &Args, share: f64) -> Outcome {
     loop {
         for action in table.drain_actions() {
             let Action::Send { key, request, .. } = action;
-            queue.push_back((key, request));
+            queue.push_back((now, key, request));
         }
         // Admit what pacing allows, dropping sends that are no longer current (as the driver).
-        while let Some((key, request)) = queue.front() {
+        while let Some((_, key, request)) = queue.front() {
             if !table.is_current(*key, request.cseq) {
                 queue.pop_front();
                 dropped_sends += 1;
@@ -426,7 +430,10 @@ fn run(args: &Args, share: f64) -> Outcome {
             if !pacer.try_admit(now, in_transit.len()) {
                 break;
             }
-            if let Some((key, request)) = queue.pop_front() {
+            if let Some((queued, key, request)) = queue.pop_front() {
+                if all_registered.is_some() {
+                    longest_wait = longest_wait.max(now - queued);
+                }
                 let response = registrar.answer(now, key, &request);
                 in_transit.push_back((now + rtt, key, response));
             }
@@ -494,6 +501,7 @@ fn run(args: &Args, share: f64) -> Outcome {
         core_heap_end: 0,
         queues_heap_end: 0,
         registered_heap,
+        longest_wait,
     };
     drop(registrar);
     let with_queues = LIVE_BYTES.load(Ordering::Relaxed);
@@ -654,6 +662,14 @@ fn main() {
         );
     }
     println!("  stale sends dropped         {:>12}", main.dropped_sends);
+    println!(
+        "  longest wait for pacing     {:>10.1} s after start-up{}",
+        main.longest_wait.as_secs_f64(),
+        baseline.as_ref().map_or(String::new(), |b| format!(
+            " ({:.1} s with spreading off)",
+            b.longest_wait.as_secs_f64()
+        ))
+    );
     println!("  memory                           RSS MiB   heap MiB   heap blocks");
     for (name, m) in [
         ("before the table", main.before),
