@@ -11,7 +11,8 @@
 //! went out, the busiest second of refreshes against the cap (and, unless `--no-baseline`, the
 //! same table run again with spreading off), and memory: resident set size (`VmRSS`) and live
 //! heap bytes (counted by this binary's allocator) before the table, after loading and at the
-//! end. A CSV line goes to `--csv`.
+//! end. A CSV line goes to `--csv` (default: `simulate.csv` in `$CARGO_TARGET_DIR`, else in
+//! `target/`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::VecDeque;
@@ -107,9 +108,10 @@ struct Args {
     /// `start_spread` in seconds.
     #[arg(long, default_value_t = 0)]
     start_spread: u64,
-    /// CSV file a line of results is appended to.
-    #[arg(long, default_value = "target/simulate.csv")]
-    csv: PathBuf,
+    /// CSV file a line of results is appended to (default: simulate.csv in $CARGO_TARGET_DIR,
+    /// else in target/).
+    #[arg(long)]
+    csv: Option<PathBuf>,
     /// Skip the second run with spreading off.
     #[arg(long)]
     no_baseline: bool,
@@ -716,8 +718,13 @@ fn main() {
         size_of::<RegisterRequest>()
     );
 
-    if let Err(err) = append_csv(&args, &main, baseline.as_ref(), peak_rss) {
-        eprintln!("cannot write {}: {err}", args.csv.display());
+    let csv = args.csv.clone().unwrap_or_else(|| {
+        let dir = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into());
+        PathBuf::from(dir).join("simulate.csv")
+    });
+    match append_csv(&csv, &args, &main, baseline.as_ref(), peak_rss) {
+        Ok(()) => println!("  appended to {}", csv.display()),
+        Err(err) => eprintln!("cannot write {}: {err}", csv.display()),
     }
     if main.late > 0 || main.lapsed > 0 {
         eprintln!(
@@ -729,19 +736,20 @@ fn main() {
 }
 
 fn append_csv(
+    path: &std::path::Path,
     args: &Args,
     main: &Outcome,
     baseline: Option<&Outcome>,
     peak_rss: usize,
 ) -> std::io::Result<()> {
-    if let Some(dir) = args.csv.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let new = !args.csv.exists();
+    let new = !path.exists();
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&args.csv)?;
+        .open(path)?;
     if new {
         writeln!(
             file,
