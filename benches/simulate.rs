@@ -11,7 +11,8 @@
 //! went out, the busiest second of refreshes against the cap (and, unless `--no-baseline`, the
 //! same table run again with spreading off), and memory: resident set size (`VmRSS`) and live
 //! heap bytes (counted by this binary's allocator) before the table, after loading and at the
-//! end. A CSV line goes to `--csv`.
+//! end. A CSV line goes to `--csv` (default: `simulate.csv` in `$CARGO_TARGET_DIR`, else in
+//! `target/`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::VecDeque;
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use uacreg::registration::calendar::RefreshCalendar;
 use uacreg::registration::{
     Action, CoreConfig, Credentials, Destination, Record, RegKey, Registration, RegistrationTable,
     RetryPolicy, Secret, Status,
@@ -106,9 +108,10 @@ struct Args {
     /// `start_spread` in seconds.
     #[arg(long, default_value_t = 0)]
     start_spread: u64,
-    /// CSV file a line of results is appended to.
-    #[arg(long, default_value = "target/simulate.csv")]
-    csv: PathBuf,
+    /// CSV file a line of results is appended to (default: simulate.csv in $CARGO_TARGET_DIR,
+    /// else in target/).
+    #[arg(long)]
+    csv: Option<PathBuf>,
     /// Skip the second run with spreading off.
     #[arg(long)]
     no_baseline: bool,
@@ -368,6 +371,8 @@ struct Outcome {
     queues_heap_end: usize,
     /// Live heap when every row had just registered.
     registered_heap: Option<usize>,
+    /// Longest a REGISTER waited for pacing once every row had registered.
+    longest_wait: Duration,
 }
 
 /// One run; `measure` snapshots memory (only meaningful for the first run of the process).
@@ -403,7 +408,9 @@ fn run(args: &Args, share: f64) -> Outcome {
     let mut pacer = Pacer::new(pacing, start);
     let rtt = Duration::from_millis(args.rtt_ms);
     let end = start + Duration::from_secs_f64(args.hours * 3600.0);
-    let mut queue: VecDeque<(RegKey, RegisterRequest)> = VecDeque::new();
+    // (queued at, key, request)
+    let mut queue: VecDeque<(Instant, RegKey, RegisterRequest)> = VecDeque::new();
+    let mut longest_wait = Duration::ZERO;
     let mut in_transit: VecDeque<(Instant, RegKey, Response)> = VecDeque::new();
     let mut now = start;
     let mut all_registered = None;
@@ -413,10 +420,10 @@ fn run(args: &Args, share: f64) -> Outcome {
     loop {
         for action in table.drain_actions() {
             let Action::Send { key, request, .. } = action;
-            queue.push_back((key, request));
+            queue.push_back((now, key, request));
         }
         // Admit what pacing allows, dropping sends that are no longer current (as the driver).
-        while let Some((key, request)) = queue.front() {
+        while let Some((_, key, request)) = queue.front() {
             if !table.is_current(*key, request.cseq) {
                 queue.pop_front();
                 dropped_sends += 1;
@@ -425,7 +432,10 @@ fn run(args: &Args, share: f64) -> Outcome {
             if !pacer.try_admit(now, in_transit.len()) {
                 break;
             }
-            if let Some((key, request)) = queue.pop_front() {
+            if let Some((queued, key, request)) = queue.pop_front() {
+                if all_registered.is_some() {
+                    longest_wait = longest_wait.max(now - queued);
+                }
                 let response = registrar.answer(now, key, &request);
                 in_transit.push_back((now + rtt, key, response));
             }
@@ -493,6 +503,7 @@ fn run(args: &Args, share: f64) -> Outcome {
         core_heap_end: 0,
         queues_heap_end: 0,
         registered_heap,
+        longest_wait,
     };
     drop(registrar);
     let with_queues = LIVE_BYTES.load(Ordering::Relaxed);
@@ -517,6 +528,54 @@ fn hash_buckets(n: usize) -> usize {
     buckets
 }
 
+/// Cost of placing `n` refreshes the way a start-up of `n` rows registering over `startup`
+/// seconds (3,600 s grants) asks for them, with a cap of `cap` a second: per placement, by the
+/// calendar and by a plain per-second array scanned back from the due second.
+fn calendar_cost(n: usize, cap: u32, startup: f64) -> (Duration, Duration, f64) {
+    let t0 = Instant::now();
+    let requests = |seed: u64| {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        (0..n).map(move |i| {
+            let now = t0 + Duration::from_secs_f64(startup * i as f64 / n.max(1) as f64);
+            let target = now + Duration::from_millis(3_120_000 + rng.u64(0..=180_000));
+            (now, now + Duration::from_secs(1800), target)
+        })
+    };
+    let mut calendar = RefreshCalendar::default();
+    calendar.start(t0);
+    let clock = Instant::now();
+    for (now, earliest, target) in requests(3) {
+        if let Some(placement) = calendar.choose(now, earliest, target, cap) {
+            calendar.add(placement.second);
+        }
+    }
+    let tree = clock.elapsed() / n.max(1) as u32;
+
+    let mut counts: Vec<u32> = Vec::new();
+    let mut steps = 0u64;
+    let clock = Instant::now();
+    for (_, earliest, target) in requests(3) {
+        let hi = (target - t0).as_secs() as usize;
+        let lo = (earliest - t0).as_secs_f64().ceil() as usize;
+        if counts.len() <= hi {
+            counts.resize(hi + 1, 0);
+        }
+        let mut second = hi;
+        while second > lo && counts[second] >= cap {
+            second -= 1;
+            steps += 1;
+        }
+        if counts[second] >= cap {
+            // Full: the latest least-loaded second, by a scan of the whole window.
+            second = (lo..=hi).rev().min_by_key(|s| counts[*s]).unwrap_or(hi);
+            steps += (hi - lo) as u64;
+        }
+        counts[second] += 1;
+    }
+    let scan = clock.elapsed() / n.max(1) as u32;
+    (tree, scan, steps as f64 / n.max(1) as f64)
+}
+
 fn per_row(bytes: usize, base: usize, rows: usize) -> f64 {
     bytes.saturating_sub(base) as f64 / rows.max(1) as f64
 }
@@ -538,6 +597,16 @@ fn main() {
     let main = run(&args, args.share);
     let (_, peak_rss) = rss();
     let baseline = (!args.no_baseline && args.share > 0.0).then(|| run(&args, 0.0));
+    // This run's start-up, and a tight one (the rows registered within 20 s).
+    let startups = [main.all_registered.unwrap_or(60.0), 20.0];
+    let calendar: Vec<(f64, (Duration, Duration, f64))> = if main.cap > 0 {
+        startups
+            .iter()
+            .map(|&startup| (startup, calendar_cost(rows, main.cap, startup)))
+            .collect()
+    } else {
+        Vec::new()
+    };
 
     let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
     let grants: Vec<String> = args.grants.iter().map(u32::to_string).collect();
@@ -594,7 +663,22 @@ fn main() {
             b.wall.as_secs_f64()
         );
     }
+    for (startup, (tree, scan, steps)) in calendar {
+        println!(
+            "  placing the refreshes of {rows} rows registered over {startup:.0} s: calendar {} ns each; a plain array scanned back {} ns each ({steps:.0} seconds looked at)",
+            tree.as_nanos(),
+            scan.as_nanos()
+        );
+    }
     println!("  stale sends dropped         {:>12}", main.dropped_sends);
+    println!(
+        "  longest wait for pacing     {:>10.1} s after start-up{}",
+        main.longest_wait.as_secs_f64(),
+        baseline.as_ref().map_or(String::new(), |b| format!(
+            " ({:.1} s with spreading off)",
+            b.longest_wait.as_secs_f64()
+        ))
+    );
     println!("  memory                           RSS MiB   heap MiB   heap blocks");
     for (name, m) in [
         ("before the table", main.before),
@@ -641,8 +725,13 @@ fn main() {
         size_of::<RegisterRequest>()
     );
 
-    if let Err(err) = append_csv(&args, &main, baseline.as_ref(), peak_rss) {
-        eprintln!("cannot write {}: {err}", args.csv.display());
+    let csv = args.csv.clone().unwrap_or_else(|| {
+        let dir = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into());
+        PathBuf::from(dir).join("simulate.csv")
+    });
+    match append_csv(&csv, &args, &main, baseline.as_ref(), peak_rss) {
+        Ok(()) => println!("  appended to {}", csv.display()),
+        Err(err) => eprintln!("cannot write {}: {err}", csv.display()),
     }
     if main.late > 0 || main.lapsed > 0 {
         eprintln!(
@@ -654,19 +743,20 @@ fn main() {
 }
 
 fn append_csv(
+    path: &std::path::Path,
     args: &Args,
     main: &Outcome,
     baseline: Option<&Outcome>,
     peak_rss: usize,
 ) -> std::io::Result<()> {
-    if let Some(dir) = args.csv.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let new = !args.csv.exists();
+    let new = !path.exists();
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&args.csv)?;
+        .open(path)?;
     if new {
         writeln!(
             file,
