@@ -587,7 +587,7 @@ fn main() {
         // still works and still finds no late refresh, not a measurement.
         args.rows = args.rows.min(2_000);
         args.hours = args.hours.min(2.0);
-        args.csv = PathBuf::from("target/simulate-smoke.csv");
+        args.csv = Some(PathBuf::from("target/simulate-smoke.csv"));
     }
     if args.grants.is_empty() || args.grants.contains(&0) {
         eprintln!("--grants needs one or more non-zero expiries");
