@@ -45,19 +45,16 @@ use serde::Deserialize;
 
 use crate::rows::{DOMAIN, LoadRow};
 use crate::support::kamailio::{
-    Installation, Start, processes_in_group, run_sqlite, spawn_with_memory, sql_quote, wait_ready,
+    Installation, Memory, launch, processes_in_group, run_sqlite, sql_quote,
 };
 use crate::support::process::{
-    PortReservation, TempDir, Watched, find_program, read_lossy, run_with_input, spare_udp_port,
-    tail,
+    PortReservation, TempDir, Watched, find_program, read_lossy, run_with_input, tail,
 };
 
 /// SIP worker processes on the UDP socket, in both instances (Kamailio's default is 8): the
 /// machine the load tool runs on has 2 cores, and workers beyond a couple per core only add
 /// contention.
 const UDP_CHILDREN: u32 = 4;
-/// Port collisions (see the module doc) are retried this many times.
-const START_ATTEMPTS: usize = 5;
 /// How long Drop waits for a clean SIGTERM shutdown before SIGKILL.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 /// Any kamcmd run is given this long.
@@ -906,69 +903,6 @@ fn find_kamcmd() -> io::Result<PathBuf> {
 fn mb_for(count: usize, bytes_each: usize) -> u32 {
     let bytes = count.saturating_mul(bytes_each);
     u32::try_from(bytes.div_ceil(1024 * 1024)).unwrap_or(u32::MAX)
-}
-
-/// `-m` and `-M` of one instance, in MB.
-#[derive(Clone, Copy)]
-struct Memory {
-    shm_mb: u32,
-    pkg_mb: u32,
-}
-
-/// A Kamailio that answered its readiness probe on a port of its own.
-struct Running {
-    process: Watched,
-    port: PortReservation,
-    log_path: PathBuf,
-}
-
-/// Writes `config(listen address, token)` as `dir/kamailio.cfg` and starts Kamailio on it until
-/// one instance answers its probe carrying `token` (the dir's name, which `config` must put in
-/// the `Server` header); another server's answer means a shared port and another try.
-fn launch(
-    install: &Installation,
-    dir: &Path,
-    memory: Memory,
-    config: impl Fn(SocketAddr, &str) -> String,
-) -> io::Result<Running> {
-    let token = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let cfg = dir.join("kamailio.cfg");
-    let mut failures = String::new();
-    for attempt in 1..=START_ATTEMPTS {
-        let port = spare_udp_port()?;
-        let log_path = dir.join(format!("kamailio.{attempt}.log"));
-        std::fs::write(&cfg, config(port.addr(), &token))?;
-        let mut process =
-            spawn_with_memory(install, &cfg, dir, &log_path, memory.shm_mb, memory.pkg_mb)?;
-        match wait_ready(&process, port.addr(), &token, &log_path) {
-            Ok(()) => {
-                return Ok(Running {
-                    process,
-                    port,
-                    log_path,
-                });
-            }
-            Err(Start::Retry(why)) => {
-                process.stop(SHUTDOWN_LIMIT);
-                let _ = writeln!(failures, "attempt {attempt} on {}: {why}", port.addr());
-            }
-            Err(Start::Fail(why)) => {
-                process.stop(SHUTDOWN_LIMIT);
-                return Err(io::Error::other(format!(
-                    "Kamailio did not start on {}: {why}\n{}",
-                    port.addr(),
-                    log_tail(&log_path)
-                )));
-            }
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::AddrInUse,
-        format!("Kamailio could not get a port of its own:\n{failures}"),
-    ))
 }
 
 fn log_tail(log_path: &Path) -> String {

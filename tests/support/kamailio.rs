@@ -215,55 +215,20 @@ impl KamailioRegistrar {
         let db = dir.path().join("registrar.db");
         create_database(&install, &db, domain, users)?;
 
-        let token = dir
-            .path()
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut failures = String::new();
-        for attempt in 1..=START_ATTEMPTS {
-            let port = spare_udp_port()?;
-            let log_path = dir.path().join(format!("kamailio.{attempt}.log"));
-            let cfg = dir.path().join("kamailio.cfg");
-            std::fs::write(
-                &cfg,
-                config(&install, port.addr(), domain, &db, &token, options),
-            )?;
-            let began = Instant::now();
-            let mut process = spawn(&install, &cfg, dir.path(), &log_path)?;
-            match wait_ready(&process, port.addr(), &token, &log_path) {
-                Ok(()) => {
-                    return Ok(KamailioRegistrar {
-                        process,
-                        addr: port.addr(),
-                        _port: port,
-                        domain: domain.to_owned(),
-                        sqlite3: install.sqlite3,
-                        db,
-                        log_path,
-                        startup: began.elapsed(),
-                        dir,
-                    });
-                }
-                Err(Start::Retry(why)) => {
-                    process.stop(SHUTDOWN_LIMIT);
-                    let _ = writeln!(failures, "attempt {attempt} on {}: {why}", port.addr());
-                }
-                Err(Start::Fail(why)) => {
-                    process.stop(SHUTDOWN_LIMIT);
-                    return Err(io::Error::other(format!(
-                        "Kamailio did not start on {}: {why}\n--- log {} ---\n{}",
-                        port.addr(),
-                        log_path.display(),
-                        tail(&read_lossy(&log_path), 60)
-                    )));
-                }
-            }
-        }
-        Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!("Kamailio could not get a port of its own:\n{failures}"),
-        ))
+        let launched = launch(&install, dir.path(), Memory::TEST, |listen, token| {
+            config(&install, listen, domain, &db, token, options)
+        })?;
+        Ok(KamailioRegistrar {
+            process: launched.process,
+            addr: launched.port.addr(),
+            _port: launched.port,
+            domain: domain.to_owned(),
+            sqlite3: install.sqlite3,
+            db,
+            log_path: launched.log_path,
+            startup: launched.startup,
+            dir,
+        })
     }
 
     /// Where the registrar listens: `127.0.0.1:<port>`, UDP only.
@@ -419,7 +384,7 @@ impl std::fmt::Debug for KamailioRegistrar {
 }
 
 /// Why [`wait_ready`] gave up.
-pub enum Start {
+enum Start {
     /// Not ours on this port (collision); try another.
     Retry(String),
     Fail(String),
@@ -621,21 +586,90 @@ request_route {
         .replace("@DEFAULT_EXPIRES@", &options.default_expires.to_string())
 }
 
-/// Starts Kamailio in the foreground under a watchdog ([`Watched`]) in a new process group,
-/// with SIGTERM as its stop signal and its output in `log_path`.
-fn spawn(install: &Installation, cfg: &Path, dir: &Path, log_path: &Path) -> io::Result<Watched> {
-    spawn_with_memory(install, cfg, dir, log_path, 32, 4)
+/// `-m` (shared) and `-M` (private, per process) memory of one instance, in MB.
+#[derive(Clone, Copy, Debug)]
+pub struct Memory {
+    pub shm_mb: u32,
+    pub pkg_mb: u32,
 }
 
-/// [`spawn`] with `shm_mb` MB of shared memory (`-m`) and `pkg_mb` MB of private memory per
-/// process (`-M`).
-pub fn spawn_with_memory(
+impl Memory {
+    /// What a test registrar with a handful of users needs.
+    pub const TEST: Memory = Memory {
+        shm_mb: 32,
+        pkg_mb: 4,
+    };
+}
+
+/// A Kamailio that answered its readiness probe on a port of its own.
+pub struct Launched {
+    pub process: Watched,
+    pub port: PortReservation,
+    pub log_path: PathBuf,
+    /// From starting the process that came up to its first answer.
+    pub startup: Duration,
+}
+
+/// Writes `config(listen address, token)` as `dir/kamailio.cfg` and starts Kamailio on it until
+/// one instance answers its probe carrying `token` (the dir's name, which `config` must put in
+/// the `Server` header); another server's answer means a shared port and another try (up to
+/// [`START_ATTEMPTS`]).
+pub fn launch(
+    install: &Installation,
+    dir: &Path,
+    memory: Memory,
+    config: impl Fn(SocketAddr, &str) -> String,
+) -> io::Result<Launched> {
+    let token = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cfg = dir.join("kamailio.cfg");
+    let mut failures = String::new();
+    for attempt in 1..=START_ATTEMPTS {
+        let port = spare_udp_port()?;
+        let log_path = dir.join(format!("kamailio.{attempt}.log"));
+        std::fs::write(&cfg, config(port.addr(), &token))?;
+        let began = Instant::now();
+        let mut process = spawn(install, &cfg, dir, &log_path, memory)?;
+        match wait_ready(&process, port.addr(), &token, &log_path) {
+            Ok(()) => {
+                return Ok(Launched {
+                    process,
+                    port,
+                    log_path,
+                    startup: began.elapsed(),
+                });
+            }
+            Err(Start::Retry(why)) => {
+                process.stop(SHUTDOWN_LIMIT);
+                let _ = writeln!(failures, "attempt {attempt} on {}: {why}", port.addr());
+            }
+            Err(Start::Fail(why)) => {
+                process.stop(SHUTDOWN_LIMIT);
+                return Err(io::Error::other(format!(
+                    "Kamailio did not start on {}: {why}\n--- log {} ---\n{}",
+                    port.addr(),
+                    log_path.display(),
+                    tail(&read_lossy(&log_path), 60)
+                )));
+            }
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("Kamailio could not get a port of its own:\n{failures}"),
+    ))
+}
+
+/// Starts Kamailio in the foreground under a watchdog ([`Watched`]) in a new process group,
+/// with SIGTERM as its stop signal and its output in `log_path`.
+fn spawn(
     install: &Installation,
     cfg: &Path,
     dir: &Path,
     log_path: &Path,
-    shm_mb: u32,
-    pkg_mb: u32,
+    memory: Memory,
 ) -> io::Result<Watched> {
     let log = std::fs::File::create(log_path)?;
     let mut kamailio = Command::new(&install.kamailio);
@@ -644,9 +678,9 @@ pub fn spawn_with_memory(
         .arg(cfg)
         .args(["-DD", "-E"])
         .arg("-m")
-        .arg(shm_mb.to_string())
+        .arg(memory.shm_mb.to_string())
         .arg("-M")
-        .arg(pkg_mb.to_string())
+        .arg(memory.pkg_mb.to_string())
         .arg("-Y")
         .arg(dir)
         .arg("-P")
@@ -657,7 +691,7 @@ pub fn spawn_with_memory(
 
 /// Sends OPTIONS to `addr` until a reply carrying `token` arrives, Kamailio exits, or
 /// [`STARTUP_LIMIT`] passes.
-pub fn wait_ready(
+fn wait_ready(
     process: &Watched,
     addr: SocketAddr,
     token: &str,
