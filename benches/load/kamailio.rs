@@ -45,7 +45,7 @@ use serde::Deserialize;
 
 use crate::rows::{DOMAIN, LoadRow};
 use crate::support::kamailio::{
-    Installation, Memory, launch, processes_in_group, run_sqlite, sql_quote,
+    Installation, Launched, Memory, launch, processes_in_group, run_sqlite, sql_quote,
 };
 use crate::support::process::{
     PortReservation, TempDir, Watched, find_program, read_lossy, run_with_input, tail,
@@ -113,13 +113,7 @@ pub fn version() -> Option<String> {
 /// * Shared memory 128 MB + 4 KB per user (a binding takes about 1.2 KB; about 50 MB were used
 ///   at 50,000), private memory 16 MB per process.
 pub struct KamailioLoadRegistrar {
-    process: Watched,
-    _port: PortReservation,
-    addr: SocketAddr,
-    control: Control,
-    log_path: PathBuf,
-    // Declared last: removed after the process is gone.
-    dir: TempDir,
+    instance: Instance,
 }
 
 impl KamailioLoadRegistrar {
@@ -142,26 +136,22 @@ impl KamailioLoadRegistrar {
             registrar_config(&install, listen, token, &db, &control.socket)
         })?;
         Ok(KamailioLoadRegistrar {
-            process: running.process,
-            addr: running.port.addr(),
-            _port: running.port,
-            control,
-            log_path: running.log_path,
-            dir,
+            instance: Instance::new(running, control, dir),
         })
     }
 
     /// Where the registrar listens: `127.0.0.1:<port>`, UDP only.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.instance.addr
     }
 
     /// REGISTER requests Kamailio has received (`core:rcv_requests_register`): every REGISTER
     /// datagram it read and parsed, so first attempts, the authenticated repeat after each
     /// 401 and retransmissions alike. Datagrams the kernel dropped on a full receive buffer
-    /// never reach Kamailio and are not in it: see [`receive_drops`](Self::receive_drops).
+    /// never reach Kamailio and are not in it: see [`receive_drops`](Instance::receive_drops).
     pub fn registers_received(&self) -> io::Result<u64> {
-        self.control
+        self.instance
+            .control
             .counter("core", "rcv_requests_register")
             .map(non_negative)
     }
@@ -169,7 +159,8 @@ impl KamailioLoadRegistrar {
     /// Contacts registered right now, over all users (`usrloc:location_contacts`). Expired
     /// bindings count until usrloc's timer removes them (every 60 s).
     pub fn bindings(&self) -> io::Result<u64> {
-        self.control
+        self.instance
+            .control
             .counter("usrloc", "location_contacts")
             .map(non_negative)
     }
@@ -181,16 +172,72 @@ impl KamailioLoadRegistrar {
     /// (e.g. 400 for an out-of-order CSeq, 500 when shared memory runs out), 405 for other
     /// methods. (The `sl` module's per-code statistics would give the same sum; this one
     /// names exactly the replies meant.) Overload mostly shows as
-    /// [`receive_drops`](Self::receive_drops) instead: Kamailio does not shed load with 503.
+    /// [`receive_drops`](Instance::receive_drops) instead: Kamailio does not shed load with 503.
     pub fn error_replies(&self) -> io::Result<u64> {
-        self.control
+        self.instance
+            .control
             .counter("script", "error_replies")
             .map(non_negative)
     }
 
-    /// UDP datagrams for [`addr`](Self::addr) the kernel dropped because Kamailio's receive
-    /// buffer was full (the `drops` column of `/proc/net/udp`). Each one is a request the
-    /// sender will retransmit.
+    /// Kamailio's processes (main, UDP workers, timers, ctl), without the watchdog shell.
+    pub fn pids(&self) -> Vec<u32> {
+        self.instance.pids()
+    }
+
+    /// Kamailio's log so far.
+    pub fn log(&self) -> String {
+        self.instance.log()
+    }
+
+    /// The Kamailio underneath: receive drops (REGISTERs the kernel dropped before Kamailio
+    /// read them), shared memory, `ctl` address, dir.
+    pub fn instance(&self) -> &Instance {
+        &self.instance
+    }
+}
+
+impl std::fmt::Debug for KamailioLoadRegistrar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KamailioLoadRegistrar")
+            .field("addr", &self.instance.addr)
+            .field("dir", &self.instance.dir.path())
+            .finish()
+    }
+}
+
+/// What both Kamailio instances have: the process, its port, its `ctl` socket, log and dir.
+pub struct Instance {
+    process: Watched,
+    _port: PortReservation,
+    addr: SocketAddr,
+    control: Control,
+    log_path: PathBuf,
+    // Declared last: removed after the process is gone.
+    dir: TempDir,
+}
+
+impl Instance {
+    fn new(launched: Launched, control: Control, dir: TempDir) -> Instance {
+        Instance {
+            process: launched.process,
+            addr: launched.port.addr(),
+            _port: launched.port,
+            control,
+            log_path: launched.log_path,
+            dir,
+        }
+    }
+
+    /// Kamailio's processes, without the watchdog shell. For memory, sum PSS, not RSS: see the
+    /// module doc.
+    pub fn pids(&self) -> Vec<u32> {
+        kamailio_pids(&self.process)
+    }
+
+    /// UDP datagrams for the instance's address that the kernel dropped because Kamailio's
+    /// receive buffer was full (the `drops` column of `/proc/net/udp`). Each one is a message
+    /// its sender will retransmit.
     pub fn receive_drops(&self) -> io::Result<u64> {
         udp_receive_drops(self.addr)
     }
@@ -200,11 +247,6 @@ impl KamailioLoadRegistrar {
         self.control
             .counter("shmem", "max_used_size")
             .map(non_negative)
-    }
-
-    /// Kamailio's processes (main, UDP workers, timers, ctl), without the watchdog shell.
-    pub fn pids(&self) -> Vec<u32> {
-        kamailio_pids(&self.process)
     }
 
     /// `kamcmd -s <this> …` reaches the instance's `ctl` socket.
@@ -224,19 +266,10 @@ impl KamailioLoadRegistrar {
     }
 }
 
-impl Drop for KamailioLoadRegistrar {
+impl Drop for Instance {
     /// SIGTERM through the watchdog, up to [`SHUTDOWN_LIMIT`]; then everything left is killed.
     fn drop(&mut self) {
         self.process.stop(SHUTDOWN_LIMIT);
-    }
-}
-
-impl std::fmt::Debug for KamailioLoadRegistrar {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KamailioLoadRegistrar")
-            .field("addr", &self.addr)
-            .field("dir", &self.dir.path())
-            .finish()
     }
 }
 
@@ -308,17 +341,12 @@ pub struct UacStates {
 ///   row per process: the jsonrpcs process builds a whole `reg_dump` answer (a JSON tree, then
 ///   its text) in it.
 pub struct KamailioUacGateway {
-    process: Watched,
-    _port: PortReservation,
-    addr: SocketAddr,
-    control: Control,
+    // First: the process is stopped and its dir removed before anything else goes.
+    instance: Instance,
     rpc: RpcFifo,
     sqlite3: PathBuf,
     db: PathBuf,
     l_uuids: Vec<String>,
-    log_path: PathBuf,
-    // Declared last: removed after the process is gone.
-    dir: TempDir,
 }
 
 impl KamailioUacGateway {
@@ -351,16 +379,11 @@ impl KamailioUacGateway {
             gateway_config(&install, listen, token, &db, &control.socket, &rpc, options)
         })?;
         let gateway = KamailioUacGateway {
-            process: running.process,
-            addr: running.port.addr(),
-            _port: running.port,
-            control,
+            instance: Instance::new(running, control, dir),
             rpc,
             sqlite3: install.sqlite3,
             db,
             l_uuids: rows.iter().map(|r| r.l_uuid.clone()).collect(),
-            log_path: running.log_path,
-            dir,
         };
         gateway.wait_for_fifo()?;
         Ok(gateway)
@@ -369,14 +392,14 @@ impl KamailioUacGateway {
     /// The gateway's own SIP address (`127.0.0.1:<port>`, UDP): REGISTERs leave from it and
     /// name it in their Contact.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.instance.addr
     }
 
     /// Kamailio's processes (main, UDP workers, timers including the uac timer, ctl, the
     /// jsonrpcs FIFO process), without the watchdog shell. For memory, sum PSS, not RSS: see
     /// the module doc.
     pub fn pids(&self) -> Vec<u32> {
-        kamailio_pids(&self.process)
+        self.instance.pids()
     }
 
     /// One `uac.reg_dump` over the JSON-RPC FIFO: the time from writing the request to reading
@@ -427,7 +450,10 @@ impl KamailioUacGateway {
 
     /// Records the uac module has loaded (`uac:regtotal`; exact, unlike `uac:regactive`).
     pub fn records_loaded(&self) -> io::Result<u64> {
-        self.control.counter("uac", "regtotal").map(non_negative)
+        self.instance
+            .control
+            .counter("uac", "regtotal")
+            .map(non_negative)
     }
 
     /// Changes the rows at `indices` (positions in the slice given to [`start`](Self::start))
@@ -468,45 +494,27 @@ impl KamailioUacGateway {
     pub fn reload(&self) -> io::Result<Duration> {
         let (took, body) = self.rpc.call("uac.reg_reload", RPC_LIMIT)?;
         let reply: RpcReply<serde_json::Value> = parse_reply(&body)?;
-        reply.into_result("uac.reg_reload", &self.log_path)?;
+        reply.into_result("uac.reg_reload", &self.instance.log_path)?;
         Ok(took)
-    }
-
-    /// UDP datagrams (the registrar's responses) for [`addr`](Self::addr) that the kernel
-    /// dropped because Kamailio's receive buffer was full (`/proc/net/udp`). Each one makes a
-    /// `tm` retransmission of the REGISTER it answered.
-    pub fn receive_drops(&self) -> io::Result<u64> {
-        udp_receive_drops(self.addr)
-    }
-
-    /// Peak use of Kamailio's shared memory (`shmem:max_used_size`), in bytes.
-    pub fn shm_max_used(&self) -> io::Result<u64> {
-        self.control
-            .counter("shmem", "max_used_size")
-            .map(non_negative)
-    }
-
-    /// `kamcmd -s <this> …` reaches the instance's `ctl` socket.
-    pub fn ctl_address(&self) -> String {
-        self.control.address()
-    }
-
-    /// The instance's temp dir (config, database, log), kept after drop only with
-    /// `UACREG_KEEP_TEST_DIRS` set.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// Kamailio's log so far.
     pub fn log(&self) -> String {
-        read_lossy(&self.log_path)
+        self.instance.log()
+    }
+
+    /// The Kamailio underneath: receive drops (registrar responses the kernel dropped, each
+    /// making a `tm` retransmission of the REGISTER it answered), shared memory, `ctl` address,
+    /// dir.
+    pub fn instance(&self) -> &Instance {
+        &self.instance
     }
 
     fn dump(&self) -> io::Result<(Duration, Vec<DumpedRecord>)> {
         let (took, body) = self.rpc.call("uac.reg_dump", RPC_LIMIT)?;
         let reply: RpcReply<Option<Vec<DumpedRecord>>> = parse_reply(&body)?;
         let records = reply
-            .into_result("uac.reg_dump", &self.log_path)?
+            .into_result("uac.reg_dump", &self.instance.log_path)?
             .unwrap_or_default();
         Ok((took, records))
     }
@@ -516,11 +524,11 @@ impl KamailioUacGateway {
     fn wait_for_fifo(&self) -> io::Result<()> {
         let deadline = Instant::now() + FIFO_LIMIT;
         while !self.rpc.fifo.exists() {
-            if self.process.has_exited() || Instant::now() >= deadline {
+            if self.instance.process.has_exited() || Instant::now() >= deadline {
                 return Err(io::Error::other(format!(
                     "Kamailio made no JSON-RPC FIFO at {} within {FIFO_LIMIT:?}\n{}",
                     self.rpc.fifo.display(),
-                    log_tail(&self.log_path)
+                    log_tail(&self.instance.log_path)
                 )));
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -529,19 +537,12 @@ impl KamailioUacGateway {
     }
 }
 
-impl Drop for KamailioUacGateway {
-    /// SIGTERM through the watchdog, up to [`SHUTDOWN_LIMIT`]; then everything left is killed.
-    fn drop(&mut self) {
-        self.process.stop(SHUTDOWN_LIMIT);
-    }
-}
-
 impl std::fmt::Debug for KamailioUacGateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KamailioUacGateway")
-            .field("addr", &self.addr)
+            .field("addr", &self.instance.addr)
             .field("rows", &self.l_uuids.len())
-            .field("dir", &self.dir.path())
+            .field("dir", &self.instance.dir.path())
             .finish()
     }
 }
