@@ -69,10 +69,11 @@ impl WallClock {
 /// Registrations per driver command when dumping (see [`DriverHandle::snapshots`]).
 pub const SNAPSHOT_SLICE: usize = 2000;
 
-/// Upper bounds (ms) of the transaction latency histogram buckets; the last bucket is +Inf.
+/// Upper bounds (ms) of the latency histograms' buckets; the last bucket is +Inf.
 pub const LATENCY_BOUNDS_MS: [u64; 11] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
 
-/// Time from first sending a request to its final response, cumulative like Prometheus wants.
+/// A distribution of durations (transaction latency, timer lateness), cumulative like
+/// Prometheus wants.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct LatencyHistogram {
     /// `counts[i]`: responses within `LATENCY_BOUNDS_MS[i]`; one more slot for +Inf.
