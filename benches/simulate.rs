@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use uacreg::registration::calendar::RefreshCalendar;
 use uacreg::registration::{
-    Action, CoreConfig, Credentials, Destination, Record, RegKey, Registration, RegistrationTable,
+    Action, CoreConfig, Destination, Record, RecordFields, RegKey, Registration, RegistrationTable,
     RetryPolicy, Secret, Status,
 };
 use uacreg::sip::{Authorization, RegisterRequest, Response};
@@ -125,8 +125,7 @@ const DOMAIN: &str = "sim.test";
 /// Row `i`, shaped like a real one (all columns filled, password credentials).
 fn record(i: usize) -> Record {
     let user = format!("user{i:07}");
-    let password = format!("pw{i:07}");
-    Record {
+    RecordFields {
         id: i as i64 + 1,
         l_uuid: format!("sim{i:07}"),
         l_username: format!("local{i:07}"),
@@ -134,8 +133,8 @@ fn record(i: usize) -> Record {
         r_username: user.clone(),
         r_domain: DOMAIN.into(),
         realm: DOMAIN.into(),
-        auth_username: user.clone(),
-        auth_password: Secret::new(password.clone()),
+        auth_username: user,
+        auth_password: Secret::new(format!("pw{i:07}")),
         auth_ha1: Secret::default(),
         auth_proxy: "sip:127.0.0.1:5070".into(),
         expires: 3600,
@@ -146,39 +145,30 @@ fn record(i: usize) -> Record {
         contact_user: String::new(),
         destination: Destination::udp("127.0.0.1", 5070),
         contact_host_port: "127.0.0.1:5080".into(),
-        credentials: Some(Credentials::Password {
-            username: user,
-            password: Secret::new(password),
-        }),
         local_socket: None,
     }
+    .into()
 }
 
-/// Heap bytes a record's strings hold.
+/// Heap bytes a record holds: its packed text columns and the destination host.
 fn record_heap(r: &Record) -> usize {
-    let strings = [
-        &r.l_uuid,
-        &r.l_username,
-        &r.l_domain,
-        &r.r_username,
-        &r.r_domain,
-        &r.realm,
-        &r.auth_username,
-        &r.auth_proxy,
-        &r.contact_addr,
-        &r.socket,
-        &r.contact_user,
-        &r.destination.host,
-        &r.contact_host_port,
+    let columns = [
+        r.l_uuid(),
+        r.l_username(),
+        r.l_domain(),
+        r.r_username(),
+        r.r_domain(),
+        r.realm(),
+        r.auth_username(),
+        r.auth_password().expose_borrowed(),
+        r.auth_ha1().expose_borrowed(),
+        r.auth_proxy(),
+        r.contact_addr(),
+        r.socket(),
+        r.contact_user(),
+        r.contact_host_port(),
     ];
-    let secrets = [&r.auth_password, &r.auth_ha1];
-    let credentials = match &r.credentials {
-        Some(c) => c.username().len() + 16,
-        None => 0,
-    };
-    strings.iter().map(|s| s.capacity()).sum::<usize>()
-        + secrets.iter().map(|s| s.expose().len()).sum::<usize>()
-        + credentials
+    columns.iter().map(|c| c.len()).sum::<usize>() + r.destination.host.capacity()
 }
 
 /// The registrar's view of one row (indexed by `RegKey`, which the table hands out from 1).

@@ -50,7 +50,7 @@ pub fn current_rows(table: &RegistrationTable, clock: &WallClock, now: Instant) 
         .map(|r| {
             let (code, reason) = r.last_response();
             StatusRow {
-                l_uuid: r.record().l_uuid.clone(),
+                l_uuid: r.record().l_uuid().to_owned(),
                 state: r.status().name().to_string(),
                 last_code: code.map_or(0, i32::from),
                 last_reason: reason.to_string(),

@@ -108,7 +108,7 @@ impl Driver {
         let decision = relay::handle_request(bytes, from, &config, |addressee| {
             let registration = table.get(addressee.key())?;
             let record = registration.record();
-            Some(format!("sip:{}@{}", record.l_username, record.l_domain))
+            Some(format!("sip:{}@{}", record.l_username(), record.l_domain()))
         });
         match decision {
             Inbound::Reply(reply) => {

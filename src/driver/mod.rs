@@ -196,7 +196,7 @@ impl DriverHandle {
     pub async fn snapshots(&self) -> Result<Vec<Snapshot>, DriverGone> {
         let mut all: Vec<Snapshot> = Vec::new();
         loop {
-            let after = all.last().map(|s| s.record.l_uuid.clone());
+            let after = all.last().map(|s| s.record.l_uuid().to_owned());
             let slice = self
                 .apply(move |table, _| table.snapshots_after(after.as_deref(), SNAPSHOT_SLICE))
                 .await?;

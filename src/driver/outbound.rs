@@ -371,7 +371,7 @@ impl Driver {
                 attempt.tried += 1;
                 self.stats.failovers += 1;
                 info!(
-                    l_uuid = self.table.record_of(owner.key).map_or("", |r| r.l_uuid.as_str()),
+                    l_uuid = self.table.record_of(owner.key).map_or("", |r| r.l_uuid()),
                     failed = %failed.addr,
                     next = %attempt.targets[attempt.index].addr,
                     "{why}; trying the next server"
@@ -709,7 +709,7 @@ impl Driver {
 /// from its l_uuid so a restart presents the same instance and replaces the old binding.
 fn outbound_contact_params(record: &Record) -> String {
     use md5::{Digest, Md5};
-    let hash = Md5::digest(format!("uacreg instance {}", record.l_uuid).as_bytes());
+    let hash = Md5::digest(format!("uacreg instance {}", record.l_uuid()).as_bytes());
     let h: Vec<String> = hash.iter().map(|b| format!("{b:02x}")).collect();
     let hex = h.concat();
     format!(

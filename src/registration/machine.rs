@@ -321,8 +321,9 @@ pub struct Registration {
     granted_expires: Option<u32>,
     last_code: Option<u16>,
     last_reason: String,
-    expected_realm: Option<String>,
-    offered_realm: Option<String>,
+    /// The realm a registrar challenged for when it was not the row's `realm` (the expected
+    /// one, which the record holds); cleared by any other outcome.
+    offered_realm: Option<Box<str>>,
     failures: u32,
     registers_sent: u64,
     last_registered: Option<Instant>,
@@ -360,7 +361,6 @@ impl Registration {
             granted_expires: None,
             last_code: None,
             last_reason: String::new(),
-            expected_realm: None,
             offered_realm: None,
             failures: 0,
             registers_sent: 0,
@@ -619,13 +619,12 @@ impl Registration {
 
     fn on_success(&mut self, ctx: &mut Ctx<'_>, flight: &InFlight, response: &Response) {
         self.failures = 0;
-        self.expected_realm = None;
         self.offered_realm = None;
         if flight.purpose == Purpose::Unregister {
             self.maybe_bound = false;
             self.binding_expires = None;
             self.granted_expires = None;
-            debug!(l_uuid = %self.record.l_uuid, "binding removed");
+            debug!(l_uuid = %self.record.l_uuid(), "binding removed");
             self.after_round(ctx);
             return;
         }
@@ -633,13 +632,13 @@ impl Registration {
         if granted == 0 {
             // A 200 that grants nothing leaves us without a binding: treat it as a failure
             // rather than refreshing in a tight loop.
-            warn!(l_uuid = %self.record.l_uuid, "registrar answered 200 but granted no expiry");
+            warn!(l_uuid = %self.record.l_uuid(), "registrar answered 200 but granted no expiry");
             self.last_reason = "200 OK without a binding for our contact".into();
             self.on_failure(ctx, flight, Failure::NoResponse, None);
             return;
         }
         if self.status != Status::Registered {
-            info!(l_uuid = %self.record.l_uuid, expires = granted, "registered");
+            info!(l_uuid = %self.record.l_uuid(), expires = granted, "registered");
         }
         self.status = Status::Registered;
         ctx.counters.registered += 1;
@@ -675,7 +674,7 @@ impl Registration {
             None => {
                 if !response.contacts.is_empty() {
                     debug!(
-                        l_uuid = %self.record.l_uuid,
+                        l_uuid = %self.record.l_uuid(),
                         "our contact is not among the {} bindings in the 200 OK",
                         response.contacts.len()
                     );
@@ -690,20 +689,20 @@ impl Registration {
             return false;
         }
         if exact_host {
-            let (host, port) = split_host_port(&self.record.contact_host_port);
+            let (host, port) = split_host_port(self.record.contact_host_port());
             if !uri.host.eq_ignore_ascii_case(host)
                 || uri.port.unwrap_or(5060) != port.unwrap_or(5060)
             {
                 return false;
             }
         }
-        if !self.record.contact_user.is_empty() {
+        if !self.record.contact_user().is_empty() {
             let line = uri
                 .params
                 .iter()
                 .find(|(name, _)| name == "line")
                 .and_then(|(_, v)| v.as_deref());
-            return line == Some(self.record.l_uuid.as_str());
+            return line == Some(self.record.l_uuid());
         }
         true
     }
@@ -725,18 +724,17 @@ impl Registration {
             return;
         };
 
-        let expected = &self.record.realm;
-        if !expected.is_empty() && challenge.realm != *expected {
+        let expected = self.record.realm();
+        if !expected.is_empty() && challenge.realm != expected {
             error!(
-                l_uuid = %self.record.l_uuid,
+                l_uuid = %self.record.l_uuid(),
                 expected_realm = %expected,
                 offered_realm = %challenge.realm,
                 "realm mismatch: the registrar challenged for realm \"{}\" but the row names \"{}\"; no credentials sent",
                 challenge.realm,
                 expected
             );
-            self.expected_realm = Some(expected.clone());
-            self.offered_realm = Some(challenge.realm.clone());
+            self.offered_realm = Some(challenge.realm.as_str().into());
             self.last_reason = format!(
                 "realm mismatch: expected \"{}\", offered \"{}\"",
                 expected, challenge.realm
@@ -746,8 +744,8 @@ impl Registration {
             return;
         }
 
-        let Some(credentials) = self.record.credentials.clone() else {
-            warn!(l_uuid = %self.record.l_uuid, "challenged, but the row has no credentials");
+        let Some(credentials) = self.record.credentials() else {
+            warn!(l_uuid = %self.record.l_uuid(), "challenged, but the row has no credentials");
             self.last_reason = "challenged, but the row has no auth_username/password".into();
             self.on_failure(ctx, flight, Failure::Credentials, None);
             return;
@@ -758,7 +756,7 @@ impl Registration {
                 self.stale_answers += 1;
             } else {
                 error!(
-                    l_uuid = %self.record.l_uuid,
+                    l_uuid = %self.record.l_uuid(),
                     username = %credentials.username(),
                     "authentication failed: the registrar rejected our credentials"
                 );
@@ -781,7 +779,7 @@ impl Registration {
                 self.send(ctx, flight.purpose, Some(header), AuthUse::Fresh);
             }
             Err(err) => {
-                warn!(l_uuid = %self.record.l_uuid, "cannot answer the challenge: {err}");
+                warn!(l_uuid = %self.record.l_uuid(), "cannot answer the challenge: {err}");
                 self.last_reason = format!("cannot answer challenge: {err}");
                 self.on_failure(ctx, flight, Failure::Credentials, None);
             }
@@ -791,12 +789,12 @@ impl Registration {
     /// Among several challenges (e.g. SHA-256 and MD5), the strongest one we can answer whose
     /// realm is acceptable; a realm mismatch is only reported when no challenge matches.
     fn pick_challenge(&self, challenges: &[Challenge]) -> Option<Challenge> {
-        let can_answer = |c: &&Challenge| match &self.record.credentials {
+        let can_answer = |c: &&Challenge| match &self.record.credentials() {
             Some(Credentials::Ha1 { .. }) => c.algorithm.strength() <= 1,
             _ => true,
         };
         let realm_ok =
-            |c: &&Challenge| self.record.realm.is_empty() || c.realm == self.record.realm;
+            |c: &&Challenge| self.record.realm().is_empty() || c.realm == self.record.realm();
         challenges
             .iter()
             .filter(realm_ok)
@@ -812,7 +810,7 @@ impl Registration {
         let acceptable = min > flight.expires && min <= ctx.policy.max_expires;
         if flight.purpose == Purpose::Register && acceptable && self.interval_raises < 2 {
             self.interval_raises += 1;
-            info!(l_uuid = %self.record.l_uuid, min_expires = min, "registrar asked for a longer expiry");
+            info!(l_uuid = %self.record.l_uuid(), min_expires = min, "registrar asked for a longer expiry");
             self.requested_expires = min;
             self.send_with_cached_auth(ctx, Purpose::Register);
         } else {
@@ -822,7 +820,7 @@ impl Registration {
     }
 
     fn reuse_auth(&mut self, ctx: &mut Ctx<'_>) -> Option<(&'static str, String)> {
-        let credentials = self.record.credentials.clone()?;
+        let credentials = self.record.credentials()?;
         let session = self.auth.as_mut()?;
         session.nonce_count += 1;
         let (challenge, nc) = (session.challenge.clone(), session.nonce_count);
@@ -843,7 +841,7 @@ impl Registration {
     ) {
         if flight.purpose == Purpose::Unregister {
             // An un-REGISTER is best effort: the binding expires on its own.
-            debug!(l_uuid = %self.record.l_uuid, "un-REGISTER failed: {}", self.last_reason);
+            debug!(l_uuid = %self.record.l_uuid(), "un-REGISTER failed: {}", self.last_reason);
             self.maybe_bound = false;
             self.binding_expires = None;
             self.after_round(ctx);
@@ -851,7 +849,6 @@ impl Registration {
         }
         self.failures = self.failures.saturating_add(1);
         if failure != Failure::RealmMismatch {
-            self.expected_realm = None;
             self.offered_realm = None;
         }
         // A binding granted earlier is still held until it expires.
@@ -879,7 +876,7 @@ impl Registration {
             Verdict::GiveUp => {
                 ctx.counters.gave_up += 1;
                 warn!(
-                    l_uuid = %self.record.l_uuid,
+                    l_uuid = %self.record.l_uuid(),
                     failures = self.failures,
                     "giving up: {} (enable, refresh or reload the row to try again)",
                     self.last_reason
@@ -900,7 +897,7 @@ impl Registration {
             at = Some(ctx.now);
         }
         debug!(
-            l_uuid = %self.record.l_uuid,
+            l_uuid = %self.record.l_uuid(),
             status = self.status.name(),
             retry_in_ms = at.map(|at| (at - ctx.now).as_millis() as u64),
             "registration attempt failed: {}",
@@ -981,8 +978,8 @@ impl Registration {
     /// The row changed but still describes the same binding (new credentials, expiry, delay,
     /// flags): adopt it, and re-register now if the change affects the registrar.
     pub fn update_record(&mut self, ctx: &mut Ctx<'_>, record: Record) {
-        let credentials_changed =
-            record.credentials != self.record.credentials || record.realm != self.record.realm;
+        let credentials_changed = record.credentials() != self.record.credentials()
+            || record.realm() != self.record.realm();
         let expires_changed = record.expires != self.record.expires;
         let disabled_changed = record.is_disabled() != self.record.is_disabled();
         if credentials_changed {
@@ -1038,8 +1035,11 @@ impl Registration {
             granted_expires: self.granted_expires,
             last_code: self.last_code,
             last_reason: self.last_reason.clone(),
-            expected_realm: self.expected_realm.clone(),
-            offered_realm: self.offered_realm.clone(),
+            expected_realm: self
+                .offered_realm
+                .as_ref()
+                .map(|_| self.record.realm().to_owned()),
+            offered_realm: self.offered_realm.as_deref().map(str::to_owned),
             failures: self.failures,
             registers_sent: self.registers_sent,
             last_registered: self.last_registered,

@@ -20,7 +20,9 @@ pub mod table;
 
 pub use machine::{Action, RegKey, Registration, Snapshot, Status};
 pub use policy::RetryPolicy;
-pub use record::{Credentials, Destination, FLAG_DISABLED, Record, Secret, Transport};
+pub use record::{
+    Credentials, Destination, FLAG_DISABLED, Record, RecordFields, Secret, Transport,
+};
 pub use table::{
     AlreadyExists, Attribute, CoreConfig, CoreCounters, RegistrationTable, ReloadSummary,
 };

@@ -11,26 +11,41 @@ use std::fmt;
 pub const FLAG_DISABLED: i32 = 1;
 
 /// A secret column (`auth_password`, `auth_ha1`). Its `Debug` never prints the value, so a record
-/// can be logged or shown in an error without leaking it.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
+/// can be logged or shown in an error without leaking it. `Secret<&str>` is the same guard over a
+/// value borrowed from a [`Record`], which keeps its columns packed.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Secret<S = String>(S);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
-    /// The clear value, for computing digests and for an operator who asked to see it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    /// The same secret, borrowed.
+    pub fn borrowed(&self) -> Secret<&str> {
+        Secret(&self.0)
     }
 }
 
-impl fmt::Debug for Secret {
+impl<S: AsRef<str>> Secret<S> {
+    /// The clear value, for computing digests and for an operator who asked to see it.
+    pub fn expose(&self) -> &str {
+        self.0.as_ref()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.as_ref().is_empty()
+    }
+}
+
+impl<'a> Secret<&'a str> {
+    /// The clear value, borrowed for as long as the record it came from.
+    pub fn expose_borrowed(&self) -> &'a str {
+        self.0
+    }
+}
+
+impl<S: AsRef<str>> fmt::Debug for Secret<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
+        if self.is_empty() {
             f.write_str("Secret(empty)")
         } else {
             f.write_str("Secret(***)")
@@ -168,27 +183,34 @@ impl fmt::Display for LocalSocket {
     }
 }
 
-/// What the digest answer is computed from. `auth_ha1` wins over `auth_password` when both are
-/// set (Kamailio's rule); an HA1 is the MD5 `username:realm:password` hash, so it can only answer
-/// MD5 challenges.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Credentials {
-    Password { username: String, password: Secret },
-    Ha1 { username: String, ha1: Secret },
+/// What the digest answer is computed from, borrowed from the record's columns. `auth_ha1` wins
+/// over `auth_password` when both are set (Kamailio's rule); an HA1 is the MD5
+/// `username:realm:password` hash, so it can only answer MD5 challenges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credentials<'a> {
+    Password {
+        username: &'a str,
+        password: Secret<&'a str>,
+    },
+    Ha1 {
+        username: &'a str,
+        /// As the row stores it; validation checked it is 32 hex digits, in either case.
+        ha1: Secret<&'a str>,
+    },
 }
 
-impl Credentials {
-    pub fn username(&self) -> &str {
+impl<'a> Credentials<'a> {
+    pub fn username(&self) -> &'a str {
         match self {
             Credentials::Password { username, .. } | Credentials::Ha1 { username, .. } => username,
         }
     }
 }
 
-/// One validated row of the `uacreg` table. The column fields keep the database values as they
-/// were (RPC shows them back verbatim); the derived fields are what the core acts on.
+/// The columns of one validated `uacreg` row, each its own value: what the store builds a
+/// [`Record`] from and what a test changes to make another one.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
+pub struct RecordFields {
     /// Database primary key (informational; rows are identified by `l_uuid`).
     pub id: i64,
     pub l_uuid: String,
@@ -215,14 +237,207 @@ pub struct Record {
     /// `host:port` put into the Contact URI (the row's `contact_addr`, or the daemon's default
     /// contact address when the row leaves it empty).
     pub contact_host_port: String,
-    /// `None` when the row has no auth_username or no secret: such a row can only register with a
-    /// registrar that does not challenge.
-    pub credentials: Option<Credentials>,
     /// The row's `socket`, parsed: REGISTERs leave from there.
     pub local_socket: Option<LocalSocket>,
 }
 
+/// The text columns of a [`Record`], in the order they are packed.
+#[derive(Clone, Copy)]
+enum Column {
+    LUuid,
+    LUsername,
+    LDomain,
+    RUsername,
+    RDomain,
+    Realm,
+    AuthUsername,
+    AuthPassword,
+    AuthHa1,
+    AuthProxy,
+    ContactAddr,
+    Socket,
+    ContactUser,
+    ContactHostPort,
+}
+
+const TEXT_COLUMNS: usize = Column::ContactHostPort as usize + 1;
+
+/// Fourteen text columns in one heap block: their concatenation and where each ends.
+///
+/// A table of 100,000 rows keeps every record for as long as the daemon runs. Fourteen `String`s
+/// cost 336 bytes inline and fourteen heap blocks, each rounded up to an allocator size class;
+/// packed they cost 72 bytes inline and one block. Rows are rebuilt, never edited, so nothing
+/// is lost by making a column unchangeable in place.
+#[derive(Clone, PartialEq, Eq)]
+struct PackedText {
+    text: Box<str>,
+    ends: [u32; TEXT_COLUMNS],
+}
+
+impl PackedText {
+    fn new(columns: [&str; TEXT_COLUMNS]) -> PackedText {
+        let mut text = String::with_capacity(columns.iter().map(|c| c.len()).sum());
+        let mut ends = [0; TEXT_COLUMNS];
+        for (end, column) in ends.iter_mut().zip(columns) {
+            text.push_str(column);
+            // A row's text is a few hundred bytes; a database hands out nothing near 4 GiB in
+            // one row, and validation would have refused it long before.
+            *end = u32::try_from(text.len()).expect("a uacreg row's text is far below 4 GiB");
+        }
+        PackedText {
+            text: text.into_boxed_str(),
+            ends,
+        }
+    }
+
+    fn get(&self, column: Column) -> &str {
+        let index = column as usize;
+        let start = if index == 0 { 0 } else { self.ends[index - 1] };
+        &self.text[start as usize..self.ends[index] as usize]
+    }
+}
+
+/// One validated row of the `uacreg` table. The columns keep the database values as they were
+/// (RPC shows them back verbatim); the derived fields are what the core acts on. The text
+/// columns are packed (see [`PackedText`]) and read through accessors; build a record from
+/// [`RecordFields`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Database primary key (informational; rows are identified by `l_uuid`).
+    pub id: i64,
+    pub expires: u32,
+    pub flags: i32,
+    pub reg_delay: u32,
+    /// Where to send the REGISTERs.
+    pub destination: Destination,
+    /// The row's `socket`, parsed: REGISTERs leave from there.
+    pub local_socket: Option<LocalSocket>,
+    text: PackedText,
+}
+
+impl From<RecordFields> for Record {
+    fn from(fields: RecordFields) -> Record {
+        Record {
+            id: fields.id,
+            expires: fields.expires,
+            flags: fields.flags,
+            reg_delay: fields.reg_delay,
+            destination: fields.destination,
+            local_socket: fields.local_socket,
+            text: PackedText::new([
+                &fields.l_uuid,
+                &fields.l_username,
+                &fields.l_domain,
+                &fields.r_username,
+                &fields.r_domain,
+                &fields.realm,
+                &fields.auth_username,
+                fields.auth_password.expose(),
+                fields.auth_ha1.expose(),
+                &fields.auth_proxy,
+                &fields.contact_addr,
+                &fields.socket,
+                &fields.contact_user,
+                &fields.contact_host_port,
+            ]),
+        }
+    }
+}
+
 impl Record {
+    /// The record's columns as separate values, to change some and build another record.
+    pub fn to_fields(&self) -> RecordFields {
+        RecordFields {
+            id: self.id,
+            l_uuid: self.l_uuid().to_owned(),
+            l_username: self.l_username().to_owned(),
+            l_domain: self.l_domain().to_owned(),
+            r_username: self.r_username().to_owned(),
+            r_domain: self.r_domain().to_owned(),
+            realm: self.realm().to_owned(),
+            auth_username: self.auth_username().to_owned(),
+            auth_password: Secret::new(self.auth_password().expose()),
+            auth_ha1: Secret::new(self.auth_ha1().expose()),
+            auth_proxy: self.auth_proxy().to_owned(),
+            expires: self.expires,
+            flags: self.flags,
+            reg_delay: self.reg_delay,
+            contact_addr: self.contact_addr().to_owned(),
+            socket: self.socket().to_owned(),
+            contact_user: self.contact_user().to_owned(),
+            destination: self.destination.clone(),
+            contact_host_port: self.contact_host_port().to_owned(),
+            local_socket: self.local_socket,
+        }
+    }
+
+    pub fn l_uuid(&self) -> &str {
+        self.text.get(Column::LUuid)
+    }
+    pub fn l_username(&self) -> &str {
+        self.text.get(Column::LUsername)
+    }
+    pub fn l_domain(&self) -> &str {
+        self.text.get(Column::LDomain)
+    }
+    pub fn r_username(&self) -> &str {
+        self.text.get(Column::RUsername)
+    }
+    pub fn r_domain(&self) -> &str {
+        self.text.get(Column::RDomain)
+    }
+    pub fn realm(&self) -> &str {
+        self.text.get(Column::Realm)
+    }
+    pub fn auth_username(&self) -> &str {
+        self.text.get(Column::AuthUsername)
+    }
+    pub fn auth_password(&self) -> Secret<&str> {
+        Secret(self.text.get(Column::AuthPassword))
+    }
+    pub fn auth_ha1(&self) -> Secret<&str> {
+        Secret(self.text.get(Column::AuthHa1))
+    }
+    pub fn auth_proxy(&self) -> &str {
+        self.text.get(Column::AuthProxy)
+    }
+    pub fn contact_addr(&self) -> &str {
+        self.text.get(Column::ContactAddr)
+    }
+    pub fn socket(&self) -> &str {
+        self.text.get(Column::Socket)
+    }
+    /// Kamailio's version-6 column; empty when the table has no such column.
+    pub fn contact_user(&self) -> &str {
+        self.text.get(Column::ContactUser)
+    }
+    /// `host:port` put into the Contact URI (the row's `contact_addr`, or the daemon's default
+    /// contact address when the row leaves it empty).
+    pub fn contact_host_port(&self) -> &str {
+        self.text.get(Column::ContactHostPort)
+    }
+
+    /// What digests are computed from; `None` when the row has no auth_username or no secret:
+    /// such a row can only register with a registrar that does not challenge.
+    pub fn credentials(&self) -> Option<Credentials<'_>> {
+        let username = self.auth_username();
+        if username.is_empty() {
+            None
+        } else if !self.auth_ha1().is_empty() {
+            Some(Credentials::Ha1 {
+                username,
+                ha1: self.auth_ha1(),
+            })
+        } else if !self.auth_password().is_empty() {
+            Some(Credentials::Password {
+                username,
+                password: self.auth_password(),
+            })
+        } else {
+            None
+        }
+    }
+
     /// `flags & 1`: the operator disabled the row.
     pub fn is_disabled(&self) -> bool {
         self.flags & FLAG_DISABLED != 0
@@ -230,33 +445,35 @@ impl Record {
 
     /// Request-URI of the REGISTER: `sip:r_domain`.
     pub fn request_uri(&self) -> String {
-        format!("sip:{}", self.r_domain)
+        format!("sip:{}", self.r_domain())
     }
 
     /// Address of record used in To and From: `sip:r_username@r_domain`.
     pub fn aor(&self) -> String {
-        format!("sip:{}@{}", self.r_username, self.r_domain)
+        format!("sip:{}@{}", self.r_username(), self.r_domain())
     }
 
     /// The Contact URI this row binds: `sip:l_uuid@contact_addr`, or with Kamailio 6's
     /// `contact_user` set, `sip:contact_user@contact_addr;line=l_uuid`.
     pub fn contact_uri(&self) -> String {
-        if self.contact_user.is_empty() {
-            format!("sip:{}@{}", self.l_uuid, self.contact_host_port)
+        if self.contact_user().is_empty() {
+            format!("sip:{}@{}", self.l_uuid(), self.contact_host_port())
         } else {
             format!(
                 "sip:{}@{};line={}",
-                self.contact_user, self.contact_host_port, self.l_uuid
+                self.contact_user(),
+                self.contact_host_port(),
+                self.l_uuid()
             )
         }
     }
 
     /// The user part that identifies our binding among the Contacts of a 200 OK.
     pub fn contact_user_part(&self) -> &str {
-        if self.contact_user.is_empty() {
-            &self.l_uuid
+        if self.contact_user().is_empty() {
+            self.l_uuid()
         } else {
-            &self.contact_user
+            self.contact_user()
         }
     }
 
@@ -264,9 +481,110 @@ impl Record {
     /// only credentials, expires or delay refreshes the binding in place instead of removing it.
     pub fn same_binding(&self, other: &Record) -> bool {
         self.destination == other.destination
-            && self.r_username == other.r_username
-            && self.r_domain == other.r_domain
+            && self.r_username() == other.r_username()
+            && self.r_domain() == other.r_domain()
             && self.contact_uri() == other.contact_uri()
-            && self.socket == other.socket
+            && self.socket() == other.socket()
+    }
+}
+
+/// Like [`RecordFields`]' `Debug`: every column by name, secrets masked.
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("id", &self.id)
+            .field("l_uuid", &self.l_uuid())
+            .field("l_username", &self.l_username())
+            .field("l_domain", &self.l_domain())
+            .field("r_username", &self.r_username())
+            .field("r_domain", &self.r_domain())
+            .field("realm", &self.realm())
+            .field("auth_username", &self.auth_username())
+            .field("auth_password", &self.auth_password())
+            .field("auth_ha1", &self.auth_ha1())
+            .field("auth_proxy", &self.auth_proxy())
+            .field("expires", &self.expires)
+            .field("flags", &self.flags)
+            .field("reg_delay", &self.reg_delay)
+            .field("contact_addr", &self.contact_addr())
+            .field("socket", &self.socket())
+            .field("contact_user", &self.contact_user())
+            .field("destination", &self.destination)
+            .field("contact_host_port", &self.contact_host_port())
+            .field("local_socket", &self.local_socket)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields() -> RecordFields {
+        RecordFields {
+            id: 7,
+            l_uuid: "line-1".into(),
+            l_username: "alice".into(),
+            l_domain: "gw.test".into(),
+            r_username: "1001".into(),
+            r_domain: "sip.example.net".into(),
+            realm: String::new(),
+            auth_username: "1001".into(),
+            auth_password: Secret::new("s3cret-pw"),
+            auth_ha1: Secret::new("0123456789ABCDEF0123456789abcdef"),
+            auth_proxy: "sip:proxy.example.net;transport=tcp".into(),
+            expires: 600,
+            flags: 0,
+            reg_delay: 2,
+            contact_addr: String::new(),
+            socket: "udp:127.0.0.1:5060".into(),
+            contact_user: String::new(),
+            destination: Destination::udp("proxy.example.net", 5060),
+            contact_host_port: "192.0.2.1:5060".into(),
+            local_socket: LocalSocket::parse("udp:127.0.0.1:5060"),
+        }
+    }
+
+    #[test]
+    fn packed_columns_read_back_as_built_including_empty_ones() {
+        let fields = fields();
+        let record = Record::from(fields.clone());
+        assert_eq!(record.to_fields(), fields);
+        assert_eq!(record.l_uuid(), "line-1");
+        assert_eq!(record.realm(), "");
+        assert_eq!(record.r_domain(), "sip.example.net");
+        assert_eq!(record.contact_addr(), "");
+        assert_eq!(record.contact_host_port(), "192.0.2.1:5060");
+        assert_eq!(record.contact_uri(), "sip:line-1@192.0.2.1:5060");
+    }
+
+    #[test]
+    fn ha1_wins_over_the_password_and_neither_counts_without_a_username() {
+        let record = Record::from(fields());
+        match record.credentials() {
+            Some(Credentials::Ha1 { username, ha1 }) => {
+                assert_eq!(username, "1001");
+                assert_eq!(ha1.expose(), "0123456789ABCDEF0123456789abcdef");
+            }
+            other => panic!("expected HA1 credentials, got {other:?}"),
+        }
+        let mut no_ha1 = fields();
+        no_ha1.auth_ha1 = Secret::default();
+        let record = Record::from(no_ha1.clone());
+        assert!(matches!(
+            record.credentials(),
+            Some(Credentials::Password { password, .. }) if password.expose() == "s3cret-pw"
+        ));
+        no_ha1.auth_username = String::new();
+        assert_eq!(Record::from(no_ha1).credentials(), None);
+    }
+
+    #[test]
+    fn debug_output_masks_both_secrets() {
+        let shown = format!("{:?}", Record::from(fields()));
+        assert!(shown.contains("l_uuid: \"line-1\""), "{shown}");
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        assert!(!shown.contains("0123456789"), "{shown}");
+        assert!(shown.contains("Secret(***)"), "{shown}");
     }
 }

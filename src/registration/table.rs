@@ -72,10 +72,10 @@ impl Attribute {
 
     fn matches(self, record: &Record, value: &str) -> bool {
         match self {
-            Attribute::LUuid => record.l_uuid == value,
-            Attribute::LUsername => record.l_username == value,
-            Attribute::RUsername => record.r_username == value,
-            Attribute::AuthUsername => record.auth_username == value,
+            Attribute::LUuid => record.l_uuid() == value,
+            Attribute::LUsername => record.l_username() == value,
+            Attribute::RUsername => record.r_username() == value,
+            Attribute::AuthUsername => record.auth_username() == value,
         }
     }
 }
@@ -206,7 +206,7 @@ impl RegistrationTable {
     fn insert(&mut self, now: Instant, record: Record) {
         let key = RegKey(self.next_key);
         self.next_key += 1;
-        let l_uuid = record.l_uuid.clone();
+        let l_uuid = record.l_uuid().to_owned();
         let registration = Registration::new(key, record, &mut self.rng);
         self.recount(None, Self::counted(&registration));
         self.registrations.insert(key, Box::new(registration));
@@ -225,11 +225,11 @@ impl RegistrationTable {
         let mut summary = ReloadSummary::default();
         let mut seen: BTreeSet<String> = BTreeSet::new();
         for record in records {
-            if !seen.insert(record.l_uuid.clone()) {
+            if !seen.insert(record.l_uuid().to_owned()) {
                 // Validation already reports duplicates; never let one displace the first.
                 continue;
             }
-            match self.by_uuid.get(&record.l_uuid).copied() {
+            match self.by_uuid.get(record.l_uuid()).copied() {
                 None => {
                     summary.added += 1;
                     self.insert(now, record);
@@ -251,7 +251,7 @@ impl RegistrationTable {
                         self.with_registration(key, now, |r, ctx| r.update_record(ctx, record));
                     } else {
                         summary.changed += 1;
-                        self.by_uuid.remove(&record.l_uuid);
+                        self.by_uuid.remove(record.l_uuid());
                         self.retire(now, key);
                         self.insert(now, record);
                     }
@@ -519,7 +519,7 @@ impl RegistrationTable {
 
     /// `uac.reg_add`: a row kept in memory only (a reload drops it unless the table has it).
     pub fn add(&mut self, now: Instant, record: Record) -> Result<(), AlreadyExists> {
-        if self.by_uuid.contains_key(&record.l_uuid) {
+        if self.by_uuid.contains_key(record.l_uuid()) {
             return Err(AlreadyExists);
         }
         self.insert(now, record);

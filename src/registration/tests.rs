@@ -12,9 +12,13 @@ use crate::sip::register::RegisterRequest;
 const REALM: &str = "registrar.test";
 
 fn record(i: usize) -> Record {
+    fields(i).into()
+}
+
+fn fields(i: usize) -> RecordFields {
     let l_uuid = format!("uuid{i:06}");
     let user = format!("user{i:06}");
-    Record {
+    RecordFields {
         id: i as i64 + 1,
         l_uuid: l_uuid.clone(),
         l_username: format!("local{i:06}"),
@@ -34,12 +38,22 @@ fn record(i: usize) -> Record {
         contact_user: String::new(),
         destination: Destination::udp("127.0.0.1", 5070),
         contact_host_port: "127.0.0.1:5080".into(),
-        credentials: Some(Credentials::Password {
-            username: user.clone(),
-            password: Secret::new(format!("pw-{user}")),
-        }),
         local_socket: None,
     }
+}
+
+/// `record`'s copy with some columns changed.
+fn changed(record: &Record, change: impl FnOnce(&mut RecordFields)) -> Record {
+    let mut fields = record.to_fields();
+    change(&mut fields);
+    fields.into()
+}
+
+/// The HA1 the model registrar's password for user `i` hashes to: the same secret in another
+/// form, so a row switched to it has new credentials that still work.
+fn ha1_of(i: usize) -> Secret {
+    let text = format!("user{i:06}:{REALM}:pw-user{i:06}");
+    Secret::new(crate::sip::digest::Algorithm::Md5.hex_hash(text.as_bytes()))
 }
 
 /// What the model registrar does with a request.
@@ -361,8 +375,7 @@ fn realm_mismatch_never_sends_credentials() {
 #[test]
 fn empty_realm_accepts_any_challenge() {
     let mut sim = Sim::new(Mode::Normal);
-    let mut r = record(0);
-    r.realm.clear();
+    let r = changed(&record(0), |f| f.realm.clear());
     sim.table.reload(sim.now, vec![r]);
     sim.run_until(sim.now + Duration::from_secs(1));
     assert_eq!(sim.status("uuid000000"), Status::Registered);
@@ -371,12 +384,7 @@ fn empty_realm_accepts_any_challenge() {
 #[test]
 fn wrong_password_is_an_auth_failure_not_a_loop() {
     let mut sim = Sim::new(Mode::Normal);
-    let mut r = record(0);
-    r.credentials = Some(Credentials::Password {
-        username: "user000000".into(),
-        password: Secret::new("wrong"),
-    });
-    r.auth_password = Secret::new("wrong");
+    let r = changed(&record(0), |f| f.auth_password = Secret::new("wrong"));
     sim.table.reload(sim.now, vec![r]);
     sim.run_until(sim.now + Duration::from_secs(60));
     assert_eq!(sim.status("uuid000000"), Status::AuthFailed);
@@ -446,16 +454,13 @@ fn reload_diff_touches_only_changed_rows() {
     sim.sent.clear();
 
     let mut next = rows.clone();
-    // Changed credentials: same binding, re-registered in place.
-    next[5].auth_password = Secret::new("pw-user000005");
-    next[5].credentials = Some(Credentials::Password {
-        username: "user000005".into(),
-        password: Secret::new("pw-user000005"),
-    });
-    next[5].reg_delay = 1; // a real change to the row
+    // Changed reg_delay: a real change to the row, but nothing to tell the registrar.
+    next[5] = changed(&next[5], |f| f.reg_delay = 1);
     // Changed binding: new contact address.
-    next[7].contact_addr = "127.0.0.1:5081".into();
-    next[7].contact_host_port = "127.0.0.1:5081".into();
+    next[7] = changed(&next[7], |f| {
+        f.contact_addr = "127.0.0.1:5081".into();
+        f.contact_host_port = "127.0.0.1:5081".into();
+    });
     // Removed.
     next.remove(9);
     // Added.
@@ -747,14 +752,14 @@ fn dump_slices_cover_every_row_once_in_order() {
         .table
         .snapshots()
         .into_iter()
-        .map(|s| s.record.l_uuid)
+        .map(|s| s.record.l_uuid().to_owned())
         .collect();
     let mut sliced: Vec<String> = Vec::new();
     loop {
         let after = sliced.last().cloned();
         let slice = sim.table.snapshots_after(after.as_deref(), 3);
         let done = slice.len() < 3;
-        sliced.extend(slice.into_iter().map(|s| s.record.l_uuid));
+        sliced.extend(slice.into_iter().map(|s| s.record.l_uuid().to_owned()));
         if done {
             break;
         }
@@ -893,13 +898,11 @@ fn calendar_follows_every_change_of_a_refresh_timer() {
     // A reload: changed credentials re-register in place, a changed contact replaces the
     // registration, a removed row leaves, an added one registers.
     let mut next = rows[100..].to_vec();
-    next[0].credentials = Some(Credentials::Password {
-        username: "user000100".into(),
-        password: Secret::new("pw-user000100"),
+    next[0] = changed(&next[0], |f| f.auth_ha1 = ha1_of(100));
+    next[1] = changed(&next[1], |f| {
+        f.contact_addr = "127.0.0.1:5081".into();
+        f.contact_host_port = "127.0.0.1:5081".into();
     });
-    next[0].auth_password = Secret::new("pw-user000100x");
-    next[1].contact_addr = "127.0.0.1:5081".into();
-    next[1].contact_host_port = "127.0.0.1:5081".into();
     next.truncate(800);
     next.push(record(5000));
     sim.table.reload(sim.now, next);

@@ -226,7 +226,7 @@ fn register_all(
         // live, without a scan per bad row or a set of 100,000 l_uuids per dump.
         let live = |l_uuid: &str| {
             snapshots
-                .binary_search_by(|s| s.record.l_uuid.as_str().cmp(l_uuid))
+                .binary_search_by(|s| s.record.l_uuid().cmp(l_uuid))
                 .is_ok()
         };
         let invalid: Vec<_> = gw
@@ -377,14 +377,14 @@ fn register_all(
                     let uri = crate::sip::UriParts::parse(&wanted).ok()?;
                     let user = uri.user.unwrap_or_default();
                     table.iter().map(|r| r.record()).find(|r| {
-                        r.l_username == user && r.l_domain.eq_ignore_ascii_case(&uri.host)
+                        r.l_username() == user && r.l_domain().eq_ignore_ascii_case(&uri.host)
                     })
                 } else {
                     table.get(&wanted).map(|r| r.record())
                 }?;
                 Some(serde_json::json!({
-                    "l_uuid": record.l_uuid,
-                    "local_uri": format!("sip:{}@{}", record.l_username, record.l_domain),
+                    "l_uuid": record.l_uuid(),
+                    "local_uri": format!("sip:{}@{}", record.l_username(), record.l_domain()),
                     "contact": record.contact_uri(),
                 }))
             })

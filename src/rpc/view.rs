@@ -59,11 +59,11 @@ pub struct RecordView<'a> {
     pub error: Option<Cow<'a, str>>,
 }
 
-fn show_secret<'a>(secret: &'a Secret, show: bool, empty: &'static str) -> Cow<'a, str> {
+fn show_secret<'a>(secret: Secret<&'a str>, show: bool, empty: &'static str) -> Cow<'a, str> {
     if secret.is_empty() {
         Cow::Borrowed(empty)
     } else if show {
-        Cow::Borrowed(secret.expose())
+        Cow::Borrowed(secret.expose_borrowed())
     } else {
         Cow::Borrowed(MASK)
     }
@@ -98,16 +98,16 @@ impl<'a> RecordView<'a> {
         };
         let timer_expires = timer_at.map(|at| clock.unix(at)).unwrap_or(0);
         RecordView {
-            l_uuid: Cow::Borrowed(&r.l_uuid),
-            l_username: Cow::Borrowed(&r.l_username),
-            l_domain: Cow::Borrowed(&r.l_domain),
-            r_username: Cow::Borrowed(&r.r_username),
-            r_domain: Cow::Borrowed(&r.r_domain),
-            realm: null_if_empty(&r.realm),
-            auth_username: Cow::Borrowed(&r.auth_username),
-            auth_password: show_secret(&r.auth_password, show_secrets, "none"),
-            auth_ha1: show_secret(&r.auth_ha1, show_secrets, "none"),
-            auth_proxy: none_if_empty(&r.auth_proxy),
+            l_uuid: Cow::Borrowed(r.l_uuid()),
+            l_username: Cow::Borrowed(r.l_username()),
+            l_domain: Cow::Borrowed(r.l_domain()),
+            r_username: Cow::Borrowed(r.r_username()),
+            r_domain: Cow::Borrowed(r.r_domain()),
+            realm: null_if_empty(r.realm()),
+            auth_username: Cow::Borrowed(r.auth_username()),
+            auth_password: show_secret(r.auth_password(), show_secrets, "none"),
+            auth_ha1: show_secret(r.auth_ha1(), show_secrets, "none"),
+            auth_proxy: none_if_empty(r.auth_proxy()),
             expires: i64::from(r.expires),
             flags: i64::from(s.kamailio_flags()),
             diff_expires: if timer_expires == 0 {
@@ -118,8 +118,8 @@ impl<'a> RecordView<'a> {
             timer_expires,
             reg_init: s.reg_init.map(|at| clock.unix(at)).unwrap_or(0),
             reg_delay: i64::from(r.reg_delay),
-            contact_addr: none_if_empty(&r.contact_addr),
-            socket: null_if_empty(&r.socket),
+            contact_addr: none_if_empty(r.contact_addr()),
+            socket: null_if_empty(r.socket()),
             state: s.status.name(),
             last_code: s.last_code,
             last_reason: Cow::Borrowed(&s.last_reason),
@@ -145,8 +145,8 @@ impl<'a> RecordView<'a> {
             r_domain: Cow::Borrowed(&row.r_domain),
             realm: null_if_empty(&row.realm),
             auth_username: Cow::Borrowed(&row.auth_username),
-            auth_password: show_secret(&row.auth_password, show_secrets, "none"),
-            auth_ha1: show_secret(&row.auth_ha1, show_secrets, "none"),
+            auth_password: show_secret(row.auth_password.borrowed(), show_secrets, "none"),
+            auth_ha1: show_secret(row.auth_ha1.borrowed(), show_secrets, "none"),
             auth_proxy: none_if_empty(&row.auth_proxy),
             expires: row.expires,
             flags: row.flags,

@@ -582,7 +582,7 @@ mod tests {
             .unwrap();
         let loaded = store.load(&defaults()).unwrap();
         assert_eq!(loaded.records.len(), 2);
-        assert_eq!(loaded.records[0].auth_password.expose(), "pw");
+        assert_eq!(loaded.records[0].auth_password().expose(), "pw");
         row.expires = 60;
         assert!(store.update(&row).unwrap());
         assert!(store.delete("u2").unwrap());
@@ -663,7 +663,7 @@ mod tests {
         );
         let loaded = store.load(&defaults()).unwrap();
         assert_eq!(loaded.records.len(), 1);
-        assert_eq!(loaded.records[0].contact_user, "");
+        assert_eq!(loaded.records[0].contact_user(), "");
         // Rows can still be written, but a contact_user has nowhere to go: a clear error.
         store
             .insert(&[RawRow::new("k2", "k2", "example.com")])

