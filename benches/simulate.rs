@@ -145,7 +145,6 @@ fn record(i: usize) -> Record {
         contact_user: String::new(),
         destination: Destination::udp("127.0.0.1", 5070),
         contact_host_port: "127.0.0.1:5080".into(),
-        local_socket: None,
     }
     .into()
 }

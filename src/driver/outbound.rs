@@ -202,7 +202,7 @@ impl Driver {
         let Some(record) = self.table.record_of(key) else {
             return;
         };
-        let local = record.local_socket.map(|s| s.addr);
+        let local = record.local_socket().map(|s| s.addr);
         let sent_by = match local {
             Some(addr) if !addr.ip().is_unspecified() => addr.to_string(),
             _ => self.config.via_sent_by.clone(),
@@ -457,7 +457,7 @@ impl Driver {
                     let local = self
                         .table
                         .record_of(owner.key)
-                        .and_then(|r| r.local_socket)
+                        .and_then(|r| r.local_socket())
                         .map(|s| s.addr);
                     self.keepalive.watch_udp(
                         now,
@@ -642,7 +642,7 @@ impl Driver {
                         && self
                             .table
                             .record_of(**key)
-                            .is_some_and(|r| r.local_socket.map(|s| s.addr) == route.local)
+                            .is_some_and(|r| r.local_socket().map(|s| s.addr) == route.local)
                 })
                 .map(|(key, _)| *key)
                 .collect();

@@ -320,7 +320,8 @@ pub struct Registration {
     binding_expires: Option<Instant>,
     granted_expires: Option<u32>,
     last_code: Option<u16>,
-    last_reason: String,
+    /// Boxed, not growable: one per row, rewritten whole by each answer.
+    last_reason: Box<str>,
     /// The realm a registrar challenged for when it was not the row's `realm` (the expected
     /// one, which the record holds); cleared by any other outcome.
     offered_realm: Option<Box<str>>,
@@ -360,7 +361,7 @@ impl Registration {
             binding_expires: None,
             granted_expires: None,
             last_code: None,
-            last_reason: String::new(),
+            last_reason: Box::default(),
             offered_realm: None,
             failures: 0,
             registers_sent: 0,
@@ -594,7 +595,7 @@ impl Registration {
         }
         self.in_flight = None;
         self.last_code = Some(response.code);
-        self.last_reason = response.reason.clone();
+        self.last_reason = response.reason.as_str().into();
         match response.code {
             200..=299 => self.on_success(ctx, &flight, response),
             401 | 407 => self.on_challenge(ctx, &flight, response),
@@ -613,7 +614,7 @@ impl Registration {
         }
         self.in_flight = None;
         self.last_code = Some(408);
-        self.last_reason = reason.to_string();
+        self.last_reason = reason.into();
         self.on_failure(ctx, &flight, Failure::NoResponse, None);
     }
 
@@ -719,13 +720,14 @@ impl Registration {
             .filter_map(|value| Challenge::parse(value, proxy).ok())
             .collect();
         let Some(challenge) = self.pick_challenge(&challenges) else {
-            self.last_reason = format!("{} without a usable digest challenge", response.code);
+            self.last_reason =
+                format!("{} without a usable digest challenge", response.code).into();
             self.on_failure(ctx, flight, Failure::Credentials, None);
             return;
         };
 
         let expected = self.record.realm();
-        if !expected.is_empty() && challenge.realm != expected {
+        if !expected.is_empty() && *challenge.realm != *expected {
             error!(
                 l_uuid = %self.record.l_uuid(),
                 expected_realm = %expected,
@@ -734,11 +736,12 @@ impl Registration {
                 challenge.realm,
                 expected
             );
-            self.offered_realm = Some(challenge.realm.as_str().into());
+            self.offered_realm = Some(challenge.realm.clone());
             self.last_reason = format!(
                 "realm mismatch: expected \"{}\", offered \"{}\"",
                 expected, challenge.realm
-            );
+            )
+            .into();
             self.auth = None;
             self.on_failure(ctx, flight, Failure::RealmMismatch, None);
             return;
@@ -760,7 +763,7 @@ impl Registration {
                     username = %credentials.username(),
                     "authentication failed: the registrar rejected our credentials"
                 );
-                self.last_reason = format!("{} after credentials were sent", response.code);
+                self.last_reason = format!("{} after credentials were sent", response.code).into();
                 self.auth = None;
                 self.on_failure(ctx, flight, Failure::Credentials, None);
                 return;
@@ -780,7 +783,7 @@ impl Registration {
             }
             Err(err) => {
                 warn!(l_uuid = %self.record.l_uuid(), "cannot answer the challenge: {err}");
-                self.last_reason = format!("cannot answer challenge: {err}");
+                self.last_reason = format!("cannot answer challenge: {err}").into();
                 self.on_failure(ctx, flight, Failure::Credentials, None);
             }
         }
@@ -794,7 +797,7 @@ impl Registration {
             _ => true,
         };
         let realm_ok =
-            |c: &&Challenge| self.record.realm().is_empty() || c.realm == self.record.realm();
+            |c: &&Challenge| self.record.realm().is_empty() || *c.realm == *self.record.realm();
         challenges
             .iter()
             .filter(realm_ok)
@@ -814,7 +817,7 @@ impl Registration {
             self.requested_expires = min;
             self.send_with_cached_auth(ctx, Purpose::Register);
         } else {
-            self.last_reason = format!("423 with unusable Min-Expires {min}");
+            self.last_reason = format!("423 with unusable Min-Expires {min}").into();
             self.on_failure(ctx, flight, Failure::Response(423), None);
         }
     }
@@ -1034,7 +1037,7 @@ impl Registration {
             binding_expires: self.binding_expires,
             granted_expires: self.granted_expires,
             last_code: self.last_code,
-            last_reason: self.last_reason.clone(),
+            last_reason: self.last_reason.to_string(),
             expected_realm: self
                 .offered_realm
                 .as_ref()

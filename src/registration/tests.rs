@@ -38,7 +38,6 @@ fn fields(i: usize) -> RecordFields {
         contact_user: String::new(),
         destination: Destination::udp("127.0.0.1", 5070),
         contact_host_port: "127.0.0.1:5080".into(),
-        local_socket: None,
     }
 }
 

@@ -121,6 +121,37 @@ impl Qop {
     }
 }
 
+/// The qop options a challenge offered. There are two we can answer, and the answer prefers
+/// `auth` whatever the order, so a set is all a kept challenge needs (no vector on the heap for
+/// each of 100,000 rows).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QopOffer {
+    pub auth: bool,
+    pub auth_int: bool,
+}
+
+impl QopOffer {
+    pub fn contains(self, qop: Qop) -> bool {
+        match qop {
+            Qop::Auth => self.auth,
+            Qop::AuthInt => self.auth_int,
+        }
+    }
+
+    /// No qop offered: RFC 2069 style.
+    pub fn is_empty(self) -> bool {
+        !self.auth && !self.auth_int
+    }
+
+    fn with(mut self, qop: Qop) -> QopOffer {
+        match qop {
+            Qop::Auth => self.auth = true,
+            Qop::AuthInt => self.auth_int = true,
+        }
+        self
+    }
+}
+
 /// Splits `Digest a="x, y", b=c` into its scheme and lowercase-named parameters.
 fn parse_params(value: &str) -> Result<(String, Vec<(String, String)>), DigestError> {
     let value = value.trim();
@@ -204,15 +235,18 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 /// One `WWW-Authenticate` / `Proxy-Authenticate` value.
 #[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Strings are boxed rather than growable: a registration keeps its last challenge to answer
+/// refreshes up front, so there is one per row.
 pub struct Challenge {
-    pub realm: String,
-    pub nonce: String,
-    pub opaque: Option<String>,
+    pub realm: Box<str>,
+    pub nonce: Box<str>,
+    pub opaque: Option<Box<str>>,
     pub algorithm: Algorithm,
     /// Whether the challenge named `algorithm=` (echoed back in the answer only if it did).
     pub algorithm_given: bool,
-    /// qop options offered, in order; empty = RFC 2069 style (no qop).
-    pub qop: Vec<Qop>,
+    /// qop options offered; empty = RFC 2069 style (no qop).
+    pub qop: QopOffer,
     pub stale: bool,
     /// Came from a 407 / Proxy-Authenticate (answer goes in Proxy-Authorization).
     pub proxy: bool,
@@ -228,10 +262,10 @@ impl Challenge {
         }
         let realm = param(&params, "realm")
             .ok_or_else(|| DigestError::Malformed("no realm".into()))?
-            .to_string();
+            .into();
         let nonce = param(&params, "nonce")
             .ok_or_else(|| DigestError::Malformed("no nonce".into()))?
-            .to_string();
+            .into();
         let (algorithm, algorithm_given) = match param(&params, "algorithm") {
             Some(token) => (
                 Algorithm::parse(token)
@@ -241,10 +275,14 @@ impl Challenge {
             None => (Algorithm::Md5, false),
         };
         let qop = param(&params, "qop")
-            .map(|list| list.split(',').filter_map(Qop::parse).collect())
+            .map(|list| {
+                list.split(',')
+                    .filter_map(Qop::parse)
+                    .fold(QopOffer::default(), QopOffer::with)
+            })
             .unwrap_or_default();
         let offered_qop = param(&params, "qop").is_some_and(|q| !q.trim().is_empty());
-        if offered_qop && Vec::<Qop>::is_empty(&qop) {
+        if offered_qop && qop.is_empty() {
             return Err(DigestError::UnsupportedQop(
                 param(&params, "qop").unwrap_or("").to_string(),
             ));
@@ -252,7 +290,7 @@ impl Challenge {
         Ok(Challenge {
             realm,
             nonce,
-            opaque: param(&params, "opaque").map(String::from),
+            opaque: param(&params, "opaque").map(Box::from),
             algorithm,
             algorithm_given,
             qop,
@@ -354,9 +392,9 @@ impl Authorization {
         nc: u32,
         cnonce: &str,
     ) -> Result<Authorization, DigestError> {
-        let qop = if challenge.qop.contains(&Qop::Auth) {
+        let qop = if challenge.qop.contains(Qop::Auth) {
             Some(Qop::Auth)
-        } else if challenge.qop.contains(&Qop::AuthInt) {
+        } else if challenge.qop.contains(Qop::AuthInt) {
             Some(Qop::AuthInt)
         } else {
             None
@@ -378,12 +416,12 @@ impl Authorization {
         )?;
         Ok(Authorization {
             username: username.to_string(),
-            realm: challenge.realm.clone(),
-            nonce: challenge.nonce.clone(),
+            realm: challenge.realm.to_string(),
+            nonce: challenge.nonce.to_string(),
             uri: uri.to_string(),
             response,
             algorithm: challenge.algorithm_given.then_some(challenge.algorithm),
-            opaque: challenge.opaque.clone(),
+            opaque: challenge.opaque.as_deref().map(String::from),
             qop,
             nc: qop.map(|_| nc),
             cnonce: uses_cnonce.then(|| cnonce.to_string()),
@@ -624,11 +662,17 @@ mod tests {
     #[test]
     fn challenge_forms() {
         let c = Challenge::parse("digest  REALM=\"a, b\" ,nonce=xyz,algorithm=sha-512-256-SESS,stale=TRUE,qop=\"auth-int\"", true).unwrap();
-        assert_eq!(c.realm, "a, b");
-        assert_eq!(c.nonce, "xyz");
+        assert_eq!(&*c.realm, "a, b");
+        assert_eq!(&*c.nonce, "xyz");
         assert_eq!(c.algorithm, Algorithm::Sha512_256Sess);
         assert!(c.stale && c.proxy);
-        assert_eq!(c.qop, vec![Qop::AuthInt]);
+        assert_eq!(
+            c.qop,
+            QopOffer {
+                auth: false,
+                auth_int: true
+            }
+        );
         assert_eq!(
             Challenge::parse("Basic realm=\"x\"", false),
             Err(DigestError::NotDigest)

@@ -330,7 +330,6 @@ pub fn validate(row: RawRow, defaults: &RowDefaults) -> Result<Record, RowError>
         contact_user: row.contact_user,
         destination,
         contact_host_port,
-        local_socket,
     }))
 }
 
