@@ -217,7 +217,7 @@ impl Driver {
         } else {
             String::new()
         };
-        let server_name = attempt.queued.destination.host.clone();
+        let server_name = attempt.queued.destination.host.to_string();
         let branch = self.transactions.next_branch();
         self.encode_buf.clear();
         attempt.queued.request.encode(

@@ -21,7 +21,8 @@ pub mod table;
 pub use machine::{Action, RegKey, Registration, Snapshot, Status};
 pub use policy::RetryPolicy;
 pub use record::{
-    Credentials, Destination, FLAG_DISABLED, Record, RecordFields, Secret, Transport,
+    Credentials, Destination, FLAG_DISABLED, MAX_RECORD_TEXT, Record, RecordFields, RecordTooLong,
+    Secret, Transport,
 };
 pub use table::{
     AlreadyExists, Attribute, CoreConfig, CoreCounters, RegistrationTable, ReloadSummary,

@@ -101,7 +101,8 @@ impl Transport {
 /// (NAPTR and SRV records, or 5060/5061 and UDP).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Destination {
-    pub host: String,
+    /// Boxed, not growable: every record keeps one.
+    pub host: Box<str>,
     pub port: Option<u16>,
     pub transport: Option<Transport>,
     /// A `sips:` URI: only TLS may carry the requests.
@@ -112,7 +113,7 @@ impl Destination {
     /// A UDP destination at an explicit address (tests, the demo).
     pub fn udp(host: impl Into<String>, port: u16) -> Destination {
         Destination {
-            host: host.into(),
+            host: host.into().into_boxed_str(),
             port: Some(port),
             transport: Some(Transport::Udp),
             secure: false,
@@ -264,28 +265,40 @@ const TEXT_COLUMNS: usize = Column::ContactHostPort as usize + 1;
 ///
 /// A table of 100,000 rows keeps every record for as long as the daemon runs. Fourteen `String`s
 /// cost 336 bytes inline and fourteen heap blocks, each rounded up to an allocator size class;
-/// packed they cost 72 bytes inline and one block. Rows are rebuilt, never edited, so nothing
-/// is lost by making a column unchangeable in place.
+/// packed they cost 44 bytes inline and one block. Rows are rebuilt, never edited, so nothing
+/// is lost by making a column unchangeable in place. Ends are 16-bit: Kamailio's columns are
+/// at most 255 characters, so a row's text is under 4 KB, far from the 64 KiB limit
+/// ([`RecordTooLong`] otherwise).
 #[derive(Clone, PartialEq, Eq)]
 struct PackedText {
     text: Box<str>,
-    ends: [u32; TEXT_COLUMNS],
+    ends: [u16; TEXT_COLUMNS],
 }
 
+/// A row whose text columns together exceed [`MAX_RECORD_TEXT`] bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the row's text columns hold {0} bytes together; at most {MAX_RECORD_TEXT} fit")]
+pub struct RecordTooLong(pub usize);
+
+/// The most text a record's columns may hold together.
+pub const MAX_RECORD_TEXT: usize = u16::MAX as usize;
+
 impl PackedText {
-    fn new(columns: [&str; TEXT_COLUMNS]) -> PackedText {
-        let mut text = String::with_capacity(columns.iter().map(|c| c.len()).sum());
+    fn new(columns: [&str; TEXT_COLUMNS]) -> Result<PackedText, RecordTooLong> {
+        let total = columns.iter().map(|c| c.len()).sum();
+        if total > MAX_RECORD_TEXT {
+            return Err(RecordTooLong(total));
+        }
+        let mut text = String::with_capacity(total);
         let mut ends = [0; TEXT_COLUMNS];
         for (end, column) in ends.iter_mut().zip(columns) {
             text.push_str(column);
-            // A row's text is a few hundred bytes; a database hands out nothing near 4 GiB in
-            // one row, and validation would have refused it long before.
-            *end = u32::try_from(text.len()).expect("a uacreg row's text is far below 4 GiB");
+            *end = text.len() as u16; // at most `total`, checked above
         }
-        PackedText {
+        Ok(PackedText {
             text: text.into_boxed_str(),
             ends,
-        }
+        })
     }
 
     fn get(&self, column: Column) -> &str {
@@ -311,9 +324,11 @@ pub struct Record {
     text: PackedText,
 }
 
-impl From<RecordFields> for Record {
-    fn from(fields: RecordFields) -> Record {
-        Record {
+impl TryFrom<RecordFields> for Record {
+    type Error = RecordTooLong;
+
+    fn try_from(fields: RecordFields) -> Result<Record, RecordTooLong> {
+        Ok(Record {
             id: fields.id,
             expires: fields.expires,
             flags: fields.flags,
@@ -334,8 +349,8 @@ impl From<RecordFields> for Record {
                 &fields.socket,
                 &fields.contact_user,
                 &fields.contact_host_port,
-            ]),
-        }
+            ])?,
+        })
     }
 }
 
@@ -547,7 +562,7 @@ mod tests {
     #[test]
     fn packed_columns_read_back_as_built_including_empty_ones() {
         let fields = fields();
-        let record = Record::from(fields.clone());
+        let record = Record::try_from(fields.clone()).unwrap();
         assert_eq!(record.to_fields(), fields);
         assert_eq!(record.l_uuid(), "line-1");
         assert_eq!(record.realm(), "");
@@ -566,7 +581,7 @@ mod tests {
 
     #[test]
     fn ha1_wins_over_the_password_and_neither_counts_without_a_username() {
-        let record = Record::from(fields());
+        let record = Record::try_from(fields()).unwrap();
         match record.credentials() {
             Some(Credentials::Ha1 { username, ha1 }) => {
                 assert_eq!(username, "1001");
@@ -576,18 +591,36 @@ mod tests {
         }
         let mut no_ha1 = fields();
         no_ha1.auth_ha1 = Secret::default();
-        let record = Record::from(no_ha1.clone());
+        let record = Record::try_from(no_ha1.clone()).unwrap();
         assert!(matches!(
             record.credentials(),
             Some(Credentials::Password { password, .. }) if password.expose() == "s3cret-pw"
         ));
         no_ha1.auth_username = String::new();
-        assert_eq!(Record::from(no_ha1).credentials(), None);
+        assert_eq!(Record::try_from(no_ha1).unwrap().credentials(), None);
+    }
+
+    #[test]
+    fn text_beyond_64_kib_is_refused_not_cut() {
+        let base = fields();
+        assert!(base.contact_user.is_empty());
+        let others = Record::try_from(base.clone()).unwrap().text.text.len();
+        let mut largest = base;
+        largest.contact_user = "u".repeat(MAX_RECORD_TEXT - others);
+        let record = Record::try_from(largest.clone()).unwrap();
+        assert_eq!(record.contact_user().len(), MAX_RECORD_TEXT - others);
+        assert_eq!(record.contact_host_port(), "192.0.2.1:5060");
+        let mut too_long = largest;
+        too_long.contact_user.push('u');
+        assert_eq!(
+            Record::try_from(too_long).unwrap_err(),
+            RecordTooLong(MAX_RECORD_TEXT + 1)
+        );
     }
 
     #[test]
     fn debug_output_masks_both_secrets() {
-        let shown = format!("{:?}", Record::from(fields()));
+        let shown = format!("{:?}", Record::try_from(fields()).unwrap());
         assert!(shown.contains("l_uuid: \"line-1\""), "{shown}");
         assert!(!shown.contains("s3cret-pw"), "{shown}");
         assert!(!shown.contains("0123456789"), "{shown}");

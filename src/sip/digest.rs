@@ -234,14 +234,17 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// One `WWW-Authenticate` / `Proxy-Authenticate` value.
-#[derive(Clone, Debug, PartialEq, Eq)]
 ///
-/// Strings are boxed rather than growable: a registration keeps its last challenge to answer
-/// refreshes up front, so there is one per row.
+/// A registration keeps its last challenge to answer refreshes up front, so there is one per
+/// row: realm, nonce and opaque share one heap block (read through accessors) and the qop
+/// offer is two flags.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Challenge {
-    pub realm: Box<str>,
-    pub nonce: Box<str>,
-    pub opaque: Option<Box<str>>,
+    /// `realm`, `nonce` and `opaque` one after the other.
+    text: Box<str>,
+    realm_end: u32,
+    nonce_end: u32,
+    has_opaque: bool,
     pub algorithm: Algorithm,
     /// Whether the challenge named `algorithm=` (echoed back in the answer only if it did).
     pub algorithm_given: bool,
@@ -252,7 +255,35 @@ pub struct Challenge {
     pub proxy: bool,
 }
 
+impl std::fmt::Debug for Challenge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Challenge")
+            .field("realm", &self.realm())
+            .field("nonce", &self.nonce())
+            .field("opaque", &self.opaque())
+            .field("algorithm", &self.algorithm)
+            .field("algorithm_given", &self.algorithm_given)
+            .field("qop", &self.qop)
+            .field("stale", &self.stale)
+            .field("proxy", &self.proxy)
+            .finish()
+    }
+}
+
 impl Challenge {
+    pub fn realm(&self) -> &str {
+        &self.text[..self.realm_end as usize]
+    }
+
+    pub fn nonce(&self) -> &str {
+        &self.text[self.realm_end as usize..self.nonce_end as usize]
+    }
+
+    pub fn opaque(&self) -> Option<&str> {
+        self.has_opaque
+            .then(|| &self.text[self.nonce_end as usize..])
+    }
+
     /// Parses a header value such as `Digest realm="x", nonce="y", qop="auth,auth-int"`.
     /// Unknown qop tokens are skipped; an unknown algorithm is an error.
     pub fn parse(value: &str, proxy: bool) -> Result<Challenge, DigestError> {
@@ -260,12 +291,10 @@ impl Challenge {
         if !scheme.eq_ignore_ascii_case("digest") {
             return Err(DigestError::NotDigest);
         }
-        let realm = param(&params, "realm")
-            .ok_or_else(|| DigestError::Malformed("no realm".into()))?
-            .into();
-        let nonce = param(&params, "nonce")
-            .ok_or_else(|| DigestError::Malformed("no nonce".into()))?
-            .into();
+        let realm =
+            param(&params, "realm").ok_or_else(|| DigestError::Malformed("no realm".into()))?;
+        let nonce =
+            param(&params, "nonce").ok_or_else(|| DigestError::Malformed("no nonce".into()))?;
         let (algorithm, algorithm_given) = match param(&params, "algorithm") {
             Some(token) => (
                 Algorithm::parse(token)
@@ -287,10 +316,17 @@ impl Challenge {
                 param(&params, "qop").unwrap_or("").to_string(),
             ));
         }
+        let opaque = param(&params, "opaque");
+        let text = [realm, nonce, opaque.unwrap_or("")].concat();
+        // A header is far below 4 GiB (the framing caps messages long before).
+        let end = |len: usize| {
+            u32::try_from(len).map_err(|_| DigestError::Malformed("oversized challenge".into()))
+        };
         Ok(Challenge {
-            realm,
-            nonce,
-            opaque: param(&params, "opaque").map(Box::from),
+            realm_end: end(realm.len())?,
+            nonce_end: end(realm.len() + nonce.len())?,
+            has_opaque: opaque.is_some(),
+            text: text.into_boxed_str(),
             algorithm,
             algorithm_given,
             qop,
@@ -404,9 +440,9 @@ impl Authorization {
         let response = compute_response(
             challenge.algorithm,
             username,
-            &challenge.realm,
+            challenge.realm(),
             secret,
-            &challenge.nonce,
+            challenge.nonce(),
             cnonce,
             nc,
             qop,
@@ -416,12 +452,12 @@ impl Authorization {
         )?;
         Ok(Authorization {
             username: username.to_string(),
-            realm: challenge.realm.to_string(),
-            nonce: challenge.nonce.to_string(),
+            realm: challenge.realm().to_string(),
+            nonce: challenge.nonce().to_string(),
             uri: uri.to_string(),
             response,
             algorithm: challenge.algorithm_given.then_some(challenge.algorithm),
-            opaque: challenge.opaque.as_deref().map(String::from),
+            opaque: challenge.opaque().map(String::from),
             qop,
             nc: qop.map(|_| nc),
             cnonce: uses_cnonce.then(|| cnonce.to_string()),
@@ -662,8 +698,19 @@ mod tests {
     #[test]
     fn challenge_forms() {
         let c = Challenge::parse("digest  REALM=\"a, b\" ,nonce=xyz,algorithm=sha-512-256-SESS,stale=TRUE,qop=\"auth-int\"", true).unwrap();
-        assert_eq!(&*c.realm, "a, b");
-        assert_eq!(&*c.nonce, "xyz");
+        assert_eq!(c.realm(), "a, b");
+        assert_eq!(c.nonce(), "xyz");
+        assert_eq!(c.opaque(), None);
+        let with_opaque =
+            Challenge::parse("Digest realm=\"r\", nonce=\"n1\", opaque=\"\"", false).unwrap();
+        assert_eq!(
+            (
+                with_opaque.realm(),
+                with_opaque.nonce(),
+                with_opaque.opaque()
+            ),
+            ("r", "n1", Some(""))
+        );
         assert_eq!(c.algorithm, Algorithm::Sha512_256Sess);
         assert!(c.stale && c.proxy);
         assert_eq!(

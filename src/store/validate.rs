@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use super::row::RawRow;
 use crate::registration::record::LocalSocket;
-use crate::registration::{Destination, Record, RecordFields, Transport};
+use crate::registration::{Destination, Record, RecordFields, RecordTooLong, Transport};
 
 /// Values the daemon supplies for rows that leave them open.
 #[derive(Clone, Debug, Default)]
@@ -57,6 +57,8 @@ pub enum RowError {
     UnknownSocket { value: String, served: String },
     #[error("l_uuid {l_uuid:?} is already used by the row with id {first_id}")]
     Duplicate { l_uuid: String, first_id: i64 },
+    #[error(transparent)]
+    TooMuchText(#[from] RecordTooLong),
 }
 
 const MAX_FIELD: usize = 255;
@@ -188,7 +190,7 @@ fn parse_proxy(value: &str) -> Result<Destination, RowError> {
     }
     let (host, port) = parse_host_port(host_part).ok_or_else(|| bad("invalid host or port"))?;
     Ok(Destination {
-        host,
+        host: host.into(),
         port,
         transport,
         secure,
@@ -226,7 +228,7 @@ pub fn validate(row: RawRow, defaults: &RowDefaults) -> Result<Record, RowError>
 
     let mut destination = if row.auth_proxy.trim().is_empty() {
         Destination {
-            host: domain_host,
+            host: domain_host.into(),
             port: domain_port,
             transport: None,
             secure: false,
@@ -310,7 +312,7 @@ pub fn validate(row: RawRow, defaults: &RowDefaults) -> Result<Record, RowError>
     if !ha1.is_empty() && !is_md5_hex {
         return Err(RowError::BadHa1);
     }
-    Ok(Record::from(RecordFields {
+    Ok(Record::try_from(RecordFields {
         id: row.id,
         l_uuid: row.l_uuid,
         l_username: row.l_username,
@@ -330,7 +332,7 @@ pub fn validate(row: RawRow, defaults: &RowDefaults) -> Result<Record, RowError>
         contact_user: row.contact_user,
         destination,
         contact_host_port,
-    }))
+    })?)
 }
 
 /// `ip:port` with IPv6 in brackets, as a Contact host part.
@@ -364,7 +366,7 @@ mod tests {
     #[test]
     fn good_row_derives_destination_contact_and_credentials() {
         let record = validate(good(), &defaults()).unwrap();
-        assert_eq!(record.destination.host, "sip.example.com");
+        assert_eq!(&*record.destination.host, "sip.example.com");
         assert_eq!(record.destination.port, None);
         assert_eq!(record.contact_host_port(), "127.0.0.1:5062");
         assert_eq!(record.contact_uri(), "sip:uuid1@127.0.0.1:5062");
@@ -390,7 +392,7 @@ mod tests {
             let mut row = good();
             row.auth_proxy = proxy.into();
             let record = validate(row, &defaults()).unwrap();
-            assert_eq!(record.destination.host, host, "{proxy}");
+            assert_eq!(&*record.destination.host, host, "{proxy}");
             assert_eq!(record.destination.port, port, "{proxy}");
         }
         for bad in [
@@ -511,6 +513,15 @@ mod tests {
         let mut row = good();
         row.socket = "udp:127.0.0.1:5062".into();
         assert!(validate(row, &defaults()).is_ok());
+    }
+
+    #[test]
+    fn a_row_with_more_than_64_kib_of_text_is_reported_not_cut() {
+        let mut row = good();
+        row.contact_user = "u".repeat(70_000);
+        let e = err(row);
+        assert!(matches!(e, RowError::TooMuchText(RecordTooLong(len)) if len > 70_000));
+        assert!(e.to_string().contains("at most 65535 fit"), "{e}");
     }
 
     #[test]
