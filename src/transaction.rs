@@ -359,23 +359,35 @@ mod tests {
         }
     }
 
+    /// Starts `count` transactions at `t0`, the `i`th over a reliable transport when
+    /// `reliable(i)`; returns their branches in order.
+    fn start_many(
+        txs: &mut ClientTransactions,
+        t0: Instant,
+        count: usize,
+        reliable: impl Fn(usize) -> bool,
+    ) -> Vec<String> {
+        (0..count)
+            .map(|i| {
+                let branch = txs.next_branch();
+                txs.start(
+                    t0,
+                    branch.clone(),
+                    owner(),
+                    addr(),
+                    Arc::from(&b"x"[..]),
+                    reliable(i),
+                );
+                branch
+            })
+            .collect()
+    }
+
     #[test]
     fn a_burst_of_transactions_gives_its_memory_back_once_done() {
         let t0 = Instant::now();
         let mut txs = ClientTransactions::new(Timers::default(), 1);
-        let mut branches = Vec::new();
-        for _ in 0..20_000 {
-            let branch = txs.next_branch();
-            txs.start(
-                t0,
-                branch.clone(),
-                owner(),
-                addr(),
-                Arc::from(&b"x"[..]),
-                false,
-            );
-            branches.push(branch);
-        }
+        let branches = start_many(&mut txs, t0, 20_000, |_| false);
         let grown = txs.by_id.capacity();
         assert!(grown >= 20_000);
         for branch in &branches {
@@ -445,19 +457,7 @@ mod tests {
                 .filter(|tx| tx.state != TxState::Completed)
                 .count()
         };
-        let mut branches = Vec::new();
-        for i in 0..10 {
-            let branch = txs.next_branch();
-            txs.start(
-                t0,
-                branch.clone(),
-                owner(),
-                addr(),
-                Arc::from(&b"x"[..]),
-                i % 3 == 0,
-            );
-            branches.push(branch);
-        }
+        let branches = start_many(&mut txs, t0, 10, |i| i % 3 == 0);
         assert_eq!(txs.pending(), 10);
         for branch in &branches[..4] {
             txs.handle_response(t0, branch, 200);
