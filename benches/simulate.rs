@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use uacreg::registration::calendar::RefreshCalendar;
 use uacreg::registration::{
     Action, CoreConfig, Destination, Record, RecordFields, RegKey, Registration, RegistrationTable,
@@ -379,7 +381,7 @@ fn run(args: &Args, share: f64) -> Outcome {
             policy,
             ..CoreConfig::default()
         },
-        fastrand::Rng::with_seed(1),
+        StdRng::seed_from_u64(1),
     );
     table.reload(start, (0..args.rows).map(record).collect());
     let loaded = Memory::now();
@@ -523,10 +525,10 @@ fn hash_buckets(n: usize) -> usize {
 fn calendar_cost(n: usize, cap: u32, startup: f64) -> (Duration, Duration, f64) {
     let t0 = Instant::now();
     let requests = |seed: u64| {
-        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut rng = StdRng::seed_from_u64(seed);
         (0..n).map(move |i| {
             let now = t0 + Duration::from_secs_f64(startup * i as f64 / n.max(1) as f64);
-            let target = now + Duration::from_millis(3_120_000 + rng.u64(0..=180_000));
+            let target = now + Duration::from_millis(3_120_000 + rng.random_range(0..=180_000));
             (now, now + Duration::from_secs(1800), target)
         })
     };

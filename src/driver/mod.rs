@@ -20,6 +20,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
@@ -382,9 +385,9 @@ impl Driver {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (stream_tx, stream_rx) = mpsc::unbounded_channel();
         let now = Instant::now();
-        let mut rng = fastrand::Rng::new();
-        let salt = rng.u64(..);
-        let branch_secret = rng.u64(..);
+        let mut rng = StdRng::from_os_rng();
+        let salt = rng.random::<u64>();
+        let branch_secret = rng.random::<u64>();
         let local_addr = sockets.udp.local_addr();
         let resolver = if config.dns_servers.is_empty() {
             match SipResolver::from_system() {

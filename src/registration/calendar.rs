@@ -280,6 +280,8 @@ fn slot(second: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
@@ -390,18 +392,18 @@ mod tests {
         let mut calendar = RefreshCalendar::default();
         let mut counts = vec![0u32; 4000];
         let mut held: Vec<u32> = Vec::new();
-        let mut rng = fastrand::Rng::with_seed(11);
+        let mut rng = StdRng::seed_from_u64(11);
         for _ in 0..20_000 {
-            if !held.is_empty() && rng.u8(..4) == 0 {
-                let second = held.swap_remove(rng.usize(..held.len()));
+            if !held.is_empty() && rng.random_range(0..4u8) == 0 {
+                let second = held.swap_remove(rng.random_range(0..held.len()));
                 calendar.remove(second);
                 counts[second as usize] -= 1;
                 continue;
             }
-            let hi = rng.u64(1..4000);
-            let lo = hi.saturating_sub(rng.u64(0..300)).max(1);
-            let cap = rng.u32(1..6);
-            let target = t0 + secs(hi) + Duration::from_millis(rng.u64(0..1000));
+            let hi: u64 = rng.random_range(1..4000);
+            let lo = hi.saturating_sub(rng.random_range(0..300)).max(1);
+            let cap = rng.random_range(1..6);
+            let target = t0 + secs(hi) + Duration::from_millis(rng.random_range(0..1000));
             let p = calendar.choose(t0, t0 + secs(lo), target, cap).unwrap();
             assert_eq!(u64::from(p.second), naive(&counts, lo, hi, cap));
             assert!(p.at <= target && p.at >= t0 + secs(lo));

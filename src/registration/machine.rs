@@ -12,6 +12,9 @@
 
 use std::time::{Duration, Instant};
 
+use rand::Rng;
+use rand::rngs::StdRng;
+
 use tracing::{debug, error, info, warn};
 
 use super::calendar::RefreshCalendar;
@@ -101,7 +104,7 @@ pub enum Action {
 /// Shared, per-call context: the clock reading, randomness, policy and the action queue.
 pub struct Ctx<'a> {
     pub now: Instant,
-    pub rng: &'a mut fastrand::Rng,
+    pub rng: &'a mut StdRng,
     pub policy: &'a RetryPolicy,
     pub user_agent: &'a str,
     pub actions: &'a mut Vec<Action>,
@@ -338,7 +341,7 @@ pub struct Registration {
 
 impl Registration {
     /// A registration for `record`; call [`Registration::start`] to schedule its first REGISTER.
-    pub fn new(key: RegKey, record: Record, rng: &mut fastrand::Rng) -> Registration {
+    pub fn new(key: RegKey, record: Record, rng: &mut StdRng) -> Registration {
         let requested_expires = record.expires;
         Registration {
             key,
@@ -348,8 +351,8 @@ impl Registration {
             operator_unregistered: false,
             leaving: false,
             ids: DialogIds {
-                call_id: [rng.u64(..), rng.u64(..)],
-                from_tag: rng.u64(..),
+                call_id: [rng.random::<u64>(), rng.random::<u64>()],
+                from_tag: rng.random::<u64>(),
             },
             next_cseq: 1,
             requested_expires,
@@ -565,7 +568,7 @@ impl Registration {
             Credentials::Password { password, .. } => SecretInput::Password(password.expose()),
             Credentials::Ha1 { ha1, .. } => SecretInput::Ha1(ha1.expose()),
         };
-        let cnonce = format!("{:016x}", ctx.rng.u64(..));
+        let cnonce = format!("{:032x}", ctx.rng.random::<u128>());
         let answer = Authorization::answer(
             challenge,
             credentials.username(),

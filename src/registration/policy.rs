@@ -6,6 +6,9 @@
 
 use std::time::Duration;
 
+use rand::Rng;
+use rand::rngs::StdRng;
+
 /// What went wrong with an attempt, as far as the retry decision cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
@@ -132,9 +135,9 @@ impl RetryPolicy {
         failure: Failure,
         consecutive: u32,
         retry_after: Option<u32>,
-        rng: &mut fastrand::Rng,
+        rng: &mut StdRng,
     ) -> Verdict {
-        let fixed = |interval: Option<Duration>, rng: &mut fastrand::Rng| match interval {
+        let fixed = |interval: Option<Duration>, rng: &mut StdRng| match interval {
             Some(interval) => Verdict::RetryIn(self.jittered(interval, rng)),
             None => Verdict::GiveUp,
         };
@@ -154,9 +157,13 @@ impl RetryPolicy {
 
     /// Delay of a new row's first REGISTER: its `reg_delay` plus a random part of
     /// `start_spread`.
-    pub fn first_register_after(&self, reg_delay: u32, rng: &mut fastrand::Rng) -> Duration {
+    pub fn first_register_after(&self, reg_delay: u32, rng: &mut StdRng) -> Duration {
         let spread = self.start_spread.as_millis() as u64;
-        let extra = if spread > 0 { rng.u64(0..=spread) } else { 0 };
+        let extra = if spread > 0 {
+            rng.random_range(0..=spread)
+        } else {
+            0
+        };
         Duration::from_secs(u64::from(reg_delay)) + Duration::from_millis(extra)
     }
 
@@ -166,11 +173,15 @@ impl RetryPolicy {
     /// never more than half the grant: long enough to survive a full set of UDP retransmissions
     /// (32 s) for ordinary expiries, short enough not to double the REGISTER rate for short ones.
     /// Up to a further 5 % is taken off at random so that rows registered together drift apart.
-    pub fn refresh_after(&self, granted: u32, rng: &mut fastrand::Rng) -> Duration {
+    pub fn refresh_after(&self, granted: u32, rng: &mut StdRng) -> Duration {
         let granted_ms = u64::from(granted) * 1000;
         let margin = (granted_ms / 10).clamp(5_000, 300_000).min(granted_ms / 2);
         let spread = granted_ms / 20;
-        let jitter = if spread > 0 { rng.u64(0..=spread) } else { 0 };
+        let jitter = if spread > 0 {
+            rng.random_range(0..=spread)
+        } else {
+            0
+        };
         Duration::from_millis(
             granted_ms
                 .saturating_sub(margin)
@@ -201,13 +212,13 @@ impl RetryPolicy {
         &self,
         attempt: u32,
         retry_after: Option<u32>,
-        rng: &mut fastrand::Rng,
+        rng: &mut StdRng,
     ) -> Duration {
         if let Some(seconds) = retry_after {
             // The registrar told us when; add a little spread so an outage does not end in a
             // synchronised storm, but never come back earlier than asked.
             let asked = Duration::from_secs(u64::from(seconds)).min(self.max_retry_after);
-            let extra = asked.mul_f64(self.jitter * rng.f64());
+            let extra = asked.mul_f64(self.jitter * rng.random::<f64>());
             return asked + extra;
         }
         let exponent = attempt.saturating_sub(1).min(16);
@@ -218,19 +229,20 @@ impl RetryPolicy {
         self.jittered(base, rng)
     }
 
-    fn jittered(&self, base: Duration, rng: &mut fastrand::Rng) -> Duration {
-        base.mul_f64(1.0 - self.jitter * rng.f64())
+    fn jittered(&self, base: Duration, rng: &mut StdRng) -> Duration {
+        base.mul_f64(1.0 - self.jitter * rng.random::<f64>())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
 
     #[test]
     fn refresh_comes_before_expiry_with_a_margin() {
         let policy = RetryPolicy::default();
-        let mut rng = fastrand::Rng::with_seed(7);
+        let mut rng = StdRng::seed_from_u64(7);
         for _ in 0..1000 {
             let at = policy.refresh_after(3600, &mut rng);
             assert!(at <= Duration::from_secs(3300), "{at:?}");
@@ -245,7 +257,7 @@ mod tests {
     #[test]
     fn backoff_grows_then_caps() {
         let policy = RetryPolicy::default();
-        let mut rng = fastrand::Rng::with_seed(1);
+        let mut rng = StdRng::seed_from_u64(1);
         let first = policy.retry_after_failure(1, None, &mut rng);
         assert!(first <= Duration::from_secs(30) && first >= Duration::from_secs(15));
         let third = policy.retry_after_failure(3, None, &mut rng);
@@ -277,7 +289,7 @@ mod tests {
 
     #[test]
     fn permanent_failures_give_up_unless_an_interval_is_set() {
-        let mut rng = fastrand::Rng::with_seed(9);
+        let mut rng = StdRng::seed_from_u64(9);
         let mut policy = RetryPolicy::default();
         for failure in [
             Failure::Response(403),
@@ -308,7 +320,7 @@ mod tests {
 
     #[test]
     fn max_retries_ends_temporary_retrying() {
-        let mut rng = fastrand::Rng::with_seed(2);
+        let mut rng = StdRng::seed_from_u64(2);
         let policy = RetryPolicy {
             max_retries: Some(3),
             ..RetryPolicy::default()
@@ -330,7 +342,7 @@ mod tests {
     #[test]
     fn retry_after_is_never_shortened() {
         let policy = RetryPolicy::default();
-        let mut rng = fastrand::Rng::with_seed(3);
+        let mut rng = StdRng::seed_from_u64(3);
         for _ in 0..100 {
             let d = policy.retry_after_failure(1, Some(120), &mut rng);
             assert!(d >= Duration::from_secs(120) && d <= Duration::from_secs(180));

@@ -8,6 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
+use rand::rngs::StdRng;
+
 use super::calendar::RefreshCalendar;
 use super::machine::{Action, Ctx, RegKey, Registration, Snapshot, Status};
 use super::policy::RetryPolicy;
@@ -83,7 +85,7 @@ impl Attribute {
 /// All registrations, keyed by a never-reused [`RegKey`].
 pub struct RegistrationTable {
     config: CoreConfig,
-    rng: fastrand::Rng,
+    rng: StdRng,
     next_key: u64,
     /// Boxed: a registration is ~850 bytes and a hash map keeps up to twice as many slots as
     /// entries (load factor 7/8, power-of-two growth), so inline slots cost up to ~1 KB per row
@@ -115,7 +117,7 @@ const ACTIONS_KEPT: usize = 1024;
 pub struct AlreadyExists;
 
 impl RegistrationTable {
-    pub fn new(config: CoreConfig, rng: fastrand::Rng) -> RegistrationTable {
+    pub fn new(config: CoreConfig, rng: StdRng) -> RegistrationTable {
         RegistrationTable {
             config,
             rng,

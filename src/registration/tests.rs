@@ -4,6 +4,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use super::*;
 use crate::sip::digest::{Authorization, SecretInput};
 use crate::sip::message::{ContactBinding, Response, UriParts};
@@ -81,7 +84,7 @@ struct Model {
     fail_ratio: f64,
     fail_code: u16,
     fail_retry_after: Option<u32>,
-    rng: fastrand::Rng,
+    rng: StdRng,
     /// REGISTERs that arrived for a binding that had already expired.
     late: usize,
     /// The least time left on a binding when a REGISTER for it arrived.
@@ -102,7 +105,7 @@ impl Model {
             fail_ratio: 0.0,
             fail_code: 503,
             fail_retry_after: None,
-            rng: fastrand::Rng::with_seed(7),
+            rng: StdRng::seed_from_u64(7),
             late: 0,
             min_margin: None,
         }
@@ -143,7 +146,9 @@ impl Model {
                 _ => self.late += 1,
             }
         }
-        if self.fail_until.is_some_and(|until| now < until) && self.rng.f64() < self.fail_ratio {
+        if self.fail_until.is_some_and(|until| now < until)
+            && self.rng.random::<f64>() < self.fail_ratio
+        {
             let mut r = base_response(req, self.fail_code, "Failure");
             r.retry_after = self.fail_retry_after;
             return Some(r);
@@ -234,7 +239,7 @@ struct Sim {
 impl Sim {
     fn new(mode: Mode) -> Sim {
         Sim {
-            table: RegistrationTable::new(CoreConfig::default(), fastrand::Rng::with_seed(42)),
+            table: RegistrationTable::new(CoreConfig::default(), StdRng::seed_from_u64(42)),
             model: Model::new(mode),
             now: Instant::now(),
             rtt: Duration::from_millis(20),
@@ -254,7 +259,7 @@ impl Sim {
                 policy,
                 ..CoreConfig::default()
             },
-            fastrand::Rng::with_seed(seed),
+            StdRng::seed_from_u64(seed),
         );
         sim
     }
@@ -640,7 +645,7 @@ fn configured_intervals_and_max_retries() {
             },
             ..CoreConfig::default()
         },
-        fastrand::Rng::with_seed(1),
+        StdRng::seed_from_u64(1),
     );
     let start = sim.now;
     sim.table.reload(start, vec![record(0)]);
@@ -657,7 +662,7 @@ fn configured_intervals_and_max_retries() {
             },
             ..CoreConfig::default()
         },
-        fastrand::Rng::with_seed(1),
+        StdRng::seed_from_u64(1),
     );
     sim.table.reload(sim.now, vec![record(0)]);
     sim.run_until(sim.now + Duration::from_secs(3600));
@@ -725,7 +730,7 @@ fn start_spread_spreads_the_first_registers() {
             },
             ..CoreConfig::default()
         },
-        fastrand::Rng::with_seed(5),
+        StdRng::seed_from_u64(5),
     );
     let start = sim.now;
     sim.table.reload(start, (0..1000).map(record).collect());

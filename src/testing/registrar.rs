@@ -11,6 +11,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{oneshot, watch};
@@ -137,7 +140,7 @@ struct State {
     nonces_swept: Instant,
     stale_sent: HashSet<String>,
     stats: RegistrarStats,
-    rng: fastrand::Rng,
+    rng: StdRng,
 }
 
 pub struct TestRegistrar {
@@ -186,7 +189,7 @@ impl TestRegistrar {
             nonces_swept: Instant::now(),
             stale_sent: HashSet::new(),
             stats: RegistrarStats::default(),
-            rng: fastrand::Rng::new(),
+            rng: StdRng::from_os_rng(),
         }));
         let (disconnect, _) = watch::channel(0u64);
         let disconnect = Arc::new(disconnect);
@@ -640,7 +643,11 @@ fn challenge(
     stale: bool,
 ) -> String {
     state.stats.challenges += 1;
-    let nonce = format!("{:016x}{:016x}", state.rng.u64(..), state.rng.u64(..));
+    let nonce = format!(
+        "{:016x}{:016x}",
+        state.rng.random::<u64>(),
+        state.rng.random::<u64>()
+    );
     let now = Instant::now();
     // Expired nonces are swept at most once a second: a sweep per challenge made a start-up of
     // 100,000 rows quadratic.

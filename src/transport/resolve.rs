@@ -32,6 +32,8 @@ use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, Record, RecordType};
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{ResolveError, TokioResolver};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use crate::registration::record::Transport;
 
@@ -129,7 +131,7 @@ impl SipResolver {
             min_ttl: None,
             targets: Vec::new(),
             seen: HashSet::new(),
-            rng: fastrand::Rng::new(),
+            rng: StdRng::from_os_rng(),
         };
 
         if let Some(port) = query.port {
@@ -272,7 +274,7 @@ pub struct Srv {
 /// RFC 2782 order: records whose target is "." dropped; ascending priority; within a priority,
 /// repeatedly pick one at random with probability proportional to its weight (zero-weight
 /// records keep a small chance, being put first in the running sum as the RFC says).
-pub fn order_srv(records: Vec<Srv>, rng: &mut fastrand::Rng) -> Vec<Srv> {
+pub fn order_srv(records: Vec<Srv>, rng: &mut StdRng) -> Vec<Srv> {
     let mut records: Vec<Srv> = records
         .into_iter()
         .filter(|r| !r.target.is_empty() && r.target != ".")
@@ -289,7 +291,7 @@ pub fn order_srv(records: Vec<Srv>, rng: &mut fastrand::Rng) -> Vec<Srv> {
         let mut group: Vec<Srv> = records.drain(..end).collect();
         while !group.is_empty() {
             let total: u32 = group.iter().map(|r| u32::from(r.weight)).sum();
-            let pick = rng.u32(0..=total);
+            let pick = rng.random_range(0..=total);
             let mut running = 0u32;
             let index = group
                 .iter()
@@ -312,7 +314,7 @@ struct Walk<'a> {
     min_ttl: Option<u32>,
     targets: Vec<Target>,
     seen: HashSet<Target>,
-    rng: fastrand::Rng,
+    rng: StdRng,
 }
 
 impl Walk<'_> {
@@ -805,7 +807,7 @@ mod tests {
 
     #[test]
     fn order_srv_sorts_by_priority_and_drops_dot_targets() {
-        let mut rng = fastrand::Rng::with_seed(1);
+        let mut rng = StdRng::seed_from_u64(1);
         let mut dot = s(0, 10, 9);
         dot.target = ".".into();
         let ordered = order_srv(vec![s(30, 5, 3), dot, s(10, 5, 1), s(20, 5, 2)], &mut rng);
@@ -817,7 +819,7 @@ mod tests {
     fn order_srv_is_weighted_and_deterministic_with_a_seed() {
         let records = vec![s(10, 0, 1), s(10, 10, 2), s(10, 90, 3), s(5, 1, 4)];
         let run = |seed| {
-            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut rng = StdRng::seed_from_u64(seed);
             order_srv(records.clone(), &mut rng)
                 .iter()
                 .map(|r| r.port)
@@ -844,7 +846,7 @@ mod tests {
 
     #[test]
     fn order_srv_all_zero_weights_still_orders_everything() {
-        let mut rng = fastrand::Rng::with_seed(7);
+        let mut rng = StdRng::seed_from_u64(7);
         let ordered = order_srv(vec![s(1, 0, 1), s(1, 0, 2), s(1, 0, 3)], &mut rng);
         let mut ports: Vec<u16> = ordered.iter().map(|r| r.port).collect();
         ports.sort();
