@@ -235,6 +235,20 @@ pub fn format_metrics(
         let _ = writeln!(out, "uacreg_responses_total{{code=\"{code}\"}} {n}");
     }
 
+    // The parts of uacreg_unmatched_responses_total, by why each response was not ours.
+    let name = "uacreg_unmatched_responses_by_reason_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Responses dropped as answering none of our requests, by reason.\n# TYPE {name} counter"
+    );
+    for (reason, n) in [
+        ("unknown_branch", stats.responses_unknown_branch),
+        ("wrong_ids", stats.responses_wrong_ids),
+        ("wrong_source", stats.responses_wrong_source),
+    ] {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
+    }
+
     histogram(
         &mut out,
         "uacreg_transaction_latency_seconds",

@@ -64,7 +64,7 @@ impl Driver {
         if is_response(bytes) {
             match relay::route_response(bytes) {
                 ResponseRoute::NotRelayed => match Response::parse(bytes) {
-                    Ok(response) => self.handle_register_response(now, response, from),
+                    Ok(response) => self.handle_register_response(now, response, from, origin),
                     Err(err) => {
                         self.stats.malformed_dropped += 1;
                         debug!(%from, "dropping malformed response: {err}");

@@ -106,7 +106,15 @@ pub struct DriverStats {
     /// Messages received over TCP and TLS connections.
     pub stream_messages_received: u64,
     pub malformed_dropped: u64,
+    /// Responses that answer none of our requests, dropped: the sum of the three below.
     pub unmatched_responses: u64,
+    /// ... whose Via branch is none of our live transactions' (guessed, forged or long over).
+    pub responses_unknown_branch: u64,
+    /// ... with one of our branches but another Call-ID, CSeq number or CSeq method.
+    pub responses_wrong_ids: u64,
+    /// ... that matched a request but came from another address, port, socket or connection
+    /// than it went to.
+    pub responses_wrong_source: u64,
     /// Requests that were neither answered nor relayed (no proxy configured, unknown method).
     pub requests_ignored: u64,
     /// OPTIONS answered with 200.
@@ -381,12 +389,17 @@ impl Driver {
         config: DriverConfig,
         sockets: Sockets,
     ) -> (DriverHandle, tokio::task::JoinHandle<()>) {
+        let mut config = config;
+        // The core's guard must never end a request its transaction is still working on.
+        let guard = &mut config.core.policy.in_flight_guard;
+        *guard = (*guard).max(config.timers.timeout() * 2);
         let (commands_tx, commands_rx) = mpsc::channel(256);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (stream_tx, stream_rx) = mpsc::unbounded_channel();
         let now = Instant::now();
+        // One OS-seeded generator seeds the others (the table's, the transactions', the
+        // keep-alives'), so each owner draws from its own stream without locks.
         let mut rng = StdRng::from_os_rng();
-        let salt = rng.random::<u64>();
         let branch_secret = rng.random::<u64>();
         let local_addr = sockets.udp.local_addr();
         let resolver = if config.dns_servers.is_empty() {
@@ -413,10 +426,10 @@ impl Driver {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
             tokio::spawn(accept(listener, Some(acceptor), events_tx.clone()));
         }
-        let keepalive = outbound::KeepAlive::new(config.keepalive);
+        let keepalive = outbound::KeepAlive::new(config.keepalive, StdRng::from_rng(&mut rng));
         let driver = Driver {
-            table: RegistrationTable::new(config.core.clone(), rng),
-            transactions: ClientTransactions::new(config.timers, salt),
+            table: RegistrationTable::new(config.core.clone(), StdRng::from_rng(&mut rng)),
+            transactions: ClientTransactions::new(config.timers, rng),
             pacer: Pacer::new(config.pacing, now),
             streams: Streams::new(stream_tx, config.tls_client.clone()),
             config,

@@ -17,14 +17,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::Rng;
+use rand::rngs::StdRng;
 use tracing::{debug, info, trace, warn};
 
+use super::inbound::Origin;
 use super::{Driver, Event};
 use crate::registration::record::Record;
 use crate::registration::{Destination, RegKey, Transport};
 use crate::sip::message::Response;
 use crate::sip::register::{Hop, RegisterRequest};
-use crate::transaction::{Matched, Owner, Route, TimerEvent};
+use crate::transaction::{Matched, Mismatch, Owner, Path, RequestIds, Route, TimerEvent};
 use crate::transport::resolve::{Query, Resolved, Target, literal_target};
 use crate::transport::stream::{FlowId, FlowKey, StreamEvent};
 
@@ -60,7 +63,8 @@ const PONG_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections that drop again within this window back their registrations off.
 const DROP_WINDOW: Duration = Duration::from_secs(120);
 const MAX_REBIND_DELAY: Duration = Duration::from_secs(300);
-/// Keep-alive OPTIONS branches start with this, so their answers are told apart.
+/// Keep-alive OPTIONS branches start with this, so their answers are told apart (the
+/// transactions' branches continue the cookie with `t`, the relay's with `rly-`).
 const KEEPALIVE_BRANCH: &str = "z9hG4bKka";
 
 enum Lookup {
@@ -75,7 +79,11 @@ pub(super) struct KeepAlive {
     next_tick: Option<Instant>,
     flows: HashMap<FlowId, FlowProbe>,
     udp: HashMap<Route, UdpProbe>,
-    seq: u64,
+    /// The path of each probe waiting for its answer, by the probe's branch.
+    waiting: HashMap<String, Route>,
+    /// Where each probe's Call-ID, From tag and branch come from: fresh random values per
+    /// probe, so an answer cannot be forged from an earlier one.
+    rng: StdRng,
 }
 
 struct FlowProbe {
@@ -85,17 +93,18 @@ struct FlowProbe {
 
 struct UdpProbe {
     next_probe: Instant,
-    waiting: Option<(String, Instant)>,
+    waiting: Option<(RequestIds, Instant)>,
 }
 
 impl KeepAlive {
-    pub(super) fn new(interval: Option<Duration>) -> KeepAlive {
+    pub(super) fn new(interval: Option<Duration>, rng: StdRng) -> KeepAlive {
         KeepAlive {
             interval,
             next_tick: None,
             flows: HashMap::new(),
             udp: HashMap::new(),
-            seq: 0,
+            waiting: HashMap::new(),
+            rng,
         }
     }
 
@@ -236,11 +245,7 @@ impl Driver {
             &mut self.encode_buf,
         );
         let bytes: Arc<[u8]> = Arc::from(&self.encode_buf[..]);
-        let route = Route {
-            local,
-            remote: target.addr,
-        };
-        if target.transport.is_stream() {
+        let path = if target.transport.is_stream() {
             let flow_key = FlowKey {
                 transport: target.transport,
                 peer: target.addr,
@@ -252,25 +257,37 @@ impl Driver {
             }
             let flow = self.streams.send(&flow_key, bytes.clone());
             attempt.flow = Some(flow);
+            Path::Flow(flow)
         } else {
             if let Err(err) = self.udp_socket(local).try_send(&bytes, target.addr) {
                 // Left to the transaction: timer E retransmits, timer F reports the failure.
                 debug!(target = %target.addr, "send failed: {err}");
                 self.stats.send_errors += 1;
             }
-        }
+            Path::Udp(Route {
+                local: self.udp_local(local),
+                remote: target.addr,
+            })
+        };
         self.stats.registers_sent += 1;
+        let ids = RequestIds {
+            branch: branch.clone(),
+            call_id: attempt.queued.request.call_id.clone(),
+            cseq: attempt.queued.request.cseq,
+            method: "REGISTER",
+        };
         self.transactions.start(
             now,
-            branch.clone(),
+            ids,
             Owner {
                 key,
                 cseq: attempt.queued.request.cseq,
             },
-            route,
+            path,
             bytes,
-            target.transport.is_stream(),
         );
+        self.table
+            .request_sent(now, key, attempt.queued.request.cseq);
         attempt.branch = branch;
         self.attempts.insert(key, attempt);
     }
@@ -361,6 +378,18 @@ impl Driver {
 
     /// The current target of `owner`'s request failed: try the next one, or tell the core.
     fn fail_over_or_report(&mut self, now: Instant, owner: Owner, why: String) {
+        if !self.table.is_current(owner.key, owner.cseq) {
+            // The registration stopped waiting for this request (its guard ran out, or it was
+            // answered by another way): nothing to fail over or report.
+            if self
+                .attempts
+                .get(&owner.key)
+                .is_some_and(|a| a.queued.request.cseq == owner.cseq)
+            {
+                self.attempts.remove(&owner.key);
+            }
+            return;
+        }
         if let Some(mut attempt) = self.attempts.remove(&owner.key) {
             if attempt.queued.request.cseq != owner.cseq {
                 // A newer request of the same registration is in flight; keep it.
@@ -386,25 +415,31 @@ impl Driver {
         self.collect_actions();
     }
 
-    /// A response to one of our REGISTERs (or keep-alive OPTIONS).
+    /// A response to one of our REGISTERs (or keep-alive OPTIONS), received from `from` by
+    /// `origin`.
     pub(super) fn handle_register_response(
         &mut self,
         now: Instant,
         response: Response,
         from: SocketAddr,
+        origin: Origin,
     ) {
         let Some(branch) = response.branch.as_deref() else {
             self.stats.malformed_dropped += 1;
             return;
         };
+        let arrival = match origin {
+            Origin::Udp(local) => Path::Udp(Route {
+                local,
+                remote: from,
+            }),
+            Origin::Flow(flow) => Path::Flow(flow),
+        };
         if branch.starts_with(KEEPALIVE_BRANCH) {
-            self.keepalive_answered(branch);
+            self.keepalive_answered(&response, arrival, from);
             return;
         }
-        match self
-            .transactions
-            .handle_response(now, branch, response.code)
-        {
+        match self.transactions.handle_response(now, &response, arrival) {
             Matched::Deliver(owner, latency) => {
                 self.pacer.on_answer();
                 *self.stats.responses.entry(response.code).or_default() += 1;
@@ -422,11 +457,42 @@ impl Driver {
                 self.collect_actions();
             }
             Matched::Absorbed => {}
-            Matched::Unknown => {
-                self.stats.unmatched_responses += 1;
+            Matched::Unknown(mismatch) => self.count_unmatched(mismatch, &response, from),
+        }
+    }
+
+    /// A response that answers none of our requests: counted by reason, then dropped.
+    fn count_unmatched(&mut self, mismatch: Mismatch, response: &Response, from: SocketAddr) {
+        self.stats.unmatched_responses += 1;
+        let branch = response.branch.as_deref().unwrap_or("");
+        match mismatch {
+            Mismatch::Branch => {
+                self.stats.responses_unknown_branch += 1;
                 trace!(%from, branch, "response matches no transaction");
             }
+            // Someone knows one of our live branches: worth a line when debugging.
+            Mismatch::Ids => {
+                self.stats.responses_wrong_ids += 1;
+                debug!(
+                    %from,
+                    branch,
+                    call_id = %response.call_id,
+                    cseq = response.cseq,
+                    method = %response.cseq_method,
+                    "dropping a response whose Call-ID or CSeq is not its request's"
+                );
+            }
+            Mismatch::Source => {
+                self.stats.responses_wrong_source += 1;
+                debug!(%from, branch, "dropping a response that did not come from where its request went");
+            }
         }
+    }
+
+    /// The key of the UDP socket a request to be sent from `local` (a row's `socket`) really
+    /// leaves from, as received datagrams name it: `None` for the main socket.
+    pub(super) fn udp_local(&self, local: Option<SocketAddr>) -> Option<SocketAddr> {
+        local.filter(|addr| self.extra_udp.contains_key(addr))
     }
 
     /// Remembers which target answered (the registration stays there) and which connection
@@ -454,11 +520,12 @@ impl Driver {
             match flow {
                 Some(flow) => self.keepalive.watch_flow(now, flow),
                 None => {
-                    let local = self
-                        .table
-                        .record_of(owner.key)
-                        .and_then(|r| r.local_socket())
-                        .map(|s| s.addr);
+                    let local = self.udp_local(
+                        self.table
+                            .record_of(owner.key)
+                            .and_then(|r| r.local_socket())
+                            .map(|s| s.addr),
+                    );
                     self.keepalive.watch_udp(
                         now,
                         Route {
@@ -619,9 +686,11 @@ impl Driver {
         let timeout = self.config.timers.timeout().min(interval);
         let mut probes = Vec::new();
         let mut failed = Vec::new();
-        for (route, probe) in self.keepalive.udp.iter_mut() {
+        let KeepAlive { udp, waiting, .. } = &mut self.keepalive;
+        for (route, probe) in udp.iter_mut() {
             match &probe.waiting {
-                Some((_, since)) if now.duration_since(*since) >= timeout => {
+                Some((ids, since)) if now.duration_since(*since) >= timeout => {
+                    waiting.remove(&ids.branch);
                     probe.waiting = None;
                     probe.next_probe = now + interval;
                     failed.push(*route);
@@ -639,10 +708,9 @@ impl Driver {
                 .filter(|(key, b)| {
                     b.flow.is_none()
                         && b.target.addr == route.remote
-                        && self
-                            .table
-                            .record_of(**key)
-                            .is_some_and(|r| r.local_socket().map(|s| s.addr) == route.local)
+                        && self.table.record_of(**key).is_some_and(|r| {
+                            self.udp_local(r.local_socket().map(|s| s.addr)) == route.local
+                        })
                 })
                 .map(|(key, _)| *key)
                 .collect();
@@ -657,20 +725,26 @@ impl Driver {
             }
         }
         for route in probes {
-            let branch = self.send_keepalive_options(route);
+            let ids = self.send_keepalive_options(route);
             if let Some(probe) = self.keepalive.udp.get_mut(&route) {
-                probe.waiting = Some((branch, now));
+                self.keepalive.waiting.insert(ids.branch.clone(), route);
+                probe.waiting = Some((ids, now));
                 probe.next_probe = now + interval;
             }
         }
     }
 
-    fn send_keepalive_options(&mut self, route: Route) -> String {
-        self.keepalive.seq += 1;
-        let branch = format!(
-            "{KEEPALIVE_BRANCH}{:x}.{:x}",
-            self.branch_secret, self.keepalive.seq
-        );
+    /// Sends one OPTIONS probe along `route`; returns what its answer must carry back. Every
+    /// probe is a new dialog-less request with its own random Call-ID, From tag and branch.
+    fn send_keepalive_options(&mut self, route: Route) -> RequestIds {
+        let rng = &mut self.keepalive.rng;
+        let ids = RequestIds {
+            branch: format!("{KEEPALIVE_BRANCH}{:032x}", rng.random::<u128>()),
+            call_id: format!("{:032x}", rng.random::<u128>()),
+            cseq: 1,
+            method: "OPTIONS",
+        };
+        let tag: u64 = rng.random();
         let sent_by = match route.local {
             Some(addr) if !addr.ip().is_unspecified() => addr.to_string(),
             _ => self.config.via_sent_by.clone(),
@@ -680,27 +754,49 @@ impl Driver {
              Via: SIP/2.0/UDP {sent_by};rport;branch={branch}\r\n\
              Max-Forwards: 70\r\n\
              To: <sip:{remote}>\r\n\
-             From: <sip:keepalive@{sent_by}>;tag={tag:x}\r\n\
-             Call-ID: ka{tag:x}.{seq}@{sent_by}\r\n\
-             CSeq: {seq} OPTIONS\r\n\
+             From: <sip:keepalive@{sent_by}>;tag={tag:016x}\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: {cseq} {method}\r\n\
              Content-Length: 0\r\n\r\n",
             remote = route.remote,
-            tag = self.branch_secret,
-            seq = self.keepalive.seq,
+            branch = ids.branch,
+            call_id = ids.call_id,
+            cseq = ids.cseq,
+            method = ids.method,
         );
         let socket = self.udp_socket(route.local);
         if socket.try_send(request.as_bytes(), route.remote).is_err() {
             self.stats.send_errors += 1;
         }
         self.stats.keepalives_sent += 1;
-        branch
+        ids
     }
 
-    fn keepalive_answered(&mut self, branch: &str) {
-        for probe in self.keepalive.udp.values_mut() {
-            if probe.waiting.as_ref().is_some_and(|(b, _)| b == branch) {
-                probe.waiting = None;
+    /// A response with a keep-alive branch: the path is alive when it answers a waiting probe
+    /// in every respect, like any response to our requests.
+    fn keepalive_answered(&mut self, response: &Response, arrival: Path, from: SocketAddr) {
+        let branch = response.branch.as_deref().unwrap_or("");
+        let Some(route) = self.keepalive.waiting.get(branch).copied() else {
+            self.count_unmatched(Mismatch::Branch, response, from);
+            return;
+        };
+        let verdict = match self
+            .keepalive
+            .udp
+            .get(&route)
+            .and_then(|p| p.waiting.as_ref())
+        {
+            Some((ids, _)) => ids.check(&Path::Udp(route), response, &arrival),
+            None => Err(Mismatch::Branch),
+        };
+        match verdict {
+            Ok(()) => {
+                self.keepalive.waiting.remove(branch);
+                if let Some(probe) = self.keepalive.udp.get_mut(&route) {
+                    probe.waiting = None;
+                }
             }
+            Err(mismatch) => self.count_unmatched(mismatch, response, from),
         }
     }
 }

@@ -9,6 +9,10 @@
 //! commands, always with `now` passed in. Each reaction may queue [`Action`]s in the [`Ctx`] and
 //! (re)arm the registration's single timer; the table does the bookkeeping around it. Nothing here
 //! sends, sleeps or reads a clock.
+//!
+//! While a request is in flight the timer is its guard ([`RetryPolicy::in_flight_guard`]): a
+//! registration never waits for an answer without a deadline, so no lost, refused or forged
+//! response can leave a row stuck where neither a reload nor an operator command reaches it.
 
 use std::time::{Duration, Instant};
 
@@ -473,8 +477,15 @@ impl Registration {
     /// The registration's timer fired.
     pub fn handle_timer(&mut self, ctx: &mut Ctx<'_>) {
         self.set_timer(None);
-        if self.in_flight.is_some() {
-            // A request is still being worked on; its outcome schedules what follows.
+        if let Some(flight) = self.in_flight.clone() {
+            // The guard: whatever became of the request, it will not be answered now.
+            let guard = ctx.policy.in_flight_guard.as_secs();
+            warn!(
+                l_uuid = %self.record.l_uuid(),
+                cseq = flight.cseq,
+                "no final response within {guard} s of sending (or queueing) the request"
+            );
+            self.fail_in_flight(ctx, &flight, &format!("no final response within {guard} s"));
             return;
         }
         if self.wants_binding() {
@@ -550,6 +561,7 @@ impl Registration {
         if purpose == Purpose::Register {
             self.maybe_bound = true;
         }
+        self.set_timer(Some(ctx.now + ctx.policy.in_flight_guard));
         ctx.actions.push(Action::Send {
             key: self.key,
             destination: self.record.destination.clone(),
@@ -592,10 +604,21 @@ impl Registration {
         let Some(flight) = self.in_flight.clone() else {
             return;
         };
-        if response.cseq != flight.cseq || !self.ids.is_call_id(&response.call_id) {
+        if response.code < 200 || response.cseq != flight.cseq {
+            // Provisional, or for an earlier request: the one in flight is still being worked
+            // on (and its guard still runs).
             return;
         }
-        if response.code < 200 {
+        if !self.ids.is_call_id(&response.call_id) || response.cseq_method != "REGISTER" {
+            // The transaction layer matched this response to our request and ended it, yet it
+            // is not an answer to it: nothing else will come for this request, so count it as
+            // unanswered now rather than waiting for the guard.
+            warn!(
+                l_uuid = %self.record.l_uuid(),
+                cseq = flight.cseq,
+                "a response delivered for our request carries another Call-ID or method; ignoring it"
+            );
+            self.fail_in_flight(ctx, &flight, "response for another request");
             return;
         }
         self.in_flight = None;
@@ -617,10 +640,25 @@ impl Registration {
         if flight.cseq != cseq {
             return;
         }
+        self.fail_in_flight(ctx, &flight, reason);
+    }
+
+    /// The request in flight ends without an answer (timer F, a broken connection, the guard,
+    /// a refused response): a temporary failure, retried by the policy.
+    fn fail_in_flight(&mut self, ctx: &mut Ctx<'_>, flight: &InFlight, reason: &str) {
         self.in_flight = None;
         self.last_code = Some(408);
         self.last_reason = reason.into();
-        self.on_failure(ctx, &flight, Failure::NoResponse, None);
+        self.on_failure(ctx, flight, Failure::NoResponse, None);
+    }
+
+    /// The driver put request `cseq` on the wire (first time, or to another server): the guard
+    /// counts from now, so time spent in the send queue or on earlier servers does not shorten
+    /// the time this server has to answer.
+    pub fn request_sent(&mut self, ctx: &mut Ctx<'_>, cseq: u32) {
+        if self.in_flight.as_ref().is_some_and(|f| f.cseq == cseq) {
+            self.set_timer(Some(ctx.now + ctx.policy.in_flight_guard));
+        }
     }
 
     fn on_success(&mut self, ctx: &mut Ctx<'_>, flight: &InFlight, response: &Response) {
@@ -973,8 +1011,8 @@ impl Registration {
     pub fn leave(&mut self, ctx: &mut Ctx<'_>) {
         self.leaving = true;
         if self.in_flight.is_some() {
-            // The outcome of the request in flight decides; `after_round` un-registers.
-            self.set_timer(None);
+            // The outcome of the request in flight decides (its answer, or its guard running
+            // out); `after_round` un-registers.
             return;
         }
         if self.maybe_bound {
@@ -1009,8 +1047,7 @@ impl Registration {
     fn reconcile_now(&mut self, ctx: &mut Ctx<'_>) {
         if self.in_flight.is_some() {
             // The answer to the request in flight was asked for under the old wishes: act again
-            // as soon as it arrives.
-            self.set_timer(None);
+            // as soon as it arrives (or its guard runs out).
             self.redo_after_flight = true;
             return;
         }
@@ -1039,7 +1076,8 @@ impl Registration {
             initialized: self.reg_init.is_some(),
             operator_disabled: self.operator_disabled || self.record.is_disabled(),
             reg_init: self.reg_init,
-            next_action: self.timer,
+            // While a request is in flight the timer is only its guard, not a next action.
+            next_action: self.timer.filter(|_| self.in_flight.is_none()),
             binding_expires: self.binding_expires,
             granted_expires: self.granted_expires,
             last_code: self.last_code,

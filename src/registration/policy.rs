@@ -106,6 +106,13 @@ pub struct RetryPolicy {
     /// 1 / window (0.00076 for 3,600 s grants) a full bunch no longer fits and the least-loaded
     /// seconds take the excess, which is still the flattest spread the window allows.
     pub max_refresh_share: f64,
+    /// Longest a request may stay in flight — waiting in the send queue, or since it last went
+    /// out — before the registration counts it as unanswered, whatever became of it. The
+    /// transaction's own timer F normally ends it much sooner; this guard is what recovers a row
+    /// when an answer was taken and then refused, a request was lost before it was sent, or
+    /// anything else left the row waiting for an answer that cannot come. It must exceed timer F
+    /// and the longest wait in the send queue (the driver raises it to twice timer F at least).
+    pub in_flight_guard: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -122,6 +129,9 @@ impl Default for RetryPolicy {
             max_retry_after: Duration::from_secs(6 * 3600),
             start_spread: Duration::ZERO,
             max_refresh_share: 0.002,
+            // Five minutes: 100,000 rows leave the send queue in well under a minute at the
+            // default pacing, and timer F is 32 s.
+            in_flight_guard: Duration::from_secs(300),
         }
     }
 }

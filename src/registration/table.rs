@@ -175,6 +175,10 @@ impl RegistrationTable {
             refresh_cap,
         };
         let result = f(registration, &mut ctx);
+        debug_assert!(
+            registration.in_flight_cseq().is_none() || registration.timer().is_some(),
+            "{key:?} has a request in flight and no guard"
+        );
         let after = registration.timer();
         let second_after = registration.refresh_second();
         if second_before != second_after {
@@ -295,9 +299,13 @@ impl RegistrationTable {
             if let Some(second) = released {
                 self.calendar.remove(second);
             }
-            // Leaving registrations still finish (un-REGISTER) while inactive.
-            let leaving = self.registrations.get(&key).is_some_and(|r| r.is_leaving());
-            if !self.active && !leaving {
+            // Leaving registrations still finish (un-REGISTER) while inactive, and a request in
+            // flight still ends when its guard runs out (that sends nothing by itself).
+            let must_run = self
+                .registrations
+                .get(&key)
+                .is_some_and(|r| r.is_leaving() || r.in_flight_cseq().is_some());
+            if !self.active && !must_run {
                 self.parked.push(key);
                 continue;
             }
@@ -308,6 +316,12 @@ impl RegistrationTable {
     /// A final (or provisional — ignored) response for a request of registration `key`.
     pub fn handle_response(&mut self, now: Instant, key: RegKey, response: &Response) {
         self.with_registration(key, now, |r, ctx| r.handle_response(ctx, response));
+    }
+
+    /// The driver sent request `cseq` of `key` (to its first server or, after a failure, to
+    /// the next): its in-flight guard restarts.
+    pub fn request_sent(&mut self, now: Instant, key: RegKey, cseq: u32) {
+        self.with_registration(key, now, |r, ctx| r.request_sent(ctx, cseq));
     }
 
     /// The transaction for request `cseq` of `key` timed out or could not be sent.

@@ -942,3 +942,254 @@ fn a_registration_fits_the_320_byte_allocator_class() {
     let size = std::mem::size_of::<Registration>();
     assert!(size <= 320, "Registration is {size} bytes");
 }
+
+// ---- requests whose answer never comes, or comes wrong ----
+
+impl Sim {
+    /// Fires due timers and takes every request they produce off the wire unanswered, as if
+    /// the request or its answer was lost and nobody reported it; returns them.
+    fn lose_requests(&mut self) -> Vec<(RegKey, RegisterRequest)> {
+        self.table.handle_timeout(self.now);
+        let lost: Vec<(RegKey, RegisterRequest)> = self
+            .table
+            .drain_actions()
+            .map(|Action::Send { key, request, .. }| (key, request))
+            .collect();
+        self.sent.extend(lost.iter().cloned());
+        lost
+    }
+
+    fn snapshot(&self, l_uuid: &str) -> Snapshot {
+        self.table.get(l_uuid).expect("row present").snapshot()
+    }
+}
+
+const GUARD: Duration = Duration::from_secs(300);
+
+/// A sim with one registered row whose next request (a refresh asked for now) is lost.
+fn registered_then_lost() -> (Sim, RegisterRequest) {
+    let mut sim = Sim::new(Mode::Normal);
+    assert_eq!(RetryPolicy::default().in_flight_guard, GUARD);
+    sim.table.reload(sim.now, vec![record(0)]);
+    sim.run_until(sim.now + Duration::from_secs(1));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+    assert!(sim.table.refresh(sim.now, Attribute::LUuid, "uuid000000"));
+    let mut lost = sim.lose_requests();
+    assert_eq!(lost.len(), 1);
+    let (_, request) = lost.remove(0);
+    let row = sim.table.get("uuid000000").unwrap();
+    assert_eq!(row.in_flight_cseq(), Some(request.cseq));
+    assert_eq!(row.timer(), Some(sim.now + GUARD), "the guard is armed");
+    (sim, request)
+}
+
+#[test]
+fn a_lost_answer_ends_when_the_guard_runs_out_and_the_row_registers_again() {
+    let (mut sim, _) = registered_then_lost();
+    let sent_at = sim.now;
+    // Nothing happens before the guard.
+    sim.run_until(sent_at + GUARD - Duration::from_secs(1));
+    assert!(sim.snapshot("uuid000000").in_flight);
+    // Then it is a failure like a timeout, retried by the policy...
+    sim.run_until(sent_at + GUARD);
+    let snap = sim.snapshot("uuid000000");
+    assert!(!snap.in_flight);
+    assert_eq!(snap.last_code, Some(408));
+    assert_eq!(snap.last_reason, "no final response within 300 s");
+    assert_eq!(snap.failures, 1);
+    // ...while the binding granted earlier still holds.
+    assert_eq!(snap.status, Status::RetryWait);
+    assert!(snap.next_action.is_some());
+    sim.run_until(sent_at + GUARD + Duration::from_secs(31));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+}
+
+#[test]
+fn the_guard_restarts_when_the_request_is_sent_again() {
+    let (mut sim, request) = registered_then_lost();
+    let key = sim.table.get("uuid000000").unwrap().key();
+    let later = sim.now + Duration::from_secs(200);
+    sim.run_until(later);
+    // The driver sent it now (to a second server, or after a long queue).
+    sim.table.request_sent(later, key, request.cseq);
+    assert_eq!(
+        sim.table.get("uuid000000").unwrap().timer(),
+        Some(later + GUARD)
+    );
+    // Another request's number changes nothing.
+    sim.table
+        .request_sent(later + Duration::from_secs(1), key, request.cseq + 1);
+    assert_eq!(
+        sim.table.get("uuid000000").unwrap().timer(),
+        Some(later + GUARD)
+    );
+    sim.run_until(later + GUARD - Duration::from_secs(1));
+    assert!(sim.snapshot("uuid000000").in_flight);
+    sim.run_until(later + GUARD + Duration::from_secs(31));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+}
+
+#[test]
+fn a_response_with_our_cseq_and_another_call_id_does_not_leave_the_row_in_flight() {
+    let mut sim = Sim::new(Mode::Normal);
+    sim.table.reload(sim.now, vec![record(0)]);
+    let (key, request) = sim.lose_requests().remove(0);
+    // The transaction layer refuses such a response; if one got through anyway, the core
+    // must not take it, and must not wait for an answer that will never come either.
+    let forgeries: [fn(&mut Response); 2] = [
+        |r| r.call_id = "forged@uacreg".into(),
+        |r| r.cseq_method = "OPTIONS".into(),
+    ];
+    for forge in forgeries {
+        let (_, current) = sim.sent.last().unwrap().clone();
+        let mut forged = base_response(&current, 200, "OK");
+        forge(&mut forged);
+        sim.table.handle_response(sim.now, key, &forged);
+        let snap = sim.snapshot("uuid000000");
+        assert!(!snap.in_flight);
+        assert_eq!(snap.status, Status::RetryWait);
+        assert_eq!(snap.last_reason, "response for another request");
+        assert!(snap.next_action.is_some());
+        // The retry goes out and is lost too, so that the second forgery meets a request.
+        sim.run_until(snap.next_action.unwrap());
+        sim.in_transit.clear();
+        let row = sim.table.get("uuid000000").unwrap();
+        assert!(row.in_flight_cseq().is_some());
+    }
+    // A response for an earlier CSeq is just stale: the request in flight keeps its guard.
+    let current = sim
+        .table
+        .get("uuid000000")
+        .unwrap()
+        .in_flight_cseq()
+        .unwrap();
+    let guard_at = sim.table.get("uuid000000").unwrap().timer();
+    sim.table
+        .handle_response(sim.now, key, &base_response(&request, 200, "OK"));
+    let row = sim.table.get("uuid000000").unwrap();
+    assert_eq!(row.in_flight_cseq(), Some(current));
+    assert_eq!(row.timer(), guard_at);
+    // And all ends registered.
+    sim.run_until(sim.now + GUARD + Duration::from_secs(120));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+    assert_eq!(sim.model.bad_auth, 0);
+}
+
+#[test]
+fn a_reload_while_the_answer_is_lost_applies_once_the_guard_runs_out() {
+    // Changed credentials (same binding: updated in place).
+    let (mut sim, _) = registered_then_lost();
+    let next = changed(&record(0), |f| f.auth_ha1 = ha1_of(0));
+    let summary = sim.table.reload(sim.now, vec![next]);
+    assert_eq!(summary.changed, 1);
+    assert!(sim.snapshot("uuid000000").in_flight);
+    sim.sent.clear();
+    sim.run_until(sim.now + GUARD + Duration::from_secs(1));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+    assert!(
+        !sim.sent.is_empty(),
+        "registered again at once with the new row"
+    );
+
+    // Removed: un-registered and dropped once the guard runs out.
+    let (mut sim, _) = registered_then_lost();
+    sim.table.reload(sim.now, Vec::new());
+    assert!(sim.table.get("uuid000000").is_none());
+    assert_eq!(sim.table.leaving_count(), 1);
+    sim.run_until(sim.now + GUARD + Duration::from_secs(1));
+    assert_eq!(sim.table.leaving_count(), 0);
+    assert!(!sim.model.bindings.contains_key("user000000"));
+
+    // Replaced by another binding (new contact): the old one leaves, the new one registers.
+    let (mut sim, _) = registered_then_lost();
+    let moved = changed(&record(0), |f| {
+        f.contact_addr = "127.0.0.1:5081".into();
+        f.contact_host_port = "127.0.0.1:5081".into();
+    });
+    sim.table.reload(sim.now, vec![moved]);
+    sim.run_until(sim.now + GUARD + Duration::from_secs(1));
+    assert_eq!(sim.table.leaving_count(), 0);
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+}
+
+#[test]
+fn operator_commands_while_the_answer_is_lost_take_effect() {
+    // reg_refresh (again): redone as soon as the guard ends the lost request.
+    let (mut sim, _) = registered_then_lost();
+    assert!(sim.table.refresh(sim.now, Attribute::LUuid, "uuid000000"));
+    let start = sim.now;
+    sim.run_until(start + GUARD + Duration::from_secs(1));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+    let registered = sim.snapshot("uuid000000").last_registered.unwrap();
+    assert!(
+        registered > start + GUARD,
+        "registered again right after the guard"
+    );
+
+    // reg_disable, then reg_enable.
+    let (mut sim, _) = registered_then_lost();
+    assert!(
+        sim.table
+            .set_disabled(sim.now, Attribute::LUuid, "uuid000000", true)
+    );
+    sim.run_until(sim.now + GUARD + Duration::from_secs(1));
+    assert_eq!(sim.status("uuid000000"), Status::Disabled);
+    assert!(!sim.model.bindings.contains_key("user000000"));
+    assert!(
+        sim.table
+            .set_disabled(sim.now, Attribute::LUuid, "uuid000000", false)
+    );
+    sim.run_until(sim.now + Duration::from_secs(1));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+
+    // reg_unregister, then reg_register.
+    let (mut sim, _) = registered_then_lost();
+    assert!(
+        sim.table
+            .unregister_now(sim.now, Attribute::LUuid, "uuid000000")
+    );
+    sim.run_until(sim.now + GUARD + Duration::from_secs(1));
+    assert_eq!(sim.status("uuid000000"), Status::Unregistered);
+    assert!(
+        sim.table
+            .register_now(sim.now, Attribute::LUuid, "uuid000000")
+    );
+    sim.run_until(sim.now + Duration::from_secs(1));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+
+    // reg_active 0: the guard still ends the lost request, nothing is sent until reg_active 1.
+    let (mut sim, _) = registered_then_lost();
+    sim.table.set_active(sim.now, false);
+    sim.sent.clear();
+    sim.run_until(sim.now + GUARD + Duration::from_secs(600));
+    assert!(sim.sent.is_empty());
+    assert!(!sim.snapshot("uuid000000").in_flight);
+    assert_eq!(sim.status("uuid000000"), Status::RetryWait);
+    sim.table.set_active(sim.now, true);
+    sim.run_until(sim.now + Duration::from_secs(1));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+
+    // Shutdown: the binding is taken back once the guard ends the lost request.
+    let (mut sim, _) = registered_then_lost();
+    assert_eq!(sim.table.shutdown(sim.now), 1);
+    sim.run_until(sim.now + GUARD + Duration::from_secs(1));
+    assert_eq!(sim.table.leaving_count(), 0);
+    assert!(!sim.model.bindings.contains_key("user000000"));
+}
+
+#[test]
+fn a_lost_un_register_ends_too() {
+    let (mut sim, _) = registered_then_lost();
+    // Let the lost refresh end, then lose the un-REGISTER of a removal as well.
+    sim.run_until(sim.now + GUARD);
+    sim.in_transit.clear();
+    sim.table.reload(sim.now, Vec::new());
+    let lost = sim.lose_requests();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].1.expires, 0);
+    assert_eq!(sim.table.leaving_count(), 1);
+    sim.run_until(sim.now + GUARD);
+    // Best effort: given up on, and the registration is gone.
+    assert_eq!(sim.table.leaving_count(), 0);
+    assert_eq!(sim.table.next_deadline(), None);
+}
