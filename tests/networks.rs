@@ -453,6 +453,19 @@ async fn rows_send_from_their_own_socket_with_outbound_and_keepalive() {
     })
     .await;
     assert!(probed, "{:?}", registrar.stats());
+    // Their answers are matched like any response (random branch, Call-ID, CSeq, and the path
+    // back to the socket each probe left from): no path is taken for dead, nothing is dropped.
+    let answered_twice = wait_until(Duration::from_secs(10), || async {
+        registrar.stats().options >= 6
+    })
+    .await;
+    assert!(answered_twice, "{:?}", registrar.stats());
+    let stats = daemon.gateway().driver.stats().await.unwrap();
+    assert_eq!(
+        (stats.keepalive_failures, stats.unmatched_responses),
+        (0, 0),
+        "{stats:?}"
+    );
     // A registrar that stops answering is noticed by the keep-alive: the rows register again.
     registrar.set_behavior(Behavior::Silent);
     let noticed = wait_until(Duration::from_secs(20), || async {

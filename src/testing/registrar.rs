@@ -96,6 +96,8 @@ pub struct Binding {
 #[derive(Clone, Debug)]
 pub struct SeenRequest {
     pub at: Instant,
+    /// The `branch` of the top Via (what a response must echo, with Call-ID and CSeq).
+    pub branch: Option<String>,
     pub call_id: String,
     pub cseq: u32,
     pub expires: Option<u32>,
@@ -429,6 +431,7 @@ fn handle(
     let behavior = state.behavior.clone();
     let mut seen = SeenRequest {
         at: now,
+        branch: request.vias.first().and_then(|via| via_branch(via)),
         call_id: request.call_id.clone(),
         cseq: request.cseq,
         expires: request.expires,
@@ -464,6 +467,16 @@ fn handle(
         state.seen.entry(user).or_default().push(seen);
     }
     answer
+}
+
+/// The `branch` parameter of one Via value.
+fn via_branch(via: &str) -> Option<String> {
+    via.split(';').skip(1).find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("branch")
+            .then(|| value.trim().to_string())
+    })
 }
 
 fn authorize_and_register(
