@@ -96,7 +96,7 @@ fn last_requests(registrar: &TestRegistrar) -> Vec<SeenRequest> {
 /// Asks every row to register again now.
 async fn refresh_all(client: &uacreg::rpc::RpcClient) {
     for i in 0..ROWS {
-        let answer = client.call("uac.reg_refresh", &[l_uuid(i).into()]).await;
+        let answer = client.call("uac.reg_refresh", &[l_uuid(i)]).await;
         assert!(answer.is_ok(), "{answer:?}");
     }
 }
