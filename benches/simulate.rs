@@ -427,6 +427,8 @@ fn run(args: &Args, share: f64) -> Outcome {
                 if all_registered.is_some() {
                     longest_wait = longest_wait.max(now - queued);
                 }
+                // Sent now: the in-flight guard counts from here, as the driver tells it.
+                table.request_sent(now, key, request.cseq);
                 let response = registrar.answer(now, key, &request);
                 in_transit.push_back((now + rtt, key, response));
             }
