@@ -616,7 +616,7 @@ impl Registration {
             warn!(
                 l_uuid = %self.record.l_uuid(),
                 cseq = flight.cseq,
-                "a response delivered for our request carries another Call-ID or method; ignoring it"
+                "a response delivered for our request carries another Call-ID or method; counting the request as unanswered"
             );
             self.fail_in_flight(ctx, &flight, "response for another request");
             return;
