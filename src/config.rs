@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::driver::{InboundPolicy, IpPrefix};
 use crate::registration::RetryPolicy;
 use crate::registration::record::LocalSocket;
 use crate::transaction::Timers;
@@ -83,6 +84,8 @@ pub struct Config {
     pub tls_listen: Option<SocketAddr>,
     /// Where requests for registered contacts are relayed (None: not relayed).
     pub inbound_proxy: Option<SocketAddr>,
+    /// Whom the relay trusts, and what untrusted senders get.
+    pub inbound_policy: InboundPolicy,
     /// Picking up table changes and writing status back.
     pub database: DatabaseConfig,
 }
@@ -142,6 +145,7 @@ impl Default for Config {
             tls_key_file: None,
             tls_listen: None,
             inbound_proxy: None,
+            inbound_policy: InboundPolicy::default(),
             database: DatabaseConfig::default(),
         }
     }
@@ -203,6 +207,14 @@ pub struct TlsFile {
 pub struct InboundFile {
     /// `ip:port` of the SIP proxy that gets requests for registered contacts (UDP).
     pub proxy: Option<String>,
+    /// Networks trusted besides the rows' registrars: `["203.0.113.0/24", "2001:db8::1"]`.
+    pub trusted: Option<Vec<String>>,
+    /// Untrusted senders' requests for registered contacts: "drop" (default) or "strip".
+    pub untrusted: Option<String>,
+    /// What untrusted senders get for users we do not relay for: "404" (default) or "silent".
+    pub unknown_user: Option<String>,
+    /// Answers per second to untrusted senders, all together (default 20; 0: none).
+    pub reply_rate: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -392,11 +404,8 @@ impl Config {
                 self.database.migrate = v;
             }
         }
-        if let Some(inbound) = file.inbound
-            && let Some(v) = inbound.proxy
-            && !v.is_empty()
-        {
-            self.inbound_proxy = Some(parse_addr("inbound.proxy", &v)?);
+        if let Some(inbound) = file.inbound {
+            self.apply_inbound(inbound)?;
         }
         if let Some(sip) = file.sip {
             if let Some(v) = sip.tcp {
@@ -457,6 +466,40 @@ impl Config {
             if let Some(v) = r.start_spread_secs {
                 self.retry.start_spread = Duration::from_secs(v);
             }
+        }
+        Ok(())
+    }
+
+    fn apply_inbound(&mut self, inbound: InboundFile) -> Result<(), ConfigError> {
+        if let Some(v) = inbound.proxy
+            && !v.is_empty()
+        {
+            self.inbound_proxy = Some(parse_addr("inbound.proxy", &v)?);
+        }
+        let policy = &mut self.inbound_policy;
+        for text in inbound.trusted.unwrap_or_default() {
+            let prefix = text
+                .parse::<IpPrefix>()
+                .map_err(|err| ConfigError::Invalid {
+                    field: "inbound.trusted",
+                    message: err.to_string(),
+                })?;
+            policy.trusted.push(prefix);
+        }
+        if let Some(v) = inbound.untrusted {
+            policy.untrusted = v.parse().map_err(|err| ConfigError::Invalid {
+                field: "inbound.untrusted",
+                message: format!("{err}"),
+            })?;
+        }
+        if let Some(v) = inbound.unknown_user {
+            policy.unknown_user = v.parse().map_err(|err| ConfigError::Invalid {
+                field: "inbound.unknown_user",
+                message: format!("{err}"),
+            })?;
+        }
+        if let Some(v) = inbound.reply_rate {
+            policy.reply_rate = v;
         }
         Ok(())
     }
@@ -600,6 +643,42 @@ mod tests {
         std::fs::write(&path, "[pacing]\nmax_refresh_share = 2.5\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("max_refresh_share"), "{err}");
+        std::fs::write(
+            &path,
+            "[inbound]\nproxy = \"127.0.0.1:5060\"\ntrusted = [\"203.0.113.0/24\", \"2001:db8::1\"]\n\
+             untrusted = \"strip\"\nunknown_user = \"silent\"\nreply_rate = 5\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(
+            config.inbound_proxy,
+            Some("127.0.0.1:5060".parse().unwrap())
+        );
+        let policy = &config.inbound_policy;
+        let trusted: Vec<String> = policy.trusted.iter().map(ToString::to_string).collect();
+        assert_eq!(trusted, ["203.0.113.0/24", "2001:db8::1/128"]);
+        assert_eq!(policy.untrusted, crate::sip::relay::UntrustedPolicy::Strip);
+        assert_eq!(
+            policy.unknown_user,
+            crate::sip::relay::UnknownUserReply::Silent
+        );
+        assert_eq!(policy.reply_rate, 5);
+        let defaults = Config::load(None, &Overrides::default())
+            .unwrap()
+            .inbound_policy;
+        assert_eq!(defaults, InboundPolicy::default());
+        assert_eq!(defaults.reply_rate, 20);
+        assert!(defaults.trusted.is_empty());
+        for (bad, field) in [
+            ("trusted = [\"203.0.113.7/24\"]", "inbound.trusted"),
+            ("trusted = [\"example.com\"]", "inbound.trusted"),
+            ("untrusted = \"allow\"", "inbound.untrusted"),
+            ("unknown_user = \"403\"", "inbound.unknown_user"),
+        ] {
+            std::fs::write(&path, format!("[inbound]\n{bad}\n")).unwrap();
+            let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(field), "{bad}: {err}");
+        }
         std::fs::write(&path, "bogus_key = 1\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("bogus_key"), "{err}");

@@ -104,6 +104,7 @@ impl Daemon {
             inbound: InboundConfig {
                 proxy: config.inbound_proxy,
                 user_agent: config.user_agent.clone(),
+                policy: config.inbound_policy.clone(),
             },
         };
         let (driver, driver_task) = Driver::start(driver_config, sockets);

@@ -227,6 +227,8 @@ pub fn format_metrics(
         );
     }
 
+    inbound(&mut out, &stats.inbound);
+
     let _ = writeln!(
         out,
         "# HELP uacreg_responses_total Final responses by status code.\n# TYPE uacreg_responses_total counter"
@@ -248,6 +250,27 @@ pub fn format_metrics(
         &stats.timer_lateness,
     );
     out
+}
+
+/// The inbound side: one labelled counter family for requests and one for relay-marked
+/// responses; every message received is counted under exactly one label.
+fn inbound(out: &mut String, stats: &crate::driver::InboundStats) {
+    let name = "uacreg_inbound_requests_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Requests received on the SIP port, by what became of them.\n# TYPE {name} counter"
+    );
+    for (outcome, n) in stats.requests.labelled() {
+        let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {n}");
+    }
+    let name = "uacreg_relay_responses_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Responses carrying our relay marker, by what became of them.\n# TYPE {name} counter"
+    );
+    for (outcome, n) in stats.relay_responses.labelled() {
+        let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {n}");
+    }
 }
 
 fn histogram(out: &mut String, name: &str, help: &str, values: &LatencyHistogram) {

@@ -13,7 +13,9 @@
 
 mod inbound;
 mod outbound;
+mod reply_budget;
 mod send_queue;
+mod trust;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -24,8 +26,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
 
-pub use inbound::InboundConfig;
+pub use inbound::{InboundConfig, InboundPolicy, InboundStats, RequestCounts, ResponseCounts};
 use outbound::{Attempt, Bound, Queued};
+pub use trust::{IpPrefix, PrefixError};
 
 use crate::registration::record::Record;
 use crate::registration::{
@@ -104,15 +107,8 @@ pub struct DriverStats {
     pub stream_messages_received: u64,
     pub malformed_dropped: u64,
     pub unmatched_responses: u64,
-    /// Requests that were neither answered nor relayed (no proxy configured, unknown method).
-    pub requests_ignored: u64,
-    /// OPTIONS answered with 200.
-    pub options_answered: u64,
-    /// Requests relayed to the proxy, and responses relayed back.
-    pub requests_relayed: u64,
-    pub responses_relayed: u64,
-    /// Requests for users we hold no registration for (answered 404).
-    pub unknown_user: u64,
+    /// What became of every request and every relay-marked response (the inbound side).
+    pub inbound: InboundStats,
     pub registers_sent: u64,
     pub send_errors: u64,
     pub resolve_failures: u64,
@@ -370,6 +366,12 @@ pub struct Driver {
     shutdown: Option<(Instant, Reply<usize>)>,
     last_shutdown_report: Option<Instant>,
     branch_secret: u64,
+    /// Keys the MAC in our relay branches and reply To tags.
+    relay_key: crate::sip::relay::RelayKey,
+    /// Who the inbound relay trusts.
+    trust: trust::Trust,
+    /// Answers to untrusted senders still allowed.
+    reply_budget: reply_budget::ReplyBudget,
 }
 
 impl Driver {
@@ -411,6 +413,11 @@ impl Driver {
             tokio::spawn(accept(listener, Some(acceptor), events_tx.clone()));
         }
         let keepalive = outbound::KeepAlive::new(config.keepalive);
+        // Without it nothing we relay could be told from a forgery: not worth running.
+        let relay_key = crate::sip::relay::RelayKey::generate()
+            .expect("the OS random generator gives the relay key");
+        let trust = trust::Trust::new(&config.inbound.policy.trusted);
+        let reply_budget = reply_budget::ReplyBudget::new(config.inbound.policy.reply_rate);
         let driver = Driver {
             table: RegistrationTable::new(config.core.clone(), rng),
             transactions: ClientTransactions::new(config.timers, salt),
@@ -438,6 +445,9 @@ impl Driver {
             shutdown: None,
             last_shutdown_report: None,
             branch_secret,
+            relay_key,
+            trust,
+            reply_budget,
         };
         let handle = DriverHandle {
             commands: commands_tx,
@@ -560,6 +570,7 @@ impl Driver {
             } => {
                 self.stats.connections_accepted += 1;
                 let flow = self.streams.adopt(stream, peer, transport);
+                self.trust.flow_accepted(flow);
                 debug!(flow, %peer, "accepted a {} connection", transport.via_token());
             }
             Event::Resolved {
