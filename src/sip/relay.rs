@@ -50,7 +50,7 @@ const ALLOW: &str =
     "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, MESSAGE";
 
 /// Largest head we look at.
-const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEAD: usize = super::MAX_MESSAGE;
 const MAX_HEADERS: usize = 256;
 
 /// Who a request is for, from its Request-URI: the user part and the `line` URI parameter.
