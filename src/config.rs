@@ -16,6 +16,7 @@ use crate::registration::RetryPolicy;
 use crate::registration::record::LocalSocket;
 use crate::transaction::Timers;
 use crate::transport::PacingConfig;
+use crate::transport::admission::ConnectionLimits;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -85,6 +86,8 @@ pub struct Config {
     pub inbound_proxy: Option<SocketAddr>,
     /// Picking up table changes and writing status back.
     pub database: DatabaseConfig,
+    /// `[limits]`: connections peers may open to the SIP port, and for how long.
+    pub limits: ConnectionLimits,
 }
 
 /// `[database]`: how the daemon follows the table without being told, and what it writes back.
@@ -143,6 +146,7 @@ impl Default for Config {
             tls_listen: None,
             inbound_proxy: None,
             database: DatabaseConfig::default(),
+            limits: ConnectionLimits::default(),
         }
     }
 }
@@ -169,6 +173,19 @@ pub struct FileConfig {
     pub tls: Option<TlsFile>,
     pub inbound: Option<InboundFile>,
     pub database: Option<DatabaseFile>,
+    pub limits: Option<LimitsFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Accepted TCP+TLS connections open at once (default 1000; lowered at start to fit the
+    /// open-files limit).
+    pub max_connections: Option<usize>,
+    /// Accepted connections from one IPv4 address or IPv6 /64 (default 16).
+    pub max_connections_per_ip: Option<usize>,
+    /// Seconds an accepted connection may go without a whole message or CRLF ping (default 120).
+    pub idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -392,6 +409,9 @@ impl Config {
                 self.database.migrate = v;
             }
         }
+        if let Some(limits) = file.limits {
+            self.apply_limits(limits)?;
+        }
         if let Some(inbound) = file.inbound
             && let Some(v) = inbound.proxy
             && !v.is_empty()
@@ -457,6 +477,32 @@ impl Config {
             if let Some(v) = r.start_spread_secs {
                 self.retry.start_spread = Duration::from_secs(v);
             }
+        }
+        Ok(())
+    }
+
+    fn apply_limits(&mut self, file: LimitsFile) -> Result<(), ConfigError> {
+        let at_least_one = |field: &'static str, v: u64| {
+            if v == 0 {
+                Err(ConfigError::Invalid {
+                    field,
+                    message: "must be at least 1 (sip.tcp = false accepts no connections)".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(v) = file.max_connections {
+            at_least_one("limits.max_connections", v as u64)?;
+            self.limits.max_connections = v;
+        }
+        if let Some(v) = file.max_connections_per_ip {
+            at_least_one("limits.max_connections_per_ip", v as u64)?;
+            self.limits.max_connections_per_ip = v;
+        }
+        if let Some(v) = file.idle_timeout_secs {
+            at_least_one("limits.idle_timeout_secs", v)?;
+            self.limits.idle_timeout = Duration::from_secs(v);
         }
         Ok(())
     }
@@ -600,6 +646,24 @@ mod tests {
         std::fs::write(&path, "[pacing]\nmax_refresh_share = 2.5\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("max_refresh_share"), "{err}");
+        assert_eq!(config.limits, ConnectionLimits::default());
+        std::fs::write(
+            &path,
+            "[limits]\nmax_connections = 200\nmax_connections_per_ip = 4\nidle_timeout_secs = 30\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(
+            config.limits,
+            ConnectionLimits {
+                max_connections: 200,
+                max_connections_per_ip: 4,
+                idle_timeout: Duration::from_secs(30),
+            }
+        );
+        std::fs::write(&path, "[limits]\nidle_timeout_secs = 0\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("idle_timeout_secs"), "{err}");
         std::fs::write(&path, "bogus_key = 1\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("bogus_key"), "{err}");

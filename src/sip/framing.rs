@@ -102,9 +102,10 @@ pub const BUFFER_LIMIT: usize = MAX_MESSAGE + 2 * MIN_ROOM;
 /// A connection's receive buffer that frames as it goes.
 ///
 /// Use: read into [`read_space`](Self::read_space), report the count with
-/// [`filled`](Self::filled), then call [`next`](Self::next) until it returns `Ok(None)`. Keeping
-/// to that, the buffer holds at most one unfinished message (at most [`MAX_MESSAGE`]) plus one
-/// read, and every byte received is searched a bounded number of times however it is split.
+/// [`filled`](Self::filled), then call [`take_frame`](Self::take_frame) until it returns
+/// `Ok(None)`. Keeping to that, the buffer holds at most one unfinished message (at most
+/// [`MAX_MESSAGE`]) plus one read, and every byte received is searched a bounded number of
+/// times however it is split.
 #[derive(Debug)]
 pub struct StreamBuffer {
     buf: Vec<u8>,
@@ -121,9 +122,13 @@ enum State {
     /// Between messages: only CR/LF so far (the ping matcher carries over reads).
     Between(PingMatcher),
     /// Inside a head; `searched` bytes from `start` hold no end of head.
-    Head { searched: usize },
+    Head {
+        searched: usize,
+    },
     /// The head is complete; the whole message is `total` bytes from `start`.
-    Body { total: usize },
+    Body {
+        total: usize,
+    },
     Broken(FramingError),
 }
 
@@ -193,7 +198,7 @@ impl StreamBuffer {
 
     /// The next message or keep-alive, `Ok(None)` when more bytes are needed, or why the
     /// stream must be closed (and stays so).
-    pub fn next(&mut self) -> Result<Option<Framed>, FramingError> {
+    pub fn take_frame(&mut self) -> Result<Option<Framed>, FramingError> {
         loop {
             let data = &self.buf[self.start..self.end];
             match &mut self.state {
@@ -295,7 +300,10 @@ struct HeadEnd {
 /// passed over).
 fn find_head_end(buf: &[u8], from: usize) -> Result<HeadEnd, usize> {
     let mut i = from;
-    while let Some(offset) = buf.get(i..).and_then(|rest| rest.iter().position(|b| *b == b'\n')) {
+    while let Some(offset) = buf
+        .get(i..)
+        .and_then(|rest| rest.iter().position(|b| *b == b'\n'))
+    {
         let lf = i + offset;
         match (buf.get(lf + 1), buf.get(lf + 2)) {
             (Some(b'\n'), _) => {
@@ -457,8 +465,7 @@ mod tests {
             MAX_MESSAGE as u64 + 1,
         ];
         for value in near_wrap {
-            let mut msg =
-                format!("SIP/2.0 200 OK\r\nContent-Length: {value}\r\n\r\n").into_bytes();
+            let mut msg = format!("SIP/2.0 200 OK\r\nContent-Length: {value}\r\n\r\n").into_bytes();
             msg.extend_from_slice(b"REGISTER sip:x SIP/2.0\r\n");
             assert_eq!(
                 next_frame(&msg),
@@ -492,10 +499,7 @@ mod tests {
             "x".repeat(body)
         );
         assert_eq!(at_limit.len(), MAX_MESSAGE);
-        assert_eq!(
-            next_frame(at_limit.as_bytes()),
-            Frame::Message(MAX_MESSAGE)
-        );
+        assert_eq!(next_frame(at_limit.as_bytes()), Frame::Message(MAX_MESSAGE));
         let mut stream = StreamBuffer::new();
         let frames = feed(&mut stream, at_limit.as_bytes()).unwrap();
         assert_eq!(frames, vec![Framed::Message(at_limit.into_bytes())]);
@@ -521,7 +525,7 @@ mod tests {
             stream.filled(n);
             sent += n;
             assert!(stream.size() <= BUFFER_LIMIT);
-            match stream.next() {
+            match stream.take_frame() {
                 Ok(None) => {}
                 other => break other,
             }
@@ -530,7 +534,7 @@ mod tests {
         assert_eq!(result, Err(FramingError::HeadTooLarge));
         assert!(sent <= MAX_MESSAGE + line.len());
         // It stays refused.
-        assert_eq!(stream.next(), Err(FramingError::HeadTooLarge));
+        assert_eq!(stream.take_frame(), Err(FramingError::HeadTooLarge));
     }
 
     #[test]
@@ -609,7 +613,7 @@ mod tests {
             space[..n].copy_from_slice(&bytes[..n]);
             stream.filled(n);
             bytes = &bytes[n..];
-            while let Some(frame) = stream.next()? {
+            while let Some(frame) = stream.take_frame()? {
                 frames.push(frame);
             }
             assert!(stream.size() <= BUFFER_LIMIT);
@@ -660,8 +664,8 @@ mod tests {
 
     /// Messages (some valid, some broken), keep-alives and noise, glued into one stream.
     fn stream_parts() -> impl Strategy<Value = Vec<u8>> {
-        let message = (0usize..40, prop::bool::ANY, prop::bool::ANY).prop_map(
-            |(body, compact, lf_only)| {
+        let message =
+            (0usize..40, prop::bool::ANY, prop::bool::ANY).prop_map(|(body, compact, lf_only)| {
                 let eol = if lf_only { "\n" } else { "\r\n" };
                 let name = if compact { "l" } else { "Content-Length" };
                 format!(
@@ -669,8 +673,7 @@ mod tests {
                     "b".repeat(body)
                 )
                 .into_bytes()
-            },
-        );
+            });
         let part = prop_oneof![
             4 => message,
             2 => prop::collection::vec(prop::sample::select(vec![b'\r', b'\n']), 1..9),
