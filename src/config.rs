@@ -184,7 +184,8 @@ pub struct LimitsFile {
     pub max_connections: Option<usize>,
     /// Accepted connections from one IPv4 address or IPv6 /64 (default 16).
     pub max_connections_per_ip: Option<usize>,
-    /// Seconds an accepted connection may go without a whole message or CRLF ping (default 120).
+    /// Seconds an accepted connection may go without a whole message or CRLF ping received or
+    /// a message of ours sent (default 300).
     pub idle_timeout_secs: Option<u64>,
 }
 

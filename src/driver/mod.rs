@@ -132,7 +132,8 @@ pub struct DriverStats {
     /// `limits.max_connections_per_ip` from the same source.
     pub connections_refused: u64,
     pub connections_refused_per_ip: u64,
-    /// Accepted connections closed after `limits.idle_timeout_secs` without a message or ping.
+    /// Accepted connections closed after `limits.idle_timeout_secs` without a message or ping
+    /// (received) or a message of ours (sent).
     pub connections_idle_closed: u64,
     /// Connections closed because their bytes broke the framing rules (a head or declared
     /// message over the limit, a bad or missing Content-Length).

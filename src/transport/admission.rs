@@ -27,19 +27,21 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Accepted connections open at once from one IPv4 address or IPv6 /64.
     pub max_connections_per_ip: usize,
-    /// An accepted connection that delivers neither a whole SIP message nor a CRLF ping for
-    /// this long is closed.
+    /// An accepted connection on which no whole SIP message or CRLF ping arrives, and no
+    /// message of ours is sent, for this long is closed.
     pub idle_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
         // A gateway's inbound connections come from a handful of registrars and proxies; a
-        // thousand leaves room for many, well below the usual descriptor limits.
+        // thousand leaves room for many, well below the usual descriptor limits. Five minutes
+        // of idling is over twice RFC 5626's keep-alive interval (95-120 s), so a client that
+        // pings is never cut off, and longer than a call rings (INVITE timer C, 3 min).
         ConnectionLimits {
             max_connections: 1000,
             max_connections_per_ip: 16,
-            idle_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }

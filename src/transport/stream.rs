@@ -83,8 +83,9 @@ pub struct FlowKey {
 /// the idle timeout.
 #[derive(Clone, Copy, Debug)]
 pub struct FlowSettings {
-    /// Accepted flows that deliver no message and no CRLF ping for this long are closed.
-    /// Flows we open are never closed for idling: they carry our bindings.
+    /// Accepted flows on which no message or CRLF ping arrives, and none of our messages is
+    /// sent, for this long are closed. Flows we open are never closed for idling: they carry
+    /// our bindings.
     pub idle_timeout: Duration,
     /// Messages a flow may have waiting; a flow whose queue is full is closed.
     pub write_queue: usize,
@@ -93,7 +94,7 @@ pub struct FlowSettings {
 impl Default for FlowSettings {
     fn default() -> Self {
         FlowSettings {
-            idle_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(300),
             write_queue: MIN_WRITE_QUEUE,
         }
     }
@@ -400,7 +401,7 @@ struct FlowTask {
 
 impl FlowTask {
     /// Reads, frames and writes until the peer or the driver ends the flow, a limit is broken,
-    /// or (accepted flows) nothing useful arrived for the idle timeout; then reports `Closed`.
+    /// or (accepted flows) nothing useful passed for the idle timeout; then reports `Closed`.
     async fn run<S>(mut self, stream: S)
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -408,8 +409,9 @@ impl FlowTask {
         let (flow, peer) = (self.flow, self.peer);
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut input = StreamBuffer::new();
-        // Only whole messages and pings count as activity: bytes alone do not, or one byte a
-        // minute would hold a connection forever.
+        // Activity is a whole message or a ping received, or a message of ours sent (an answer
+        // relayed back while a call rings). Bytes alone are not, or one byte a minute would
+        // hold a connection forever.
         let mut idle_at = self.idle_timeout.map(|idle| Instant::now() + idle);
         let why = loop {
             tokio::select! {
@@ -423,6 +425,7 @@ impl FlowTask {
                     if let Err(why) = self.write(&mut writer, &bytes).await {
                         break why;
                     }
+                    idle_at = self.idle_timeout.map(|idle| Instant::now() + idle);
                 }
                 read = reader.read(input.read_space()) => {
                     match read {
@@ -450,7 +453,7 @@ impl FlowTask {
                 _ = sleep_until_opt(idle_at) => {
                     StreamCounters::count(&self.counters.idle_closed);
                     let idle = self.idle_timeout.unwrap_or_default().as_secs_f32();
-                    break format!("no message or keep-alive for {idle} s");
+                    break format!("idle: no message or keep-alive for {idle} s");
                 }
             }
         };
@@ -648,6 +651,32 @@ mod tests {
         // Then silence: closed.
         let (why, _) = closed(&mut events).await;
         assert!(why.contains("no message or keep-alive"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn what_we_send_on_an_accepted_flow_keeps_it_open() {
+        // A call ringing: the peer sent its INVITE long ago, answers keep going back.
+        let admission = Admission::new(10, 10);
+        let idle = Duration::from_millis(300);
+        let (mut streams, mut events) = streams(idle, 16);
+        let (ours, mut theirs) = tokio::io::duplex(4096);
+        let flow = streams.adopt(
+            ours,
+            peer(),
+            Transport::Tcp,
+            admission.admit(peer().ip()).unwrap(),
+        );
+        let answer = b"SIP/2.0 180 Ringing\r\nContent-Length: 0\r\n\r\n";
+        for _ in 0..10 {
+            assert!(streams.send_on(flow, Arc::from(&answer[..])));
+            let mut got = vec![0u8; answer.len()];
+            theirs.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, answer);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(events.try_recv().is_err(), "closed while answers went out");
+        let (why, _) = closed(&mut events).await;
+        assert!(why.starts_with("idle"), "{why}");
     }
 
     #[tokio::test]
