@@ -17,6 +17,7 @@ use crate::registration::RetryPolicy;
 use crate::registration::record::LocalSocket;
 use crate::transaction::Timers;
 use crate::transport::PacingConfig;
+use crate::transport::admission::ConnectionLimits;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -88,6 +89,8 @@ pub struct Config {
     pub inbound_policy: InboundPolicy,
     /// Picking up table changes and writing status back.
     pub database: DatabaseConfig,
+    /// `[limits]`: connections peers may open to the SIP port, and for how long.
+    pub limits: ConnectionLimits,
 }
 
 /// `[database]`: how the daemon follows the table without being told, and what it writes back.
@@ -147,6 +150,7 @@ impl Default for Config {
             inbound_proxy: None,
             inbound_policy: InboundPolicy::default(),
             database: DatabaseConfig::default(),
+            limits: ConnectionLimits::default(),
         }
     }
 }
@@ -173,6 +177,20 @@ pub struct FileConfig {
     pub tls: Option<TlsFile>,
     pub inbound: Option<InboundFile>,
     pub database: Option<DatabaseFile>,
+    pub limits: Option<LimitsFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Accepted TCP+TLS connections open at once (default 1000; lowered at start to fit the
+    /// open-files limit).
+    pub max_connections: Option<usize>,
+    /// Accepted connections from one IPv4 address or IPv6 /64 (default 16).
+    pub max_connections_per_ip: Option<usize>,
+    /// Seconds an accepted connection may go without a whole message or CRLF ping received or
+    /// a message of ours sent (default 300).
+    pub idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -404,6 +422,9 @@ impl Config {
                 self.database.migrate = v;
             }
         }
+        if let Some(limits) = file.limits {
+            self.apply_limits(limits)?;
+        }
         if let Some(inbound) = file.inbound {
             self.apply_inbound(inbound)?;
         }
@@ -500,6 +521,32 @@ impl Config {
         }
         if let Some(v) = inbound.reply_rate {
             policy.reply_rate = v;
+        }
+        Ok(())
+    }
+
+    fn apply_limits(&mut self, file: LimitsFile) -> Result<(), ConfigError> {
+        let at_least_one = |field: &'static str, v: u64| {
+            if v == 0 {
+                Err(ConfigError::Invalid {
+                    field,
+                    message: "must be at least 1 (sip.tcp = false accepts no connections)".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(v) = file.max_connections {
+            at_least_one("limits.max_connections", v as u64)?;
+            self.limits.max_connections = v;
+        }
+        if let Some(v) = file.max_connections_per_ip {
+            at_least_one("limits.max_connections_per_ip", v as u64)?;
+            self.limits.max_connections_per_ip = v;
+        }
+        if let Some(v) = file.idle_timeout_secs {
+            at_least_one("limits.idle_timeout_secs", v)?;
+            self.limits.idle_timeout = Duration::from_secs(v);
         }
         Ok(())
     }
@@ -679,6 +726,24 @@ mod tests {
             let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
             assert!(err.to_string().contains(field), "{bad}: {err}");
         }
+        assert_eq!(config.limits, ConnectionLimits::default());
+        std::fs::write(
+            &path,
+            "[limits]\nmax_connections = 200\nmax_connections_per_ip = 4\nidle_timeout_secs = 30\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(
+            config.limits,
+            ConnectionLimits {
+                max_connections: 200,
+                max_connections_per_ip: 4,
+                idle_timeout: Duration::from_secs(30),
+            }
+        );
+        std::fs::write(&path, "[limits]\nidle_timeout_secs = 0\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("idle_timeout_secs"), "{err}");
         std::fs::write(&path, "bogus_key = 1\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("bogus_key"), "{err}");

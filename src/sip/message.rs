@@ -201,7 +201,7 @@ pub(crate) fn expand_compact(name: &str) -> String {
 }
 
 /// Largest head we look at; anything bigger is not a registrar's answer.
-const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEAD: usize = super::MAX_MESSAGE;
 const MAX_HEADERS: usize = 256;
 
 fn split_head(datagram: &[u8]) -> Result<Head<'_>, ParseError> {

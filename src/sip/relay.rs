@@ -68,7 +68,7 @@ const ALLOW: &str =
     "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, MESSAGE";
 
 /// Largest head we look at.
-const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEAD: usize = super::MAX_MESSAGE;
 const MAX_HEADERS: usize = 256;
 
 /// Hex digits of the per-transaction value in our branch (64 bits: unique, not a secret).
