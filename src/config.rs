@@ -251,6 +251,9 @@ pub struct RetryFile {
     pub auth_failure_retry_secs: Option<u64>,
     /// First REGISTERs of new rows are spread over this many seconds (plus reg_delay).
     pub start_spread_secs: Option<u64>,
+    /// Longest expiry believed from a registrar, and the largest Min-Expires (423) followed
+    /// (default 86,400). A grant is also never taken as longer than what was asked for.
+    pub max_expires: Option<u32>,
 }
 
 /// `0` switches a retry interval off.
@@ -453,6 +456,15 @@ impl Config {
             }
             if let Some(v) = r.auth_failure_retry_secs {
                 self.retry.auth_failure_retry = interval(v);
+            }
+            if let Some(v) = r.max_expires {
+                if v == 0 {
+                    return Err(ConfigError::Invalid {
+                        field: "retry.max_expires",
+                        message: "must be at least 1 second".into(),
+                    });
+                }
+                self.retry.max_expires = v;
             }
             if let Some(v) = r.start_spread_secs {
                 self.retry.start_spread = Duration::from_secs(v);

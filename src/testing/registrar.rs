@@ -729,7 +729,7 @@ mod tests {
             cseq,
             contact_uri: "sip:dev1@127.0.0.1:5999".into(),
             expires,
-            authorization: None,
+            authorization: Vec::new(),
             user_agent: String::new(),
         }
     }
@@ -747,7 +747,7 @@ mod tests {
             "cn",
         )
         .unwrap();
-        request.authorization = Some(("Authorization", a.to_header_value()));
+        request.authorization = vec![("Authorization", a.to_header_value())];
     }
 
     #[tokio::test]
