@@ -1067,8 +1067,10 @@ fn a_grant_longer_than_asked_is_capped_at_the_request() {
     assert_eq!(sim.sent.len(), 5, "first registration and three refreshes");
 
     // And never longer than the policy's maximum, even when the row asks for more.
-    let mut policy = RetryPolicy::default();
-    policy.max_expires = 600;
+    let policy = RetryPolicy {
+        max_expires: 600,
+        ..RetryPolicy::default()
+    };
     let mut sim = Sim::with_policy(Mode::Normal, policy, 3);
     sim.model.overgrant = Some(u32::MAX);
     sim.model.grant = u32::MAX;
