@@ -88,7 +88,7 @@ pub struct Config {
 }
 
 /// `[database]`: how the daemon follows the table without being told, and what it writes back.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DatabaseConfig {
     /// Diff reload every so often (None: only on `uac.reg_reload`, SIGHUP or NOTIFY).
     pub reload_interval: Option<Duration>,
@@ -101,6 +101,12 @@ pub struct DatabaseConfig {
     /// Create and upgrade uacreg's tables (and the NOTIFY trigger) on connecting. Off for a
     /// database user that may only read: the tables must then exist already.
     pub migrate: bool,
+    /// A reload that would remove more than this share of the running rows is refused unless
+    /// forced (`uac.reg_reload force`): a truncated table, a wrong schema or user must not
+    /// un-REGISTER every trunk at once. 1.0 lets any reload through.
+    pub max_removed_share: f64,
+    /// Statement and lock timeouts of PostgreSQL and MySQL/MariaDB sessions.
+    pub timeouts: crate::store::ServerTimeouts,
 }
 
 impl Default for DatabaseConfig {
@@ -111,6 +117,8 @@ impl Default for DatabaseConfig {
             status_table: false,
             status_interval: Duration::from_secs(5),
             migrate: true,
+            max_removed_share: 0.5,
+            timeouts: crate::store::ServerTimeouts::default(),
         }
     }
 }
@@ -184,6 +192,12 @@ pub struct DatabaseFile {
     pub status_interval_secs: Option<u64>,
     /// Create/upgrade tables on start (default true).
     pub migrate: Option<bool>,
+    /// Largest share of the running rows a reload may remove without `force` (default 0.5).
+    pub max_removed_share: Option<f64>,
+    /// PostgreSQL/MySQL: longest a statement may run, in seconds (default 60).
+    pub statement_timeout_secs: Option<u64>,
+    /// PostgreSQL/MySQL: longest a statement may wait for a lock, in seconds (default 10).
+    pub lock_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -393,6 +407,21 @@ impl Config {
             }
             if let Some(v) = db.migrate {
                 self.database.migrate = v;
+            }
+            if let Some(v) = db.max_removed_share {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(ConfigError::Invalid {
+                        field: "database.max_removed_share",
+                        message: format!("{v} is not a fraction between 0 and 1"),
+                    });
+                }
+                self.database.max_removed_share = v;
+            }
+            if let Some(v) = db.statement_timeout_secs {
+                self.database.timeouts.statement = Duration::from_secs(v.max(1));
+            }
+            if let Some(v) = db.lock_timeout_secs {
+                self.database.timeouts.lock = Duration::from_secs(v.max(1));
             }
         }
         if let Some(inbound) = file.inbound
