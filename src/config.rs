@@ -604,7 +604,8 @@ mod tests {
         std::fs::write(
             &path,
             "db_url = \"sqlite:///tmp/x.db\"\nsip_listen = \"127.0.0.2:6000\"\n[pacing]\nrate = 50\n\
-             [database]\nreload_interval_secs = 30\nstatus_table = true\nstatus_interval_secs = 0\n",
+             [database]\nreload_interval_secs = 30\nstatus_table = true\nstatus_interval_secs = 0\n\
+             max_removed_share = 0.25\nstatement_timeout_secs = 20\n[retry]\nmax_expires = 7200\n",
         )
         .unwrap();
         let overrides = Overrides {
@@ -626,8 +627,14 @@ mod tests {
                 status_table: true,
                 status_interval: Duration::from_secs(1),
                 migrate: true,
+                max_removed_share: 0.25,
+                timeouts: crate::store::ServerTimeouts {
+                    statement: Duration::from_secs(20),
+                    lock: Duration::from_secs(10),
+                },
             }
         );
+        assert_eq!(config.retry.max_expires, 7200);
         std::fs::write(&path, "[pacing]\nmax_refresh_share = 0.01\n").unwrap();
         let config = Config::load(Some(&path), &Overrides::default()).unwrap();
         assert_eq!(config.retry.max_refresh_share, 0.01);
@@ -641,6 +648,9 @@ mod tests {
         std::fs::write(&path, "[pacing]\nmax_refresh_share = 2.5\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("max_refresh_share"), "{err}");
+        std::fs::write(&path, "[database]\nmax_removed_share = 1.5\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("max_removed_share"), "{err}");
         std::fs::write(&path, "bogus_key = 1\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("bogus_key"), "{err}");
