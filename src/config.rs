@@ -94,7 +94,7 @@ pub struct Config {
 }
 
 /// `[database]`: how the daemon follows the table without being told, and what it writes back.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DatabaseConfig {
     /// Diff reload every so often (None: only on `uac.reg_reload`, SIGHUP or NOTIFY).
     pub reload_interval: Option<Duration>,
@@ -107,6 +107,12 @@ pub struct DatabaseConfig {
     /// Create and upgrade uacreg's tables (and the NOTIFY trigger) on connecting. Off for a
     /// database user that may only read: the tables must then exist already.
     pub migrate: bool,
+    /// A reload that would remove more than this share of the running rows is refused unless
+    /// forced (`uac.reg_reload force`): a truncated table, a wrong schema or user must not
+    /// un-REGISTER every trunk at once. 1.0 lets any reload through.
+    pub max_removed_share: f64,
+    /// Statement and lock timeouts of PostgreSQL and MySQL/MariaDB sessions.
+    pub timeouts: crate::store::ServerTimeouts,
 }
 
 impl Default for DatabaseConfig {
@@ -117,6 +123,8 @@ impl Default for DatabaseConfig {
             status_table: false,
             status_interval: Duration::from_secs(5),
             migrate: true,
+            max_removed_share: 0.5,
+            timeouts: crate::store::ServerTimeouts::default(),
         }
     }
 }
@@ -206,6 +214,12 @@ pub struct DatabaseFile {
     pub status_interval_secs: Option<u64>,
     /// Create/upgrade tables on start (default true).
     pub migrate: Option<bool>,
+    /// Largest share of the running rows a reload may remove without `force` (default 0.5).
+    pub max_removed_share: Option<f64>,
+    /// PostgreSQL/MySQL: longest a statement may run, in seconds (default 60).
+    pub statement_timeout_secs: Option<u64>,
+    /// PostgreSQL/MySQL: longest a statement may wait for a lock, in seconds (default 10).
+    pub lock_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -281,6 +295,9 @@ pub struct RetryFile {
     pub auth_failure_retry_secs: Option<u64>,
     /// First REGISTERs of new rows are spread over this many seconds (plus reg_delay).
     pub start_spread_secs: Option<u64>,
+    /// Longest expiry believed from a registrar, and the largest Min-Expires (423) followed
+    /// (default 86,400). A grant is also never taken as longer than what was asked for.
+    pub max_expires: Option<u32>,
 }
 
 /// `0` switches a retry interval off.
@@ -421,6 +438,21 @@ impl Config {
             if let Some(v) = db.migrate {
                 self.database.migrate = v;
             }
+            if let Some(v) = db.max_removed_share {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(ConfigError::Invalid {
+                        field: "database.max_removed_share",
+                        message: format!("{v} is not a fraction between 0 and 1"),
+                    });
+                }
+                self.database.max_removed_share = v;
+            }
+            if let Some(v) = db.statement_timeout_secs {
+                self.database.timeouts.statement = Duration::from_secs(v.max(1));
+            }
+            if let Some(v) = db.lock_timeout_secs {
+                self.database.timeouts.lock = Duration::from_secs(v.max(1));
+            }
         }
         if let Some(limits) = file.limits {
             self.apply_limits(limits)?;
@@ -483,6 +515,15 @@ impl Config {
             }
             if let Some(v) = r.auth_failure_retry_secs {
                 self.retry.auth_failure_retry = interval(v);
+            }
+            if let Some(v) = r.max_expires {
+                if v == 0 {
+                    return Err(ConfigError::Invalid {
+                        field: "retry.max_expires",
+                        message: "must be at least 1 second".into(),
+                    });
+                }
+                self.retry.max_expires = v;
             }
             if let Some(v) = r.start_spread_secs {
                 self.retry.start_spread = Duration::from_secs(v);
@@ -653,7 +694,8 @@ mod tests {
         std::fs::write(
             &path,
             "db_url = \"sqlite:///tmp/x.db\"\nsip_listen = \"127.0.0.2:6000\"\n[pacing]\nrate = 50\n\
-             [database]\nreload_interval_secs = 30\nstatus_table = true\nstatus_interval_secs = 0\n",
+             [database]\nreload_interval_secs = 30\nstatus_table = true\nstatus_interval_secs = 0\n\
+             max_removed_share = 0.25\nstatement_timeout_secs = 20\n[retry]\nmax_expires = 7200\n",
         )
         .unwrap();
         let overrides = Overrides {
@@ -675,8 +717,14 @@ mod tests {
                 status_table: true,
                 status_interval: Duration::from_secs(1),
                 migrate: true,
+                max_removed_share: 0.25,
+                timeouts: crate::store::ServerTimeouts {
+                    statement: Duration::from_secs(20),
+                    lock: Duration::from_secs(10),
+                },
             }
         );
+        assert_eq!(config.retry.max_expires, 7200);
         std::fs::write(&path, "[pacing]\nmax_refresh_share = 0.01\n").unwrap();
         let config = Config::load(Some(&path), &Overrides::default()).unwrap();
         assert_eq!(config.retry.max_refresh_share, 0.01);
@@ -744,6 +792,9 @@ mod tests {
         std::fs::write(&path, "[limits]\nidle_timeout_secs = 0\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("idle_timeout_secs"), "{err}");
+        std::fs::write(&path, "[database]\nmax_removed_share = 1.5\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("max_removed_share"), "{err}");
         std::fs::write(&path, "bogus_key = 1\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("bogus_key"), "{err}");

@@ -85,7 +85,12 @@ impl Daemon {
         #[cfg(feature = "fault-injection")]
         warn!("built with fault-injection: uacreg.debug_panic can crash this daemon (tests only)");
         let limits = connection_limits(&config);
-        let store = open_store(&config.db_url, config.database.migrate).await?;
+        let store = open_store(
+            &config.db_url,
+            config.database.migrate,
+            config.database.timeouts,
+        )
+        .await?;
 
         let (transport, tcp) = bind_main(&config).await?;
         let sip_addr = transport.local_addr();
@@ -133,7 +138,10 @@ impl Daemon {
             sockets: served,
         };
         let db_url = store.url().clone();
-        let gateway = Arc::new(Gateway::new(driver, store, defaults, config.show_secrets));
+        let gateway = Arc::new(
+            Gateway::new(driver, store, defaults, config.show_secrets)
+                .with_max_removed_share(config.database.max_removed_share),
+        );
 
         let initial_load = match gateway.reload().await {
             Ok(report) => Some(report),
@@ -449,12 +457,17 @@ fn connection_limits(config: &Config) -> crate::transport::admission::Connection
 /// Opens the store. A malformed URL is an error at once; an unreachable or failing database is
 /// waited for — logged on every attempt, 1, 2, 4 … 30 s apart — because the daemon is useless
 /// without its rows and a supervisor restarting it in a loop helps nobody.
-async fn open_store(url: &str, migrate: bool) -> Result<Store, DaemonError> {
+async fn open_store(
+    url: &str,
+    migrate: bool,
+    timeouts: crate::store::ServerTimeouts,
+) -> Result<Store, DaemonError> {
     let mut store = Store::unconnected(url).map_err(|source| DaemonError::Store {
         url: crate::store::redact(url),
         source,
     })?;
     store.set_migrate(migrate);
+    store.set_timeouts(timeouts);
     let shown = store.url().to_string();
     let mut wait = Duration::from_secs(1);
     let mut attempt = 1u32;
@@ -518,6 +531,7 @@ fn spawn_database_tasks(
         tasks.push(tokio::spawn(crate::table_watch::listen(
             gateway.clone(),
             url.clone(),
+            config.database.timeouts,
         )));
     }
     if config.database.status_table {

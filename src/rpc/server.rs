@@ -268,8 +268,36 @@ fn register_all(
         }
     })?;
 
-    module.register_async_method("uac.reg_reload", |_params, gw, _| async move {
-        match gw.reload().await {
+    module.register_async_method("uac.reg_reload", |params, gw, _| async move {
+        // Kamailio's reg_reload takes no parameter; `force` is ours: apply a reload that would
+        // remove more than `[database] max_removed_share` of the running rows.
+        let values: Vec<Value> = if params.is_object() {
+            return Err(fault(
+                400,
+                "Invalid Parameters - parameters must be positional",
+            ));
+        } else {
+            params
+                .parse::<Option<Vec<Value>>>()
+                .map_err(|_| fault(400, "Invalid Parameters - parameters must be a JSON array"))?
+                .unwrap_or_default()
+        };
+        let force = match values.as_slice() {
+            [] => false,
+            [Value::String(word)] if word == "force" => true,
+            _ => {
+                return Err(fault(
+                    400,
+                    "Invalid Parameters - expected nothing or \"force\"",
+                ));
+            }
+        };
+        let outcome = if force {
+            gw.reload_forced().await
+        } else {
+            gw.reload().await
+        };
+        match outcome {
             Ok(report) => Ok::<_, ErrorObjectOwned>(report),
             // Kamailio's text; the cause goes in `data` for those who look.
             Err(err) => Err(ErrorObjectOwned::owned(
