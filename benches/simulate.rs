@@ -243,7 +243,7 @@ impl Registrar {
             }
             self.per_second[second] += 1;
         }
-        let nonce_ok = req.authorization.as_ref().is_some_and(|(_, value)| {
+        let nonce_ok = req.authorization.first().is_some_and(|(_, value)| {
             Authorization::parse(value).is_ok_and(|auth| {
                 auth.nonce == format!("{:x}", row.nonce)
                     && row
@@ -257,7 +257,7 @@ impl Registrar {
             row.nonce = self.nonces;
             row.nonce_at = Some(now);
             row.challenged = req.cseq;
-            let stale = if req.authorization.is_some() {
+            let stale = if !req.authorization.is_empty() {
                 ", stale=true"
             } else {
                 ""

@@ -12,10 +12,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::driver::{InboundPolicy, IpPrefix};
 use crate::registration::RetryPolicy;
 use crate::registration::record::LocalSocket;
 use crate::transaction::Timers;
 use crate::transport::PacingConfig;
+use crate::transport::admission::ConnectionLimits;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -83,12 +85,16 @@ pub struct Config {
     pub tls_listen: Option<SocketAddr>,
     /// Where requests for registered contacts are relayed (None: not relayed).
     pub inbound_proxy: Option<SocketAddr>,
+    /// Whom the relay trusts, and what untrusted senders get.
+    pub inbound_policy: InboundPolicy,
     /// Picking up table changes and writing status back.
     pub database: DatabaseConfig,
+    /// `[limits]`: connections peers may open to the SIP port, and for how long.
+    pub limits: ConnectionLimits,
 }
 
 /// `[database]`: how the daemon follows the table without being told, and what it writes back.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DatabaseConfig {
     /// Diff reload every so often (None: only on `uac.reg_reload`, SIGHUP or NOTIFY).
     pub reload_interval: Option<Duration>,
@@ -101,6 +107,12 @@ pub struct DatabaseConfig {
     /// Create and upgrade uacreg's tables (and the NOTIFY trigger) on connecting. Off for a
     /// database user that may only read: the tables must then exist already.
     pub migrate: bool,
+    /// A reload that would remove more than this share of the running rows is refused unless
+    /// forced (`uac.reg_reload force`): a truncated table, a wrong schema or user must not
+    /// un-REGISTER every trunk at once. 1.0 lets any reload through.
+    pub max_removed_share: f64,
+    /// Statement and lock timeouts of PostgreSQL and MySQL/MariaDB sessions.
+    pub timeouts: crate::store::ServerTimeouts,
 }
 
 impl Default for DatabaseConfig {
@@ -111,6 +123,8 @@ impl Default for DatabaseConfig {
             status_table: false,
             status_interval: Duration::from_secs(5),
             migrate: true,
+            max_removed_share: 0.5,
+            timeouts: crate::store::ServerTimeouts::default(),
         }
     }
 }
@@ -142,7 +156,9 @@ impl Default for Config {
             tls_key_file: None,
             tls_listen: None,
             inbound_proxy: None,
+            inbound_policy: InboundPolicy::default(),
             database: DatabaseConfig::default(),
+            limits: ConnectionLimits::default(),
         }
     }
 }
@@ -169,6 +185,20 @@ pub struct FileConfig {
     pub tls: Option<TlsFile>,
     pub inbound: Option<InboundFile>,
     pub database: Option<DatabaseFile>,
+    pub limits: Option<LimitsFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Accepted TCP+TLS connections open at once (default 1000; lowered at start to fit the
+    /// open-files limit).
+    pub max_connections: Option<usize>,
+    /// Accepted connections from one IPv4 address or IPv6 /64 (default 16).
+    pub max_connections_per_ip: Option<usize>,
+    /// Seconds an accepted connection may go without a whole message or CRLF ping received or
+    /// a message of ours sent (default 300).
+    pub idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,6 +214,12 @@ pub struct DatabaseFile {
     pub status_interval_secs: Option<u64>,
     /// Create/upgrade tables on start (default true).
     pub migrate: Option<bool>,
+    /// Largest share of the running rows a reload may remove without `force` (default 0.5).
+    pub max_removed_share: Option<f64>,
+    /// PostgreSQL/MySQL: longest a statement may run, in seconds (default 60).
+    pub statement_timeout_secs: Option<u64>,
+    /// PostgreSQL/MySQL: longest a statement may wait for a lock, in seconds (default 10).
+    pub lock_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,6 +239,14 @@ pub struct TlsFile {
 pub struct InboundFile {
     /// `ip:port` of the SIP proxy that gets requests for registered contacts (UDP).
     pub proxy: Option<String>,
+    /// Networks trusted besides the rows' registrars: `["203.0.113.0/24", "2001:db8::1"]`.
+    pub trusted: Option<Vec<String>>,
+    /// Untrusted senders' requests for registered contacts: "drop" (default) or "strip".
+    pub untrusted: Option<String>,
+    /// What untrusted senders get for users we do not relay for: "404" (default) or "silent".
+    pub unknown_user: Option<String>,
+    /// Answers per second to untrusted senders, all together (default 20; 0: none).
+    pub reply_rate: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -251,6 +295,9 @@ pub struct RetryFile {
     pub auth_failure_retry_secs: Option<u64>,
     /// First REGISTERs of new rows are spread over this many seconds (plus reg_delay).
     pub start_spread_secs: Option<u64>,
+    /// Longest expiry believed from a registrar, and the largest Min-Expires (423) followed
+    /// (default 86,400). A grant is also never taken as longer than what was asked for.
+    pub max_expires: Option<u32>,
 }
 
 /// `0` switches a retry interval off.
@@ -391,12 +438,27 @@ impl Config {
             if let Some(v) = db.migrate {
                 self.database.migrate = v;
             }
+            if let Some(v) = db.max_removed_share {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(ConfigError::Invalid {
+                        field: "database.max_removed_share",
+                        message: format!("{v} is not a fraction between 0 and 1"),
+                    });
+                }
+                self.database.max_removed_share = v;
+            }
+            if let Some(v) = db.statement_timeout_secs {
+                self.database.timeouts.statement = Duration::from_secs(v.max(1));
+            }
+            if let Some(v) = db.lock_timeout_secs {
+                self.database.timeouts.lock = Duration::from_secs(v.max(1));
+            }
         }
-        if let Some(inbound) = file.inbound
-            && let Some(v) = inbound.proxy
-            && !v.is_empty()
-        {
-            self.inbound_proxy = Some(parse_addr("inbound.proxy", &v)?);
+        if let Some(limits) = file.limits {
+            self.apply_limits(limits)?;
+        }
+        if let Some(inbound) = file.inbound {
+            self.apply_inbound(inbound)?;
         }
         if let Some(sip) = file.sip {
             if let Some(v) = sip.tcp {
@@ -454,9 +516,78 @@ impl Config {
             if let Some(v) = r.auth_failure_retry_secs {
                 self.retry.auth_failure_retry = interval(v);
             }
+            if let Some(v) = r.max_expires {
+                if v == 0 {
+                    return Err(ConfigError::Invalid {
+                        field: "retry.max_expires",
+                        message: "must be at least 1 second".into(),
+                    });
+                }
+                self.retry.max_expires = v;
+            }
             if let Some(v) = r.start_spread_secs {
                 self.retry.start_spread = Duration::from_secs(v);
             }
+        }
+        Ok(())
+    }
+
+    fn apply_inbound(&mut self, inbound: InboundFile) -> Result<(), ConfigError> {
+        if let Some(v) = inbound.proxy
+            && !v.is_empty()
+        {
+            self.inbound_proxy = Some(parse_addr("inbound.proxy", &v)?);
+        }
+        let policy = &mut self.inbound_policy;
+        for text in inbound.trusted.unwrap_or_default() {
+            let prefix = text
+                .parse::<IpPrefix>()
+                .map_err(|err| ConfigError::Invalid {
+                    field: "inbound.trusted",
+                    message: err.to_string(),
+                })?;
+            policy.trusted.push(prefix);
+        }
+        if let Some(v) = inbound.untrusted {
+            policy.untrusted = v.parse().map_err(|err| ConfigError::Invalid {
+                field: "inbound.untrusted",
+                message: format!("{err}"),
+            })?;
+        }
+        if let Some(v) = inbound.unknown_user {
+            policy.unknown_user = v.parse().map_err(|err| ConfigError::Invalid {
+                field: "inbound.unknown_user",
+                message: format!("{err}"),
+            })?;
+        }
+        if let Some(v) = inbound.reply_rate {
+            policy.reply_rate = v;
+        }
+        Ok(())
+    }
+
+    fn apply_limits(&mut self, file: LimitsFile) -> Result<(), ConfigError> {
+        let at_least_one = |field: &'static str, v: u64| {
+            if v == 0 {
+                Err(ConfigError::Invalid {
+                    field,
+                    message: "must be at least 1 (sip.tcp = false accepts no connections)".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(v) = file.max_connections {
+            at_least_one("limits.max_connections", v as u64)?;
+            self.limits.max_connections = v;
+        }
+        if let Some(v) = file.max_connections_per_ip {
+            at_least_one("limits.max_connections_per_ip", v as u64)?;
+            self.limits.max_connections_per_ip = v;
+        }
+        if let Some(v) = file.idle_timeout_secs {
+            at_least_one("limits.idle_timeout_secs", v)?;
+            self.limits.idle_timeout = Duration::from_secs(v);
         }
         Ok(())
     }
@@ -563,7 +694,8 @@ mod tests {
         std::fs::write(
             &path,
             "db_url = \"sqlite:///tmp/x.db\"\nsip_listen = \"127.0.0.2:6000\"\n[pacing]\nrate = 50\n\
-             [database]\nreload_interval_secs = 30\nstatus_table = true\nstatus_interval_secs = 0\n",
+             [database]\nreload_interval_secs = 30\nstatus_table = true\nstatus_interval_secs = 0\n\
+             max_removed_share = 0.25\nstatement_timeout_secs = 20\n[retry]\nmax_expires = 7200\n",
         )
         .unwrap();
         let overrides = Overrides {
@@ -585,8 +717,14 @@ mod tests {
                 status_table: true,
                 status_interval: Duration::from_secs(1),
                 migrate: true,
+                max_removed_share: 0.25,
+                timeouts: crate::store::ServerTimeouts {
+                    statement: Duration::from_secs(20),
+                    lock: Duration::from_secs(10),
+                },
             }
         );
+        assert_eq!(config.retry.max_expires, 7200);
         std::fs::write(&path, "[pacing]\nmax_refresh_share = 0.01\n").unwrap();
         let config = Config::load(Some(&path), &Overrides::default()).unwrap();
         assert_eq!(config.retry.max_refresh_share, 0.01);
@@ -600,6 +738,63 @@ mod tests {
         std::fs::write(&path, "[pacing]\nmax_refresh_share = 2.5\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("max_refresh_share"), "{err}");
+        std::fs::write(
+            &path,
+            "[inbound]\nproxy = \"127.0.0.1:5060\"\ntrusted = [\"203.0.113.0/24\", \"2001:db8::1\"]\n\
+             untrusted = \"strip\"\nunknown_user = \"silent\"\nreply_rate = 5\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(
+            config.inbound_proxy,
+            Some("127.0.0.1:5060".parse().unwrap())
+        );
+        let policy = &config.inbound_policy;
+        let trusted: Vec<String> = policy.trusted.iter().map(ToString::to_string).collect();
+        assert_eq!(trusted, ["203.0.113.0/24", "2001:db8::1/128"]);
+        assert_eq!(policy.untrusted, crate::sip::relay::UntrustedPolicy::Strip);
+        assert_eq!(
+            policy.unknown_user,
+            crate::sip::relay::UnknownUserReply::Silent
+        );
+        assert_eq!(policy.reply_rate, 5);
+        let defaults = Config::load(None, &Overrides::default())
+            .unwrap()
+            .inbound_policy;
+        assert_eq!(defaults, InboundPolicy::default());
+        assert_eq!(defaults.reply_rate, 20);
+        assert!(defaults.trusted.is_empty());
+        for (bad, field) in [
+            ("trusted = [\"203.0.113.7/24\"]", "inbound.trusted"),
+            ("trusted = [\"example.com\"]", "inbound.trusted"),
+            ("untrusted = \"allow\"", "inbound.untrusted"),
+            ("unknown_user = \"403\"", "inbound.unknown_user"),
+        ] {
+            std::fs::write(&path, format!("[inbound]\n{bad}\n")).unwrap();
+            let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(field), "{bad}: {err}");
+        }
+        assert_eq!(config.limits, ConnectionLimits::default());
+        std::fs::write(
+            &path,
+            "[limits]\nmax_connections = 200\nmax_connections_per_ip = 4\nidle_timeout_secs = 30\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(
+            config.limits,
+            ConnectionLimits {
+                max_connections: 200,
+                max_connections_per_ip: 4,
+                idle_timeout: Duration::from_secs(30),
+            }
+        );
+        std::fs::write(&path, "[limits]\nidle_timeout_secs = 0\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("idle_timeout_secs"), "{err}");
+        std::fs::write(&path, "[database]\nmax_removed_share = 1.5\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("max_removed_share"), "{err}");
         std::fs::write(&path, "bogus_key = 1\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("bogus_key"), "{err}");

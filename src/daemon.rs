@@ -3,6 +3,16 @@
 //!
 //! [`Daemon`] is what `uacregd` runs and also what integration tests start in-process, so tests
 //! exercise exactly the production wiring over real sockets.
+//!
+//! Some tasks the daemon cannot live without: the driver (it owns every registration), the SIP
+//! listeners (the TCP and TLS accept loops, the readers of extra UDP sockets) and the JSON-RPC
+//! servers (HTTP and Unix socket: the only way to steer it). If one of them ends while the
+//! daemon runs — a panic, most likely — a process that stays up would answer "driver not
+//! running" or stop accepting connections while its supervisor thinks all is well. So
+//! [`Daemon::run_until_signal`] watches them, logs which one ended and why, and returns
+//! [`DaemonError::TaskEnded`], which `uacregd` turns into a non-zero exit for systemd to
+//! restart. The metrics endpoint and the database tasks (periodic reload, NOTIFY, status
+//! writer) are not essential: registrations go on without them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +58,8 @@ pub enum DaemonError {
     Task(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("essential task {task} ended: {reason}")]
+    TaskEnded { task: String, reason: String },
 }
 
 pub struct Daemon {
@@ -57,7 +69,10 @@ pub struct Daemon {
     rpc: jsonrpsee::server::ServerHandle,
     metrics: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     rpc_unix: Option<jsonrpsee::server::ServerHandle>,
-    driver_task: tokio::task::JoinHandle<()>,
+    /// None once it has ended.
+    driver_task: Option<tokio::task::JoinHandle<()>>,
+    /// The SIP listeners, by name.
+    listeners: Vec<(String, tokio::task::JoinHandle<()>)>,
     /// Periodic reload, NOTIFY listener, status writer.
     background: Vec<tokio::task::JoinHandle<()>>,
     config: Config,
@@ -67,7 +82,15 @@ pub struct Daemon {
 
 impl Daemon {
     pub async fn start(config: Config) -> Result<Daemon, DaemonError> {
-        let store = open_store(&config.db_url, config.database.migrate).await?;
+        #[cfg(feature = "fault-injection")]
+        warn!("built with fault-injection: uacreg.debug_panic can crash this daemon (tests only)");
+        let limits = connection_limits(&config);
+        let store = open_store(
+            &config.db_url,
+            config.database.migrate,
+            config.database.timeouts,
+        )
+        .await?;
 
         let (transport, tcp) = bind_main(&config).await?;
         let sip_addr = transport.local_addr();
@@ -104,16 +127,21 @@ impl Daemon {
             inbound: InboundConfig {
                 proxy: config.inbound_proxy,
                 user_agent: config.user_agent.clone(),
+                policy: config.inbound_policy.clone(),
             },
+            limits,
         };
-        let (driver, driver_task) = Driver::start(driver_config, sockets);
+        let (driver, tasks) = Driver::start(driver_config, sockets);
 
         let defaults = RowDefaults {
             contact_addr: advertised.clone(),
             sockets: served,
         };
         let db_url = store.url().clone();
-        let gateway = Arc::new(Gateway::new(driver, store, defaults, config.show_secrets));
+        let gateway = Arc::new(
+            Gateway::new(driver, store, defaults, config.show_secrets)
+                .with_max_removed_share(config.database.max_removed_share),
+        );
 
         let initial_load = match gateway.reload().await {
             Ok(report) => Some(report),
@@ -172,7 +200,8 @@ impl Daemon {
             rpc,
             metrics,
             rpc_unix,
-            driver_task,
+            driver_task: Some(tasks.driver),
+            listeners: tasks.listeners,
             background,
             config,
             initial_load,
@@ -236,56 +265,209 @@ impl Daemon {
         if let Some((_, task)) = &self.metrics {
             task.abort();
         }
-        let _ = self.driver_task.await;
+        for (_, task) in &self.listeners {
+            task.abort();
+        }
+        if let Some(task) = self.driver_task {
+            let _ = task.await;
+        }
     }
 
-    /// Runs until SIGINT/SIGTERM or `uacreg.shutdown`; SIGHUP reloads the table.
-    pub async fn run_until_signal(self) {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut hup)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::hangup()),
-            ) else {
-                error!("cannot install signal handlers");
-                return self.stop().await;
-            };
-            loop {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => break,
-                    _ = term.recv() => break,
-                    _ = self.gateway.shutdown_requested() => {
-                        info!("shutdown requested over RPC");
-                        break;
-                    }
-                    _ = hup.recv() => {
-                        info!("SIGHUP: reloading");
-                        let _ = self.gateway.reload().await;
-                    }
+    /// Runs until SIGINT/SIGTERM or `uacreg.shutdown` (SIGHUP reloads the table), then stops.
+    /// If an essential task ends first, logs it, stops what is left and returns
+    /// [`DaemonError::TaskEnded`].
+    pub async fn run_until_signal(mut self) -> Result<(), DaemonError> {
+        let ended = {
+            let essential = watch_essential(
+                self.driver_task.as_mut(),
+                &mut self.listeners,
+                self.rpc.clone(),
+                self.rpc_unix.clone(),
+            );
+            tokio::pin!(essential);
+            wait_for_signal(&self.gateway, essential).await
+        };
+        let Some(ended) = ended else {
+            self.stop().await;
+            return Ok(());
+        };
+        error!(
+            task = %ended.task,
+            "essential task ended: {}; stopping with an error so that the supervisor restarts uacregd",
+            ended.reason
+        );
+        if ended.driver {
+            // Its handle has completed; there is nothing left to wait for.
+            self.driver_task = None;
+        }
+        self.stop().await;
+        Err(DaemonError::TaskEnded {
+            task: ended.task,
+            reason: ended.reason,
+        })
+    }
+}
+
+/// An essential task that ended while the daemon ran.
+struct Ended {
+    task: String,
+    reason: String,
+    /// It was the driver task.
+    driver: bool,
+}
+
+/// Waits for SIGINT/SIGTERM, `uacreg.shutdown` or the end of an essential task (returned);
+/// SIGHUP reloads the table meanwhile.
+async fn wait_for_signal(
+    gateway: &Gateway,
+    mut essential: std::pin::Pin<&mut impl std::future::Future<Output = Ended>>,
+) -> Option<Ended> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            error!("cannot install signal handlers");
+            return None;
+        };
+        loop {
+            tokio::select! {
+                ended = &mut essential => return Some(ended),
+                _ = tokio::signal::ctrl_c() => return None,
+                _ = term.recv() => return None,
+                _ = gateway.shutdown_requested() => {
+                    info!("shutdown requested over RPC");
+                    return None;
+                }
+                _ = hup.recv() => {
+                    info!("SIGHUP: reloading");
+                    let _ = gateway.reload().await;
                 }
             }
         }
-        #[cfg(not(unix))]
-        {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = self.gateway.shutdown_requested() => {}
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::select! {
+            ended = &mut essential => Some(ended),
+            _ = tokio::signal::ctrl_c() => None,
+            _ = gateway.shutdown_requested() => None,
+        }
+    }
+}
+
+/// Resolves when the first essential task ends, saying which and why.
+async fn watch_essential(
+    driver: Option<&mut tokio::task::JoinHandle<()>>,
+    listeners: &mut [(String, tokio::task::JoinHandle<()>)],
+    rpc: jsonrpsee::server::ServerHandle,
+    rpc_unix: Option<jsonrpsee::server::ServerHandle>,
+) -> Ended {
+    use futures_util::FutureExt;
+    type Watch<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Ended> + Send + 'a>>;
+    let mut watches: Vec<Watch<'_>> = Vec::new();
+    if let Some(driver) = driver {
+        watches.push(Box::pin(driver.map(|result| Ended {
+            task: "driver".into(),
+            reason: why_ended(result),
+            driver: true,
+        })));
+    }
+    for (name, task) in listeners.iter_mut() {
+        let name = name.clone();
+        watches.push(Box::pin(task.map(move |result| Ended {
+            task: name,
+            reason: why_ended(result),
+            driver: false,
+        })));
+    }
+    watches.push(Box::pin(rpc.stopped().map(|()| Ended {
+        task: "JSON-RPC server".into(),
+        reason: "stopped".into(),
+        driver: false,
+    })));
+    if let Some(unix) = rpc_unix {
+        watches.push(Box::pin(unix.stopped().map(|()| Ended {
+            task: "JSON-RPC Unix socket server".into(),
+            reason: "stopped".into(),
+            driver: false,
+        })));
+    }
+    futures_util::future::select_all(watches).await.0
+}
+
+/// A finished task's outcome in words: its panic message, or that it returned.
+fn why_ended(result: Result<(), tokio::task::JoinError>) -> String {
+    match result {
+        Ok(()) => "returned".into(),
+        Err(err) if err.is_panic() => {
+            let payload = err.into_panic();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-text payload".into());
+            format!("panicked: {message}")
+        }
+        Err(err) => format!("cancelled: {err}"),
+    }
+}
+
+/// The configured connection limits, with the total cap lowered if it does not fit the
+/// open-files limit (raised to the hard limit first).
+fn connection_limits(config: &Config) -> crate::transport::admission::ConnectionLimits {
+    use crate::descriptors::{RESERVED, fitting_connection_cap, raise_open_files_limit};
+    let mut limits = config.limits;
+    match raise_open_files_limit() {
+        Ok(files) => {
+            info!(
+                open_files = files.soft,
+                was = files.before,
+                hard = files.hard,
+                "open-files limit"
+            );
+            if let Some(err) = &files.raise_failed {
+                warn!(
+                    "cannot raise the open-files limit from {} to {}: {err}",
+                    files.before, files.hard
+                );
+            }
+            let fitting = fitting_connection_cap(limits.max_connections, files.soft);
+            if fitting < limits.max_connections {
+                warn!(
+                    configured = limits.max_connections,
+                    using = fitting,
+                    open_files = files.soft,
+                    "limits.max_connections does not fit the open-files limit with {RESERVED} \
+                     descriptors kept for our own connections, DNS and the database; \
+                     raise LimitNOFILE or lower limits.max_connections"
+                );
+                limits.max_connections = fitting;
             }
         }
-        self.stop().await;
+        Err(err) => warn!(
+            "cannot read the open-files limit ({err}); limits.max_connections is used as configured"
+        ),
     }
+    limits
 }
 
 /// Opens the store. A malformed URL is an error at once; an unreachable or failing database is
 /// waited for — logged on every attempt, 1, 2, 4 … 30 s apart — because the daemon is useless
 /// without its rows and a supervisor restarting it in a loop helps nobody.
-async fn open_store(url: &str, migrate: bool) -> Result<Store, DaemonError> {
+async fn open_store(
+    url: &str,
+    migrate: bool,
+    timeouts: crate::store::ServerTimeouts,
+) -> Result<Store, DaemonError> {
     let mut store = Store::unconnected(url).map_err(|source| DaemonError::Store {
         url: crate::store::redact(url),
         source,
     })?;
     store.set_migrate(migrate);
+    store.set_timeouts(timeouts);
     let shown = store.url().to_string();
     let mut wait = Duration::from_secs(1);
     let mut attempt = 1u32;
@@ -349,6 +531,7 @@ fn spawn_database_tasks(
         tasks.push(tokio::spawn(crate::table_watch::listen(
             gateway.clone(),
             url.clone(),
+            config.database.timeouts,
         )));
     }
     if config.database.status_table {

@@ -167,7 +167,7 @@ pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()>
             "running; try: uacregctl --rpc {} reg_dump   (Ctrl-C stops)",
             daemon.rpc_url()
         );
-        daemon.run_until_signal().await;
+        daemon.run_until_signal().await?;
     } else {
         daemon.stop().await;
     }

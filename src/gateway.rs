@@ -19,6 +19,18 @@ use crate::store::{InvalidRow, RowDefaults, Store, StoreError, TableLayout};
 pub enum ReloadError {
     #[error("database read failed, registrations left unchanged: {0}")]
     Store(#[from] StoreError),
+    #[error(
+        "reload refused, registrations left unchanged: the table read would remove {removed} of \
+         the {running} running rows ({loaded} rows read), more than max_removed_share {share}; \
+         check the table (a truncated table, a wrong schema or database user), then apply it \
+         with `uac.reg_reload force` (uacregctl reg_reload --force)"
+    )]
+    Refused {
+        removed: usize,
+        running: usize,
+        loaded: usize,
+        share: f64,
+    },
     #[error("database task failed: {0}")]
     Task(String),
     #[error(transparent)]
@@ -52,6 +64,16 @@ pub struct ReloadReport {
     pub invalid: Vec<InvalidRowReport>,
 }
 
+/// Whether a reload that would remove `removed` of `running` rows, having read `loaded`, is
+/// refused under `max_share`. A read that finds nothing while rows run is always suspect; a
+/// single removed row never is (an operator deleting one of two rows need not force it).
+pub fn refuses_removal(removed: usize, running: usize, loaded: usize, max_share: f64) -> bool {
+    if removed == 0 || (removed as f64) <= max_share * running as f64 {
+        return false;
+    }
+    loaded == 0 || removed >= 2
+}
+
 /// Why a reload runs: decides how loudly its outcome is logged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReloadCause {
@@ -75,6 +97,9 @@ pub struct DatabaseHealth {
     pub contact_user_column: bool,
     pub reloads: u64,
     pub reload_failures: u64,
+    /// Reloads refused because they would have removed too many rows (see
+    /// `[database] max_removed_share`).
+    pub reloads_refused: u64,
     /// Unix time of the last successful reload.
     pub last_reload: Option<i64>,
     /// Why the last reload failed (cleared by the next success).
@@ -95,6 +120,8 @@ pub struct Gateway {
     invalid: Mutex<Vec<InvalidRow>>,
     health: Mutex<DatabaseHealth>,
     pub show_secrets: bool,
+    /// `[database] max_removed_share`: larger removals need `force`.
+    max_removed_share: f64,
     /// Set by `uacreg.shutdown`; the daemon's run loop waits on it beside the signals.
     shutdown: tokio::sync::Notify,
 }
@@ -123,8 +150,16 @@ impl Gateway {
             invalid: Mutex::new(Vec::new()),
             health: Mutex::new(health),
             show_secrets,
+            max_removed_share: 0.5,
             shutdown: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Sets the share of running rows a reload may remove without being forced (default 0.5;
+    /// 1.0 lets every reload through).
+    pub fn with_max_removed_share(mut self, share: f64) -> Gateway {
+        self.max_removed_share = share;
+        self
     }
 
     /// Reads the whole table, validates it and applies the difference (an operator's reload).
@@ -132,9 +167,24 @@ impl Gateway {
         self.reload_because(ReloadCause::Operator).await
     }
 
-    /// Reads the whole table, validates it and applies the difference. Reloads are serialised;
-    /// a failed read leaves every registration as it is.
+    /// An operator's reload that applies whatever the table says, however many rows it removes
+    /// (`uac.reg_reload force`).
+    pub async fn reload_forced(&self) -> Result<ReloadReport, ReloadError> {
+        self.load_and_apply(ReloadCause::Operator, true).await
+    }
+
+    /// Reads the whole table, validates it and applies the difference, unless it would remove
+    /// more than `max_removed_share` of the running rows. Reloads are serialised; a failed or
+    /// refused read leaves every registration as it is.
     pub async fn reload_because(&self, cause: ReloadCause) -> Result<ReloadReport, ReloadError> {
+        self.load_and_apply(cause, false).await
+    }
+
+    async fn load_and_apply(
+        &self,
+        cause: ReloadCause,
+        force: bool,
+    ) -> Result<ReloadReport, ReloadError> {
         let store = self.store.clone();
         let defaults = self.defaults.clone();
         let mut guard = store.lock_owned().await;
@@ -156,7 +206,6 @@ impl Gateway {
                 return Err(err.into());
             }
         };
-        let recovered = self.note_reload(None, layout);
         let count = loaded.records.len();
         for bad in &loaded.invalid {
             warn!(
@@ -175,7 +224,39 @@ impl Gateway {
                 error: bad.error.to_string(),
             })
             .collect();
-        let summary = self.driver.reload(loaded.records).await?;
+        let share = self.max_removed_share;
+        let records = loaded.records;
+        let applied = self
+            .driver
+            .apply(move |table, now| {
+                // Counted and applied in one step on the driver task: nothing can change the
+                // table between the check and the diff.
+                let running = table.len();
+                let removed = table.removed_by(&records);
+                if !force && refuses_removal(removed, running, count, share) {
+                    return Err(ReloadError::Refused {
+                        removed,
+                        running,
+                        loaded: count,
+                        share,
+                    });
+                }
+                Ok(table.reload(now, records))
+            })
+            .await?;
+        let summary = match applied {
+            Ok(summary) => summary,
+            Err(refused) => {
+                let first = self.note_refusal(&refused);
+                if cause == ReloadCause::Operator || first {
+                    error!("{refused}");
+                } else {
+                    debug!("reload refused again: {refused}");
+                }
+                return Err(refused);
+            }
+        };
+        let recovered = self.note_reload(None, layout);
         if let Ok(mut slot) = self.invalid.lock() {
             *slot = loaded.invalid;
         }
@@ -224,6 +305,20 @@ impl Gateway {
                 was_failing
             }
         }
+    }
+
+    /// Records a refused reload; true when it is the first of a streak (worth a loud log line).
+    fn note_refusal(&self, refused: &ReloadError) -> bool {
+        let Ok(mut health) = self.health.lock() else {
+            return false;
+        };
+        let first = !health
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("reload refused"));
+        health.reloads_refused += 1;
+        health.last_error = Some(refused.to_string());
+        first
     }
 
     /// The database's state for `uacreg.status`.

@@ -19,7 +19,9 @@
 //! * [`table_watch`] — reloads without being asked: periodically, or on PostgreSQL NOTIFY.
 //! * [`status_export`] — the optional `uacreg_status` table, written in batches.
 //! * [`metrics`] — Prometheus text on `GET /metrics`.
-//! * [`daemon`] — wires everything together for the `uacregd` binary.
+//! * [`daemon`] — wires everything together for the `uacregd` binary, and ends the process when
+//!   a task it cannot live without ends.
+//! * [`descriptors`] — the open-files limit, raised at start, and the connection cap under it.
 //! * [`demo`] — `uacregd demo`: registrar, rows, daemon and report in one command.
 //! * [`testing`] — a registrar with digest checking that tests, the demo and benchmarks run on
 //!   loopback.
@@ -27,6 +29,7 @@
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod descriptors;
 pub mod driver;
 pub mod gateway;
 pub mod metrics;

@@ -24,9 +24,22 @@ pub async fn serve(
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let task = tokio::spawn(async move {
+        let mut backoff = crate::transport::admission::AcceptBackoff::new();
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff.succeeded();
+                    stream
+                }
+                Err(err) => {
+                    // Out of descriptors and the like: wait instead of spinning.
+                    let (delay, first) = backoff.failed();
+                    if first {
+                        tracing::warn!("metrics: accept failed: {err}");
+                    }
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
             };
             let gateway = gateway.clone();
             tokio::spawn(async move {
@@ -227,6 +240,9 @@ pub fn format_metrics(
         );
     }
 
+    inbound(&mut out, &stats.inbound);
+    format_limits(&mut out, stats);
+
     let _ = writeln!(
         out,
         "# HELP uacreg_responses_total Final responses by status code.\n# TYPE uacreg_responses_total counter"
@@ -262,6 +278,83 @@ pub fn format_metrics(
         &stats.timer_lateness,
     );
     out
+}
+
+/// The inbound side: one labelled counter family for requests and one for relay-marked
+/// responses; every message received is counted under exactly one label.
+fn inbound(out: &mut String, stats: &crate::driver::InboundStats) {
+    let name = "uacreg_inbound_requests_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Requests received on the SIP port, by what became of them.\n# TYPE {name} counter"
+    );
+    for (outcome, n) in stats.requests.labelled() {
+        let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {n}");
+    }
+    let name = "uacreg_relay_responses_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Responses carrying our relay marker, by what became of them.\n# TYPE {name} counter"
+    );
+    for (outcome, n) in stats.relay_responses.labelled() {
+        let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {n}");
+    }
+}
+
+/// Connections and queues under `[limits]`: what was refused, closed or dropped.
+fn format_limits(out: &mut String, stats: &DriverStats) {
+    let _ = writeln!(
+        out,
+        "# HELP uacreg_inbound_connections TCP/TLS connections peers hold to us now.\n\
+         # TYPE uacreg_inbound_connections gauge\nuacreg_inbound_connections {}",
+        stats.inbound_connections
+    );
+    let name = "uacreg_connections_refused_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Accepted connections closed at once by a connection limit.\n\
+         # TYPE {name} counter\n{name}{{limit=\"max_connections\"}} {}\n\
+         {name}{{limit=\"max_connections_per_ip\"}} {}",
+        stats.connections_refused, stats.connections_refused_per_ip
+    );
+    let counters: [(&str, &str, u64); 6] = [
+        (
+            "uacreg_connections_idle_closed_total",
+            "Accepted connections closed after the idle timeout without a message or ping.",
+            stats.connections_idle_closed,
+        ),
+        (
+            "uacreg_connections_unframeable_total",
+            "Connections closed for bytes that break SIP framing (oversized, bad Content-Length).",
+            stats.connections_unframeable,
+        ),
+        (
+            "uacreg_write_queue_overflows_total",
+            "Connections closed because their peer stopped reading and the write queue filled.",
+            stats.write_queue_overflows,
+        ),
+        (
+            "uacreg_write_timeouts_total",
+            "Connections closed because one write did not finish in time.",
+            stats.write_timeouts,
+        ),
+        (
+            "uacreg_accept_errors_total",
+            "Failed accepts on the SIP TCP/TLS listeners (each backs the loop off).",
+            stats.accept_errors,
+        ),
+        (
+            "uacreg_datagrams_dropped_total",
+            "Datagrams on extra UDP sockets dropped because the driver's queue was full.",
+            stats.datagrams_dropped,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
 }
 
 fn histogram(out: &mut String, name: &str, help: &str, values: &LatencyHistogram) {

@@ -19,6 +19,7 @@ use crate::driver::WallClock;
 use crate::gateway::Gateway;
 use crate::registration::RegistrationTable;
 use crate::store::StatusRow;
+use crate::store::status::{REASON_COLUMN, column_text};
 
 /// What was last written, by l_uuid.
 #[derive(Default)]
@@ -53,7 +54,7 @@ pub fn current_rows(table: &RegistrationTable, clock: &WallClock, now: Instant) 
                 l_uuid: r.record().l_uuid().to_owned(),
                 state: r.status().name().to_string(),
                 last_code: code.map_or(0, i32::from),
-                last_reason: reason.to_string(),
+                last_reason: column_text(reason, REASON_COLUMN),
                 last_success: unix(r.last_registered()),
                 next_refresh: unix(r.timer()),
                 binding_expires: unix(r.binding_expires()),

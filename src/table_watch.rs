@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use tracing::{info, warn};
 
 use crate::gateway::{Gateway, ReloadCause};
-use crate::store::DbUrl;
+use crate::store::{DbUrl, ServerTimeouts};
 
 /// The channel the trigger notifies.
 pub const CHANNEL: &str = "uacreg_changed";
@@ -40,11 +40,11 @@ pub async fn periodic(gateway: Arc<Gateway>, interval: Duration) {
 }
 
 /// LISTENs on PostgreSQL and reloads after each burst of notifications, for ever.
-pub async fn listen(gateway: Arc<Gateway>, url: DbUrl) {
+pub async fn listen(gateway: Arc<Gateway>, url: DbUrl, timeouts: ServerTimeouts) {
     let mut retry = FIRST_RETRY;
     let mut failing = false;
     loop {
-        match subscribe(&url).await {
+        match subscribe(&url, timeouts).await {
             Ok((mut conn, has_trigger)) => {
                 if failing {
                     info!("listening for uacreg changes again");
@@ -76,9 +76,12 @@ pub async fn listen(gateway: Arc<Gateway>, url: DbUrl) {
 }
 
 /// Connects and LISTENs; also says whether the trigger that sends the notifications exists.
-async fn subscribe(url: &DbUrl) -> Result<(AsyncPgConnection, bool), String> {
+async fn subscribe(
+    url: &DbUrl,
+    timeouts: ServerTimeouts,
+) -> Result<(AsyncPgConnection, bool), String> {
     // Its TCP keep-alives notice a server that vanished without closing the connection.
-    let mut conn = crate::store::postgres::connect(url)
+    let mut conn = crate::store::postgres::connect(url, timeouts)
         .await
         .map_err(|e| e.to_string())?;
     diesel::sql_query(format!("LISTEN {CHANNEL}"))

@@ -395,10 +395,14 @@ async fn calls_for_registered_contacts_reach_the_proxy_and_answers_come_back() {
     assert!(nothing.is_err(), "the proxy only saw the call");
 
     let stats = daemon.gateway().driver.stats().await.unwrap();
-    assert_eq!(stats.requests_relayed, 1);
-    assert_eq!(stats.responses_relayed, 1);
-    assert_eq!(stats.unknown_user, 1);
-    assert_eq!(stats.options_answered, 1);
+    // The caller shares the registrar's address (127.0.0.1), so it is a trusted sender.
+    let inbound = &stats.inbound;
+    assert_eq!(inbound.requests.relayed_trusted, 1);
+    assert_eq!(inbound.relay_responses.relayed, 1);
+    assert_eq!(inbound.requests.unknown_user, 1);
+    assert_eq!(inbound.requests.options_answered, 1);
+    assert_eq!(inbound.requests_received, 3);
+    assert_eq!(inbound.requests.total(), 3);
 
     // And the proxy may ask us where a contact belongs.
     let lookup = rpc(&daemon)

@@ -39,6 +39,10 @@ enum Command {
         /// Then show progress until no row is still on its way to registered (at most 10 min).
         #[arg(long)]
         wait: bool,
+        /// Apply the table even if it removes more than [database] max_removed_share of the
+        /// running rows (uac.reg_reload force).
+        #[arg(long)]
+        force: bool,
     },
     /// Enable a registration (uac.reg_enable ATTR VALUE).
     #[command(name = "reg_enable")]
@@ -107,7 +111,14 @@ fn main() -> anyhow::Result<()> {
     let (method, params): (&str, Vec<String>) = match &cli.command {
         Command::RegDump => ("uac.reg_dump", vec![]),
         Command::RegInfo { attr, value } => ("uac.reg_info", vec![attr.clone(), value.clone()]),
-        Command::RegReload { .. } => ("uac.reg_reload", vec![]),
+        Command::RegReload { force, .. } => (
+            "uac.reg_reload",
+            if *force {
+                vec!["force".to_string()]
+            } else {
+                vec![]
+            },
+        ),
         Command::RegLookup { key } => ("uac.reg_lookup", vec![key.clone()]),
         Command::RegEnable { attr, value } => ("uac.reg_enable", vec![attr.clone(), value.clone()]),
         Command::RegDisable { attr, value } => {
@@ -166,7 +177,7 @@ fn main() -> anyhow::Result<()> {
     match &cli.command {
         Command::RegDump => print_table(&result),
         Command::RegInfo { .. } => print_record(&result),
-        Command::RegReload { wait } => {
+        Command::RegReload { wait, .. } => {
             print_reload(&result);
             if *wait {
                 runtime.block_on(wait_settled(&client))?;

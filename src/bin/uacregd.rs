@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use uacreg::config::{Config, Overrides};
-use uacreg::daemon::Daemon;
+use uacreg::daemon::{Daemon, DaemonError};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -117,7 +117,29 @@ fn init_logging(filter: &str) {
         .init();
 }
 
-fn main() -> anyhow::Result<()> {
+/// Exit status when a task the daemon cannot live without ended (sysexits' EX_SOFTWARE):
+/// systemd's `Restart=on-failure` restarts on it, and it tells this apart from a bad
+/// configuration (status 1).
+const EXIT_TASK_ENDED: u8 = 70;
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("uacregd: {err:#}");
+            if matches!(
+                err.downcast_ref::<DaemonError>(),
+                Some(DaemonError::TaskEnded { .. })
+            ) {
+                std::process::ExitCode::from(EXIT_TASK_ENDED)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tune_allocator();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -136,11 +158,15 @@ fn main() -> anyhow::Result<()> {
         None | Some(Command::Run) => {
             init_logging(&cli.log);
             let config = Config::load(cli.config.as_deref(), &overrides)?;
-            runtime.block_on(async {
+            let outcome = runtime.block_on(async {
                 let daemon = Daemon::start(config).await?;
-                daemon.run_until_signal().await;
+                daemon.run_until_signal().await?;
                 anyhow::Ok(())
-            })
+            });
+            // A database call stuck in the blocking pool must not hold the exit (dropping the
+            // runtime would wait for it without a bound).
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            outcome
         }
         Some(Command::Demo(args)) => {
             // The demo prints its own report; keep the log to warnings unless asked.

@@ -5,17 +5,23 @@
 //! registered contact (by `l_uuid`, or Kamailio 6's `contact_user;line=l_uuid`) is relayed
 //! statelessly to the configured proxy with the Request-URI rewritten to the row's local URI, as
 //! Kamailio's `uac_reg_lookup()` does; the proxy's responses come back through us. The decisions
-//! themselves are in [`crate::sip::relay`]; this file only picks sockets and connections.
+//! themselves are in [`crate::sip::relay`]; this file says who is trusted (from
+//! [`super::trust`]), keeps strangers' answers within the [`super::reply_budget`], picks sockets
+//! and connections, and counts what became of every message.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::{debug, trace};
 
 use super::Driver;
+use super::trust::IpPrefix;
 use crate::sip::message::{Response, is_response};
-use crate::sip::relay::{self, Inbound, RelayConfig, ResponseRoute};
+use crate::sip::relay::{
+    self, Action, Arrival, Outcome, RelayConfig, ResponseOutcome, ResponseRoute, ReturnPath,
+    Sender, UnknownUserReply, UntrustedPolicy,
+};
 use crate::transport::stream::FlowId;
 use crate::transport::udp::UdpTransport;
 
@@ -25,8 +31,153 @@ pub struct InboundConfig {
     /// Where requests for registered contacts are relayed (UDP); `None`: they are not relayed
     /// (OPTIONS is still answered, unknown users still get 404).
     pub proxy: Option<SocketAddr>,
-    /// `Server` header of our own replies.
+    /// `Server` header of our replies to trusted senders.
     pub user_agent: String,
+    pub policy: InboundPolicy,
+}
+
+/// `[inbound]`: whom the relay trusts and what everyone else gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundPolicy {
+    /// Networks trusted besides the registrars our rows are bound to.
+    pub trusted: Vec<IpPrefix>,
+    /// Requests from untrusted senders for registered contacts: not relayed, or relayed without
+    /// identity headers.
+    pub untrusted: UntrustedPolicy,
+    /// What an untrusted sender gets for a user we do not relay for: 404 or nothing.
+    pub unknown_user: UnknownUserReply,
+    /// Answers per second to untrusted senders, all together (the burst is as large).
+    pub reply_rate: u32,
+}
+
+impl Default for InboundPolicy {
+    fn default() -> Self {
+        InboundPolicy {
+            trusted: Vec::new(),
+            untrusted: UntrustedPolicy::Drop,
+            unknown_user: UnknownUserReply::NotFound,
+            reply_rate: 20,
+        }
+    }
+}
+
+/// What became of every request and every relay-marked response that arrived: each one is
+/// counted under exactly one outcome, so the outcomes add up to what was received.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct InboundStats {
+    /// Messages that were not responses (nor CRLF keep-alives): requests and garbage.
+    pub requests_received: u64,
+    pub requests: RequestCounts,
+    /// Responses whose top Via carried our relay marker.
+    pub relay_responses_received: u64,
+    pub relay_responses: ResponseCounts,
+}
+
+/// One counter per [`Outcome`].
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RequestCounts {
+    pub options_answered: u64,
+    pub relayed_trusted: u64,
+    pub relayed_stripped: u64,
+    pub refused_untrusted: u64,
+    pub unknown_user: u64,
+    pub rejected: u64,
+    pub no_proxy: u64,
+    pub ack_absorbed: u64,
+    pub malformed: u64,
+    pub reply_larger_than_request: u64,
+    pub replies_rate_limited: u64,
+}
+
+impl RequestCounts {
+    fn slot(&mut self, outcome: Outcome) -> &mut u64 {
+        match outcome {
+            Outcome::OptionsAnswered => &mut self.options_answered,
+            Outcome::RelayedTrusted => &mut self.relayed_trusted,
+            Outcome::RelayedStripped => &mut self.relayed_stripped,
+            Outcome::RefusedUntrusted => &mut self.refused_untrusted,
+            Outcome::UnknownUser => &mut self.unknown_user,
+            Outcome::Rejected => &mut self.rejected,
+            Outcome::NoProxy => &mut self.no_proxy,
+            Outcome::AckAbsorbed => &mut self.ack_absorbed,
+            Outcome::Malformed => &mut self.malformed,
+            Outcome::ReplyLargerThanRequest => &mut self.reply_larger_than_request,
+            Outcome::RepliesRateLimited => &mut self.replies_rate_limited,
+        }
+    }
+
+    pub fn get(&self, outcome: Outcome) -> u64 {
+        match outcome {
+            Outcome::OptionsAnswered => self.options_answered,
+            Outcome::RelayedTrusted => self.relayed_trusted,
+            Outcome::RelayedStripped => self.relayed_stripped,
+            Outcome::RefusedUntrusted => self.refused_untrusted,
+            Outcome::UnknownUser => self.unknown_user,
+            Outcome::Rejected => self.rejected,
+            Outcome::NoProxy => self.no_proxy,
+            Outcome::AckAbsorbed => self.ack_absorbed,
+            Outcome::Malformed => self.malformed,
+            Outcome::ReplyLargerThanRequest => self.reply_larger_than_request,
+            Outcome::RepliesRateLimited => self.replies_rate_limited,
+        }
+    }
+
+    /// All outcomes together: every request received ends in one.
+    pub fn total(&self) -> u64 {
+        Outcome::ALL.into_iter().map(|o| self.get(o)).sum()
+    }
+
+    /// `(label, count)` for every outcome.
+    pub fn labelled(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Outcome::ALL.into_iter().map(|o| (o.label(), self.get(o)))
+    }
+}
+
+/// One counter per [`ResponseOutcome`].
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ResponseCounts {
+    pub relayed: u64,
+    pub bad_mac: u64,
+    pub wrong_source: u64,
+    pub no_proxy: u64,
+    pub no_flow: u64,
+    pub malformed: u64,
+}
+
+impl ResponseCounts {
+    fn slot(&mut self, outcome: ResponseOutcome) -> &mut u64 {
+        match outcome {
+            ResponseOutcome::Relayed => &mut self.relayed,
+            ResponseOutcome::BadMac => &mut self.bad_mac,
+            ResponseOutcome::WrongSource => &mut self.wrong_source,
+            ResponseOutcome::NoProxy => &mut self.no_proxy,
+            ResponseOutcome::NoFlow => &mut self.no_flow,
+            ResponseOutcome::Malformed => &mut self.malformed,
+        }
+    }
+
+    pub fn get(&self, outcome: ResponseOutcome) -> u64 {
+        match outcome {
+            ResponseOutcome::Relayed => self.relayed,
+            ResponseOutcome::BadMac => self.bad_mac,
+            ResponseOutcome::WrongSource => self.wrong_source,
+            ResponseOutcome::NoProxy => self.no_proxy,
+            ResponseOutcome::NoFlow => self.no_flow,
+            ResponseOutcome::Malformed => self.malformed,
+        }
+    }
+
+    /// All outcomes together: every relay-marked response received ends in one.
+    pub fn total(&self) -> u64 {
+        ResponseOutcome::ALL.into_iter().map(|o| self.get(o)).sum()
+    }
+
+    /// `(label, count)` for every outcome.
+    pub fn labelled(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        ResponseOutcome::ALL
+            .into_iter()
+            .map(|o| (o.label(), self.get(o)))
+    }
 }
 
 /// Where a message came from, so that answers go back the same way.
@@ -36,6 +187,25 @@ pub(super) enum Origin {
     Udp(Option<SocketAddr>),
     /// A TCP or TLS connection.
     Flow(FlowId),
+}
+
+impl Origin {
+    fn flow(self) -> Option<FlowId> {
+        match self {
+            Origin::Flow(flow) => Some(flow),
+            Origin::Udp(_) => None,
+        }
+    }
+
+    fn return_path(self, from: SocketAddr) -> ReturnPath {
+        match self {
+            Origin::Flow(flow) => ReturnPath::Flow(flow),
+            Origin::Udp(local) => ReturnPath::Udp {
+                local,
+                source: from,
+            },
+        }
+    }
 }
 
 impl Driver {
@@ -61,26 +231,31 @@ impl Driver {
             // RFC 5626 keep-alive (CRLF) or padding.
             return;
         }
-        if is_response(bytes) {
-            match relay::route_response(bytes) {
-                ResponseRoute::NotRelayed => match Response::parse(bytes) {
+        if !is_response(bytes) {
+            self.handle_request(now, bytes, from, origin);
+            return;
+        }
+        let route = relay::route_response(bytes, from, &self.relay_key, self.config.inbound.proxy);
+        let outcome = match route {
+            ResponseRoute::NotRelayed => {
+                match Response::parse(bytes) {
                     Ok(response) => self.handle_register_response(now, response, from, origin),
                     Err(err) => {
                         self.stats.malformed_dropped += 1;
                         debug!(%from, "dropping malformed response: {err}");
                     }
-                },
-                ResponseRoute::Relay {
-                    bytes,
-                    to_host,
-                    to_port,
-                    flow_token,
-                } => self.relay_response(bytes, &to_host, to_port, &flow_token),
-                ResponseRoute::Drop => self.stats.malformed_dropped += 1,
+                }
+                return;
             }
-        } else {
-            self.handle_request(bytes, from, origin);
-        }
+            ResponseRoute::Relay { bytes, path } => self.relay_response(bytes, path),
+            ResponseRoute::Refused(outcome) => {
+                debug!(%from, outcome = outcome.label(), "relay-marked response dropped");
+                outcome
+            }
+        };
+        let counts = &mut self.stats.inbound;
+        counts.relay_responses_received += 1;
+        *counts.relay_responses.slot(outcome) += 1;
     }
 
     /// The UDP socket bound at `local`, or the main one.
@@ -90,49 +265,62 @@ impl Driver {
             .unwrap_or(&self.udp)
     }
 
-    fn handle_request(&mut self, bytes: &[u8], from: SocketAddr, origin: Origin) {
-        let flow_token = match origin {
-            Origin::Flow(flow) => format!("f{flow}"),
-            Origin::Udp(None) => "u".to_string(),
-            Origin::Udp(Some(local)) => format!("u{}", encode_addr(local)),
+    fn handle_request(&mut self, now: Instant, bytes: &[u8], from: SocketAddr, origin: Origin) {
+        let sender = if self.trust.is_trusted(from, origin.flow()) {
+            Sender::Trusted
+        } else {
+            Sender::Untrusted
         };
+        let inbound = &self.config.inbound;
         let config = RelayConfig {
             via_transport: "UDP",
             via_sent_by: &self.config.via_sent_by,
-            branch_secret: self.branch_secret,
-            flow_token: &flow_token,
-            user_agent: &self.config.inbound.user_agent,
+            key: &self.relay_key,
+            user_agent: &inbound.user_agent,
+            relaying: inbound.proxy.is_some(),
+            untrusted: inbound.policy.untrusted,
+            unknown_user: inbound.policy.unknown_user,
         };
-        let relaying = self.config.inbound.proxy.is_some();
+        let arrival = Arrival {
+            from,
+            path: origin.return_path(from),
+            sender,
+        };
         let table = &self.table;
-        let decision = relay::handle_request(bytes, from, &config, |addressee| {
+        let decision = relay::handle_request(bytes, arrival, &config, |addressee| {
             let registration = table.get(addressee.key())?;
             let record = registration.record();
             Some(format!("sip:{}@{}", record.l_username(), record.l_domain()))
         });
-        match decision {
-            Inbound::Reply(reply) => {
-                if reply.starts_with(b"SIP/2.0 200") {
-                    self.stats.options_answered += 1;
-                } else if reply.starts_with(b"SIP/2.0 404") {
-                    self.stats.unknown_user += 1;
+        let outcome = match decision.action {
+            Action::Reply(reply) => {
+                if sender == Sender::Untrusted && !self.reply_budget.try_take(now) {
+                    Outcome::RepliesRateLimited
+                } else {
+                    self.send_back(origin, from, reply);
+                    decision.outcome
                 }
-                self.send_back(origin, from, reply);
             }
-            Inbound::Forward(forward) => match self.config.inbound.proxy {
-                Some(proxy) if relaying => {
-                    self.stats.requests_relayed += 1;
+            Action::Forward(forward) => match self.config.inbound.proxy {
+                Some(proxy) => {
                     if self.udp.try_send(&forward, proxy).is_err() {
                         self.stats.send_errors += 1;
                     }
+                    decision.outcome
                 }
-                _ => {
-                    self.stats.requests_ignored += 1;
-                    debug!(%from, "a request for a registered contact arrived, but no inbound proxy is configured");
-                }
+                // handle_request relays only when told a proxy is configured.
+                None => Outcome::NoProxy,
             },
-            Inbound::Drop => trace!(%from, "inbound request dropped"),
+            Action::Nothing => decision.outcome,
+        };
+        if outcome == Outcome::NoProxy {
+            debug!(%from, "a request for a registered contact arrived, but no inbound proxy is configured");
+        } else {
+            trace!(%from, outcome = outcome.label(), "inbound request");
         }
+        let counts = &mut self.stats.inbound;
+        counts.requests_received += 1;
+        *counts.requests.slot(outcome) += 1;
     }
 
     fn send_back(&mut self, origin: Origin, to: SocketAddr, bytes: Vec<u8>) {
@@ -150,71 +338,36 @@ impl Driver {
         }
     }
 
-    /// A response from the proxy to a request we relayed: back the way the request came.
-    fn relay_response(&mut self, bytes: Vec<u8>, to_host: &str, to_port: u16, flow_token: &str) {
-        if let Some(flow) = flow_token
-            .strip_prefix('f')
-            .and_then(|f| f.parse::<FlowId>().ok())
-        {
-            if self.streams.send_on(flow, Arc::from(bytes)) {
-                self.stats.responses_relayed += 1;
-            } else {
-                // The connection the request came on is gone; the sender retransmits or gives up.
-                self.stats.send_errors += 1;
-                debug!(flow, "cannot relay a response: its connection is closed");
+    /// A verified response from the proxy to a request we relayed: back exactly the way the
+    /// request came, as recorded (and MAC'd) in our branch.
+    fn relay_response(&mut self, bytes: Vec<u8>, path: ReturnPath) -> ResponseOutcome {
+        match path {
+            ReturnPath::Flow(flow) => {
+                // The request came on this connection (the MAC says so): an inbound one, or
+                // one of ours to a registrar that sent a call down it (RFC 5626). Either way it
+                // is the only way back; a closed connection is not replaced by another.
+                if self.streams.send_on(flow, Arc::from(bytes)) {
+                    ResponseOutcome::Relayed
+                } else {
+                    debug!(flow, "cannot relay a response: its connection is closed");
+                    ResponseOutcome::NoFlow
+                }
             }
-            return;
-        }
-        let local = flow_token
-            .strip_prefix('u')
-            .filter(|rest| !rest.is_empty())
-            .and_then(decode_addr);
-        let Ok(ip) = to_host.parse::<IpAddr>() else {
-            debug!(to_host, "cannot relay a response to a host name");
-            self.stats.requests_ignored += 1;
-            return;
-        };
-        let to = SocketAddr::new(ip, to_port);
-        if self.udp_socket(local).try_send(&bytes, to).is_err() {
-            self.stats.send_errors += 1;
-        } else {
-            self.stats.responses_relayed += 1;
-        }
-    }
-}
-
-/// A local socket address as letters and digits only (the flow token alphabet).
-fn encode_addr(addr: SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(v4) => format!("4x{:08x}x{:x}", u32::from(*v4.ip()), v4.port()),
-        SocketAddr::V6(v6) => format!("6x{:032x}x{:x}", u128::from(*v6.ip()), v6.port()),
-    }
-}
-
-fn decode_addr(token: &str) -> Option<SocketAddr> {
-    let mut parts = token.split('x');
-    let family = parts.next()?;
-    let ip = parts.next()?;
-    let port = u16::from_str_radix(parts.next()?, 16).ok()?;
-    let ip: IpAddr = match family {
-        "4" => IpAddr::V4(u32::from_str_radix(ip, 16).ok()?.into()),
-        "6" => IpAddr::V6(u128::from_str_radix(ip, 16).ok()?.into()),
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn socket_tokens_round_trip() {
-        for addr in ["127.0.0.2:5070", "[::1]:5062", "[2001:db8::5]:1"] {
-            let addr: SocketAddr = addr.parse().unwrap();
-            let token = encode_addr(addr);
-            assert!(token.chars().all(|c| c.is_ascii_alphanumeric()));
-            assert_eq!(decode_addr(&token), Some(addr));
+            ReturnPath::Udp { local, source } => {
+                let socket = match local {
+                    None => &self.udp,
+                    Some(addr) => match self.extra_udp.get(&addr) {
+                        Some(socket) => socket,
+                        None => return ResponseOutcome::NoFlow,
+                    },
+                };
+                if socket.try_send(&bytes, source).is_err() {
+                    self.stats.send_errors += 1;
+                    ResponseOutcome::NoFlow
+                } else {
+                    ResponseOutcome::Relayed
+                }
+            }
         }
     }
 }

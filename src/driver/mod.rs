@@ -13,30 +13,35 @@
 
 mod inbound;
 mod outbound;
+mod reply_budget;
 mod send_queue;
+mod trust;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
 
-pub use inbound::InboundConfig;
+pub use inbound::{InboundConfig, InboundPolicy, InboundStats, RequestCounts, ResponseCounts};
 use outbound::{Attempt, Bound, Queued};
+pub use trust::{IpPrefix, PrefixError};
 
 use crate::registration::record::Record;
 use crate::registration::{
     Action, Attribute, CoreConfig, Destination, RegKey, RegistrationTable, ReloadSummary, Snapshot,
 };
 use crate::transaction::{ClientTransactions, Timers, TransactionStats};
+use crate::transport::admission::{AcceptBackoff, Admission, ConnectionLimits, Permit};
 use crate::transport::resolve::{Resolved, SipResolver};
-use crate::transport::stream::{FlowId, StreamEvent, Streams};
+use crate::transport::stream::{FlowId, FlowSettings, StreamEvent, Streams};
 use crate::transport::{Pacer, PacingConfig, UdpTransport, udp::MAX_DATAGRAM};
 
 /// Maps the monotonic instants the core uses to wall-clock seconds for display.
@@ -115,15 +120,8 @@ pub struct DriverStats {
     /// ... that matched a request but came from another address, port, socket or connection
     /// than it went to.
     pub responses_wrong_source: u64,
-    /// Requests that were neither answered nor relayed (no proxy configured, unknown method).
-    pub requests_ignored: u64,
-    /// OPTIONS answered with 200.
-    pub options_answered: u64,
-    /// Requests relayed to the proxy, and responses relayed back.
-    pub requests_relayed: u64,
-    pub responses_relayed: u64,
-    /// Requests for users we hold no registration for (answered 404).
-    pub unknown_user: u64,
+    /// What became of every request and every relay-marked response (the inbound side).
+    pub inbound: InboundStats,
     pub registers_sent: u64,
     pub send_errors: u64,
     pub resolve_failures: u64,
@@ -135,6 +133,26 @@ pub struct DriverStats {
     pub connections_closed: u64,
     /// Open connections now.
     pub connections: usize,
+    /// Of those, connections peers opened to us (each holds a place under `[limits]`).
+    pub inbound_connections: usize,
+    /// Accepted connections closed at once because `limits.max_connections` were open, or
+    /// `limits.max_connections_per_ip` from the same source.
+    pub connections_refused: u64,
+    pub connections_refused_per_ip: u64,
+    /// Accepted connections closed after `limits.idle_timeout_secs` without a message or ping
+    /// (received) or a message of ours (sent).
+    pub connections_idle_closed: u64,
+    /// Connections closed because their bytes broke the framing rules (a head or declared
+    /// message over the limit, a bad or missing Content-Length).
+    pub connections_unframeable: u64,
+    /// Connections closed because the peer stopped reading: the writer queue filled, or one
+    /// write did not finish within its timeout.
+    pub write_queue_overflows: u64,
+    pub write_timeouts: u64,
+    /// Failed `accept` calls (e.g. out of file descriptors); each makes the loop back off.
+    pub accept_errors: u64,
+    /// Datagrams on the extra UDP sockets dropped because the driver's event queue was full.
+    pub datagrams_dropped: u64,
     /// Registrations re-registered because their connection or keep-alive failed.
     pub rebinds: u64,
     pub keepalives_sent: u64,
@@ -304,6 +322,23 @@ pub struct DriverConfig {
     /// `+sip.instance` on the Contact.
     pub outbound: bool,
     pub inbound: InboundConfig,
+    /// Connections peers may hold (`max_connections` already fitted to the descriptor limit).
+    pub limits: ConnectionLimits,
+}
+
+/// Capacity of the driver's event channel (extra UDP sockets, accepted connections, DNS
+/// answers).
+pub const EVENT_QUEUE: usize = 1024;
+
+/// The tasks [`Driver::start`] spawns. Every one is essential: if one ends while the daemon
+/// runs, the gateway no longer does its job (see [`crate::daemon`]).
+pub struct DriverTasks {
+    /// The driver itself; it ends only after a shutdown.
+    pub driver: tokio::task::JoinHandle<()>,
+    /// The SIP listeners, by name: the TCP and TLS accept loops and the readers of the extra
+    /// UDP sockets (the main UDP socket is read by the driver task). They never end on their
+    /// own.
+    pub listeners: Vec<(String, tokio::task::JoinHandle<()>)>,
 }
 
 /// The sockets the driver serves.
@@ -326,16 +361,64 @@ enum Event {
         from: SocketAddr,
         bytes: Vec<u8>,
     },
-    /// A peer connected to us.
+    /// A peer connected to us, with its place under the connection limits.
     Accepted {
         stream: Box<dyn Io>,
         peer: SocketAddr,
         transport: crate::registration::Transport,
+        permit: Permit,
     },
     Resolved {
         destination: Destination,
         result: Result<Resolved, String>,
     },
+}
+
+/// The sending side of the driver's bounded event channel, with the rule for each kind of
+/// sender: nothing may block the driver task, datagrams are dropped (and counted) when the
+/// queue is full, and accepted connections wait.
+#[derive(Clone)]
+struct EventSender {
+    tx: mpsc::Sender<Event>,
+    datagrams_dropped: Arc<AtomicU64>,
+}
+
+impl EventSender {
+    /// For events that must not be lost and are few by construction (one DNS answer per
+    /// destination being looked up): queued now if there is room, else by a task that waits
+    /// for room, so the caller — often the driver itself — never blocks.
+    fn send(&self, event: Event) -> Result<(), DriverGone> {
+        match self.tx.try_send(event) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(event).await;
+                });
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(DriverGone),
+        }
+    }
+
+    /// A datagram from an extra socket: dropped and counted when the queue is full (the UDP
+    /// sender retransmits, and the count shows the driver could not keep up).
+    fn offer(&self, event: Event) -> Result<(), DriverGone> {
+        match self.tx.try_send(event) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(DriverGone),
+        }
+    }
+
+    /// Waits for room (accept loops: a waiting loop accepts nothing, and the kernel's backlog
+    /// pushes back).
+    async fn send_waiting(&self, event: Event) -> Result<(), DriverGone> {
+        self.tx.send(event).await.map_err(|_| DriverGone)
+    }
 }
 
 /// An RFC 3263 answer (or the reason there is none) and until when it may be reused.
@@ -356,9 +439,10 @@ pub struct Driver {
     udp: Arc<UdpTransport>,
     extra_udp: HashMap<SocketAddr, Arc<UdpTransport>>,
     streams: Streams,
-    stream_rx: mpsc::UnboundedReceiver<StreamEvent>,
-    events_tx: mpsc::UnboundedSender<Event>,
-    events_rx: mpsc::UnboundedReceiver<Event>,
+    stream_rx: mpsc::Receiver<StreamEvent>,
+    events_tx: EventSender,
+    events_rx: mpsc::Receiver<Event>,
+    admission: Admission,
     resolver: Option<Arc<SipResolver>>,
     queue: send_queue::SendQueue,
     /// RFC 3263 answers by destination, until their TTL ends.
@@ -380,27 +464,41 @@ pub struct Driver {
     encode_buf: Vec<u8>,
     shutdown: Option<(Instant, Reply<usize>)>,
     last_shutdown_report: Option<Instant>,
-    branch_secret: u64,
+    /// Keys the MAC in our relay branches and reply To tags.
+    relay_key: crate::sip::relay::RelayKey,
+    /// Who the inbound relay trusts.
+    trust: trust::Trust,
+    /// Answers to untrusted senders still allowed.
+    reply_budget: reply_budget::ReplyBudget,
 }
 
 impl Driver {
-    /// Takes bound sockets, spawns the task, returns its handle.
-    pub fn start(
-        config: DriverConfig,
-        sockets: Sockets,
-    ) -> (DriverHandle, tokio::task::JoinHandle<()>) {
+    /// Takes bound sockets, spawns the task and its listeners, returns its handle and tasks.
+    pub fn start(config: DriverConfig, sockets: Sockets) -> (DriverHandle, DriverTasks) {
         let mut config = config;
         // The core's guard must never end a request its transaction is still working on.
         let guard = &mut config.core.policy.in_flight_guard;
         *guard = (*guard).max(config.timers.timeout() * 2);
         let (commands_tx, commands_rx) = mpsc::channel(256);
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let (stream_tx, stream_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let events_tx = EventSender {
+            tx: events_tx,
+            datagrams_dropped: Arc::default(),
+        };
+        let (stream_tx, stream_rx) = mpsc::channel(crate::transport::stream::EVENT_QUEUE);
+        let admission = Admission::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        );
+        let flow_settings = FlowSettings {
+            idle_timeout: config.limits.idle_timeout,
+            write_queue: crate::transport::stream::MIN_WRITE_QUEUE
+                .max(config.pacing.max_in_flight.saturating_mul(2)),
+        };
         let now = Instant::now();
         // One OS-seeded generator seeds the others (the table's, the transactions', the
         // keep-alives'), so each owner draws from its own stream without locks.
         let mut rng = StdRng::from_os_rng();
-        let branch_secret = rng.random::<u64>();
         let local_addr = sockets.udp.local_addr();
         let resolver = if config.dns_servers.is_empty() {
             match SipResolver::from_system() {
@@ -414,30 +512,48 @@ impl Driver {
             Some(Arc::new(SipResolver::with_nameservers(&config.dns_servers)))
         };
         let mut extra_udp = HashMap::new();
+        let mut listeners = Vec::new();
         for socket in sockets.extra_udp {
             let socket = Arc::new(socket);
-            extra_udp.insert(socket.local_addr(), socket.clone());
-            tokio::spawn(read_udp(socket, events_tx.clone()));
+            let local = socket.local_addr();
+            extra_udp.insert(local, socket.clone());
+            let task = tokio::spawn(read_udp(socket, events_tx.clone()));
+            listeners.push((format!("UDP reader {local}"), task));
         }
         if let Some(listener) = sockets.tcp {
-            tokio::spawn(accept(listener, None, events_tx.clone()));
+            let name = listener_name("TCP", &listener);
+            let task = tokio::spawn(accept(listener, None, events_tx.clone(), admission.clone()));
+            listeners.push((name, task));
         }
         if let Some((listener, tls)) = sockets.tls {
+            let name = listener_name("TLS", &listener);
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-            tokio::spawn(accept(listener, Some(acceptor), events_tx.clone()));
+            let task = tokio::spawn(accept(
+                listener,
+                Some(acceptor),
+                events_tx.clone(),
+                admission.clone(),
+            ));
+            listeners.push((name, task));
         }
         let keepalive = outbound::KeepAlive::new(config.keepalive, StdRng::from_rng(&mut rng));
+        // Without it nothing we relay could be told from a forgery: not worth running.
+        let relay_key = crate::sip::relay::RelayKey::generate()
+            .expect("the OS random generator gives the relay key");
+        let trust = trust::Trust::new(&config.inbound.policy.trusted);
+        let reply_budget = reply_budget::ReplyBudget::new(config.inbound.policy.reply_rate);
         let driver = Driver {
             table: RegistrationTable::new(config.core.clone(), StdRng::from_rng(&mut rng)),
             transactions: ClientTransactions::new(config.timers, rng),
             pacer: Pacer::new(config.pacing, now),
-            streams: Streams::new(stream_tx, config.tls_client.clone()),
+            streams: Streams::new(stream_tx, config.tls_client.clone(), flow_settings),
             config,
             udp: Arc::new(sockets.udp),
             extra_udp,
             stream_rx,
             events_tx,
             events_rx,
+            admission,
             resolver,
             queue: send_queue::SendQueue::default(),
             resolved: HashMap::new(),
@@ -453,15 +569,17 @@ impl Driver {
             encode_buf: Vec::with_capacity(1024),
             shutdown: None,
             last_shutdown_report: None,
-            branch_secret,
+            relay_key,
+            trust,
+            reply_budget,
         };
         let handle = DriverHandle {
             commands: commands_tx,
             clock: WallClock::now(),
             local_addr,
         };
-        let task = tokio::spawn(driver.run());
-        (handle, task)
+        let driver = tokio::spawn(driver.run());
+        (handle, DriverTasks { driver, listeners })
     }
 
     async fn run(mut self) {
@@ -573,9 +691,11 @@ impl Driver {
                 stream,
                 peer,
                 transport,
+                permit,
             } => {
                 self.stats.connections_accepted += 1;
-                let flow = self.streams.adopt(stream, peer, transport);
+                let flow = self.streams.adopt(stream, peer, transport, permit);
+                self.trust.flow_accepted(flow);
                 debug!(flow, %peer, "accepted a {} connection", transport.via_token());
             }
             Event::Resolved {
@@ -596,6 +716,17 @@ impl Driver {
                 stats.leaving = self.table.leaving_count();
                 stats.transactions = self.transactions.stats();
                 stats.connections = self.streams.len();
+                let admitted = self.admission.counts();
+                stats.inbound_connections = admitted.open;
+                stats.connections_refused = admitted.refused_total;
+                stats.connections_refused_per_ip = admitted.refused_per_source;
+                stats.accept_errors = admitted.accept_errors;
+                let closed = self.streams.counts();
+                stats.connections_idle_closed = closed.idle_closed;
+                stats.connections_unframeable = closed.unframeable;
+                stats.write_queue_overflows = closed.write_queue_overflows;
+                stats.write_timeouts = closed.write_timeouts;
+                stats.datagrams_dropped = self.events_tx.datagrams_dropped.load(Ordering::Relaxed);
                 let _ = reply.send(stats);
             }
             Command::Shutdown(Some(timeout), reply) => {
@@ -643,8 +774,9 @@ impl Driver {
     }
 }
 
-/// Feeds an extra UDP socket's datagrams to the driver.
-async fn read_udp(socket: Arc<UdpTransport>, events: mpsc::UnboundedSender<Event>) {
+/// Feeds an extra UDP socket's datagrams to the driver; drops (and counts) them when the
+/// driver is behind.
+async fn read_udp(socket: Arc<UdpTransport>, events: EventSender) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let local = socket.local_addr();
     loop {
@@ -655,7 +787,7 @@ async fn read_udp(socket: Arc<UdpTransport>, events: mpsc::UnboundedSender<Event
                     from,
                     bytes: buf[..len].to_vec(),
                 };
-                if events.send(event).is_err() {
+                if events.offer(event).is_err() {
                     return;
                 }
             }
@@ -664,48 +796,84 @@ async fn read_udp(socket: Arc<UdpTransport>, events: mpsc::UnboundedSender<Event
     }
 }
 
-/// Accepts connections (and does the TLS handshake) off the driver task.
+fn listener_name(transport: &str, listener: &TcpListener) -> String {
+    match listener.local_addr() {
+        Ok(addr) => format!("{transport} listener {addr}"),
+        Err(_) => format!("{transport} listener"),
+    }
+}
+
+/// How long a peer has for its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Accepts connections (and does the TLS handshake) off the driver task. A connection gets a
+/// place under the limits before anything else (a handshake in progress holds one too), or is
+/// closed at once.
 async fn accept(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    events: mpsc::UnboundedSender<Event>,
+    events: EventSender,
+    admission: Admission,
 ) {
     use crate::registration::Transport;
+    let mut backoff = AcceptBackoff::new();
     loop {
         let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                backoff.succeeded();
+                accepted
+            }
             Err(err) => {
-                // Out of file descriptors and the like: do not spin.
-                warn!("accept failed: {err}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Out of file descriptors and the like: the same error comes back until
+                // something closes, so wait longer each time instead of spinning.
+                admission.accept_failed();
+                let (delay, first) = backoff.failed();
+                if first {
+                    warn!("accept failed: {err}; backing off (counted in accept_errors)");
+                } else {
+                    debug!("accept failed: {err}; next try in {delay:?}");
+                }
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        let permit = match admission.admit(peer.ip()) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                debug!(%peer, "connection closed at once: {refusal}");
+                drop(tcp);
                 continue;
             }
         };
         let _ = tcp.set_nodelay(true);
-        let events = events.clone();
         match &tls {
             None => {
                 let event = Event::Accepted {
                     stream: Box::new(tcp),
                     peer,
                     transport: Transport::Tcp,
+                    permit,
                 };
-                if events.send(event).is_err() {
+                if events.send_waiting(event).await.is_err() {
                     return;
                 }
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
+                let events = events.clone();
                 tokio::spawn(async move {
                     let handshake =
-                        tokio::time::timeout(Duration::from_secs(5), acceptor.accept(tcp)).await;
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                     match handshake {
                         Ok(Ok(stream)) => {
-                            let _ = events.send(Event::Accepted {
-                                stream: Box::new(stream),
-                                peer,
-                                transport: Transport::Tls,
-                            });
+                            let _ = events
+                                .send_waiting(Event::Accepted {
+                                    stream: Box::new(stream),
+                                    peer,
+                                    transport: Transport::Tls,
+                                    permit,
+                                })
+                                .await;
                         }
                         Ok(Err(err)) => debug!(%peer, "TLS handshake failed: {err}"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),

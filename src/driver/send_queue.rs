@@ -23,7 +23,7 @@ pub(super) struct SendQueue {
 
 impl SendQueue {
     pub(super) fn push(&mut self, queued: Queued) {
-        if queued.request.authorization.is_some() {
+        if !queued.request.authorization.is_empty() {
             self.with_credentials.push_back(queued);
         } else {
             self.fresh.push_back(queued);
@@ -32,7 +32,7 @@ impl SendQueue {
 
     /// Puts a request back at the head of its line (it was taken out and must wait again).
     pub(super) fn push_front(&mut self, queued: Queued) {
-        if queued.request.authorization.is_some() {
+        if !queued.request.authorization.is_empty() {
             self.with_credentials.push_front(queued);
         } else {
             self.fresh.push_front(queued);
@@ -87,7 +87,9 @@ mod tests {
                 contact_uri: format!("sip:u{key}@127.0.0.1"),
                 expires: 3600,
                 authorization: with_credentials
-                    .then(|| ("Authorization", "Digest username=\"u\"".to_string())),
+                    .then(|| ("Authorization", "Digest username=\"u\"".to_string()))
+                    .into_iter()
+                    .collect(),
                 user_agent: "test".into(),
             },
         }

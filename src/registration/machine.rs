@@ -222,12 +222,32 @@ mod dialog_id_tests {
     }
 }
 
-/// A digest challenge kept for answering future requests with the same nonce.
+/// A digest challenge kept for answering this and future requests with the same nonce.
+///
+/// A registration keeps one per kind and realm (RFC 3261 §22.3): an authenticating outbound
+/// proxy (407, `Proxy-Authorization`) and the registrar behind it (401, `Authorization`) each
+/// challenge in turn, and every later request must answer both.
 #[derive(Clone, Debug)]
-struct AuthSession {
+struct KeptChallenge {
     challenge: Challenge,
+    /// Answers computed from this challenge so far: 1 means only the request just sent carried
+    /// one, so a new challenge for the same realm in reply rejects our credentials.
     nonce_count: u32,
 }
+
+impl KeptChallenge {
+    fn is_for(&self, challenge: &Challenge) -> bool {
+        self.challenge.proxy == challenge.proxy && self.challenge.realm() == challenge.realm()
+    }
+}
+
+/// At most this many challenges are kept per registration (a proxy and a registrar need two);
+/// a registrar that keeps naming new realms cannot grow it without bound.
+const MAX_KEPT_CHALLENGES: usize = 4;
+
+/// Challenge rounds answered within one round of registering; a peer that challenges forever
+/// (new realms, fresh nonces for good answers) ends in an authentication failure.
+const MAX_CHALLENGE_ROUNDS: u8 = 4;
 
 /// Operator-visible facts about a registration at one instant; what RPC renders.
 #[derive(Clone, Debug)]
@@ -312,9 +332,12 @@ pub struct Registration {
     requested_expires: u32,
 
     in_flight: Option<InFlight>,
-    auth: Option<AuthSession>,
+    /// Challenges kept for answering (empty: none; one heap block for all of them).
+    auth: Box<[KeptChallenge]>,
     /// Challenges answered in the current round after a stale nonce (bounded to one).
     stale_answers: u8,
+    /// Challenges answered in the current round (bounded by [`MAX_CHALLENGE_ROUNDS`]).
+    challenge_rounds: u8,
     /// 423 answers followed in the current round (bounded).
     interval_raises: u8,
 
@@ -361,8 +384,9 @@ impl Registration {
             next_cseq: 1,
             requested_expires,
             in_flight: None,
-            auth: None,
+            auth: Box::default(),
             stale_answers: 0,
+            challenge_rounds: 0,
             interval_raises: 0,
             timer: None,
             refresh_second: None,
@@ -500,6 +524,7 @@ impl Registration {
     /// Starts a new round (fresh REGISTER or un-REGISTER, not an answer to a challenge).
     fn begin_round(&mut self, ctx: &mut Ctx<'_>, purpose: Purpose) {
         self.stale_answers = 0;
+        self.challenge_rounds = 0;
         self.interval_raises = 0;
         self.reg_init = Some(ctx.now);
         match purpose {
@@ -518,11 +543,11 @@ impl Registration {
     /// Sends with credentials computed from the last challenge (next nonce count), or without
     /// any when there is none to reuse.
     fn send_with_cached_auth(&mut self, ctx: &mut Ctx<'_>, purpose: Purpose) {
-        let auth = self.reuse_auth(ctx);
-        let auth_use = if auth.is_some() {
-            AuthUse::Cached
-        } else {
+        let auth = self.answer_kept_challenges(ctx);
+        let auth_use = if auth.is_empty() {
             AuthUse::None
+        } else {
+            AuthUse::Cached
         };
         self.send(ctx, purpose, auth, auth_use);
     }
@@ -531,7 +556,7 @@ impl Registration {
         &mut self,
         ctx: &mut Ctx<'_>,
         purpose: Purpose,
-        authorization: Option<(&'static str, String)>,
+        authorization: Vec<(&'static str, String)>,
         auth: AuthUse,
     ) {
         let expires = match purpose {
@@ -672,7 +697,18 @@ impl Registration {
             self.after_round(ctx);
             return;
         }
-        let granted = self.granted_expiry(flight.expires, response);
+        // A registrar may shorten what we asked for, never lengthen it (RFC 3261 §10.3): a
+        // larger grant, up to `expires=4294967295`, would park the row without refreshes.
+        let offered = self.granted_expiry(flight.expires, response);
+        let granted = offered.min(flight.expires).min(ctx.policy.max_expires);
+        if granted < offered {
+            debug!(
+                l_uuid = %self.record.l_uuid(),
+                offered,
+                granted,
+                "registrar granted more than we asked for; refreshing as if it had granted what we asked"
+            );
+        }
         if granted == 0 {
             // A 200 that grants nothing leaves us without a binding: treat it as a failure
             // rather than refreshing in a tight loop.
@@ -786,7 +822,7 @@ impl Registration {
                 challenge.realm()
             )
             .into();
-            self.auth = None;
+            self.auth = Box::default();
             self.on_failure(ctx, flight, Failure::RealmMismatch, None);
             return;
         }
@@ -798,39 +834,75 @@ impl Registration {
             return;
         };
 
-        if flight.auth == AuthUse::Fresh {
+        // A challenge for a realm whose answer went out in this very request (computed from the
+        // challenge received just before) rejects our credentials, unless only the nonce was
+        // stale. A challenge for a realm not answered yet is the next hop asking in turn (a
+        // registrar behind an authenticating proxy); one answered from a kept challenge means
+        // the nonce we reused has expired.
+        let rejected = self
+            .auth
+            .iter()
+            .any(|kept| kept.is_for(&challenge) && kept.nonce_count == 1);
+        if rejected {
             if challenge.stale && self.stale_answers == 0 {
                 self.stale_answers += 1;
             } else {
                 error!(
                     l_uuid = %self.record.l_uuid(),
                     username = %credentials.username(),
+                    realm = %challenge.realm(),
                     "authentication failed: the registrar rejected our credentials"
                 );
                 self.last_reason = format!("{} after credentials were sent", response.code).into();
-                self.auth = None;
+                self.auth = Box::default();
                 self.on_failure(ctx, flight, Failure::Credentials, None);
                 return;
             }
         }
-
-        match self.authorize(ctx, &challenge, &credentials, 1) {
-            Ok(header) => {
-                self.auth = Some(AuthSession {
-                    challenge,
-                    nonce_count: 1,
-                });
-                if flight.purpose == Purpose::Register && self.status != Status::Registered {
-                    self.status = Status::Authenticating;
-                }
-                self.send(ctx, flight.purpose, Some(header), AuthUse::Fresh);
-            }
-            Err(err) => {
-                warn!(l_uuid = %self.record.l_uuid(), "cannot answer the challenge: {err}");
-                self.last_reason = format!("cannot answer challenge: {err}").into();
-                self.on_failure(ctx, flight, Failure::Credentials, None);
-            }
+        if self.challenge_rounds >= MAX_CHALLENGE_ROUNDS {
+            warn!(
+                l_uuid = %self.record.l_uuid(),
+                rounds = self.challenge_rounds,
+                "challenged again and again; giving up this round"
+            );
+            self.last_reason = format!(
+                "{} after {} answered challenges",
+                response.code, self.challenge_rounds
+            )
+            .into();
+            self.auth = Box::default();
+            self.on_failure(ctx, flight, Failure::Credentials, None);
+            return;
         }
+        if let Err(err) = self.authorize(ctx, &challenge, &credentials, 1) {
+            warn!(l_uuid = %self.record.l_uuid(), "cannot answer the challenge: {err}");
+            self.last_reason = format!("cannot answer challenge: {err}").into();
+            self.auth = Box::default();
+            self.on_failure(ctx, flight, Failure::Credentials, None);
+            return;
+        }
+        self.challenge_rounds += 1;
+        self.keep_challenge(challenge);
+        let headers = self.answer_kept_challenges(ctx);
+        if flight.purpose == Purpose::Register && self.status != Status::Registered {
+            self.status = Status::Authenticating;
+        }
+        self.send(ctx, flight.purpose, headers, AuthUse::Fresh);
+    }
+
+    /// Keeps `challenge` in place of the one for the same kind and realm, or beside the others
+    /// (dropping the oldest when [`MAX_KEPT_CHALLENGES`] are kept already).
+    fn keep_challenge(&mut self, challenge: Challenge) {
+        let mut kept: Vec<KeptChallenge> = std::mem::take(&mut self.auth).into_vec();
+        kept.retain(|k| !k.is_for(&challenge));
+        if kept.len() >= MAX_KEPT_CHALLENGES {
+            kept.remove(0);
+        }
+        kept.push(KeptChallenge {
+            challenge,
+            nonce_count: 0,
+        });
+        self.auth = kept.into_boxed_slice();
     }
 
     /// Among several challenges (e.g. SHA-256 and MD5), the strongest one we can answer whose
@@ -866,17 +938,32 @@ impl Registration {
         }
     }
 
-    fn reuse_auth(&mut self, ctx: &mut Ctx<'_>) -> Option<(&'static str, String)> {
-        let credentials = self.record.credentials()?;
-        let session = self.auth.as_mut()?;
-        session.nonce_count += 1;
-        let (challenge, nc) = (session.challenge.clone(), session.nonce_count);
-        let header = self.authorize(ctx, &challenge, &credentials, nc);
-        if header.is_err() {
-            // The kept challenge cannot be answered with these credentials: forget it.
-            self.auth = None;
+    /// Answers every kept challenge with its next nonce count: the credentials a request
+    /// carries. A kept challenge these credentials cannot answer is forgotten.
+    fn answer_kept_challenges(&mut self, ctx: &mut Ctx<'_>) -> Vec<(&'static str, String)> {
+        let Some(credentials) = self.record.credentials() else {
+            return Vec::new();
+        };
+        let mut headers = Vec::with_capacity(self.auth.len());
+        let mut unusable = false;
+        let mut kept = std::mem::take(&mut self.auth);
+        for entry in kept.iter_mut() {
+            entry.nonce_count = entry.nonce_count.saturating_add(1);
+            match self.authorize(ctx, &entry.challenge, &credentials, entry.nonce_count) {
+                Ok(header) => headers.push(header),
+                Err(_) => unusable = true,
+            }
         }
-        header.ok()
+        if unusable {
+            let mut usable = kept.into_vec();
+            usable.retain(|entry| {
+                self.authorize(ctx, &entry.challenge, &credentials, 1)
+                    .is_ok()
+            });
+            kept = usable.into_boxed_slice();
+        }
+        self.auth = kept;
+        headers
     }
 
     fn on_failure(
@@ -1030,7 +1117,7 @@ impl Registration {
         let expires_changed = record.expires != self.record.expires;
         let disabled_changed = record.is_disabled() != self.record.is_disabled();
         if credentials_changed {
-            self.auth = None;
+            self.auth = Box::default();
         }
         if expires_changed {
             self.requested_expires = record.expires;

@@ -82,7 +82,8 @@ pub struct RetryPolicy {
     /// Fraction of each delay that is randomised (0.5 → the delay is drawn from 50 %–100 %).
     /// Wide on purpose: rows that failed together (a registrar outage) must not retry together.
     pub jitter: f64,
-    /// Largest `Min-Expires` (423) we accept raising our expiry to.
+    /// Largest `Min-Expires` (423) we accept raising our expiry to, and the longest grant we
+    /// believe: a binding is refreshed at the latest as if this had been granted.
     pub max_expires: u32,
     /// Longest `Retry-After` we honour; a larger value is capped (a misbehaving registrar should
     /// not park a row for days).

@@ -279,6 +279,15 @@ impl RegistrationTable {
         summary
     }
 
+    /// How many running rows a [`RegistrationTable::reload`] with `records` would remove.
+    pub fn removed_by(&self, records: &[Record]) -> usize {
+        let kept: std::collections::HashSet<&str> = records.iter().map(|r| r.l_uuid()).collect();
+        self.by_uuid
+            .keys()
+            .filter(|l_uuid| !kept.contains(&***l_uuid))
+            .count()
+    }
+
     /// Earliest instant at which [`RegistrationTable::handle_timeout`] has work.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.timers.first().map(|(at, _)| *at)

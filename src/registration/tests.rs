@@ -89,6 +89,11 @@ struct Model {
     late: usize,
     /// The least time left on a binding when a REGISTER for it arrived.
     min_margin: Option<Duration>,
+    /// An authenticating proxy in front: requests without a good Proxy-Authorization for this
+    /// realm get a 407 before the registrar sees them.
+    proxy_realm: Option<&'static str>,
+    /// Contact expiry to grant whatever was asked (a registrar that overstates its grant).
+    overgrant: Option<u32>,
 }
 
 impl Model {
@@ -108,7 +113,21 @@ impl Model {
             rng: StdRng::seed_from_u64(7),
             late: 0,
             min_margin: None,
+            proxy_realm: None,
+            overgrant: None,
         }
+    }
+
+    /// A 407 from the authenticating proxy for `realm`.
+    fn proxy_challenge(&mut self, now: Instant, req: &RegisterRequest, realm: &str) -> Response {
+        self.nonce_counter += 1;
+        let nonce = format!("p{}", self.nonce_counter);
+        self.nonces.insert(nonce.clone(), now);
+        let mut r = base_response(req, 407, "Proxy Authentication Required");
+        r.proxy_authenticate = vec![format!(
+            "Digest realm=\"{realm}\", nonce=\"{nonce}\", qop=\"auth\", algorithm=MD5"
+        )];
+        r
     }
 
     fn challenge(
@@ -158,7 +177,30 @@ impl Model {
             Mode::WrongRealm => return Some(self.challenge(now, req, "other.realm", false)),
             _ => {}
         }
-        let Some((_, value)) = &req.authorization else {
+        if let Some(realm) = self.proxy_realm {
+            let good = req
+                .authorization
+                .iter()
+                .filter(|(name, _)| *name == "Proxy-Authorization")
+                .filter_map(|(_, value)| Authorization::parse(value).ok())
+                .any(|auth| {
+                    auth.realm == realm
+                        && auth.verify(
+                            SecretInput::Password(&format!("pw-{user}")),
+                            "REGISTER",
+                            b"",
+                        )
+                        && self.nonces.contains_key(&auth.nonce)
+                });
+            if !good {
+                return Some(self.proxy_challenge(now, req, realm));
+            }
+        }
+        let Some((_, value)) = req
+            .authorization
+            .iter()
+            .find(|(name, _)| *name == "Authorization")
+        else {
             return Some(self.challenge(now, req, REALM, false));
         };
         let auth = Authorization::parse(value).expect("our own Authorization parses");
@@ -184,7 +226,7 @@ impl Model {
             // Another device's binding first, ours second, as real registrars list them.
             r.contacts = vec![
                 contact("sip:other@192.0.2.1:5060", Some(120)),
-                contact(&req.contact_uri, Some(granted)),
+                contact(&req.contact_uri, Some(self.overgrant.unwrap_or(granted))),
             ];
         }
         Some(r)
@@ -329,8 +371,8 @@ fn registers_after_one_challenge_and_refreshes_before_expiry() {
     assert_eq!(sim.status("uuid000000"), Status::Registered);
     // Unauthenticated REGISTER, then the answer to the challenge.
     assert_eq!(sim.sent.len(), 2);
-    assert!(sim.sent[0].1.authorization.is_none());
-    assert!(sim.sent[1].1.authorization.is_some());
+    assert!(sim.sent[0].1.authorization.is_empty());
+    assert_eq!(sim.sent[1].1.authorization.len(), 1);
     assert_eq!(sim.sent[0].1.call_id, sim.sent[1].1.call_id);
     assert_eq!(sim.sent[1].1.cseq, sim.sent[0].1.cseq + 1);
     let snap = sim.table.get("uuid000000").unwrap().snapshot();
@@ -369,7 +411,7 @@ fn realm_mismatch_never_sends_credentials() {
     sim.table.reload(start, vec![record(0)]);
     sim.run_until(start + Duration::from_secs(6 * 3600));
     assert!(sim.sent.len() >= 3, "retried: {}", sim.sent.len());
-    assert!(sim.sent.iter().all(|(_, r)| r.authorization.is_none()));
+    assert!(sim.sent.iter().all(|(_, r)| r.authorization.is_empty()));
     let snap = sim.table.get("uuid000000").unwrap().snapshot();
     assert_eq!(snap.status, Status::RealmMismatch);
     assert_eq!(snap.expected_realm.as_deref(), Some(REALM));
@@ -1192,4 +1234,105 @@ fn a_lost_un_register_ends_too() {
     // Best effort: given up on, and the registration is gone.
     assert_eq!(sim.table.leaving_count(), 0);
     assert_eq!(sim.table.next_deadline(), None);
+}
+
+/// An authenticating outbound proxy (407, realm "proxy.test") in front of the registrar (401):
+/// the second challenge is the next hop asking in turn, not a rejection, and every request from
+/// then on answers both (RFC 3261 §22.3).
+#[test]
+fn a_proxy_challenge_then_a_registrar_challenge_are_both_answered() {
+    let mut sim = Sim::new(Mode::Normal);
+    sim.model.proxy_realm = Some("proxy.test");
+    // Nonces outlive a refresh interval, so refreshes reuse both challenges.
+    sim.model.nonce_life = Duration::from_secs(24 * 3600);
+    let start = sim.now;
+    // An empty realm accepts any challenge; a pinned realm would refuse the proxy's.
+    let row = changed(&record(0), |f| f.realm = String::new());
+    sim.table.reload(start, vec![row]);
+    sim.run_until(start + Duration::from_secs(1));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+    fn names(sim: &Sim, i: usize) -> Vec<&'static str> {
+        sim.sent[i]
+            .1
+            .authorization
+            .iter()
+            .map(|(n, _)| *n)
+            .collect()
+    }
+    assert_eq!(
+        sim.sent.len(),
+        3,
+        "no credentials, proxy only, proxy and registrar"
+    );
+    assert!(names(&sim, 0).is_empty());
+    assert_eq!(names(&sim, 1), ["Proxy-Authorization"]);
+    assert_eq!(names(&sim, 2), ["Proxy-Authorization", "Authorization"]);
+    assert_eq!(sim.model.bad_auth, 0);
+
+    // Refreshes answer both kept challenges up front, with the next nonce counts.
+    sim.run_until(start + Duration::from_secs(3600));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+    assert_eq!(sim.sent.len(), 4, "one REGISTER per refresh");
+    assert_eq!(names(&sim, 3), ["Proxy-Authorization", "Authorization"]);
+    let nc = |i: usize, name: &str| {
+        sim.sent[i]
+            .1
+            .authorization
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| Authorization::parse(v).ok())
+            .and_then(|a| a.nc)
+    };
+    assert_eq!(nc(3, "Proxy-Authorization"), Some(3));
+    assert_eq!(nc(3, "Authorization"), Some(2));
+}
+
+/// The same realm challenging again right after our fresh answer is a rejection, for the proxy
+/// as for the registrar: no loop of answers.
+#[test]
+fn a_proxy_rejecting_our_answer_is_an_auth_failure() {
+    let mut sim = Sim::new(Mode::Normal);
+    sim.model.proxy_realm = Some("proxy.test");
+    let start = sim.now;
+    let row = changed(&record(0), |f| {
+        f.realm = String::new();
+        f.auth_password = Secret::new("wrong".to_string());
+    });
+    sim.table.reload(start, vec![row]);
+    sim.run_until(start + Duration::from_secs(5));
+    assert_eq!(sim.status("uuid000000"), Status::AuthFailed);
+    assert_eq!(sim.sent.len(), 2);
+}
+
+/// A registrar may shorten the expiry we ask for but never lengthen it: a 200 granting
+/// `expires=4294967295` is refreshed as if it had granted what we asked.
+#[test]
+fn a_grant_longer_than_asked_is_capped_at_the_request() {
+    let mut sim = Sim::new(Mode::Normal);
+    sim.model.overgrant = Some(u32::MAX);
+    sim.model.nonce_life = Duration::from_secs(24 * 3600);
+    let start = sim.now;
+    sim.table.reload(start, vec![record(0)]);
+    sim.run_until(start + Duration::from_secs(1));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+    let snapshot = sim.table.get("uuid000000").unwrap().snapshot();
+    assert_eq!(snapshot.granted_expires, Some(3600));
+    let refresh = snapshot.next_action.expect("a refresh is scheduled");
+    assert!(refresh < start + Duration::from_secs(3600));
+    sim.run_until(start + Duration::from_secs(3 * 3600));
+    assert_eq!(sim.sent.len(), 5, "first registration and three refreshes");
+
+    // And never longer than the policy's maximum, even when the row asks for more.
+    let policy = RetryPolicy {
+        max_expires: 600,
+        ..RetryPolicy::default()
+    };
+    let mut sim = Sim::with_policy(Mode::Normal, policy, 3);
+    sim.model.overgrant = Some(u32::MAX);
+    sim.model.grant = u32::MAX;
+    let start = sim.now;
+    sim.table.reload(start, vec![record(0)]);
+    sim.run_until(start + Duration::from_secs(1));
+    let snapshot = sim.table.get("uuid000000").unwrap().snapshot();
+    assert_eq!(snapshot.granted_expires, Some(600));
 }

@@ -268,8 +268,36 @@ fn register_all(
         }
     })?;
 
-    module.register_async_method("uac.reg_reload", |_params, gw, _| async move {
-        match gw.reload().await {
+    module.register_async_method("uac.reg_reload", |params, gw, _| async move {
+        // Kamailio's reg_reload takes no parameter; `force` is ours: apply a reload that would
+        // remove more than `[database] max_removed_share` of the running rows.
+        let values: Vec<Value> = if params.is_object() {
+            return Err(fault(
+                400,
+                "Invalid Parameters - parameters must be positional",
+            ));
+        } else {
+            params
+                .parse::<Option<Vec<Value>>>()
+                .map_err(|_| fault(400, "Invalid Parameters - parameters must be a JSON array"))?
+                .unwrap_or_default()
+        };
+        let force = match values.as_slice() {
+            [] => false,
+            [Value::String(word)] if word == "force" => true,
+            _ => {
+                return Err(fault(
+                    400,
+                    "Invalid Parameters - expected nothing or \"force\"",
+                ));
+            }
+        };
+        let outcome = if force {
+            gw.reload_forced().await
+        } else {
+            gw.reload().await
+        };
+        match outcome {
             Ok(report) => Ok::<_, ErrorObjectOwned>(report),
             // Kamailio's text; the cause goes in `data` for those who look.
             Err(err) => Err(ErrorObjectOwned::owned(
@@ -401,6 +429,18 @@ fn register_all(
         Ok::<_, ErrorObjectOwned>(serde_json::json!({ "stopping": true, "registered": bound }))
     })?;
 
+    // Test builds only (cargo feature `fault-injection`): makes the driver task panic, so a
+    // test can check that the daemon then exits with an error instead of living on without it.
+    #[cfg(feature = "fault-injection")]
+    module.register_async_method("uacreg.debug_panic", |_params, gw, _| async move {
+        tracing::warn!("uacreg.debug_panic: making the driver task panic (fault injection)");
+        gw.driver
+            .apply::<()>(|_, _| panic!("fault injection: uacreg.debug_panic"))
+            .await
+            .map_err(internal)?;
+        Ok::<_, ErrorObjectOwned>(Empty {})
+    })?;
+
     module.register_async_method("uacreg.status", |_params, gw, _| async move {
         let counts = gw.driver.status_counts().await.map_err(internal)?;
         let stats = gw.driver.stats().await.map_err(internal)?;
@@ -477,11 +517,23 @@ pub async fn serve_unix(
         .to_service_builder();
     let methods: jsonrpsee::server::Methods = methods(gateway).into();
     tokio::spawn(async move {
+        let mut backoff = crate::transport::admission::AcceptBackoff::new();
         loop {
             let socket = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((socket, _)) => socket,
-                    Err(_) => continue,
+                    Ok((socket, _)) => {
+                        backoff.succeeded();
+                        socket
+                    }
+                    Err(err) => {
+                        // Out of descriptors and the like: wait instead of spinning.
+                        let (delay, first) = backoff.failed();
+                        if first {
+                            tracing::warn!("JSON-RPC Unix socket: accept failed: {err}");
+                        }
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
                 },
                 _ = stop.clone().shutdown() => break,
             };

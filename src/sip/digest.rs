@@ -15,6 +15,10 @@ pub enum DigestError {
     UnsupportedQop(String),
     #[error("an HA1 from the auth_ha1 column is an MD5 hash and cannot answer a {0} challenge")]
     Ha1NeedsMd5(String),
+    /// A control character (CR, LF, NUL, ESC …) in a challenge: its values would be copied into
+    /// our next request and into logs, so such a challenge is never answered.
+    #[error("control character in a digest header")]
+    ControlCharacter,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -152,8 +156,13 @@ impl QopOffer {
     }
 }
 
-/// Splits `Digest a="x, y", b=c` into its scheme and lowercase-named parameters.
+/// Splits `Digest a="x, y", b=c` into its scheme and lowercase-named parameters. A control
+/// character anywhere (HTAB aside, which is white space) refuses the whole header: realm, nonce
+/// and opaque are echoed into the next REGISTER, where a bare CR or LF would split a header line.
 fn parse_params(value: &str) -> Result<(String, Vec<(String, String)>), DigestError> {
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(DigestError::ControlCharacter);
+    }
     let value = value.trim();
     let (scheme, rest) = match value.find(char::is_whitespace) {
         Some(i) => (&value[..i], &value[i..]),
@@ -732,6 +741,28 @@ mod tests {
             Err(DigestError::UnsupportedAlgorithm(_))
         ));
         assert!(Challenge::parse("Digest realm=\"x", false).is_err());
+    }
+
+    #[test]
+    fn control_characters_refuse_the_challenge() {
+        for bad in [
+            "Digest realm=\"evil\rVia: x\", nonce=\"n\"",
+            "Digest realm=\"r\", nonce=\"n\nContact: *\"",
+            "Digest realm=\"r\", nonce=\"n\0\"",
+            "Digest realm=\"\u{1b}[31mred\", nonce=\"n\"",
+            "Digest realm=r\r, nonce=n",
+            "Digest realm=\"r\", nonce=\"n\", opaque=\"\\\r\"",
+            "Digest realm=\"r\", nonce=\"n\u{7f}\"",
+        ] {
+            assert_eq!(
+                Challenge::parse(bad, false),
+                Err(DigestError::ControlCharacter),
+                "{bad:?}"
+            );
+        }
+        // HTAB is white space, not a control character to refuse.
+        let tab = Challenge::parse("Digest\trealm=\"r\",\tnonce=\"n\"", false).unwrap();
+        assert_eq!((tab.realm(), tab.nonce()), ("r", "n"));
     }
 
     #[test]

@@ -201,7 +201,7 @@ pub(crate) fn expand_compact(name: &str) -> String {
 }
 
 /// Largest head we look at; anything bigger is not a registrar's answer.
-const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEAD: usize = super::MAX_MESSAGE;
 const MAX_HEADERS: usize = 256;
 
 fn split_head(datagram: &[u8]) -> Result<Head<'_>, ParseError> {
@@ -390,6 +390,25 @@ fn top_via_branch(head: &Head<'_>) -> Option<String> {
         .and_then(|(_, v)| v)
 }
 
+/// Longest reason phrase kept, in bytes: it is stored per row, logged and written to a
+/// `VARCHAR(255)` status column, and nothing useful is said in more.
+pub const MAX_REASON: usize = 255;
+
+/// The reason phrase as it may be kept, shown and logged: control characters (a bare CR, ESC
+/// sequences for a terminal, NUL, which PostgreSQL refuses in text) become `?`, and the text is
+/// cut to [`MAX_REASON`] bytes at a character boundary.
+fn clean_reason(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len().min(MAX_REASON));
+    for c in reason.trim().chars() {
+        let c = if c.is_control() { '?' } else { c };
+        if out.len() + c.len_utf8() > MAX_REASON {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 impl Response {
     pub fn parse(datagram: &[u8]) -> Result<Response, ParseError> {
         let head = split_head(datagram)?;
@@ -407,7 +426,7 @@ impl Response {
         let (contacts, _) = parse_contacts(&head)?;
         Ok(Response {
             code,
-            reason: reason.trim().to_string(),
+            reason: clean_reason(reason),
             branch: top_via_branch(&head),
             call_id: head.required("call-id")?.to_string(),
             cseq,
@@ -557,6 +576,20 @@ Proxy-Authenticate: Digest realm=\"r\", nonce=\"n2\", algorithm=MD5, qop=\"auth,
         let r = Response::parse(msg.as_bytes()).unwrap();
         assert_eq!(r.proxy_authenticate.len(), 2);
         assert!(r.proxy_authenticate[0].contains("SHA-256"));
+    }
+
+    #[test]
+    fn reason_phrases_are_cleaned_and_bounded() {
+        let long = "é".repeat(200);
+        let msg = format!(
+            "SIP/2.0 403 Bad\u{1b}[31m\0\rword! {long}\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKa\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\n\r\n"
+        );
+        let r = Response::parse(msg.as_bytes()).unwrap();
+        assert!(r.reason.starts_with("Bad?[31m??word! é"), "{:?}", r.reason);
+        assert!(r.reason.len() <= MAX_REASON);
+        assert!(!r.reason.chars().any(char::is_control));
+        // Cut at a character boundary, as close to the limit as two-byte characters allow.
+        assert!(r.reason.len() >= MAX_REASON - 1, "{}", r.reason.len());
     }
 
     #[test]

@@ -13,6 +13,12 @@ pub mod message;
 pub mod register;
 pub mod relay;
 
+/// Largest SIP message uacreg accepts anywhere: on a stream (head plus declared body), as a
+/// datagram, and as a head to parse. 65,535 bytes so that every UDP datagram fits and a receive
+/// buffer of this size never truncates one; registrations, their challenges and relayed calls
+/// stay far below it. One value for every entry point, so no path accepts what another refuses.
+pub const MAX_MESSAGE: usize = 65_535;
+
 pub use digest::{Algorithm, Authorization, Challenge, DigestError};
 pub use message::{ContactBinding, ParseError, Request, Response, UriParts};
 pub use register::{Hop, RegisterRequest};

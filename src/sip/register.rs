@@ -17,8 +17,9 @@ pub struct RegisterRequest {
     pub contact_uri: String,
     /// Value of the Expires header (0 removes the binding).
     pub expires: u32,
-    /// `("Authorization" | "Proxy-Authorization", value)` when answering a challenge.
-    pub authorization: Option<(&'static str, String)>,
+    /// `("Authorization" | "Proxy-Authorization", value)` for each challenge answered: an
+    /// authenticating proxy and the registrar behind it each need theirs (RFC 3261 §22.3).
+    pub authorization: Vec<(&'static str, String)>,
     pub user_agent: String,
 }
 
@@ -86,7 +87,7 @@ impl RegisterRequest {
         if !hop.supported.is_empty() {
             let _ = write!(out, "Supported: {}\r\n", hop.supported);
         }
-        if let Some((name, value)) = &self.authorization {
+        for (name, value) in &self.authorization {
             let _ = write!(out, "{name}: {value}\r\n");
         }
         if !self.user_agent.is_empty() {
@@ -110,7 +111,7 @@ mod tests {
             cseq: 10,
             contact_uri: "sip:uuid000000@127.0.0.1:5080".into(),
             expires: 3600,
-            authorization: Some(("Authorization", "Digest username=\"u\"".into())),
+            authorization: vec![("Authorization", "Digest username=\"u\"".into())],
             user_agent: "uacreg".into(),
         };
         let mut out = Vec::new();
@@ -138,7 +139,7 @@ mod tests {
             cseq: 1,
             contact_uri: "sip:uuid1@[::1]:5062".into(),
             expires: 600,
-            authorization: None,
+            authorization: Vec::new(),
             user_agent: String::new(),
         };
         let mut out = Vec::new();

@@ -12,28 +12,45 @@
 //! * Both ends are already stateful: the caller's side (the remote registrar / its proxy) and
 //!   the configured proxy each run transactions and retransmit; a stateful hop in between would
 //!   only duplicate timers and memory per call, and lose every call in progress on a restart.
-//! * Everything a later message needs is recomputed from the message itself. Our Via branch is a
-//!   keyed hash of the incoming transaction key, so a retransmission, the CANCEL of an INVITE and
-//!   the ACK of a non-2xx final response all get the branch of the INVITE, exactly what the
-//!   proxy's transaction layer needs to match them. Responses carry their way home in their Via
-//!   header: we remove our own value (recognised by a marker in its branch) and send to the next
-//!   one. The branch also carries an opaque flow token, so the driver can send a response back
-//!   on the connection the request came in on without a table of its own.
-//! * Our own replies (200 to OPTIONS, 404, 483, 400 …) get a To tag that is also a keyed hash of
-//!   the transaction key, so the ACK for such a reply is recognised and absorbed without
+//! * Everything a later message needs is recomputed from the message itself. Our Via branch is
+//!   `z9hG4bKrly-<tx>.<path>.<mac>`. `tx` is a keyed hash of the incoming transaction key, so a
+//!   retransmission, the CANCEL of an INVITE and the ACK of a non-2xx final response all get the
+//!   branch of the INVITE, exactly what the proxy's transaction layer needs to match them.
+//!   `path` is the way back as *we observed* it — the local UDP socket and the source address,
+//!   or the TCP/TLS connection — never what the sender wrote. `mac` is an HMAC-SHA256 over both
+//!   with the process's [`RelayKey`]. A response is relayed only when it comes from the proxy and
+//!   its MAC verifies, and then only along that path, never to where its other Vias point: no
+//!   one but the proxy can make us send anything, and the proxy only back to where a request
+//!   came from.
+//! * Our own replies (200 to OPTIONS, 404, 483, 400 …) get a To tag that is also an HMAC of the
+//!   transaction key, so the ACK for such a reply is recognised and absorbed without
 //!   remembering that we sent it.
+//!
+//! # Whom we relay for
+//!
+//! The caller says whether a request's sender is trusted (see `driver::trust`). Trusted senders
+//! get requests relayed as they came and our full answers. For untrusted senders
+//! [`UntrustedPolicy`] decides: nothing relayed, or relayed without the identity headers of
+//! [`IDENTITY_HEADERS`]. Our answers to them are minimal (no Allow, Accept or Server), never
+//! larger than the request that caused them (else nothing is sent), and the same for a user we
+//! refuse to relay for as for one we do not know, so the port is neither an amplifier nor an
+//! oracle for l_uuids. Rate-limiting those answers needs a clock and is the driver's part. From
+//! everyone, the `received`/`rport` of the sender's Via are what we saw, never what it wrote.
 //!
 //! The functions here never panic on malformed input (a property test feeds them arbitrary
 //! bytes). What cannot be answered (no usable Via, no Call-ID …) is dropped; what can be answered
 //! but not relayed gets a 400. Headers and body of a relayed message are copied byte for byte
-//! except for the Request-URI, our Via, the received/rport parameters of the sender's Via and
-//! Max-Forwards.
+//! except for the Request-URI, our Via, the received/rport parameters of the sender's Via,
+//! Max-Forwards and (for an untrusted sender) the identity headers.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 
-use sha2::{Digest, Sha256};
+use ring::hmac;
+use subtle::ConstantTimeEq as _;
 
 use super::message::{
     expand_compact, header_params, is_response, split_host_port, split_list, split_name_addr,
@@ -42,7 +59,8 @@ use super::message::{
 /// RFC 3261 magic cookie that starts every branch of a compliant element.
 pub const BRANCH_COOKIE: &str = "z9hG4bK";
 /// After the cookie, marks a branch as one of our relay branches. Not a hexadecimal digit, so it
-/// cannot start one of our REGISTER branches (`z9hG4bK<hex salt>.<n>`).
+/// cannot start one of our REGISTER branches, and recognised in any letter case when a response
+/// comes back, so that nothing carrying it is mistaken for a REGISTER answer.
 pub const RELAY_MARKER: &str = "rly-";
 
 /// Methods we relay, advertised in the 200 answering OPTIONS.
@@ -50,8 +68,237 @@ const ALLOW: &str =
     "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, MESSAGE";
 
 /// Largest head we look at.
-const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEAD: usize = super::MAX_MESSAGE;
 const MAX_HEADERS: usize = 256;
+
+/// Hex digits of the per-transaction value in our branch (64 bits: unique, not a secret).
+const TX_HEX: usize = 16;
+/// Hex digits of the MAC in our branch (128 bits) and in our To tags (96 bits).
+const BRANCH_MAC_HEX: usize = 32;
+const TAG_MAC_HEX: usize = 24;
+/// Longest return path we write: UDP on an IPv6 extra socket from an IPv6 source, `u` + 2 × 37.
+const MAX_PATH: usize = 75;
+
+/// Headers that assert who a caller is or what network it is in, meaningful only inside a
+/// trust domain (RFC 3325, RFC 7315 and the Remote-Party-ID draft). An untrusted sender's are
+/// removed before relaying, as an edge proxy does at its trust boundary. `P-Charging-Vector`
+/// and `P-Charging-Function-Addresses` are among them: billing correlation from a stranger is
+/// forgeable too. `Identity` (RFC 8224) is kept: it is signed, and the proxy can verify it.
+pub const IDENTITY_HEADERS: [&str; 15] = [
+    "p-asserted-identity",
+    "p-preferred-identity",
+    "remote-party-id",
+    "rpid-privacy",
+    "p-asserted-service",
+    "p-preferred-service",
+    "p-called-party-id",
+    "p-served-user",
+    "p-access-network-info",
+    "p-visited-network-id",
+    "p-charging-vector",
+    "p-charging-function-addresses",
+    "p-profile-key",
+    "p-early-media",
+    "p-associated-uri",
+];
+
+/// The relay's secret: 32 bytes from the operating system's random generator, drawn at start
+/// and never shown. It keys the MAC in our branches and our reply To tags.
+pub struct RelayKey(hmac::Key);
+
+/// The operating system could not give us random bytes.
+#[derive(Debug, thiserror::Error)]
+#[error("the operating system's random generator failed")]
+pub struct KeyError;
+
+impl RelayKey {
+    /// A fresh key from the OS CSPRNG.
+    pub fn generate() -> Result<RelayKey, KeyError> {
+        let rng = ring::rand::SystemRandom::new();
+        hmac::Key::generate(hmac::HMAC_SHA256, &rng)
+            .map(RelayKey)
+            .map_err(|_| KeyError)
+    }
+
+    /// A key from known bytes (tests and fuzzing; the daemon uses [`RelayKey::generate`]).
+    pub fn from_secret(secret: &[u8; 32]) -> RelayKey {
+        RelayKey(hmac::Key::new(hmac::HMAC_SHA256, secret))
+    }
+
+    /// HMAC-SHA256 over a purpose and fields, each length-prefixed so that no two inputs
+    /// collide, as the first `hex_len` lowercase hex digits.
+    fn mac_hex(&self, purpose: &str, fields: &[&[u8]], hex_len: usize) -> String {
+        let mut context = hmac::Context::with_key(&self.0);
+        for field in std::iter::once(purpose.as_bytes()).chain(fields.iter().copied()) {
+            context.update(&(field.len() as u64).to_le_bytes());
+            context.update(field);
+        }
+        let tag = context.sign();
+        let bytes = tag.as_ref();
+        bytes[..hex_len / 2]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Whether `claimed` is the MAC [`RelayKey::mac_hex`] gives, compared in constant time.
+    fn verify_hex(&self, purpose: &str, fields: &[&[u8]], claimed: &str, hex_len: usize) -> bool {
+        if claimed.len() != hex_len {
+            return false;
+        }
+        let expected = self.mac_hex(purpose, fields, hex_len);
+        expected.as_bytes().ct_eq(claimed.as_bytes()).into()
+    }
+}
+
+impl fmt::Debug for RelayKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RelayKey(…)")
+    }
+}
+
+/// Where a request arrived, as the driver observed it: the way its responses must go back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReturnPath {
+    /// A datagram: the local socket it arrived on (`None`: the main SIP socket) and the source
+    /// address it came from.
+    Udp {
+        local: Option<SocketAddr>,
+        source: SocketAddr,
+    },
+    /// A TCP or TLS connection, by the driver's flow id.
+    Flow(u64),
+}
+
+impl ReturnPath {
+    /// Letters and digits only: `f<flow id in hex>`, or `u` + `m` (main socket) or the local
+    /// address + the source address, each address `4<8 hex ip><4 hex port>` or
+    /// `6<32 hex ip><4 hex port>`.
+    fn encode(&self) -> String {
+        match self {
+            ReturnPath::Flow(flow) => format!("f{flow:x}"),
+            ReturnPath::Udp { local, source } => {
+                let local = local.map_or_else(|| "m".to_string(), encode_addr);
+                format!("u{local}{}", encode_addr(*source))
+            }
+        }
+    }
+
+    fn decode(text: &str) -> Option<ReturnPath> {
+        if let Some(hex) = text.strip_prefix('f') {
+            return parse_hex(hex).map(ReturnPath::Flow);
+        }
+        let rest = text.strip_prefix('u')?;
+        let (local, rest) = match rest.strip_prefix('m') {
+            Some(rest) => (None, rest),
+            None => {
+                let (local, rest) = decode_addr(rest)?;
+                (Some(local), rest)
+            }
+        };
+        let (source, rest) = decode_addr(rest)?;
+        rest.is_empty().then_some(ReturnPath::Udp { local, source })
+    }
+}
+
+fn encode_addr(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(v4) => format!("4{:08x}{:04x}", u32::from(*v4.ip()), v4.port()),
+        SocketAddr::V6(v6) => format!("6{:032x}{:04x}", u128::from(*v6.ip()), v6.port()),
+    }
+}
+
+/// One address of [`encode_addr`] at the start of `text`, and what follows it.
+fn decode_addr(text: &str) -> Option<(SocketAddr, &str)> {
+    let (ip_hex, rest) = match text.as_bytes().first()? {
+        b'4' => (8, &text[1..]),
+        b'6' => (32, &text[1..]),
+        _ => return None,
+    };
+    let ip_text = rest.get(..ip_hex)?;
+    let port_text = rest.get(ip_hex..ip_hex + 4)?;
+    let rest = rest.get(ip_hex + 4..)?;
+    let ip = match ip_hex {
+        8 => IpAddr::V4(u32::try_from(parse_hex(ip_text)?).ok()?.into()),
+        _ => IpAddr::V6(parse_hex_u128(ip_text)?.into()),
+    };
+    let port = u16::try_from(parse_hex(port_text)?).ok()?;
+    Some((SocketAddr::new(ip, port), rest))
+}
+
+/// Lowercase hex digits only (no sign, no empty string), at most 16 of them.
+fn parse_hex(text: &str) -> Option<u64> {
+    if text.is_empty() || text.len() > 16 || !is_lower_hex(text) {
+        return None;
+    }
+    u64::from_str_radix(text, 16).ok()
+}
+
+fn parse_hex_u128(text: &str) -> Option<u128> {
+    if text.is_empty() || text.len() > 32 || !is_lower_hex(text) {
+        return None;
+    }
+    u128::from_str_radix(text, 16).ok()
+}
+
+fn is_lower_hex(text: &str) -> bool {
+    text.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Whether the request's sender is one we relay for as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sender {
+    Trusted,
+    Untrusted,
+}
+
+/// What happens to an untrusted sender's request for a registered contact.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UntrustedPolicy {
+    /// Not relayed: answered exactly as a request for an unknown user.
+    #[default]
+    Drop,
+    /// Relayed without its identity headers ([`IDENTITY_HEADERS`]).
+    Strip,
+}
+
+/// A value of `[inbound] untrusted` or `unknown_user` that is not one of the choices.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not one of {1}")]
+pub struct PolicyError(String, &'static str);
+
+impl FromStr for UntrustedPolicy {
+    type Err = PolicyError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "drop" => Ok(UntrustedPolicy::Drop),
+            "strip" => Ok(UntrustedPolicy::Strip),
+            _ => Err(PolicyError(text.to_string(), "\"drop\", \"strip\"")),
+        }
+    }
+}
+
+/// What an untrusted sender gets for a request for a user we do not relay for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnknownUserReply {
+    /// A minimal 404 (rate-limited by the driver).
+    #[default]
+    NotFound,
+    /// Nothing at all.
+    Silent,
+}
+
+impl FromStr for UnknownUserReply {
+    type Err = PolicyError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "404" => Ok(UnknownUserReply::NotFound),
+            "silent" => Ok(UnknownUserReply::Silent),
+            _ => Err(PolicyError(text.to_string(), "\"404\", \"silent\"")),
+        }
+    }
+}
 
 /// Who a request is for, from its Request-URI: the user part and the `line` URI parameter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,16 +316,103 @@ impl Addressee {
     }
 }
 
+/// What became of one received request. The driver counts every request under exactly one of
+/// these, so that the counters add up to the requests received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// OPTIONS answered with 200.
+    OptionsAnswered,
+    /// Relayed to the proxy as it came, from a trusted sender.
+    RelayedTrusted,
+    /// Relayed from an untrusted sender without its identity headers.
+    RelayedStripped,
+    /// For a registered contact, from an untrusted sender we do not relay for: treated exactly
+    /// as a request for an unknown user.
+    RefusedUntrusted,
+    /// For no registration we hold: 404, or silence for untrusted senders if so configured.
+    UnknownUser,
+    /// Answered with an error: 400, 416, 483 or 500.
+    Rejected,
+    /// For a registered contact, from a trusted sender, but no proxy is configured.
+    NoProxy,
+    /// An ACK that is not relayed (ACKs are never answered).
+    AckAbsorbed,
+    /// Too broken to answer (not a request line, no Via, Call-ID, From, To or CSeq …).
+    Malformed,
+    /// Our answer to an untrusted sender would have been larger than its request: not sent.
+    ReplyLargerThanRequest,
+    /// Our answer to an untrusted sender found the reply budget empty (decided by the driver).
+    RepliesRateLimited,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 11] = [
+        Outcome::OptionsAnswered,
+        Outcome::RelayedTrusted,
+        Outcome::RelayedStripped,
+        Outcome::RefusedUntrusted,
+        Outcome::UnknownUser,
+        Outcome::Rejected,
+        Outcome::NoProxy,
+        Outcome::AckAbsorbed,
+        Outcome::Malformed,
+        Outcome::ReplyLargerThanRequest,
+        Outcome::RepliesRateLimited,
+    ];
+
+    /// The name of its counter (status and metrics label).
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::OptionsAnswered => "options_answered",
+            Outcome::RelayedTrusted => "relayed_trusted",
+            Outcome::RelayedStripped => "relayed_stripped",
+            Outcome::RefusedUntrusted => "refused_untrusted",
+            Outcome::UnknownUser => "unknown_user",
+            Outcome::Rejected => "rejected",
+            Outcome::NoProxy => "no_proxy",
+            Outcome::AckAbsorbed => "ack_absorbed",
+            Outcome::Malformed => "malformed",
+            Outcome::ReplyLargerThanRequest => "reply_larger_than_request",
+            Outcome::RepliesRateLimited => "replies_rate_limited",
+        }
+    }
+}
+
 /// The decision for one received request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Inbound {
-    /// Send these bytes back to the sender (OPTIONS → 200, unknown user → 404, 483 Too Many
-    /// Hops, 400 for a request we cannot relay …).
+pub struct Inbound {
+    pub outcome: Outcome,
+    pub action: Action,
+}
+
+/// What to send for a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send these bytes back to the sender, along the way the request came.
     Reply(Vec<u8>),
     /// Send these bytes to the proxy.
     Forward(Vec<u8>),
-    /// Nothing to send (an ACK we do not relay, or input too broken to answer).
-    Drop,
+    /// Nothing to send.
+    Nothing,
+}
+
+impl Inbound {
+    fn nothing(outcome: Outcome) -> Inbound {
+        Inbound {
+            outcome,
+            action: Action::Nothing,
+        }
+    }
+}
+
+/// How a request reached us.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    /// The packet's source address (for a connection, its peer).
+    pub from: SocketAddr,
+    /// The way back, as observed (it goes into our branch).
+    pub path: ReturnPath,
+    pub sender: Sender,
 }
 
 /// What [`handle_request`] needs to know about the gateway.
@@ -88,101 +422,170 @@ pub struct RelayConfig<'a> {
     pub via_transport: &'a str,
     /// Our Via sent-by for the hop towards the proxy, e.g. "127.0.0.1:5062".
     pub via_sent_by: &'a str,
-    /// Secret mixed into our branches (so they are not predictable) and into the To tag of our
-    /// own replies.
-    pub branch_secret: u64,
-    /// Opaque token that comes back in our Via on the response (the driver uses it to find the
-    /// connection the request came on). Only `[A-Za-z0-9]` characters are used; others are left
-    /// out.
-    pub flow_token: &'a str,
-    /// `Server` header of our own replies (left out when empty).
+    /// Keys the MAC of our branches and the To tag of our own replies.
+    pub key: &'a RelayKey,
+    /// `Server` header of our full replies (left out when empty).
     pub user_agent: &'a str,
+    /// A proxy is configured: requests for registered contacts can be relayed.
+    pub relaying: bool,
+    pub untrusted: UntrustedPolicy,
+    pub unknown_user: UnknownUserReply,
+}
+
+/// What became of a received response that carries our relay marker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseOutcome {
+    /// Sent back along the path in its branch.
+    Relayed,
+    /// Its branch does not verify with our key (forged, tampered or unreadable).
+    BadMac,
+    /// It did not come from the configured proxy.
+    WrongSource,
+    /// No proxy is configured, so we relayed nothing it could answer.
+    NoProxy,
+    /// The way back is gone (the connection closed, the socket is not ours) or sending failed.
+    NoFlow,
+    /// Verified, but the head is broken or no Via is left once ours is removed.
+    Malformed,
+}
+
+impl ResponseOutcome {
+    pub const ALL: [ResponseOutcome; 6] = [
+        ResponseOutcome::Relayed,
+        ResponseOutcome::BadMac,
+        ResponseOutcome::WrongSource,
+        ResponseOutcome::NoProxy,
+        ResponseOutcome::NoFlow,
+        ResponseOutcome::Malformed,
+    ];
+
+    /// The name of its counter (status and metrics label).
+    pub fn label(self) -> &'static str {
+        match self {
+            ResponseOutcome::Relayed => "relayed",
+            ResponseOutcome::BadMac => "bad_mac",
+            ResponseOutcome::WrongSource => "wrong_source",
+            ResponseOutcome::NoProxy => "no_proxy",
+            ResponseOutcome::NoFlow => "no_flow",
+            ResponseOutcome::Malformed => "malformed",
+        }
+    }
 }
 
 /// Where a response goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ResponseRoute {
-    /// A response to a request we relayed, with our Via removed: send `bytes` to
-    /// `to_host:to_port` (from the next Via: `received`/`rport` if present, else the sent-by
-    /// host and port, default 5060, or 5061 for TLS). `flow_token` is what we put in our Via,
-    /// so the caller can prefer the connection the request came on.
-    Relay {
-        bytes: Vec<u8>,
-        /// Host name or IP address (IPv6 without brackets).
-        to_host: String,
-        to_port: u16,
-        flow_token: String,
-    },
+    /// A response from the proxy to a request we relayed, with our Via removed: send `bytes`
+    /// along `path`.
+    Relay { bytes: Vec<u8>, path: ReturnPath },
     /// Not ours (the top Via branch does not carry our relay marker): the caller treats it as a
-    /// response to its own REGISTER transactions.
+    /// response to its own transactions.
     NotRelayed,
-    /// Ours but unusable (no second Via, malformed head …): drop it.
-    Drop,
+    /// Carries our marker but is not relayed: drop it, count it.
+    Refused(ResponseOutcome),
 }
 
-/// Decides what to do with one received request. `received_from` is the packet's source
-/// address; `lookup(addressee)` returns the local URI (`sip:l_username@l_domain`) of the
-/// registration the request is for, or `None`.
+/// Decides what to do with one received request. `lookup(addressee)` returns the local URI
+/// (`sip:l_username@l_domain`) of the registration the request is for, or `None`.
 pub fn handle_request(
     raw: &[u8],
-    received_from: SocketAddr,
+    arrival: Arrival,
     config: &RelayConfig,
     lookup: impl Fn(&Addressee) -> Option<String>,
 ) -> Inbound {
     let Some(scan) = Scan::new(raw) else {
-        return Inbound::Drop;
+        return Inbound::nothing(Outcome::Malformed);
     };
     let Some((method, request_uri)) = scan.request_line() else {
-        return Inbound::Drop;
+        return Inbound::nothing(Outcome::Malformed);
     };
     let Some(basics) = Basics::new(&scan) else {
-        return Inbound::Drop;
+        return Inbound::nothing(Outcome::Malformed);
     };
     let is_ack = method == "ACK";
+    let trusted = arrival.sender == Sender::Trusted;
     let key = basics.transaction_key(&scan, &method, &request_uri);
-    let reply = |code: u16, reason: &str, extra: &str| {
-        if is_ack {
-            // An ACK is never answered.
-            Inbound::Drop
+    let not_answered = |outcome: Outcome| {
+        // An ACK is never answered; one not relayed is absorbed, whatever else it was.
+        Inbound::nothing(if is_ack {
+            Outcome::AckAbsorbed
         } else {
-            Inbound::Reply(basics.reply(&scan, received_from, config, &key, code, reason, extra))
+            outcome
+        })
+    };
+    let reply = |code: u16, reason: &str, outcome: Outcome| {
+        if is_ack {
+            return not_answered(outcome);
+        }
+        let extra = if trusted && code == 200 {
+            format!("Allow: {ALLOW}\r\nAccept: application/sdp\r\n")
+        } else {
+            String::new()
+        };
+        let bytes = basics.reply(
+            &scan,
+            arrival.from,
+            config,
+            &key,
+            code,
+            reason,
+            &extra,
+            trusted,
+        );
+        if !trusted && bytes.len() > raw.len() {
+            // Never more bytes to a stranger than it sent: the port is no amplifier.
+            return Inbound::nothing(Outcome::ReplyLargerThanRequest);
+        }
+        Inbound {
+            outcome,
+            action: Action::Reply(bytes),
         }
     };
+    // What an unknown user gets; also what an untrusted sender gets for a user we hold but
+    // will not relay for, byte for byte, so that l_uuids cannot be probed.
+    let unknown = |outcome: Outcome| match (trusted, config.unknown_user) {
+        (false, UnknownUserReply::Silent) => not_answered(outcome),
+        _ => reply(404, "Not Found", outcome),
+    };
 
-    if is_ack && basics.to_tag.as_deref() == Some(reply_tag(config.branch_secret, &key).as_str()) {
+    if is_ack
+        && basics
+            .to_tag
+            .as_deref()
+            .is_some_and(|tag| is_reply_tag(config.key, &key, tag))
+    {
         // The ACK for one of our own final replies.
-        return Inbound::Drop;
+        return Inbound::nothing(Outcome::AckAbsorbed);
     }
     if scan.malformed || scan.head_end.is_none() {
-        return reply(400, "Bad Request", "");
+        return reply(400, "Bad Request", Outcome::Rejected);
     }
     if !basics.cseq_method.eq_ignore_ascii_case(&method) {
-        return reply(400, "Bad Request", "");
+        return reply(400, "Bad Request", Outcome::Rejected);
     }
     if method == "OPTIONS" {
-        let extra = format!("Allow: {ALLOW}\r\nAccept: application/sdp\r\n");
-        return reply(200, "OK", &extra);
+        return reply(200, "OK", Outcome::OptionsAnswered);
     }
 
     let scheme = request_uri
         .split_once(':')
         .map(|(s, _)| s.to_ascii_lowercase());
     if !matches!(scheme.as_deref(), Some("sip" | "sips")) {
-        return reply(416, "Unsupported URI Scheme", "");
+        return reply(416, "Unsupported URI Scheme", Outcome::Rejected);
     }
     let Ok(uri) = super::message::UriParts::parse(&request_uri) else {
-        return reply(400, "Bad Request", "");
+        return reply(400, "Bad Request", Outcome::Rejected);
     };
 
     let max_forwards = match scan.max_forwards() {
         Ok(value) => value,
-        Err(()) => return reply(400, "Bad Request", ""),
+        Err(()) => return reply(400, "Bad Request", Outcome::Rejected),
     };
     if max_forwards == Some(0) {
-        return reply(483, "Too Many Hops", "");
+        return reply(483, "Too Many Hops", Outcome::Rejected);
     }
     let Ok(body_len) = scan.body_len() else {
-        return reply(400, "Bad Request", "");
+        return reply(400, "Bad Request", Outcome::Rejected);
     };
 
     let addressee = Addressee {
@@ -194,34 +597,59 @@ pub fn handle_request(
             .and_then(|(_, value)| value.clone()),
     };
     if addressee.key().is_empty() {
-        return reply(404, "Not Found", "");
+        return unknown(Outcome::UnknownUser);
     }
     let Some(local_uri) = lookup(&addressee) else {
-        return reply(404, "Not Found", "");
+        return unknown(Outcome::UnknownUser);
     };
+    let strip = match (arrival.sender, config.untrusted) {
+        (Sender::Trusted, _) => false,
+        (Sender::Untrusted, UntrustedPolicy::Strip) if config.relaying => true,
+        (Sender::Untrusted, _) => return unknown(Outcome::RefusedUntrusted),
+    };
+    if !config.relaying {
+        return not_answered(Outcome::NoProxy);
+    }
     if local_uri.is_empty()
         || local_uri
             .chars()
             .any(|c| c.is_whitespace() || c.is_control())
     {
-        return reply(500, "Server Internal Error", "");
+        return reply(500, "Server Internal Error", Outcome::Rejected);
     }
 
-    Inbound::Forward(forward(
+    let forwarded = forward(
         &scan,
         &basics,
-        received_from,
+        arrival,
         config,
-        &method,
-        &local_uri,
-        max_forwards,
-        body_len,
-        &key,
-    ))
+        &Forwarding {
+            method: &method,
+            local_uri: &local_uri,
+            max_forwards,
+            body_len,
+            key: &key,
+            strip,
+        },
+    );
+    Inbound {
+        outcome: if strip {
+            Outcome::RelayedStripped
+        } else {
+            Outcome::RelayedTrusted
+        },
+        action: Action::Forward(forwarded),
+    }
 }
 
-/// Routes a received response: ours (top Via carries our marker) or not.
-pub fn route_response(raw: &[u8]) -> ResponseRoute {
+/// Routes a received response from `from`: ours (top Via carries our marker) or not. Ours is
+/// relayed only if a proxy is configured, it came from that proxy, and its branch verifies.
+pub fn route_response(
+    raw: &[u8],
+    from: SocketAddr,
+    key: &RelayKey,
+    proxy: Option<SocketAddr>,
+) -> ResponseRoute {
     if !is_response(raw) {
         return ResponseRoute::NotRelayed;
     }
@@ -238,22 +666,21 @@ pub fn route_response(raw: &[u8]) -> ResponseRoute {
     let Some(via) = Via::parse(&unfold(&raw[top.start..top.end])) else {
         return ResponseRoute::NotRelayed;
     };
-    let Some(relay_part) = via
-        .param("branch")
-        .and_then(|b| b.strip_prefix(BRANCH_COOKIE))
-        .and_then(|b| b.strip_prefix(RELAY_MARKER))
-    else {
+    let Some(relay_part) = via.param("branch").and_then(strip_relay_marker) else {
         return ResponseRoute::NotRelayed;
     };
-    // From here on the response is ours.
-    let Some((flow_token, hash)) = relay_part.split_once('.') else {
-        return ResponseRoute::Drop;
+    // From here on the response carries our marker: relayed or refused, never anything else.
+    let Some(proxy) = proxy else {
+        return ResponseRoute::Refused(ResponseOutcome::NoProxy);
     };
-    if hash.is_empty() || !flow_token.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return ResponseRoute::Drop;
+    if !same_address(from, proxy) {
+        return ResponseRoute::Refused(ResponseOutcome::WrongSource);
     }
+    let Some(path) = verify_branch(key, relay_part) else {
+        return ResponseRoute::Refused(ResponseOutcome::BadMac);
+    };
     if scan.malformed || scan.head_end.is_none() {
-        return ResponseRoute::Drop;
+        return ResponseRoute::Refused(ResponseOutcome::Malformed);
     }
 
     let mut bytes = Vec::with_capacity(raw.len());
@@ -271,36 +698,74 @@ pub fn route_response(raw: &[u8]) -> ResponseRoute {
             .and_then(|h| first_value(raw, h.value_start, h.value_end)),
     };
     bytes.extend_from_slice(&raw[header.end..]);
+    // The next Via is the sender's; it is not where we send (the path is), but a response
+    // without one is not a response to anything we relayed.
+    if next
+        .and_then(|n| Via::parse(&unfold(&raw[n.start..n.end])))
+        .is_none()
+    {
+        return ResponseRoute::Refused(ResponseOutcome::Malformed);
+    }
+    ResponseRoute::Relay { bytes, path }
+}
 
-    let Some(next) = next.and_then(|n| Via::parse(&unfold(&raw[n.start..n.end]))) else {
-        return ResponseRoute::Drop;
+/// The part of a branch after `z9hG4bKrly-` (in any letter case), if it starts so.
+fn strip_relay_marker(branch: &str) -> Option<&str> {
+    let prefix_len = BRANCH_COOKIE.len() + RELAY_MARKER.len();
+    let prefix = branch.get(..prefix_len)?;
+    let ours = prefix
+        .get(..BRANCH_COOKIE.len())?
+        .eq_ignore_ascii_case(BRANCH_COOKIE)
+        && prefix
+            .get(BRANCH_COOKIE.len()..)?
+            .eq_ignore_ascii_case(RELAY_MARKER);
+    if ours { branch.get(prefix_len..) } else { None }
+}
+
+/// The same IP (an IPv4-mapped IPv6 address equals its IPv4 address) and port.
+fn same_address(a: SocketAddr, b: SocketAddr) -> bool {
+    a.ip().to_canonical() == b.ip().to_canonical() && a.port() == b.port()
+}
+
+/// The return path of a relay branch (after the marker) whose MAC verifies with `key`.
+fn verify_branch(key: &RelayKey, relay_part: &str) -> Option<ReturnPath> {
+    let mut parts = relay_part.split('.');
+    let (Some(tx), Some(path), Some(mac), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
     };
-    let to_host = match next.param("received") {
-        Some(received) if !received.is_empty() => received
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string(),
-        _ => next.host.clone(),
-    };
-    let default_port = if next.transport.eq_ignore_ascii_case("TLS") {
-        5061
-    } else {
-        5060
-    };
-    let to_port = next
-        .param("rport")
-        .and_then(|p| p.parse::<u16>().ok())
-        .or(next.port)
-        .unwrap_or(default_port);
-    if to_host.is_empty() || to_port == 0 {
-        return ResponseRoute::Drop;
+    if tx.len() != TX_HEX || !is_lower_hex(tx) || path.is_empty() || path.len() > MAX_PATH {
+        return None;
     }
-    ResponseRoute::Relay {
-        bytes,
-        to_host,
-        to_port,
-        flow_token: flow_token.to_string(),
+    if !key.verify_hex(
+        "branch",
+        &[tx.as_bytes(), path.as_bytes()],
+        mac,
+        BRANCH_MAC_HEX,
+    ) {
+        return None;
     }
+    ReturnPath::decode(path)
+}
+
+/// The full branch of our Via for a transaction arriving along `path`.
+fn relay_branch(key: &RelayKey, transaction_key: &[u8], path: ReturnPath) -> String {
+    let tx = key.mac_hex("tx", &[transaction_key], TX_HEX);
+    let path = path.encode();
+    let mac = key.mac_hex("branch", &[tx.as_bytes(), path.as_bytes()], BRANCH_MAC_HEX);
+    format!("{BRANCH_COOKIE}{RELAY_MARKER}{tx}.{path}.{mac}")
+}
+
+/// The To tag of our own replies to a transaction.
+fn reply_tag(key: &RelayKey, transaction_key: &[u8]) -> String {
+    format!("rly{}", key.mac_hex("tag", &[transaction_key], TAG_MAC_HEX))
+}
+
+/// Whether `tag` is the To tag of our reply to the transaction, compared in constant time.
+fn is_reply_tag(key: &RelayKey, transaction_key: &[u8], tag: &str) -> bool {
+    tag.strip_prefix("rly")
+        .is_some_and(|mac| key.verify_hex("tag", &[transaction_key], mac, TAG_MAC_HEX))
 }
 
 /// One header as it lies in the message.
@@ -566,7 +1031,6 @@ fn first_value(data: &[u8], from: usize, to: usize) -> Option<FirstValue> {
 
 /// One Via value.
 struct Via {
-    transport: String,
     /// Without brackets for IPv6.
     host: String,
     port: Option<u16>,
@@ -598,7 +1062,6 @@ impl Via {
             return None;
         }
         Some(Via {
-            transport: transport.to_string(),
             host,
             port,
             params: header_params(params),
@@ -611,10 +1074,6 @@ impl Via {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_deref().unwrap_or(""))
-    }
-
-    fn has_empty_param(&self, name: &str) -> bool {
-        self.params.iter().any(|(n, v)| n == name && v.is_none())
     }
 }
 
@@ -705,8 +1164,10 @@ impl Basics {
         key
     }
 
-    /// The top Via value with `received` (and a filled-in empty `rport`) as RFC 3261 §18.2.1 and
-    /// RFC 3581 §4 require, or `None` when it stays as it is.
+    /// The top Via value with `received` and `rport` set from what we saw (RFC 3261 §18.2.1,
+    /// RFC 3581 §4), or `None` when it stays as it is. Whatever the sender wrote into those two
+    /// parameters is dropped, never kept: `received` is added when the sent-by host is not
+    /// the source address or an `rport` was present; `rport` gets the source port where it was.
     fn received_top_via(&self, received_from: SocketAddr) -> Option<String> {
         let source = received_from.ip().to_canonical();
         let same_host = self
@@ -714,8 +1175,9 @@ impl Basics {
             .host
             .parse::<IpAddr>()
             .is_ok_and(|ip| ip.to_canonical() == source);
-        let fill_rport = self.top_via.has_empty_param("rport");
-        if same_host && !fill_rport {
+        let has_rport = self.top_via.param("rport").is_some();
+        let has_received = self.top_via.param("received").is_some();
+        if same_host && !has_rport && !has_received {
             return None;
         }
         let (head, params) = match self.top_text.split_once(';') {
@@ -723,23 +1185,30 @@ impl Basics {
             None => (self.top_text.trim_end(), ""),
         };
         let mut out = head.to_string();
+        let mut rport_written = false;
         for param in params.split(';').map(str::trim).filter(|p| !p.is_empty()) {
             let name = param.split('=').next().unwrap_or("").trim();
             if name.eq_ignore_ascii_case("received") {
                 continue;
             }
-            out.push(';');
-            if name.eq_ignore_ascii_case("rport") && !param.contains('=') {
-                out.push_str(&format!("rport={}", received_from.port()));
-            } else {
-                out.push_str(param);
+            if name.eq_ignore_ascii_case("rport") {
+                if !rport_written {
+                    rport_written = true;
+                    out.push_str(&format!(";rport={}", received_from.port()));
+                }
+                continue;
             }
+            out.push(';');
+            out.push_str(param);
         }
-        out.push_str(&format!(";received={source}"));
+        if has_rport || !same_host {
+            out.push_str(&format!(";received={source}"));
+        }
         Some(out)
     }
 
-    /// One of our own responses to the request.
+    /// One of our own responses to the request. `full`: with `extra_headers` and `Server`
+    /// (for trusted senders); otherwise only what RFC 3261 §8.2.6 requires.
     #[allow(clippy::too_many_arguments)]
     fn reply(
         &self,
@@ -750,6 +1219,7 @@ impl Basics {
         code: u16,
         reason: &str,
         extra_headers: &str,
+        full: bool,
     ) -> Vec<u8> {
         let mut out = Vec::with_capacity(512);
         let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
@@ -768,15 +1238,18 @@ impl Basics {
         let _ = write!(out, "From: {}\r\n", self.from);
         let _ = write!(out, "To: {}", self.to);
         if self.to_tag.is_none() {
-            let _ = write!(out, ";tag={}", reply_tag(config.branch_secret, key));
+            let _ = write!(out, ";tag={}", reply_tag(config.key, key));
         }
         let _ = write!(
             out,
-            "\r\nCall-ID: {}\r\nCSeq: {}\r\n{extra_headers}",
+            "\r\nCall-ID: {}\r\nCSeq: {}\r\n",
             self.call_id, self.cseq
         );
-        if !config.user_agent.is_empty() {
-            let _ = write!(out, "Server: {}\r\n", config.user_agent);
+        if full {
+            out.extend_from_slice(extra_headers.as_bytes());
+            if !config.user_agent.is_empty() {
+                let _ = write!(out, "Server: {}\r\n", config.user_agent);
+            }
         }
         out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
         out
@@ -792,65 +1265,45 @@ fn tag_of(value: &str) -> Option<String> {
         .and_then(|(_, v)| v)
 }
 
-/// First 64 bits of SHA-256 over the secret, a purpose and the transaction key, in hex.
-fn keyed_hash(secret: u64, purpose: &str, key: &[u8]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(secret.to_le_bytes());
-    hasher.update(purpose.as_bytes());
-    hasher.update([0]);
-    hasher.update(key);
-    let digest = hasher.finalize();
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The To tag of our own replies to a transaction.
-fn reply_tag(secret: u64, key: &[u8]) -> String {
-    format!("rly{}", keyed_hash(secret, "tag", key))
-}
-
-/// The full branch of our Via for a transaction.
-fn relay_branch(config: &RelayConfig, key: &[u8]) -> String {
-    let token: String = config
-        .flow_token
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect();
-    format!(
-        "{BRANCH_COOKIE}{RELAY_MARKER}{token}.{}",
-        keyed_hash(config.branch_secret, "branch", key)
-    )
+/// What the request for the proxy is made of, besides the message itself.
+struct Forwarding<'a> {
+    method: &'a str,
+    local_uri: &'a str,
+    max_forwards: Option<u32>,
+    body_len: usize,
+    /// The transaction key (for our branch).
+    key: &'a [u8],
+    /// Leave out the identity headers (an untrusted sender's request).
+    strip: bool,
 }
 
 /// The request for the proxy: new Request-URI, our Via on top, received/rport on the sender's
-/// Via, Max-Forwards decremented; all else copied.
-#[allow(clippy::too_many_arguments)]
+/// Via, Max-Forwards decremented, identity headers removed if asked; all else copied.
 fn forward(
     scan: &Scan<'_>,
     basics: &Basics,
-    received_from: SocketAddr,
+    arrival: Arrival,
     config: &RelayConfig,
-    method: &str,
-    local_uri: &str,
-    max_forwards: Option<u32>,
-    body_len: usize,
-    key: &[u8],
+    what: &Forwarding<'_>,
 ) -> Vec<u8> {
     let data = scan.data;
     let le = scan.line_end;
     let mut out = Vec::with_capacity(data.len() + 256);
     let _ = write!(
         out,
-        "{method} {local_uri} SIP/2.0{le}Via: SIP/2.0/{} {};branch={};rport{le}",
+        "{} {} SIP/2.0{le}Via: SIP/2.0/{} {};branch={};rport{le}",
+        what.method,
+        what.local_uri,
         config.via_transport,
         config.via_sent_by,
-        relay_branch(config, key)
+        relay_branch(config.key, what.key, arrival.path)
     );
-    if max_forwards.is_none() {
+    if what.max_forwards.is_none() {
         let _ = write!(out, "Max-Forwards: 69{le}");
     }
     for (index, header) in scan.headers.iter().enumerate() {
         if index == basics.top_header {
-            match basics.received_top_via(received_from) {
+            match basics.received_top_via(arrival.from) {
                 Some(top) => {
                     out.extend_from_slice(&data[header.start..basics.top.start]);
                     out.extend_from_slice(top.as_bytes());
@@ -859,19 +1312,21 @@ fn forward(
                 None => out.extend_from_slice(&data[header.start..header.end]),
             }
         } else if header.name == "max-forwards" {
-            let value = max_forwards.unwrap_or(70).saturating_sub(1);
+            let value = what.max_forwards.unwrap_or(70).saturating_sub(1);
             out.extend_from_slice(&data[header.start..header.value_start]);
             let _ = write!(out, " {value}{le}");
+        } else if what.strip && IDENTITY_HEADERS.contains(&header.name.as_str()) {
+            // An untrusted sender's identity assertions do not cross into the proxy's domain.
         } else {
             out.extend_from_slice(&data[header.start..header.end]);
         }
     }
     if scan.all("content-length").next().is_none() {
-        let _ = write!(out, "Content-Length: {body_len}{le}");
+        let _ = write!(out, "Content-Length: {}{le}", what.body_len);
     }
     let head_end = scan.head_end.unwrap_or(scan.body_start);
     out.extend_from_slice(&data[head_end..scan.body_start]);
-    out.extend_from_slice(&data[scan.body_start..scan.body_start + body_len]);
+    out.extend_from_slice(&data[scan.body_start..scan.body_start + what.body_len]);
     out
 }
 
@@ -880,13 +1335,37 @@ mod tests {
     use super::*;
     use crate::sip::message::{Request, Response};
 
-    const CONFIG: RelayConfig<'static> = RelayConfig {
-        via_transport: "UDP",
-        via_sent_by: "127.0.0.1:5062",
-        branch_secret: 0x5eed_1234_abcd_0001,
-        flow_token: "u7",
-        user_agent: "uacreg",
-    };
+    static KEY: std::sync::LazyLock<RelayKey> =
+        std::sync::LazyLock::new(|| RelayKey::from_secret(&[7; 32]));
+
+    fn config() -> RelayConfig<'static> {
+        RelayConfig {
+            via_transport: "UDP",
+            via_sent_by: "127.0.0.1:5062",
+            key: &KEY,
+            user_agent: "uacreg",
+            relaying: true,
+            untrusted: UntrustedPolicy::Drop,
+            unknown_user: UnknownUserReply::NotFound,
+        }
+    }
+
+    /// The proxy our test gateway relays to.
+    fn proxy() -> SocketAddr {
+        "192.0.2.50:5060".parse().unwrap()
+    }
+
+    /// A datagram on the main socket from `from`.
+    fn arrival(from: SocketAddr, sender: Sender) -> Arrival {
+        Arrival {
+            from,
+            path: ReturnPath::Udp {
+                local: None,
+                source: from,
+            },
+            sender,
+        }
+    }
 
     const SDP: &str = "v=0\r\no=- 1 1 IN IP4 203.0.113.5\r\ns=-\r\nc=IN IP4 203.0.113.5\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\n";
 
@@ -948,21 +1427,50 @@ Content-Length: 0\r\n\r\n"
     }
 
     fn forwarded(inbound: Inbound) -> String {
-        match inbound {
-            Inbound::Forward(bytes) => String::from_utf8(bytes).unwrap(),
-            other => panic!("expected Forward, got {other:?}"),
+        match inbound.action {
+            Action::Forward(bytes) => String::from_utf8(bytes).unwrap(),
+            _ => panic!("expected Forward, got {inbound:?}"),
         }
     }
 
     fn replied(inbound: Inbound) -> String {
-        match inbound {
-            Inbound::Reply(bytes) => String::from_utf8(bytes).unwrap(),
-            other => panic!("expected Reply, got {other:?}"),
+        match inbound.action {
+            Action::Reply(bytes) => String::from_utf8(bytes).unwrap(),
+            _ => panic!("expected Reply, got {inbound:?}"),
         }
     }
 
+    /// A request from a trusted sender.
     fn handle(raw: &str, from: SocketAddr) -> Inbound {
-        handle_request(raw.as_bytes(), from, &CONFIG, lookup)
+        handle_request(
+            raw.as_bytes(),
+            arrival(from, Sender::Trusted),
+            &config(),
+            lookup,
+        )
+    }
+
+    /// A request from an untrusted sender, under `adjust`ed settings.
+    fn handle_untrusted(
+        raw: &str,
+        from: SocketAddr,
+        adjust: impl FnOnce(&mut RelayConfig<'static>),
+    ) -> Inbound {
+        let mut config = config();
+        adjust(&mut config);
+        handle_request(
+            raw.as_bytes(),
+            arrival(from, Sender::Untrusted),
+            &config,
+            lookup,
+        )
+    }
+
+    fn nothing(outcome: Outcome) -> Inbound {
+        Inbound {
+            outcome,
+            action: Action::Nothing,
+        }
     }
 
     /// The branch of the first Via of a message.
@@ -992,8 +1500,12 @@ Content-Length: 0\r\n\r\n"
         assert_eq!(lines.next(), Some("INVITE sip:alice@pbx.example SIP/2.0"));
         let our_via = lines.next().unwrap();
         assert!(
-            our_via.starts_with("Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKrly-u7."),
+            our_via.starts_with("Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKrly-"),
             "{our_via}"
+        );
+        assert_eq!(
+            handle(&original, registrar()).outcome,
+            Outcome::RelayedTrusted
         );
         // The sender's Via: sent-by is a name, so received; empty rport filled in.
         assert_eq!(
@@ -1040,19 +1552,27 @@ Content-Length: 0\r\n\r\n"
         let ack_2xx = forwarded(handle(&ack("as83kd9bs", "z9hG4bKnew2xx"), registrar()));
         assert_ne!(top_branch(&ack_2xx), invite_branch);
 
-        // Another secret, other branches.
+        // Another key, other branches.
+        let other_key = RelayKey::from_secret(&[8; 32]);
         let other = RelayConfig {
-            branch_secret: 1,
-            ..CONFIG
+            key: &other_key,
+            ..config()
         };
         let out = forwarded(handle_request(
             invite().as_bytes(),
-            registrar(),
+            arrival(registrar(), Sender::Trusted),
             &other,
             lookup,
         ));
         assert_ne!(top_branch(&out), invite_branch);
-        assert!(top_branch(&out).starts_with("z9hG4bKrly-u7."));
+        assert!(top_branch(&out).starts_with("z9hG4bKrly-"));
+
+        // The same transaction arriving another way is another branch (the path is in it).
+        let elsewhere: SocketAddr = "203.0.113.5:5099".parse().unwrap();
+        assert_ne!(
+            top_branch(&forwarded(handle(&invite(), elsewhere))),
+            invite_branch
+        );
     }
 
     #[test]
@@ -1079,10 +1599,15 @@ Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKline7\r\n\
 To: <sip:alice@provider.example>\r\nFrom: <sip:bob@provider.example>;tag=9\r\n\
 Call-ID: line-call\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
         let seen = std::cell::RefCell::new(Vec::new());
-        let out = handle_request(request.as_bytes(), registrar(), &CONFIG, |a| {
-            seen.borrow_mut().push(a.clone());
-            lookup(a)
-        });
+        let out = handle_request(
+            request.as_bytes(),
+            arrival(registrar(), Sender::Trusted),
+            &config(),
+            |a| {
+                seen.borrow_mut().push(a.clone());
+                lookup(a)
+            },
+        );
         assert_eq!(
             seen.into_inner(),
             vec![Addressee {
@@ -1121,6 +1646,8 @@ Call-ID: ping-1\r\nCSeq: 7 OPTIONS\r\nContent-Length: 0\r\n\r\n"
             assert!(header_line(&reply, "Allow:").contains("INVITE"));
             assert_eq!(header_line(&reply, "Accept:"), "Accept: application/sdp");
             assert!(header_line(&reply, "To:").starts_with(&format!("To: <{uri}>;tag=rly")));
+            let tag = header_line(&reply, "To:").split(";tag=rly").nth(1).unwrap();
+            assert_eq!(tag.len(), TAG_MAC_HEX, "a 96-bit MAC");
             assert_eq!(header_line(&reply, "Call-ID:"), "Call-ID: ping-1");
             assert_eq!(header_line(&reply, "CSeq:"), "CSeq: 7 OPTIONS");
             assert_eq!(header_line(&reply, "Server:"), "Server: uacreg");
@@ -1147,14 +1674,22 @@ Call-ID: ping-1\r\nCSeq: 7 OPTIONS\r\nContent-Length: 0\r\n\r\n"
 
         // The ACK for our 404 (same branch, our tag) is dropped, also for a user we know.
         let our_ack = ack(tag, "z9hG4bK776asdhds");
-        assert_eq!(handle(&our_ack, registrar()), Inbound::Drop);
+        assert_eq!(handle(&our_ack, registrar()), nothing(Outcome::AckAbsorbed));
+        // Our tag with one character changed is not ours: relayed for a known user.
+        let mut forged = tag.to_string();
+        let last = forged.pop().unwrap();
+        forged.push(if last == '0' { '1' } else { '0' });
+        assert_eq!(
+            handle(&ack(&forged, "z9hG4bK776asdhds"), registrar()).outcome,
+            Outcome::RelayedTrusted
+        );
         // Any ACK for an unknown user is dropped.
         let stray = ack("x", "z9hG4bKother").replace("sip:uuid1@", "sip:stranger@");
-        assert_eq!(handle(&stray, registrar()), Inbound::Drop);
+        assert_eq!(handle(&stray, registrar()), nothing(Outcome::AckAbsorbed));
         // An ACK with someone else's tag for a known user is relayed.
         assert!(matches!(
-            handle(&ack("theirs", "z9hG4bK776asdhds"), registrar()),
-            Inbound::Forward(_)
+            handle(&ack("theirs", "z9hG4bK776asdhds"), registrar()).action,
+            Action::Forward(_)
         ));
     }
 
@@ -1169,7 +1704,7 @@ Call-ID: ping-1\r\nCSeq: 7 OPTIONS\r\nContent-Length: 0\r\n\r\n"
         assert!(replied(handle(&request, registrar())).starts_with("SIP/2.0 400 Bad Request\r\n"));
         // An ACK is never answered.
         let request = ack("t", "z9hG4bKa").replace("Max-Forwards: 70", "Max-Forwards: 0");
-        assert_eq!(handle(&request, registrar()), Inbound::Drop);
+        assert_eq!(handle(&request, registrar()), nothing(Outcome::AckAbsorbed));
     }
 
     #[test]
@@ -1187,7 +1722,7 @@ c: text/plain\nl: 5\n\nhello";
             lines
                 .next()
                 .unwrap()
-                .starts_with("Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKrly-u7.")
+                .starts_with("Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKrly-")
         );
         assert_eq!(lines.next(), Some("Max-Forwards: 69"));
         // Same host, no rport: the line is copied as it was.
@@ -1246,13 +1781,24 @@ Call-ID: c\r\nCSeq: 3 BYE\r\n\r\n";
                 "",
             )
             .replace("Via: SIP/2.0/TLS", "X-Via: SIP/2.0/TLS");
-        assert_eq!(handle(&no_via, registrar()), Inbound::Drop);
-        assert_eq!(handle("SIP/2.0 200 OK\r\n\r\n", registrar()), Inbound::Drop);
-        assert_eq!(handle("\r\n\r\n", registrar()), Inbound::Drop);
+        assert_eq!(handle(&no_via, registrar()), nothing(Outcome::Malformed));
+        assert_eq!(
+            handle("SIP/2.0 200 OK\r\n\r\n", registrar()),
+            nothing(Outcome::Malformed)
+        );
+        assert_eq!(handle("\r\n\r\n", registrar()), nothing(Outcome::Malformed));
+        assert_eq!(
+            handle(&bad_line, registrar()).outcome,
+            Outcome::Rejected,
+            "a 400 is counted as rejected"
+        );
         // A local URI that would break the request line.
-        let out = handle_request(invite().as_bytes(), registrar(), &CONFIG, |_| {
-            Some("sip:a b".into())
-        });
+        let out = handle_request(
+            invite().as_bytes(),
+            arrival(registrar(), Sender::Trusted),
+            &config(),
+            |_| Some("sip:a b".into()),
+        );
         assert!(replied(out).starts_with("SIP/2.0 500 "));
     }
 
@@ -1262,7 +1808,14 @@ Call-ID: c\r\nCSeq: 3 BYE\r\n\r\n";
 To: <sip:uuid1@gw>;tag=t\r\nFrom: \"M"
             .to_vec();
         request.extend_from_slice(b"\xfcller\" <sip:m@provider.example>;tag=f\r\nCall-ID: fold\r\nCSeq: 5 INFO\r\nContent-Length: 0\r\n\r\n");
-        let Inbound::Forward(out) = handle_request(&request, registrar(), &CONFIG, lookup) else {
+        let Action::Forward(out) = handle_request(
+            &request,
+            arrival(registrar(), Sender::Trusted),
+            &config(),
+            lookup,
+        )
+        .action
+        else {
             panic!("not forwarded");
         };
         // Untouched headers are copied as bytes, folding and Latin-1 included.
@@ -1280,7 +1833,9 @@ To: <sip:uuid1@gw>;tag=t\r\nFrom: \"M"
         assert!(out.windows(6).any(|w| w == b"M\xfcller"));
         // From elsewhere the folded value is rewritten on one line.
         let other: SocketAddr = "192.0.2.1:5060".parse().unwrap();
-        let Inbound::Forward(out) = handle_request(&request, other, &CONFIG, lookup) else {
+        let Action::Forward(out) =
+            handle_request(&request, arrival(other, Sender::Trusted), &config(), lookup).action
+        else {
             panic!("not forwarded");
         };
         let text = String::from_utf8_lossy(&out);
@@ -1307,22 +1862,34 @@ Contact: <sip:alice@10.9.9.9:5060>\r\nContent-Length: 0\r\n\r\n",
         out
     }
 
+    /// A response arriving from the proxy.
+    fn route(response: &str) -> ResponseRoute {
+        route_response(response.as_bytes(), proxy(), &KEY, Some(proxy()))
+    }
+
+    /// Our branch in a forwarded request, and the part after the marker.
+    fn relay_part(forwarded: &str) -> String {
+        top_branch(forwarded)
+            .strip_prefix("z9hG4bKrly-")
+            .unwrap()
+            .to_string()
+    }
+
     #[test]
-    fn responses_go_back_to_received_and_rport() {
+    fn responses_go_back_along_the_observed_path() {
         let out = forwarded(handle(&invite(), registrar()));
         for status in ["180 Ringing", "200 OK", "486 Busy Here"] {
             let response = proxy_response(&out, status);
-            let ResponseRoute::Relay {
-                bytes,
-                to_host,
-                to_port,
-                flow_token,
-            } = route_response(response.as_bytes())
-            else {
+            let ResponseRoute::Relay { bytes, path } = route(&response) else {
                 panic!("not relayed: {response}");
             };
-            assert_eq!((to_host.as_str(), to_port), ("203.0.113.5", 5060));
-            assert_eq!(flow_token, "u7");
+            assert_eq!(
+                path,
+                ReturnPath::Udp {
+                    local: None,
+                    source: registrar()
+                }
+            );
             let text = String::from_utf8(bytes).unwrap();
             assert!(!text.contains("rly-"), "{text}");
             assert_eq!(
@@ -1339,104 +1906,447 @@ Contact: <sip:alice@10.9.9.9:5060>\r\nContent-Length: 0\r\n\r\n",
             let parsed = Response::parse(text.as_bytes()).unwrap();
             assert_eq!(parsed.branch.as_deref(), Some("z9hG4bK776asdhds"));
         }
+        // The same on a row's own socket, and over a connection.
+        let local: SocketAddr = "192.0.2.10:5080".parse().unwrap();
+        for path in [
+            ReturnPath::Udp {
+                local: Some(local),
+                source: registrar(),
+            },
+            ReturnPath::Flow(0x1234),
+        ] {
+            let arrival = Arrival {
+                from: registrar(),
+                path,
+                sender: Sender::Trusted,
+            };
+            let out = forwarded(handle_request(
+                invite().as_bytes(),
+                arrival,
+                &config(),
+                lookup,
+            ));
+            match route(&proxy_response(&out, "200 OK")) {
+                ResponseRoute::Relay { path: back, .. } => assert_eq!(back, path),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_second_via_never_says_where_a_response_goes() {
+        // The sender's Via claims another host and port: the response still goes to the
+        // address the request came from, the only one the MAC vouches for.
+        let request = invite().replace(
+            "Via: SIP/2.0/UDP sip.provider.example:5060;rport;branch=z9hG4bK776asdhds",
+            "Via: SIP/2.0/UDP 198.51.100.77:9;received=198.51.100.77;rport=9;branch=z9hG4bK776asdhds",
+        );
+        let out = forwarded(handle(&request, registrar()));
+        // The sender's received/rport are replaced by what we saw.
+        assert!(
+            out.contains(
+                "\r\nVia: SIP/2.0/UDP 198.51.100.77:9;rport=5060;branch=z9hG4bK776asdhds;received=203.0.113.5\r\n"
+            ),
+            "{out}"
+        );
+        let ResponseRoute::Relay { path, .. } = route(&proxy_response(&out, "200 OK")) else {
+            panic!("not relayed");
+        };
+        assert_eq!(
+            path,
+            ReturnPath::Udp {
+                local: None,
+                source: registrar()
+            }
+        );
+    }
+
+    #[test]
+    fn received_and_rport_are_always_what_we_saw() {
+        let from: SocketAddr = "198.51.100.20:40000".parse().unwrap();
+        for (via, expected) in [
+            // Forged received on a matching host, no rport: removed, nothing added.
+            (
+                "SIP/2.0/UDP 198.51.100.20:5060;received=192.0.2.66;branch=z9hG4bKr1",
+                "SIP/2.0/UDP 198.51.100.20:5060;branch=z9hG4bKr1",
+            ),
+            // Forged rport value and received: both replaced.
+            (
+                "SIP/2.0/UDP 198.51.100.20:5060;rport=7;received=192.0.2.66;branch=z9hG4bKr2",
+                "SIP/2.0/UDP 198.51.100.20:5060;rport=40000;branch=z9hG4bKr2;received=198.51.100.20",
+            ),
+            // Two rports, received in upper case: one rport, ours.
+            (
+                "SIP/2.0/UDP host.example;RECEIVED=192.0.2.66;rport=1;rport;branch=z9hG4bKr3",
+                "SIP/2.0/UDP host.example;rport=40000;branch=z9hG4bKr3;received=198.51.100.20",
+            ),
+        ] {
+            let request = invite().replace(
+                "SIP/2.0/UDP sip.provider.example:5060;rport;branch=z9hG4bK776asdhds",
+                via,
+            );
+            for inbound in [
+                handle(&request, from),
+                handle_untrusted(&request, from, |c| c.untrusted = UntrustedPolicy::Strip),
+            ] {
+                let out = forwarded(inbound);
+                assert!(
+                    out.contains(&format!("\r\nVia: {expected}\r\n")),
+                    "{via}: {out}"
+                );
+            }
+            // Our own answers carry the same Via.
+            let unknown = request.replace("sip:uuid1@", "sip:nobody@");
+            let reply = replied(handle(&unknown, from));
+            assert!(
+                reply.contains(&format!("\r\nVia: {expected}\r\n")),
+                "{reply}"
+            );
+        }
     }
 
     #[test]
     fn our_via_first_of_several_in_one_line() {
-        let response = "SIP/2.0 200 OK\r\n\
-Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKrly-k9.0011223344556677;rport=5062, SIP/2.0/UDP gw.provider.example;branch=z9hG4bKx1,SIP/2.0/UDP 10.0.0.2:5070;branch=z9hG4bKx0\r\n\
-From: <sip:bob@provider.example>;tag=1\r\nTo: <sip:alice@pbx.example>;tag=2\r\nCall-ID: c\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
-        let route = route_response(response.as_bytes());
-        let expected = response.replace(
-            "SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKrly-k9.0011223344556677;rport=5062, ",
-            "",
+        let out = forwarded(handle(&invite(), registrar()));
+        let ours = Request::parse(out.as_bytes()).unwrap().vias[0].clone();
+        let response = format!(
+            "SIP/2.0 200 OK\r\n\
+Via: {ours};rport=5062, SIP/2.0/UDP gw.provider.example;branch=z9hG4bKx1,SIP/2.0/UDP 10.0.0.2:5070;branch=z9hG4bKx0\r\n\
+From: <sip:bob@provider.example>;tag=1\r\nTo: <sip:alice@pbx.example>;tag=2\r\nCall-ID: c\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
         );
+        let expected = response.replace(&format!("{ours};rport=5062, "), "");
         assert_eq!(
-            route,
+            route(&response),
             ResponseRoute::Relay {
                 bytes: expected.into_bytes(),
-                to_host: "gw.provider.example".into(),
-                to_port: 5060,
-                flow_token: "k9".into(),
+                path: ReturnPath::Udp {
+                    local: None,
+                    source: registrar()
+                },
             }
         );
-        // TLS sent-by without port: 5061.
-        let tls = response.replace("UDP gw.provider.example", "TLS gw.provider.example");
+    }
+
+    #[test]
+    fn forged_and_tampered_branches_are_refused() {
+        let out = forwarded(handle(&invite(), registrar()));
+        let good = relay_part(&out);
+        let response = proxy_response(&out, "200 OK");
+        assert!(matches!(route(&response), ResponseRoute::Relay { .. }));
+        let with_part = |part: &str| response.replacen(&good, part, 1);
+        let bad_mac = ResponseRoute::Refused(ResponseOutcome::BadMac);
+
+        // Every single character of the branch matters.
+        for at in 0..good.len() {
+            let mut part = good.clone().into_bytes();
+            part[at] = if part[at] == b'0' { b'1' } else { b'0' };
+            let part = String::from_utf8(part).unwrap();
+            assert_eq!(route(&with_part(&part)), bad_mac, "{part}");
+        }
+        // Another path with the original MAC: a stranger cannot redirect the response.
+        let (tx, rest) = good.split_once('.').unwrap();
+        let (_, mac) = rest.split_once('.').unwrap();
+        for path in [
+            ReturnPath::Udp {
+                local: None,
+                source: "198.51.100.66:5060".parse().unwrap(),
+            },
+            ReturnPath::Flow(1),
+        ] {
+            let part = format!("{tx}.{}.{mac}", path.encode());
+            assert_eq!(route(&with_part(&part)), bad_mac, "{part}");
+        }
+        // The old formats, an empty or truncated MAC, extra parts, upper-case hex.
+        for part in [
+            "u.0011223344556677",
+            "u7.abcd",
+            "f1.abcd",
+            "f1",
+            "",
+            &format!("{tx}.{}.", rest.split_once('.').unwrap().0),
+            &format!("{good}.x"),
+            &good.to_ascii_uppercase(),
+            &good[..good.len() - 1],
+        ] {
+            assert_eq!(route(&with_part(part)), bad_mac, "{part:?}");
+        }
+        // The marker in another letter case is still ours: refused, not taken for a REGISTER
+        // answer.
+        let shouting = response.replacen("z9hG4bKrly-", "Z9HG4BKRLY-", 1);
+        assert!(matches!(route(&shouting), ResponseRoute::Relay { .. }));
+        let forged = shouting.replacen(&good, "u7.abcd", 1);
+        assert_eq!(route(&forged), bad_mac);
+
+        // Another process's key.
+        let other = RelayKey::from_secret(&[9; 32]);
+        assert_eq!(
+            route_response(response.as_bytes(), proxy(), &other, Some(proxy())),
+            bad_mac
+        );
+    }
+
+    #[test]
+    fn only_the_proxy_gets_responses_relayed() {
+        let out = forwarded(handle(&invite(), registrar()));
+        let response = proxy_response(&out, "200 OK");
+        let stranger: SocketAddr = "198.51.100.66:5060".parse().unwrap();
+        let other_port: SocketAddr = "192.0.2.50:5061".parse().unwrap();
+        for from in [stranger, other_port, registrar()] {
+            assert_eq!(
+                route_response(response.as_bytes(), from, &KEY, Some(proxy())),
+                ResponseRoute::Refused(ResponseOutcome::WrongSource),
+                "{from}"
+            );
+        }
+        // The proxy's IPv4 address seen through a dual-stack socket is the proxy.
+        let mapped: SocketAddr = "[::ffff:192.0.2.50]:5060".parse().unwrap();
         assert!(matches!(
-            route_response(tls.as_bytes()),
-            ResponseRoute::Relay { to_port: 5061, .. }
+            route_response(response.as_bytes(), mapped, &KEY, Some(proxy())),
+            ResponseRoute::Relay { .. }
         ));
+        // Without a proxy nothing carrying our marker is relayed, from anyone.
+        assert_eq!(
+            route_response(response.as_bytes(), proxy(), &KEY, None),
+            ResponseRoute::Refused(ResponseOutcome::NoProxy)
+        );
     }
 
     #[test]
     fn responses_that_are_not_ours_or_unusable() {
         let register_200 = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;rport=5080;branch=z9hG4bK00000000000000ab.3\r\n\
 From: <sip:u@r>;tag=1\r\nTo: <sip:u@r>;tag=2\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(route(register_200), ResponseRoute::NotRelayed);
         assert_eq!(
-            route_response(register_200.as_bytes()),
+            route("INVITE sip:a@b SIP/2.0\r\n\r\n"),
             ResponseRoute::NotRelayed
         );
-        assert_eq!(
-            route_response(b"INVITE sip:a@b SIP/2.0\r\n\r\n"),
-            ResponseRoute::NotRelayed
+        assert_eq!(route("SIP/2.0 200 OK\r\n\r\n"), ResponseRoute::NotRelayed);
+        // A genuine branch but nothing left after our Via: not a response to a relayed request.
+        let out = forwarded(handle(&invite(), registrar()));
+        let ours = Request::parse(out.as_bytes()).unwrap().vias[0].clone();
+        let alone = register_200.replace(
+            "SIP/2.0/UDP 127.0.0.1:5080;rport=5080;branch=z9hG4bK00000000000000ab.3",
+            &ours,
         );
         assert_eq!(
-            route_response(b"SIP/2.0 200 OK\r\n\r\n"),
-            ResponseRoute::NotRelayed
+            route(&alone),
+            ResponseRoute::Refused(ResponseOutcome::Malformed)
         );
-        let alone = register_200.replace("z9hG4bK00000000000000ab.3", "z9hG4bKrly-u7.abcd");
-        assert_eq!(route_response(alone.as_bytes()), ResponseRoute::Drop);
-        let no_hash = register_200.replace("z9hG4bK00000000000000ab.3", "z9hG4bKrly-u7");
-        assert_eq!(route_response(no_hash.as_bytes()), ResponseRoute::Drop);
     }
 
     #[test]
-    fn ipv6_sender_round_trip() {
-        let from: SocketAddr = "[::1]:5070".parse().unwrap();
-        let request = "INVITE sip:uuid1@[::1]:5080 SIP/2.0\r\n\
-Via: SIP/2.0/UDP [::1]:5070;rport;branch=z9hG4bKv6\r\nMax-Forwards: 70\r\n\
-To: <sip:uuid1@[::1]>\r\nFrom: <sip:bob@[::1]>;tag=6\r\nCall-ID: v6-call\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
-        let out = forwarded(handle(request, from));
-        assert!(
-            out.contains(
-                "\r\nVia: SIP/2.0/UDP [::1]:5070;rport=5070;branch=z9hG4bKv6;received=::1\r\n"
-            ),
-            "{out}"
-        );
-        let response = proxy_response(&out, "180 Ringing");
-        match route_response(response.as_bytes()) {
-            ResponseRoute::Relay {
-                to_host, to_port, ..
-            } => {
-                assert_eq!((to_host.as_str(), to_port), ("::1", 5070));
-            }
-            other => panic!("{other:?}"),
+    fn return_paths_round_trip() {
+        for path in [
+            ReturnPath::Flow(0),
+            ReturnPath::Flow(u64::MAX),
+            ReturnPath::Udp {
+                local: None,
+                source: "203.0.113.5:5060".parse().unwrap(),
+            },
+            ReturnPath::Udp {
+                local: Some("[2001:db8::5]:5062".parse().unwrap()),
+                source: "[2001:db8:ffff::1]:65535".parse().unwrap(),
+            },
+            ReturnPath::Udp {
+                local: Some("10.0.0.5:5060".parse().unwrap()),
+                source: "[::ffff:10.0.0.9]:1".parse().unwrap(),
+            },
+        ] {
+            let text = path.encode();
+            assert!(text.len() <= MAX_PATH, "{text}");
+            assert!(text.bytes().all(|b| b.is_ascii_alphanumeric()), "{text}");
+            assert_eq!(ReturnPath::decode(&text), Some(path));
         }
-        // A 404 for an unknown user goes back with the same Via edits.
-        let reply = replied(handle(
-            &request.replace("uuid1@[::1]:5080", "x@[::1]:5080"),
-            from,
-        ));
-        assert!(reply.contains(
-            "\r\nVia: SIP/2.0/UDP [::1]:5070;rport=5070;branch=z9hG4bKv6;received=::1\r\n"
-        ));
-        // Same address written differently and no rport: no received.
-        let plain = request.replace("[::1]:5070;rport;", "[0:0::1]:5070;");
+        for bad in [
+            "",
+            "u",
+            "um",
+            "um4",
+            "f",
+            "f+1",
+            "fG",
+            "x4",
+            "um4cb007105013c4ff",
+            "uq4cb00710513c4",
+        ] {
+            assert_eq!(ReturnPath::decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn untrusted_senders_get_nothing_relayed_and_the_same_answer_as_for_an_unknown_user() {
+        let stranger: SocketAddr = "198.51.100.66:5060".parse().unwrap();
+        let known = invite();
+        let unknown = invite().replace("sip:uuid1@", "sip:nobody@");
+        let refused = handle_untrusted(&known, stranger, |_| {});
+        let missing = handle_untrusted(&unknown, stranger, |_| {});
+        assert_eq!(refused.outcome, Outcome::RefusedUntrusted);
+        assert_eq!(missing.outcome, Outcome::UnknownUser);
+        let (refused, missing) = (replied(refused), replied(missing));
         assert!(
-            forwarded(handle(&plain, from))
-                .contains("\r\nVia: SIP/2.0/UDP [0:0::1]:5070;branch=z9hG4bKv6\r\n")
+            refused.starts_with("SIP/2.0 404 Not Found\r\n"),
+            "{refused}"
         );
+        // Byte for byte the same (the Request-URI is not in a response).
+        assert_eq!(refused, missing);
+        assert!(!refused.contains("Server:"), "{refused}");
+        // Silent: nothing for either.
+        let silent = |c: &mut RelayConfig<'static>| c.unknown_user = UnknownUserReply::Silent;
+        assert_eq!(
+            handle_untrusted(&known, stranger, silent),
+            nothing(Outcome::RefusedUntrusted)
+        );
+        assert_eq!(
+            handle_untrusted(&unknown, stranger, silent),
+            nothing(Outcome::UnknownUser)
+        );
+        // "strip" without a proxy relays nothing either, and says so in the same way.
+        let no_proxy = handle_untrusted(&known, stranger, |c| {
+            c.untrusted = UntrustedPolicy::Strip;
+            c.relaying = false;
+        });
+        assert_eq!(no_proxy.outcome, Outcome::RefusedUntrusted);
+        assert_eq!(replied(no_proxy), missing);
+        // A trusted sender without a proxy: nothing to relay to, nothing answered (as before).
+        let trusted_no_proxy = handle_request(
+            known.as_bytes(),
+            arrival(registrar(), Sender::Trusted),
+            &RelayConfig {
+                relaying: false,
+                ..config()
+            },
+            lookup,
+        );
+        assert_eq!(trusted_no_proxy, nothing(Outcome::NoProxy));
+        // ACKs are never answered, from anyone.
+        for request in [
+            ack("x", "z9hG4bKu1"),
+            ack("x", "z9hG4bKu1").replace("sip:uuid1@", "sip:nobody@"),
+        ] {
+            assert_eq!(
+                handle_untrusted(&request, stranger, |_| {}),
+                nothing(Outcome::AckAbsorbed)
+            );
+        }
+    }
+
+    #[test]
+    fn untrusted_identity_headers_are_stripped() {
+        let stranger: SocketAddr = "198.51.100.66:5060".parse().unwrap();
+        let identities = "P-Asserted-Identity: <sip:+4930999@provider.example>\r\n\
+p-preferred-identity: <sip:boss@provider.example>\r\n\
+Remote-Party-ID: <sip:+4930999@provider.example>;screen=yes;party=calling\r\n\
+P-Charging-Vector: icid-value=forged\r\n\
+P-Asserted-Service: urn:urn-7:3gpp-service.ims.icsi.mmtel\r\n\
+Route: <sip:pbx.example;lr>\r\n\
+Identity: signed.by.someone;info=<https://cert.example/x.pem>\r\n";
+        let request = invite().replace(
+            "Max-Forwards: 70\r\n",
+            &format!("Max-Forwards: 70\r\n{identities}"),
+        );
+        let out = handle_untrusted(&request, stranger, |c| c.untrusted = UntrustedPolicy::Strip);
+        assert_eq!(out.outcome, Outcome::RelayedStripped);
+        let out = forwarded(out);
+        for gone in [
+            "P-Asserted-Identity",
+            "p-preferred-identity",
+            "Remote-Party-ID",
+            "P-Charging-Vector",
+            "P-Asserted-Service",
+        ] {
+            assert!(!out.contains(gone), "{gone} left in {out}");
+        }
+        // Route (the proxy's business) and the signed Identity stay; all else as before.
+        assert!(out.contains("\r\nRoute: <sip:pbx.example;lr>\r\n"));
+        assert!(out.contains("\r\nIdentity: signed.by.someone"));
+        assert_eq!(out, forwarded(handle_untrusted(&invite().replace("Max-Forwards: 70\r\n", "Max-Forwards: 70\r\nRoute: <sip:pbx.example;lr>\r\nIdentity: signed.by.someone;info=<https://cert.example/x.pem>\r\n"), stranger, |c| c.untrusted = UntrustedPolicy::Strip)));
+        // Our Via carries the stranger's address as the way back.
+        let ResponseRoute::Relay { path, .. } = route(&proxy_response(&out, "100 Trying")) else {
+            panic!("not relayed");
+        };
+        assert_eq!(
+            path,
+            ReturnPath::Udp {
+                local: None,
+                source: stranger
+            }
+        );
+        // Trusted senders' identity headers are kept.
+        let trusted = forwarded(handle(&request, registrar()));
+        assert!(trusted.contains("\r\nP-Asserted-Identity: <sip:+4930999@provider.example>\r\n"));
+        assert!(trusted.contains("\r\nP-Charging-Vector: icid-value=forged\r\n"));
+    }
+
+    #[test]
+    fn answers_to_strangers_are_minimal_and_never_larger_than_the_request() {
+        let stranger: SocketAddr = "198.51.100.66:5060".parse().unwrap();
+        let options = "OPTIONS sip:100@198.51.100.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.66:5060;branch=z9hG4bK-scan-1;rport\r\n\
+Max-Forwards: 70\r\nTo: \"scan\" <sip:100@198.51.100.1>\r\nFrom: \"scan\" <sip:100@198.51.100.1>;tag=6331\r\n\
+User-Agent: friendly-scanner\r\nCall-ID: 1234567890\r\nContact: <sip:100@198.51.100.66:5060>\r\n\
+CSeq: 1 OPTIONS\r\nAccept: application/sdp\r\nContent-Length: 0\r\n\r\n";
+        let out = handle_untrusted(options, stranger, |_| {});
+        assert_eq!(out.outcome, Outcome::OptionsAnswered);
+        let reply = replied(out);
+        assert!(reply.starts_with("SIP/2.0 200 OK\r\n"), "{reply}");
+        for absent in ["Server:", "Allow:", "Accept:", "User-Agent:", "uacreg"] {
+            assert!(!reply.contains(absent), "{absent} in {reply}");
+        }
+        assert!(
+            reply.len() <= options.len(),
+            "{} > {}",
+            reply.len(),
+            options.len()
+        );
+        assert!(Response::parse(reply.as_bytes()).is_ok());
+        // The trusted answer is the full one.
+        let full = replied(handle(options, registrar()));
+        assert!(full.contains("\r\nServer: uacreg\r\n") && full.contains("\r\nAllow: "));
+
+        // A request squeezed below its answer gets nothing.
+        let tiny = "OPTIONS sip:x SIP/2.0\r\nv:SIP/2.0/UDP h;rport\r\nf:<sip:a>\r\nt:<sip:b>\r\ni:c\r\nCSeq:1 OPTIONS\r\n\r\n";
+        assert_eq!(
+            handle_untrusted(tiny, stranger, |_| {}),
+            nothing(Outcome::ReplyLargerThanRequest)
+        );
+        // Trusted senders are not held to it.
+        assert!(replied(handle(tiny, registrar())).starts_with("SIP/2.0 200 OK"));
+        // Same rule for errors: a 400 for a small broken request.
+        let broken = "INVITE sip:x@y SIP/2.0\r\nv:SIP/2.0/UDP h;rport\r\nf:<sip:a>;tag=1\r\nt:<sip:b>\r\ni:c\r\nCSeq:1 BYE\r\n\r\n";
+        assert_eq!(
+            handle_untrusted(broken, stranger, |_| {}),
+            nothing(Outcome::ReplyLargerThanRequest)
+        );
+        // Any answer to an untrusted sender, whatever the request: never larger.
+        for request in [
+            invite(),
+            cancel(),
+            invite().replace("sip:uuid1@", "sip:x@"),
+            invite().replace("Max-Forwards: 70", "Max-Forwards: 0"),
+        ] {
+            if let Action::Reply(reply) = handle_untrusted(&request, stranger, |_| {}).action {
+                assert!(reply.len() <= request.len());
+            }
+        }
     }
 
     mod prop {
         use super::*;
         use proptest::prelude::*;
 
+        fn stranger() -> SocketAddr {
+            "198.51.100.66:5060".parse().unwrap()
+        }
+
         proptest! {
             #[test]
             fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
-                let _ = handle_request(&data, registrar(), &CONFIG, lookup);
-                let _ = route_response(&data);
+                let _ = handle_request(&data, arrival(registrar(), Sender::Trusted), &config(), lookup);
+                let out = handle_request(&data, arrival(stranger(), Sender::Untrusted), &config(), lookup);
+                if let Action::Reply(reply) = out.action {
+                    prop_assert!(reply.len() <= data.len());
+                }
+                let _ = route_response(&data, proxy(), &KEY, Some(proxy()));
             }
 
             #[test]
@@ -1444,20 +2354,37 @@ To: <sip:uuid1@[::1]>\r\nFrom: <sip:bob@[::1]>;tag=6\r\nCall-ID: v6-call\r\nCSeq
                 let mut request = invite().into_bytes();
                 if at < request.len() { request[at] = byte; }
                 request.truncate(cut.min(request.len()));
-                let _ = handle_request(&request, registrar(), &CONFIG, lookup);
+                let _ = handle_request(&request, arrival(registrar(), Sender::Trusted), &config(), lookup);
+                let out = handle_request(&request, arrival(stranger(), Sender::Untrusted), &config(), lookup);
+                if let Action::Reply(reply) = out.action {
+                    prop_assert!(reply.len() <= request.len());
+                }
                 let response = proxy_response(&forwarded(handle(&invite(), registrar())), "200 OK");
                 let mut response = response.into_bytes();
                 if at < response.len() { response[at] = byte; }
                 response.truncate(cut.min(response.len()));
-                let _ = route_response(&response);
+                let _ = route_response(&response, proxy(), &KEY, Some(proxy()));
             }
 
             #[test]
             fn arbitrary_via_and_uri_text_never_panics(value in "\\PC{0,120}") {
                 let request = invite().replace("sip.provider.example:5060;rport", &value).replace("uuid1@192.0.2.10:5080", &value);
-                let _ = handle_request(request.as_bytes(), registrar(), &CONFIG, lookup);
-                let response = format!("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKrly-u7.1, {value}\r\nVia: {value}\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n");
-                let _ = route_response(response.as_bytes());
+                let _ = handle_request(request.as_bytes(), arrival(registrar(), Sender::Trusted), &config(), lookup);
+                let response = format!("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKrly-{value}, {value}\r\nVia: {value}\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n");
+                let relayed = matches!(
+                    route_response(response.as_bytes(), proxy(), &KEY, Some(proxy())),
+                    ResponseRoute::Relay { .. }
+                );
+                prop_assert!(!relayed);
+            }
+
+            #[test]
+            fn a_guessed_branch_never_verifies(part in "[0-9a-fu4m.]{0,90}") {
+                let response = format!("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKrly-{part}\r\nVia: SIP/2.0/UDP 203.0.113.5;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n");
+                prop_assert_eq!(
+                    route_response(response.as_bytes(), proxy(), &KEY, Some(proxy())),
+                    ResponseRoute::Refused(ResponseOutcome::BadMac)
+                );
             }
         }
     }

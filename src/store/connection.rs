@@ -109,24 +109,76 @@ impl fmt::Debug for DbUrl {
     }
 }
 
-/// `scheme://user:secret@host/db` → `scheme://user:***@host/db`; anything else unchanged. Used
-/// wherever a URL may reach a log line, an RPC answer or an error.
+/// Every password in a URL replaced by `***`: the userinfo's (`scheme://user:secret@host/db`)
+/// and the value of any query parameter that carries one (`?password=…`, libpq's
+/// `sslpassword=…`, `pass`, `pwd`). Used wherever a URL may reach a log line, an RPC answer or
+/// an error.
 pub fn redact(url: &str) -> String {
-    match password_span(url) {
-        Some((start, end)) => format!("{}***{}", &url[..start], &url[end..]),
-        None => url.to_string(),
+    let mut out = url.to_string();
+    // Right to left, so earlier spans keep their offsets.
+    for (start, end) in secret_spans(url).into_iter().rev() {
+        out.replace_range(start..end, "***");
     }
+    out
+}
+
+/// Byte ranges of every secret in `url`, in order.
+fn secret_spans(url: &str) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    if let Some(span) = password_span(url) {
+        spans.push(span);
+    }
+    if let Some(question) = url.find('?') {
+        let mut offset = question + 1;
+        for pair in url[question + 1..].split('&') {
+            if let Some((key, value)) = pair.split_once('=')
+                && is_secret_parameter(key)
+                && !value.is_empty()
+            {
+                let start = offset + key.len() + 1;
+                spans.push((start, start + value.len()));
+            }
+            offset += pair.len() + 1;
+        }
+    }
+    spans
+}
+
+/// Query parameters whose value is a secret, in the URL forms of libpq and mysql_async.
+fn is_secret_parameter(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("pass") || key == "pwd"
 }
 
 /// Byte range of the password in `scheme://user:password@host/…`: the userinfo ends at the last
-/// '@' before the path, the password starts after its first ':'.
+/// '@' before the path (or the query), the password starts after its first ':'.
 fn password_span(url: &str) -> Option<(usize, usize)> {
     let rest_start = url.find("://")? + 3;
     let rest = &url[rest_start..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let at = rest[..authority_end].rfind('@')?;
     let colon = rest[..at].find(':')?;
     Some((rest_start + colon + 1, rest_start + at))
+}
+
+/// Server-side bounds on every statement of a session (PostgreSQL, MySQL/MariaDB; SQLite has
+/// its own busy timeout). A statement stuck behind a lock, or one that runs away, fails with an
+/// error the store reports instead of holding the store — and every later reload — forever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerTimeouts {
+    /// Longest a statement may run.
+    pub statement: std::time::Duration,
+    /// Longest a statement may wait for a lock.
+    pub lock: std::time::Duration,
+}
+
+impl Default for ServerTimeouts {
+    fn default() -> Self {
+        ServerTimeouts {
+            statement: std::time::Duration::from_secs(60),
+            lock: std::time::Duration::from_secs(10),
+        }
+    }
 }
 
 /// An open connection of one engine.
@@ -179,7 +231,7 @@ pub struct Opened {
 }
 
 /// Connects and, when `migrate` is set, brings the schema up to date.
-pub fn open(url: &DbUrl, migrate: bool) -> Result<Opened, StoreError> {
+pub fn open(url: &DbUrl, migrate: bool, timeouts: ServerTimeouts) -> Result<Opened, StoreError> {
     match url.engine {
         Engine::Sqlite => {
             let mut conn = super::sqlite::open(&url.target)?;
@@ -192,12 +244,12 @@ pub fn open(url: &DbUrl, migrate: bool) -> Result<Opened, StoreError> {
             })
         }
         Engine::Postgres => open_server::<_, Pg>(
-            super::postgres::connect(url),
+            super::postgres::connect(url, timeouts),
             migrate.then_some(POSTGRES_MIGRATIONS),
             Connection::Postgres,
         ),
         Engine::Mysql => open_server::<_, Mysql>(
-            super::mysql::connect(url),
+            super::mysql::connect(url, timeouts),
             migrate.then_some(MYSQL_MIGRATIONS),
             Connection::Mysql,
         ),
@@ -239,12 +291,17 @@ where
         .map_err(|e| StoreError::Migrate(e.to_string()))
 }
 
-/// Client errors sometimes quote the connection string; never let its password through.
+/// Client errors sometimes quote the connection string or one of its parameters; never let a
+/// password through.
 pub fn clean_error(message: &str, url: &DbUrl) -> String {
-    match password_span(&url.target) {
-        Some((start, end)) if end > start => message.replace(&url.target[start..end], "***"),
-        _ => message.to_string(),
+    let mut out = message.to_string();
+    for (start, end) in secret_spans(&url.target) {
+        let secret = &url.target[start..end];
+        if !secret.is_empty() {
+            out = out.replace(secret, "***");
+        }
     }
+    out
 }
 
 #[cfg(test)]
@@ -291,6 +348,33 @@ mod tests {
         assert_eq!(
             clean_error("auth failed for mysql://u:hunter2@h/d", &url),
             "auth failed for mysql://u:***@h/d"
+        );
+    }
+
+    #[test]
+    fn passwords_in_query_parameters_are_hidden() {
+        assert_eq!(
+            redact("postgres://kam@db/kam?password=s3cret&sslmode=require"),
+            "postgres://kam@db/kam?password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact("postgres://u:a@db/d?sslmode=verify-full&sslpassword=k3y&PWD=x&pass=y"),
+            "postgres://u:***@db/d?sslmode=verify-full&sslpassword=***&PWD=***&pass=***"
+        );
+        // A query right after the host: the '@' of the userinfo is still found.
+        assert_eq!(
+            redact("mysql://root:pw@db?password=other"),
+            "mysql://root:***@db?password=***"
+        );
+        assert_eq!(
+            redact("postgres://db/d?password="),
+            "postgres://db/d?password="
+        );
+        let url = DbUrl::parse("postgres://kam@db/kam?password=s3cret").unwrap();
+        assert_eq!(url.to_string(), "postgres://kam@db/kam?password=***");
+        assert_eq!(
+            clean_error("password authentication failed (password=s3cret)", &url),
+            "password authentication failed (password=***)"
         );
     }
 }

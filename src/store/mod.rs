@@ -40,7 +40,7 @@ use tracing::{info, warn};
 
 use crate::registration::Record;
 use connection::{Connection, with_connection};
-pub use connection::{DbUrl, Engine, redact};
+pub use connection::{DbUrl, Engine, ServerTimeouts, redact};
 pub use layout::TableLayout;
 pub use row::RawRow;
 use row::{DbRow, NewDbRow};
@@ -160,6 +160,8 @@ pub struct Store {
     url: DbUrl,
     /// Run the migrations on connecting (off: the tables must exist, nothing is created).
     migrate: bool,
+    /// Statement and lock bounds for server sessions.
+    timeouts: ServerTimeouts,
     session: Option<Session>,
     outage: Option<Outage>,
 }
@@ -178,9 +180,15 @@ impl Store {
         Ok(Store {
             url: DbUrl::parse(url)?,
             migrate: true,
+            timeouts: ServerTimeouts::default(),
             session: None,
             outage: None,
         })
+    }
+
+    /// Statement and lock timeouts for the next server connection (default: 60 s and 10 s).
+    pub fn set_timeouts(&mut self, timeouts: ServerTimeouts) {
+        self.timeouts = timeouts;
     }
 
     /// Whether connecting runs the migrations (default on). Off suits a database user that may
@@ -193,7 +201,7 @@ impl Store {
     /// Connects now, whatever the retry schedule says. A failure starts (or extends) the outage.
     pub fn connect(&mut self) -> Result<(), StoreError> {
         self.session = None;
-        match Self::start_session(&self.url, self.migrate) {
+        match Self::start_session(&self.url, self.migrate, self.timeouts) {
             Ok(session) => {
                 self.end_outage();
                 self.session = Some(session);
@@ -222,8 +230,12 @@ impl Store {
         }
     }
 
-    fn start_session(url: &DbUrl, migrate: bool) -> Result<Session, StoreError> {
-        let opened = connection::open(url, migrate)?;
+    fn start_session(
+        url: &DbUrl,
+        migrate: bool,
+        timeouts: ServerTimeouts,
+    ) -> Result<Session, StoreError> {
+        let opened = connection::open(url, migrate, timeouts)?;
         let mut session = Session {
             connection: opened.connection,
             layout: TableLayout {

@@ -5,11 +5,11 @@
 //! case for a database — is given with uacreg's own `ssl_ca=/path/ca.pem`, which is taken out of
 //! the URL and handed to the client as a root certificate.
 
-use diesel_async::{AsyncConnection, AsyncMysqlConnection};
+use diesel_async::{AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection};
 use mysql_async::{Opts, OptsBuilder};
 
 use super::StoreError;
-use super::connection::{DbUrl, clean_error};
+use super::connection::{DbUrl, ServerTimeouts, clean_error};
 
 /// The URL without `ssl_ca`, and the CA file if one was named.
 pub fn split_ca(url: &str) -> (String, Option<std::path::PathBuf>) {
@@ -34,7 +34,34 @@ pub fn split_ca(url: &str) -> (String, Option<std::path::PathBuf>) {
     }
 }
 
-pub async fn connect(url: &DbUrl) -> Result<AsyncMysqlConnection, StoreError> {
+/// Opens a connection with `timeouts` set for the session: MariaDB's `max_statement_time`
+/// (seconds) or, where that is unknown, MySQL's `max_execution_time` (milliseconds, SELECTs
+/// only), and `innodb_lock_wait_timeout` / `lock_wait_timeout` for row and metadata locks.
+pub async fn connect(
+    url: &DbUrl,
+    timeouts: ServerTimeouts,
+) -> Result<AsyncMysqlConnection, StoreError> {
+    let mut conn = establish(url).await?;
+    let statement = timeouts.statement.as_secs().max(1);
+    let lock = timeouts.lock.as_secs().max(1);
+    let mariadb = format!("SET SESSION max_statement_time = {statement}");
+    if conn.batch_execute(&mariadb).await.is_err() {
+        conn.batch_execute(&format!(
+            "SET SESSION max_execution_time = {}",
+            statement * 1000
+        ))
+        .await
+        .map_err(|e| StoreError::Open(format!("cannot set statement timeouts: {e}")))?;
+    }
+    conn.batch_execute(&format!(
+        "SET SESSION innodb_lock_wait_timeout = {lock}; SET SESSION lock_wait_timeout = {lock}"
+    ))
+    .await
+    .map_err(|e| StoreError::Open(format!("cannot set lock timeouts: {e}")))?;
+    Ok(conn)
+}
+
+async fn establish(url: &DbUrl) -> Result<AsyncMysqlConnection, StoreError> {
     let failed = |e: &dyn std::fmt::Display| StoreError::Open(clean_error(&e.to_string(), url));
     let (plain_url, ca) = split_ca(url.target());
     let Some(ca) = ca else {

@@ -8,10 +8,10 @@
 //! library did before; `prefer` does not try TLS.
 
 use diesel::ConnectionError;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 
 use super::StoreError;
-use super::connection::{DbUrl, clean_error};
+use super::connection::{DbUrl, ServerTimeouts, clean_error};
 
 /// What to hand tokio-postgres, and whether (and against which CA) to use TLS.
 #[derive(Debug, PartialEq, Eq)]
@@ -76,9 +76,32 @@ pub fn target(url: &DbUrl) -> Result<PgTarget, StoreError> {
     })
 }
 
+/// The session settings that bound statements (`statement_timeout`, `lock_timeout`) and
+/// transactions left open (`idle_in_transaction_session_timeout`), in milliseconds.
+pub fn session_settings(timeouts: ServerTimeouts) -> String {
+    format!(
+        "SET statement_timeout = {}; SET lock_timeout = {}; \
+         SET idle_in_transaction_session_timeout = {}",
+        timeouts.statement.as_millis(),
+        timeouts.lock.as_millis(),
+        timeouts.statement.as_millis().saturating_mul(2),
+    )
+}
+
 /// Opens a connection (async: the daemon's LISTEN task uses it directly, the store through
-/// the synchronous wrapper).
-pub async fn connect(url: &DbUrl) -> Result<AsyncPgConnection, StoreError> {
+/// the synchronous wrapper) with `timeouts` set for the session.
+pub async fn connect(
+    url: &DbUrl,
+    timeouts: ServerTimeouts,
+) -> Result<AsyncPgConnection, StoreError> {
+    let mut conn = establish(url).await?;
+    conn.batch_execute(&session_settings(timeouts))
+        .await
+        .map_err(|e| StoreError::Open(format!("cannot set statement timeouts: {e}")))?;
+    Ok(conn)
+}
+
+async fn establish(url: &DbUrl) -> Result<AsyncPgConnection, StoreError> {
     let target = target(url)?;
     let failed = |e: &dyn std::fmt::Display| StoreError::Open(clean_error(&e.to_string(), url));
     match target.tls {

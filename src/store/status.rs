@@ -31,6 +31,27 @@ pub struct StatusRow {
     pub updated_at: i64,
 }
 
+/// Width of `uacreg_status.last_reason` (`VARCHAR(255)` in every engine's migration).
+pub const REASON_COLUMN: usize = 255;
+
+/// `text` as every engine stores it in a `VARCHAR(max)` column whatever its character set and
+/// SQL mode: printable ASCII (anything else — control characters, which PostgreSQL refuses as
+/// NUL and a terminal reads as ESC sequences, and non-ASCII, which a latin1 or utf8mb3 MySQL
+/// column refuses in strict mode — becomes `?`), at most `max` characters. One over-long or odd
+/// reason phrase must not fail every later status batch.
+pub fn column_text(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
 impl StatusRow {
     /// Whether `self` and `other` say the same thing (ignoring when each was written).
     pub fn same_as(&self, other: &StatusRow) -> bool {
@@ -38,5 +59,21 @@ impl StatusRow {
             updated_at: other.updated_at,
             ..self.clone()
         } == *other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_text_fits_any_engine() {
+        assert_eq!(column_text("OK", REASON_COLUMN), "OK");
+        let long = "x".repeat(300);
+        assert_eq!(column_text(&long, REASON_COLUMN).len(), REASON_COLUMN);
+        assert_eq!(
+            column_text("Fehler \u{e4}\u{1f600}\0\r\x1b[0m", 64),
+            "Fehler ?????[0m"
+        );
     }
 }

@@ -64,6 +64,12 @@ pub struct RegistrarConfig {
     /// Keep every request for [`TestRegistrar::requests_for`]. The load tool's fast mode turns
     /// this off: at 100,000 rows the history is the registrar's largest cost in memory.
     pub keep_history: bool,
+    /// An authenticating proxy in front, challenging with this realm: a REGISTER needs a valid
+    /// `Proxy-Authorization` (407 otherwise) before the registrar's own 401 challenge.
+    pub proxy_realm: Option<String>,
+    /// The 200 states this expiry for every binding, whatever was stored (a registrar that
+    /// overstates its grant, e.g. `u32::MAX`).
+    pub stated_expires: Option<u32>,
 }
 
 impl Default for RegistrarConfig {
@@ -79,6 +85,8 @@ impl Default for RegistrarConfig {
             tcp: false,
             tls: None,
             keep_history: true,
+            proxy_realm: None,
+            stated_expires: None,
         }
     }
 }
@@ -126,6 +134,9 @@ pub struct RegistrarStats {
     pub connections: u64,
     /// OPTIONS requests (keep-alives) received.
     pub options: u64,
+    /// Refreshes that came too late: a REGISTER of a Call-ID whose binding had already expired
+    /// (the registrar would have routed no calls to it in between).
+    pub lapsed: u64,
 }
 
 struct NonceState {
@@ -488,11 +499,28 @@ fn authorize_and_register(
     seen: &mut SeenRequest,
     now: Instant,
 ) -> String {
+    if let Some(proxy_realm) = &config.proxy_realm {
+        let verdict = request
+            .proxy_authorization
+            .as_deref()
+            .map(|header| check_credentials(config, state, header, proxy_realm, now));
+        match verdict {
+            Some(Credential::Valid) => {}
+            Some(Credential::Stale) => {
+                seen.code = 407;
+                return proxy_challenge(config, state, request, proxy_realm, true);
+            }
+            Some(Credential::Invalid) | None => {
+                seen.code = 407;
+                return proxy_challenge(config, state, request, proxy_realm, false);
+            }
+        }
+    }
     let Some(header) = request.authorization.as_deref() else {
         seen.code = 401;
         return challenge(config, state, request, &config.realm, false);
     };
-    let verdict = check_credentials(config, state, header, now);
+    let verdict = check_credentials(config, state, header, &config.realm, now);
     match verdict {
         Credential::Valid => {
             seen.authorization_valid = Some(true);
@@ -547,7 +575,8 @@ fn authorize_and_register(
                         .saturating_duration_since(now)
                         .as_secs_f64()
                         .round() as u64;
-                    format!("<{}>;expires={left}", b.contact)
+                    let stated = config.stated_expires.map_or(left, u64::from);
+                    format!("<{}>;expires={stated}", b.contact)
                 })
                 .collect()
         })
@@ -570,6 +599,7 @@ fn check_credentials(
     config: &RegistrarConfig,
     state: &mut State,
     header: &str,
+    realm: &str,
     now: Instant,
 ) -> Credential {
     let Ok(auth) = Authorization::parse(header) else {
@@ -578,8 +608,7 @@ fn check_credentials(
     let Some(password) = config.users.get(&auth.username) else {
         return Credential::Invalid;
     };
-    if auth.realm != config.realm || !auth.verify(SecretInput::Password(password), "REGISTER", b"")
-    {
+    if auth.realm != realm || !auth.verify(SecretInput::Password(password), "REGISTER", b"") {
         return Credential::Invalid;
     }
     let lifetime = config.nonce_lifetime;
@@ -607,6 +636,12 @@ fn update_bindings(
     now: Instant,
 ) {
     let list = state.bindings.entry(user.to_string()).or_default();
+    let lapsed = list
+        .iter()
+        .any(|b| b.call_id == request.call_id && b.expires_at <= now);
+    if lapsed && request.expires != Some(0) {
+        state.stats.lapsed += 1;
+    }
     list.retain(|b| b.expires_at > now);
     if request.contact_star {
         if request.expires == Some(0) {
@@ -648,6 +683,23 @@ fn update_bindings(
     state.stats.removals += removals as u64;
 }
 
+/// A 407 from the authenticating proxy in front of the registrar.
+fn proxy_challenge(
+    config: &RegistrarConfig,
+    state: &mut State,
+    request: &Request,
+    realm: &str,
+    stale: bool,
+) -> String {
+    let value = new_challenge(config, state, realm, stale);
+    response(
+        request,
+        407,
+        "Proxy Authentication Required",
+        &format!("Proxy-Authenticate: {value}\r\n"),
+    )
+}
+
 fn challenge(
     config: &RegistrarConfig,
     state: &mut State,
@@ -655,6 +707,17 @@ fn challenge(
     realm: &str,
     stale: bool,
 ) -> String {
+    let value = new_challenge(config, state, realm, stale);
+    response(
+        request,
+        401,
+        "Unauthorized",
+        &format!("WWW-Authenticate: {value}\r\n"),
+    )
+}
+
+/// A fresh nonce, remembered, as a challenge header value for `realm`.
+fn new_challenge(config: &RegistrarConfig, state: &mut State, realm: &str, stale: bool) -> String {
     state.stats.challenges += 1;
     let nonce = format!(
         "{:016x}{:016x}",
@@ -685,12 +748,7 @@ fn challenge(
     if stale {
         value.push_str(", stale=true");
     }
-    response(
-        request,
-        401,
-        "Unauthorized",
-        &format!("WWW-Authenticate: {value}\r\n"),
-    )
+    value
 }
 
 fn response(request: &Request, code: u16, reason: &str, extra: &str) -> String {
@@ -749,7 +807,7 @@ mod tests {
             cseq,
             contact_uri: "sip:dev1@127.0.0.1:5999".into(),
             expires,
-            authorization: None,
+            authorization: Vec::new(),
             user_agent: String::new(),
         }
     }
@@ -767,7 +825,7 @@ mod tests {
             "cn",
         )
         .unwrap();
-        request.authorization = Some(("Authorization", a.to_header_value()));
+        request.authorization = vec![("Authorization", a.to_header_value())];
     }
 
     #[tokio::test]

@@ -9,8 +9,9 @@ use tokio::net::UdpSocket;
 /// the kernel caps them at `net.core.rmem_max` / `wmem_max`.
 const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
-/// Largest datagram we accept; SIP over UDP stays far below this (RFC 3261 §18.1.1).
-pub const MAX_DATAGRAM: usize = 65_535;
+/// Largest datagram we accept; SIP over UDP stays far below this (RFC 3261 §18.1.1). The one
+/// message limit, which is also the largest UDP payload, so a receive never truncates.
+pub const MAX_DATAGRAM: usize = crate::sip::MAX_MESSAGE;
 
 pub struct UdpTransport {
     socket: UdpSocket,

@@ -5,6 +5,7 @@
 //! * [`sipp`] — runs a sipp scenario as a UAC against a loopback target.
 //! * [`dbserver`] — a throwaway PostgreSQL or MariaDB server (fresh data dir, database and
 //!   user `uacreg`) on a spare loopback TCP port, which can be stopped and restarted.
+//! * [`uacregd`] — the real `uacregd` binary in a process of its own (exit status, RSS, CPU).
 //! * [`process`] — what they all need: unique temp dirs, spare ports, bounded waits, a watchdog
 //!   that stops a server when the test process goes away.
 //!
@@ -20,3 +21,4 @@ pub mod dbserver;
 pub mod kamailio;
 pub mod process;
 pub mod sipp;
+pub mod uacregd;

@@ -1,0 +1,85 @@
+//! The real `uacregd` binary ends with an error, and says why, when a task it cannot live
+//! without dies; and ends cleanly when asked to stop.
+//!
+//! Needs the `fault-injection` feature (the test-only `uacreg.debug_panic` RPC method);
+//! `scripts/test` enables it.
+
+mod support;
+
+use std::time::Duration;
+
+use support::process::TempDir;
+use support::uacregd::Uacregd;
+
+const UACREGD: &str = env!("CARGO_BIN_EXE_uacregd");
+
+fn start(dir: &TempDir) -> Uacregd {
+    let db = format!("sqlite://{}", dir.path().join("uacreg.db").display());
+    Uacregd::start(UACREGD, dir.path(), &db, "").expect("uacregd starts")
+}
+
+#[test]
+fn a_panicking_driver_ends_the_process_with_an_error_and_the_reason() {
+    let dir = TempDir::new("uacreg-lifecycle-panic").unwrap();
+    let mut daemon = start(&dir);
+    let status = daemon.call("uacreg.status", "").unwrap();
+    assert!(status.contains("\"registrations\""), "{status}");
+
+    // The call itself fails: the driver is gone before it answers, or the whole process is.
+    let answer = daemon.call("uacreg.debug_panic", "");
+    assert!(
+        !matches!(&answer, Ok(text) if text.contains("\"result\"")),
+        "{answer:?}"
+    );
+    let took = daemon.exits_within(Duration::from_secs(10));
+    assert!(
+        took.is_some_and(|t| t < Duration::from_secs(3)),
+        "uacregd still running {took:?} after its driver panicked:\n{}",
+        daemon.log()
+    );
+    let exit = daemon.stop(Duration::from_secs(1)).expect("exit status");
+    assert_eq!(exit.code(), Some(70), "{exit:?}\n{}", daemon.log());
+    let log = without_colours(&daemon.log());
+    let reason = log
+        .lines()
+        .find(|line| line.contains("essential task ended"))
+        .unwrap_or_else(|| panic!("no reason logged:\n{log}"));
+    assert!(reason.contains("ERROR"), "{reason}");
+    assert!(reason.contains("task=driver"), "{reason}");
+    assert!(
+        reason.contains("panicked: fault injection: uacreg.debug_panic"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_daemon_asked_to_stop_exits_cleanly() {
+    let dir = TempDir::new("uacreg-lifecycle-stop").unwrap();
+    let mut daemon = start(&dir);
+    // SIGTERM from the watchdog: an orderly stop, status 0, nothing logged as ended.
+    let exit = daemon.stop(Duration::from_secs(10)).expect("exit status");
+    assert!(exit.success(), "{exit:?}\n{}", daemon.log());
+    assert!(
+        !daemon.log().contains("essential task ended"),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// The log without ANSI colour sequences (ESC [ … m).
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
