@@ -11,19 +11,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonrpsee::RpcModule;
 use jsonrpsee::server::{Server, ServerHandle};
-use jsonrpsee::types::{ErrorObjectOwned, Params};
+use jsonrpsee::types::ErrorObjectOwned;
 use serde::Serialize;
-use serde_json::Value;
 
+use super::params::{self, LookupKey, fault};
 use super::token::TokenLayer;
 use super::view::RecordView;
 use crate::gateway::Gateway;
 use crate::registration::{Attribute, Snapshot};
-
-/// Kamailio fault codes and texts.
-fn fault(code: i32, message: &str) -> ErrorObjectOwned {
-    ErrorObjectOwned::owned(code, message.to_string(), None::<()>)
-}
 
 fn not_found() -> ErrorObjectOwned {
     fault(404, "Record not found")
@@ -38,126 +33,6 @@ fn now_unix() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-/// Positional string parameters; Kamailio also takes numbers where strings are expected.
-fn string_params(params: &Params<'_>, wanted: usize) -> Result<Vec<String>, ErrorObjectOwned> {
-    // Kamailio's text first (scripts match on it), then what exactly is wrong.
-    let invalid = |detail: &str| fault(400, &format!("Invalid Parameters - {detail}"));
-    if params.is_object() {
-        return Err(invalid("parameters must be positional (a JSON array)"));
-    }
-    let values: Vec<Value> = params
-        .parse::<Option<Vec<Value>>>()
-        .map_err(|_| invalid("parameters must be a JSON array"))?
-        .unwrap_or_default();
-    if values.len() < wanted {
-        return Err(invalid(&format!(
-            "expected {wanted} value{}, got {}",
-            if wanted == 1 { "" } else { "s" },
-            values.len()
-        )));
-    }
-    values
-        .into_iter()
-        .take(wanted)
-        .enumerate()
-        .map(|(i, v)| match v {
-            Value::String(s) => Ok(s),
-            Value::Number(n) => Ok(n.to_string()),
-            other => Err(invalid(&format!(
-                "value {} must be a string, not {other}",
-                i + 1
-            ))),
-        })
-        .collect()
-}
-
-/// An integer given as a JSON number or a numeric string.
-fn as_int(value: &Value) -> Option<i64> {
-    match value {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-/// `uac.reg_add` parameters in Kamailio's order: l_uuid, l_username, l_domain, r_username,
-/// r_domain, realm, auth_username, auth_password, auth_ha1, auth_proxy, expires, flags,
-/// reg_delay, socket[, contact_addr]. A lone `.` means "none" for realm, auth_password,
-/// auth_ha1, socket and contact_addr.
-fn reg_add_row(params: &Params<'_>) -> Result<crate::store::RawRow, ErrorObjectOwned> {
-    let values: Vec<Value> = params
-        .parse::<Option<Vec<Value>>>()
-        .map_err(|_| fault(400, "Invalid Parameters"))?
-        .unwrap_or_default();
-    if values.len() != 14 && values.len() != 15 {
-        return Err(fault(
-            400,
-            &format!(
-                "Invalid Parameters - expected 14 or 15 values, got {}",
-                values.len()
-            ),
-        ));
-    }
-    let text = |i: usize, name: &str| -> Result<String, ErrorObjectOwned> {
-        match &values[i] {
-            Value::String(s) => Ok(s.clone()),
-            Value::Number(n) => Ok(n.to_string()),
-            _ => Err(fault(
-                400,
-                &format!("Invalid Parameters - {name} must be a string"),
-            )),
-        }
-    };
-    let none_dot = |s: String| if s == "." { String::new() } else { s };
-    let int = |i: usize, name: &str| -> Result<i64, ErrorObjectOwned> {
-        as_int(&values[i]).ok_or_else(|| {
-            fault(
-                400,
-                &format!("Invalid Parameters - {name} must be an integer"),
-            )
-        })
-    };
-    let mut row = crate::store::RawRow::new(
-        &text(0, "l_uuid")?,
-        &text(3, "r_username")?,
-        &text(4, "r_domain")?,
-    );
-    row.l_username = text(1, "l_username")?;
-    row.l_domain = text(2, "l_domain")?;
-    row.realm = none_dot(text(5, "realm")?);
-    row.auth_username = text(6, "auth_username")?;
-    row.auth_password = crate::registration::Secret::new(none_dot(text(7, "auth_password")?));
-    row.auth_ha1 = crate::registration::Secret::new(none_dot(text(8, "auth_ha1")?));
-    row.auth_proxy = text(9, "auth_proxy")?;
-    row.expires = int(10, "expires")?;
-    row.flags = int(11, "flags")?;
-    row.reg_delay = int(12, "reg_delay")?;
-    row.socket = none_dot(text(13, "socket")?);
-    if values.len() == 15 {
-        row.contact_addr = none_dot(text(14, "contact_addr")?);
-    }
-    Ok(row)
-}
-
-/// `attr value` pair selecting a record.
-fn attribute_params(params: &Params<'_>) -> Result<(Attribute, String), ErrorObjectOwned> {
-    let values = string_params(params, 2)?;
-    if values[0].is_empty() || values[1].is_empty() {
-        return Err(fault(400, "Invalid Parameter Values"));
-    }
-    let attribute =
-        Attribute::parse(&values[0]).ok_or_else(|| {
-            fault(
-                400,
-                &format!(
-                    "Unsupported filter attribute - {:?}; use l_uuid, l_username, r_username or auth_username",
-                    values[0]
-                ),
-            )
-        })?;
-    Ok((attribute, values[1].clone()))
 }
 
 /// One record as a JSON value: a single answer (reg_info) owns what it returns.
@@ -244,7 +119,7 @@ fn register_all(
     })?;
 
     module.register_async_method("uac.reg_info", |params, gw, _| async move {
-        let (attribute, value) = attribute_params(&params)?;
+        let (attribute, value) = params::attribute(&params)?;
         match gw.driver.find(attribute, &value).await.map_err(internal)? {
             Some(snapshot) => Ok::<_, ErrorObjectOwned>(render(&gw, &snapshot)),
             None => {
@@ -271,27 +146,7 @@ fn register_all(
     module.register_async_method("uac.reg_reload", |params, gw, _| async move {
         // Kamailio's reg_reload takes no parameter; `force` is ours: apply a reload that would
         // remove more than `[database] max_removed_share` of the running rows.
-        let values: Vec<Value> = if params.is_object() {
-            return Err(fault(
-                400,
-                "Invalid Parameters - parameters must be positional",
-            ));
-        } else {
-            params
-                .parse::<Option<Vec<Value>>>()
-                .map_err(|_| fault(400, "Invalid Parameters - parameters must be a JSON array"))?
-                .unwrap_or_default()
-        };
-        let force = match values.as_slice() {
-            [] => false,
-            [Value::String(word)] if word == "force" => true,
-            _ => {
-                return Err(fault(
-                    400,
-                    "Invalid Parameters - expected nothing or \"force\"",
-                ));
-            }
-        };
+        let force = params::reload_force(&params)?;
         let outcome = if force {
             gw.reload_forced().await
         } else {
@@ -310,15 +165,15 @@ fn register_all(
 
     for (name, disabled) in [("uac.reg_enable", false), ("uac.reg_disable", true)] {
         module.register_async_method(name, move |params, gw, _| async move {
-            let (attribute, value) = attribute_params(&params)?;
+            let (attribute, value) = params::attribute(&params)?;
             let hit = gw.driver.set_disabled(attribute, &value, disabled).await;
             empty_or_not_found(hit.map_err(internal)?)
         })?;
     }
 
     module.register_async_method("uac.reg_refresh", |params, gw, _| async move {
-        let values = string_params(&params, 1)?;
-        match gw.refresh_one(&values[0]).await {
+        let l_uuid = params::one_string(&params)?;
+        match gw.refresh_one(&l_uuid).await {
             Ok(found) => empty_or_not_found(found),
             Err(err) => Err(ErrorObjectOwned::owned(
                 500,
@@ -330,7 +185,7 @@ fn register_all(
 
     for (name, register) in [("uac.reg_register", true), ("uac.reg_unregister", false)] {
         module.register_async_method(name, move |params, gw, _| async move {
-            let (attribute, value) = attribute_params(&params)?;
+            let (attribute, value) = params::attribute(&params)?;
             let hit = gw
                 .driver
                 .apply(move |table, now| {
@@ -346,14 +201,7 @@ fn register_all(
     }
 
     module.register_async_method("uac.reg_active", |params, gw, _| async move {
-        let values: Vec<Value> = params
-            .parse::<Option<Vec<Value>>>()
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let Some(mode) = values.first().and_then(as_int) else {
-            return Err(fault(500, "Missing parameter"));
-        };
+        let mode = params::active_mode(&params)?;
         let old = gw
             .driver
             .apply(move |table, now| table.set_active(now, mode != 0))
@@ -364,12 +212,7 @@ fn register_all(
     })?;
 
     module.register_async_method("uac.reg_add", |params, gw, _| async move {
-        let row = reg_add_row(&params)?;
-        if row.auth_password.is_empty() && row.auth_ha1.is_empty() {
-            return Err(fault(500, "Failed to add record - invalid password or ha1"));
-        }
-        let record = crate::store::validate(row, gw.defaults())
-            .map_err(|err| fault(400, &format!("Invalid Parameter Values - {err}")))?;
+        let record = params::reg_add_record(&params, gw.defaults())?;
         let added = gw
             .driver
             .apply(move |table, now| table.add(now, record))
@@ -382,8 +225,7 @@ fn register_all(
     })?;
 
     module.register_async_method("uac.reg_remove", |params, gw, _| async move {
-        let values = string_params(&params, 1)?;
-        let l_uuid = values[0].clone();
+        let l_uuid = params::one_string(&params)?;
         let hit = gw
             .driver
             .apply(move |table, now| table.remove(now, &l_uuid))
@@ -395,20 +237,18 @@ fn register_all(
     // contact user (l_uuid) gives the local URI; a local URI (`sip:l_username@l_domain`) gives
     // the registration back.
     module.register_async_method("uac.reg_lookup", |params, gw, _| async move {
-        let values = string_params(&params, 1)?;
-        let wanted = values[0].clone();
+        let wanted = params::lookup_key(&params)?;
         let found = gw
             .driver
             .apply(move |table, _| {
-                let lower = wanted.to_ascii_lowercase();
-                let record = if lower.starts_with("sip:") || lower.starts_with("sips:") {
-                    let uri = crate::sip::UriParts::parse(&wanted).ok()?;
-                    let user = uri.user.unwrap_or_default();
-                    table.iter().map(|r| r.record()).find(|r| {
-                        r.l_username() == user && r.l_domain().eq_ignore_ascii_case(&uri.host)
-                    })
-                } else {
-                    table.get(&wanted).map(|r| r.record())
+                let record = match &wanted {
+                    LookupKey::LUuid(l_uuid) => table.get(l_uuid).map(|r| r.record()),
+                    LookupKey::LocalUri { user, host } => {
+                        table.iter().map(|r| r.record()).find(|r| {
+                            r.l_username() == user && r.l_domain().eq_ignore_ascii_case(host)
+                        })
+                    }
+                    LookupKey::BadUri => None,
                 }?;
                 Some(serde_json::json!({
                     "l_uuid": record.l_uuid(),
