@@ -11,7 +11,8 @@
 //!
 //! Checks: a stranger never gets more bytes back than it sent; what we send back is a response;
 //! nothing is relayed without a proxy, and nothing from a stranger unless the policy strips,
-//! and then without identity headers; and a response to what we relayed, coming back from the
+//! and then without identity headers; what we relay has a head every parser cuts where we do
+//! (so no header can hide from us); and a response to what we relayed, coming back from the
 //! proxy, verifies and goes back exactly the way the request came.
 
 #![no_main]
@@ -25,7 +26,7 @@ use uacreg::sip::relay::{
     self, Action, Addressee, Arrival, IDENTITY_HEADERS, RelayConfig, RelayKey, ResponseRoute,
     ReturnPath, Sender, UnknownUserReply, UntrustedPolicy,
 };
-use uacreg_fuzz::{Unstructured, control, head};
+use uacreg_fuzz::{Unstructured, control, head, is_unambiguous};
 
 const PROXY: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99)), 5060);
 
@@ -124,6 +125,11 @@ fuzz_target!(|data: &[u8]| {
         }
         Action::Forward(forwarded) => {
             assert!(config.relaying, "relayed without a proxy");
+            // The proxy reads the head as we did, whatever its parser.
+            assert!(
+                is_unambiguous(&forwarded),
+                "relayed a head parsers read differently"
+            );
             if sender == Sender::Untrusted {
                 assert_eq!(
                     config.untrusted,
@@ -136,8 +142,14 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             // The proxy answers: the response carries the request's headers, our Via on top.
-            let Some(line_end) = forwarded.windows(2).position(|w| w == b"\r\n") else {
+            // The start line ends as the sender's did (CRLF or a bare LF).
+            let Some(lf) = forwarded.iter().position(|b| *b == b'\n') else {
                 panic!("a relayed request without a start line");
+            };
+            let line_end = if lf > 0 && forwarded[lf - 1] == b'\r' {
+                lf - 1
+            } else {
+                lf
             };
             let mut response = b"SIP/2.0 200 OK".to_vec();
             response.extend_from_slice(&forwarded[line_end..]);

@@ -16,7 +16,9 @@
 //!
 //! `$branch`, `$call-id` and `$cseq` in the response are replaced first (see
 //! `uacreg_fuzz::placeholders`). Checks: a delivered response answers the transaction it was
-//! delivered for in every respect, and no registration waits for an answer without a timer.
+//! delivered for in every respect; no registration waits for an answer without a timer; and
+//! at the end, every request then in flight ends within the in-flight guard (no response can
+//! freeze a row).
 
 #![no_main]
 
@@ -173,8 +175,6 @@ fuzz_target!(|data: &[u8]| {
         state.handle_response(&parsed, path);
         state.check();
     }
-    // Whatever arrived, every registration still makes progress: an hour later nothing is
-    // stuck.
-    state.advance(Duration::from_secs(3600));
-    state.check();
+    // Whatever arrived, every registration still makes progress.
+    state.check_nothing_stuck();
 });

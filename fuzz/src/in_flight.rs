@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use uacreg::registration::{Action, CoreConfig, Record, RegKey, RegistrationTable, Transport};
+use uacreg::registration::{
+    Action, CoreConfig, Record, RegKey, RegistrationTable, RetryPolicy, Transport,
+};
 use uacreg::sip::message::Response;
 use uacreg::sip::register::Hop;
 use uacreg::transaction::{
@@ -211,6 +213,31 @@ impl InFlight {
             self.send_actions();
         }
         matched
+    }
+
+    /// The registrations waiting for an answer, with the CSeq of their request.
+    pub fn waiting(&self) -> Vec<(RegKey, u32)> {
+        self.table
+            .iter()
+            .filter_map(|r| r.in_flight_cseq().map(|cseq| (r.key(), cseq)))
+            .collect()
+    }
+
+    /// Runs time on until every request in flight now must have ended (answered, timed out, or
+    /// ended by the registration's in-flight guard), and checks that each did: whatever
+    /// responses came before, no registration is left waiting for good.
+    pub fn check_nothing_stuck(&mut self) {
+        let before = self.waiting();
+        let guard = RetryPolicy::default().in_flight_guard;
+        self.advance(guard + Duration::from_secs(60));
+        let after = self.waiting();
+        for stuck in before.iter().filter(|w| after.contains(w)) {
+            panic!(
+                "registration {:?} still waits for request {} after {guard:?}",
+                stuck.0, stuck.1
+            );
+        }
+        self.check();
     }
 
     /// The invariants of the core that no response may break: a registration waiting for an

@@ -48,10 +48,37 @@ pub fn parts<const N: usize>(data: &[u8], max: usize) -> Vec<([u8; N], &[u8])> {
     found
 }
 
-/// The head of a message: everything before the first empty line.
+/// The head of a message: its start line and header lines, up to (not including) the line end
+/// before the empty line, where lines end at LF (CRLF or bare), as the daemon reads them. The
+/// whole message if it has no empty line.
 pub fn head(message: &[u8]) -> &[u8] {
-    message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(message, |end| &message[..end])
+    let end = message.iter().enumerate().position(|(i, b)| {
+        *b == b'\n' && matches!(&message[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..])
+    });
+    match end {
+        Some(lf) => &message[..lf],
+        None => message,
+    }
+}
+
+/// Whether every parser cuts the head of `message` where [`head`] does: all its lines end like
+/// its start line (all CRLF or all bare LF, the empty line too) and no line holds another
+/// control character than HTAB (a bare CR ends a line for some parsers, a NUL the text for
+/// others).
+pub fn is_unambiguous(message: &[u8]) -> bool {
+    let head = head(message);
+    let lines: Vec<&[u8]> = head.split(|b| *b == b'\n').collect();
+    let crlf = lines.first().is_some_and(|line| line.ends_with(b"\r"));
+    let empty_line = &message[head.len().min(message.len())..];
+    let empty_line_ok =
+        empty_line.is_empty() || empty_line.starts_with(if crlf { b"\n\r\n" } else { b"\n\n" });
+    empty_line_ok
+        && lines.iter().all(|line| {
+            let content = if crlf {
+                line.strip_suffix(b"\r")
+            } else {
+                Some(*line)
+            };
+            content.is_some_and(|c| !c.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f))
+        })
 }

@@ -792,11 +792,26 @@ struct Scan<'a> {
     body_start: usize,
     /// The line end of the start line, used for lines we add or rewrite.
     line_end: &'static str,
-    /// A header line could not be read (no colon, bad name, continuation first …).
+    /// A header line could not be read (no colon, bad name, continuation first …), or the
+    /// head could be read differently by another parser (see [`Scan::new`]).
     malformed: bool,
 }
 
+/// Whether a line of a head holds a byte no header may hold: a control character other than
+/// HTAB, a bare CR among them.
+fn has_control(line: &[u8]) -> bool {
+    line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+}
+
 impl<'a> Scan<'a> {
+    /// Cuts `data` at its line ends (CRLF, or a bare LF for sloppy peers).
+    ///
+    /// What we relay must mean the same to the proxy as it meant to us, or a sender could hide
+    /// headers from us (identity headers an untrusted sender may not pass on) that the proxy
+    /// then reads. So a head that parsers could cut differently is malformed: one whose lines
+    /// do not all end like its start line (a bare LF among CRLFs ends the head early for some
+    /// parsers and not for others), or with a control character in a line (a bare CR is a
+    /// line end to some parsers, a NUL the end of the text to others).
     fn new(data: &'a [u8]) -> Option<Scan<'a>> {
         let mut pos = 0;
         // Leading empty lines (keep-alives) are ignored (RFC 3261 §7.5).
@@ -819,12 +834,16 @@ impl<'a> Scan<'a> {
             head_end: None,
             body_start: data.len(),
             line_end,
-            malformed: false,
+            malformed: has_control(line),
         };
         pos = next;
         while let Some((line, ends_at, next)) = next_line(data, pos) {
             if pos > MAX_HEAD {
                 return None;
+            }
+            if has_control(line) || (ends_at < next && &data[ends_at..next] != line_end.as_bytes())
+            {
+                scan.malformed = true;
             }
             if line.is_empty() {
                 if ends_at < next {
@@ -1705,6 +1724,66 @@ Call-ID: ping-1\r\nCSeq: 7 OPTIONS\r\nContent-Length: 0\r\n\r\n"
         // An ACK is never answered.
         let request = ack("t", "z9hG4bKa").replace("Max-Forwards: 70", "Max-Forwards: 0");
         assert_eq!(handle(&request, registrar()), nothing(Outcome::AckAbsorbed));
+    }
+
+    /// Found by the `request` fuzz target (fuzz/seeds/request/crash-mixed-line-ends): after
+    /// CRLF lines, a bare LF ended the head for us, so the identity headers after it were body
+    /// and went to the proxy from a stranger whose policy is strip; a parser that ends lines
+    /// only at CRLF reads them as headers. A bare CR or a NUL in a header line splits the line
+    /// for other parsers in the same way. Such heads are malformed: not relayed, answered 400.
+    #[test]
+    fn a_head_other_parsers_would_cut_differently_is_not_relayed() {
+        const FOUND: &[u8] = include_bytes!("../../fuzz/seeds/request/crash-mixed-line-ends");
+        let (from, path) = ("198.51.100.7:5063".parse().unwrap(), ReturnPath::Flow(3));
+        let strip = |config: &mut RelayConfig<'static>| config.untrusted = UntrustedPolicy::Strip;
+        let mut config = config();
+        strip(&mut config);
+        // The fuzzer's input: two control bytes (untrusted, relaying, strip; port 3), then the
+        // request; its l_uuid is the one the fuzz harness knows.
+        let inbound = handle_request(
+            &FOUND[2..],
+            Arrival {
+                from,
+                path,
+                sender: Sender::Untrusted,
+            },
+            &config,
+            |a| (a.key() == "uuid000001").then(|| "sip:alice@pbx.example".into()),
+        );
+        assert_eq!(inbound.outcome, Outcome::Rejected);
+        assert!(!matches!(inbound.action, Action::Forward(_)));
+
+        let pai = "P-Asserted-Identity: <sip:ceo@provider.example>\r\n";
+        let cut = invite().replacen("CSeq: 314159 INVITE\r\n", "CSeq: 314159 INVITE\r\n\n", 1);
+        let cut = cut.replacen("Content-Type", &format!("{pai}Content-Type"), 1);
+        let bare_cr = invite().replacen(
+            "Content-Type",
+            &format!("Subject: hi\r{pai}Content-Type"),
+            1,
+        );
+        let nul = invite().replacen(
+            "Content-Type",
+            &format!("Subject: hi\0{pai}Content-Type"),
+            1,
+        );
+        let stranger: SocketAddr = "198.51.100.7:5060".parse().unwrap();
+        for request in [cut, bare_cr, nul] {
+            let inbound = handle_untrusted(&request, stranger, strip);
+            assert_eq!(inbound.outcome, Outcome::Rejected, "{request:?}");
+            assert!(
+                replied(handle(&request, registrar())).starts_with("SIP/2.0 400 Bad Request\r\n")
+            );
+        }
+        // Consistent line ends, either kind, still pass.
+        assert!(
+            forwarded(handle_untrusted(&invite(), stranger, strip))
+                .contains("\r\nCSeq: 314159 INVITE\r\n")
+        );
+        let crlf = invite();
+        let (head, body) = crlf.split_once("\r\n\r\n").unwrap();
+        let lf = format!("{}\n\n{body}", head.replace("\r\n", "\n"));
+        let out = forwarded(handle(&lf, registrar()));
+        assert!(!out.split_once("\n\n").unwrap().0.contains('\r'), "{out:?}");
     }
 
     #[test]

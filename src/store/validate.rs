@@ -49,6 +49,9 @@ pub enum RowError {
         socket: &'static str,
         proxy: &'static str,
     },
+    /// Its value is not shown: printing it would put the control character into the log.
+    #[error("{column} contains a control character")]
+    ControlCharacter { column: &'static str },
     #[error("{column} is negative ({value})")]
     Negative { column: &'static str, value: i64 },
     #[error("auth_ha1 is not 32 hexadecimal digits (an MD5 HA1)")]
@@ -204,8 +207,38 @@ fn non_negative(column: &'static str, value: i64) -> Result<u32, RowError> {
     Ok(u32::try_from(value).unwrap_or(u32::MAX))
 }
 
+/// Refuses a control character (HTAB included) in any column that reaches the wire: the
+/// REGISTER (r_username, r_domain, auth_proxy, contact_addr, contact_user, l_uuid through the
+/// Contact, auth_username and realm in the Authorization header), a relayed call's Request-URI
+/// (l_username, l_domain), or a `socket` name. A CR or LF there would end a header line and
+/// start another that the row's author, or whoever reached `uac.reg_add`, chose. The password
+/// only goes into hashes, and the HA1 is checked to be hexadecimal.
+fn check_no_control(row: &RawRow) -> Result<(), RowError> {
+    let columns = [
+        ("l_uuid", &row.l_uuid),
+        ("l_username", &row.l_username),
+        ("l_domain", &row.l_domain),
+        ("r_username", &row.r_username),
+        ("r_domain", &row.r_domain),
+        ("realm", &row.realm),
+        ("auth_username", &row.auth_username),
+        ("auth_proxy", &row.auth_proxy),
+        ("contact_addr", &row.contact_addr),
+        ("socket", &row.socket),
+        ("contact_user", &row.contact_user),
+    ];
+    match columns
+        .iter()
+        .find(|(_, value)| value.chars().any(char::is_control))
+    {
+        Some((column, _)) => Err(RowError::ControlCharacter { column }),
+        None => Ok(()),
+    }
+}
+
 /// Validates one row.
 pub fn validate(row: RawRow, defaults: &RowDefaults) -> Result<Record, RowError> {
+    check_no_control(&row)?;
     check_l_uuid(&row.l_uuid)?;
     require("l_username", &row.l_username)?;
     require("r_username", &row.r_username)?;
@@ -361,6 +394,50 @@ mod tests {
 
     fn err(row: RawRow) -> RowError {
         validate(row, &defaults()).unwrap_err()
+    }
+
+    /// Found by the `row` fuzz target (fuzz/seeds/row/crash-cr-in-auth-username): a CR in
+    /// auth_username went verbatim into the Authorization header of the REGISTER answering a
+    /// challenge, ending that header line.
+    #[test]
+    fn control_characters_never_reach_the_wire() {
+        let mut row = RawRow::new("trunk-a", "alice", "registrar.test");
+        row.auth_username = "\r".into();
+        row.auth_password = Secret::new("secret");
+        row.expires = 3600;
+        row.flags = 3600;
+        row.socket = "udp:127.0.0.1:5062".into();
+        row.contact_user = "+49-30".into();
+        assert_eq!(
+            err(row.clone()),
+            RowError::ControlCharacter {
+                column: "auth_username"
+            }
+        );
+        // Every column that reaches the wire, with CR, LF, NUL and a C1 control.
+        for bad in ["ali\rce", "a\nP-Asserted-Identity: x", "a\0b", "a\u{85}b"] {
+            let mut row = good();
+            row.l_domain = bad.into();
+            assert_eq!(err(row), RowError::ControlCharacter { column: "l_domain" });
+            let mut row = good();
+            row.realm = bad.into();
+            assert_eq!(err(row), RowError::ControlCharacter { column: "realm" });
+            let mut row = good();
+            row.auth_proxy = format!("sip:{bad}");
+            assert_eq!(
+                err(row),
+                RowError::ControlCharacter {
+                    column: "auth_proxy"
+                }
+            );
+        }
+        // Not shown in the message (it goes to the log).
+        let shown = RowError::ControlCharacter { column: "realm" }.to_string();
+        assert_eq!(shown, "realm contains a control character");
+        // A password is only hashed.
+        let mut row = good();
+        row.auth_password = Secret::new("tab\tin password");
+        assert!(validate(row, &defaults()).is_ok());
     }
 
     #[test]
