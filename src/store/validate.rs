@@ -319,11 +319,20 @@ pub fn validate(row: RawRow, defaults: &RowDefaults) -> Result<Record, RowError>
             _ => defaults.contact_addr.clone(),
         }
     } else {
-        parse_host_port(&row.contact_addr).ok_or_else(|| RowError::BadHost {
+        let (host, port) = parse_host_port(&row.contact_addr).ok_or_else(|| RowError::BadHost {
             column: "contact_addr",
             value: row.contact_addr.clone(),
         })?;
-        row.contact_addr.clone()
+        // A bare IPv6 address is accepted in the column but goes into the URI in brackets.
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        match port {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
+        }
     };
     if !row.contact_user.is_empty()
         && row
@@ -399,6 +408,35 @@ mod tests {
     /// Found by the `row` fuzz target (fuzz/seeds/row/crash-cr-in-auth-username): a CR in
     /// auth_username went verbatim into the Authorization header of the REGISTER answering a
     /// challenge, ending that header line.
+    /// Found by the `row` fuzz target (fuzz/seeds/row/crash-bare-ipv6-contact-addr): a bare
+    /// IPv6 contact_addr (`::`) was accepted and went into the Contact unbracketed,
+    /// `<sip:trunk-a@::>`, which no parser reads as a host.
+    #[test]
+    fn a_bare_ipv6_contact_addr_is_bracketed_in_the_contact() {
+        let mut row = good();
+        row.contact_addr = "::".into();
+        let record = validate(row, &defaults()).unwrap();
+        assert_eq!(record.contact_uri(), "sip:uuid1@[::]");
+        let mut row = good();
+        row.contact_addr = "2001:db8::1".into();
+        let record = validate(row, &defaults()).unwrap();
+        assert_eq!(record.contact_uri(), "sip:uuid1@[2001:db8::1]");
+        // The bracketed forms are kept as they are, with or without a port.
+        for (column, uri) in [
+            ("[2001:db8::1]:5070", "sip:uuid1@[2001:db8::1]:5070"),
+            ("[2001:db8::1]", "sip:uuid1@[2001:db8::1]"),
+            ("gw.test:5080", "sip:uuid1@gw.test:5080"),
+            ("192.0.2.1", "sip:uuid1@192.0.2.1"),
+        ] {
+            let mut row = good();
+            row.contact_addr = column.into();
+            let record = validate(row, &defaults()).unwrap();
+            assert_eq!(record.contact_uri(), uri, "{column}");
+            // The column itself is reported as the operator wrote it.
+            assert_eq!(record.contact_addr(), column);
+        }
+    }
+
     #[test]
     fn control_characters_never_reach_the_wire() {
         let mut row = RawRow::new("trunk-a", "alice", "registrar.test");
