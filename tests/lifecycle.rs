@@ -39,7 +39,7 @@ fn a_panicking_driver_ends_the_process_with_an_error_and_the_reason() {
     );
     let exit = daemon.stop(Duration::from_secs(1)).expect("exit status");
     assert_eq!(exit.code(), Some(70), "{exit:?}\n{}", daemon.log());
-    let log = without_colours(&daemon.log());
+    let log = daemon.log();
     let reason = log
         .lines()
         .find(|line| line.contains("essential task ended"))
@@ -64,22 +64,4 @@ fn a_daemon_asked_to_stop_exits_cleanly() {
         "{}",
         daemon.log()
     );
-}
-
-/// The log without ANSI colour sequences (ESC [ … m).
-fn without_colours(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
