@@ -717,8 +717,11 @@ async fn forged_identity_calls(untrusted: &str) -> IdentityCalls {
             }
         }
         // Anything beyond what was expected.
-        while let Some((text, _)) = recv_within(&proxy, Duration::from_millis(500)).await {
-            received.push(text);
+        while Instant::now() < deadline + Duration::from_secs(2) {
+            match recv_within(&proxy, Duration::from_millis(500)).await {
+                Some((text, _)) => received.push(text),
+                None => break,
+            }
         }
         received
     });

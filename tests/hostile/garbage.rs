@@ -301,10 +301,13 @@ fn send(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
     panic!("the send buffer stayed full for a second");
 }
 
-/// Everything waiting on `socket`.
+/// Everything waiting on `socket` (up to 100,000 datagrams).
 fn collect(socket: &UdpSocket, into: &mut Vec<(Vec<u8>, SocketAddr)>) {
     let mut buf = vec![0u8; 65_535];
-    while let Ok((len, from)) = socket.recv_from(&mut buf) {
+    for _ in 0..100_000 {
+        let Ok((len, from)) = socket.recv_from(&mut buf) else {
+            return;
+        };
         into.push((buf[..len].to_vec(), from));
     }
 }

@@ -40,21 +40,27 @@ pub async fn assert_silent(socket: &UdpSocket, who: &str) {
     }
 }
 
-/// Every datagram already waiting on `socket`, without waiting for more.
+/// Every datagram already waiting on `socket` (up to 100,000), without waiting for more.
 pub fn drain(socket: &UdpSocket) -> Vec<(Vec<u8>, SocketAddr)> {
     let mut buf = vec![0u8; 65_535];
     let mut received = Vec::new();
-    while let Ok((len, from)) = socket.try_recv_from(&mut buf) {
+    while received.len() < 100_000 {
+        let Ok((len, from)) = socket.try_recv_from(&mut buf) else {
+            break;
+        };
         received.push((buf[..len].to_vec(), from));
     }
     received
 }
 
-/// A TCP connection to `to` from `ip` (e.g. "127.0.0.2"), any port.
+/// A TCP connection to `to` from `ip` (e.g. "127.0.0.2"), any port; an error if it is not
+/// established within ten seconds.
 pub async fn connect_from(ip: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(format!("{ip}:0").parse().expect("an IPv4 address"))?;
-    socket.connect(to).await
+    tokio::time::timeout(Duration::from_secs(10), socket.connect(to))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect took 10 s"))?
 }
 
 /// Whether the peer ends `stream` (EOF or reset) within `limit`; anything read meanwhile is
