@@ -18,7 +18,6 @@ use uacreg::demo::demo_rows;
 use uacreg::driver::InboundStats;
 use uacreg::sip::relay::UntrustedPolicy;
 use uacreg::store::RawRow;
-use uacreg::testing::registrar::{RegistrarConfig, TestRegistrar};
 
 use support::stranger::{
     FORGED_IDENTITY, assert_identity_stripped, assert_silent, forged_relay_branches,
@@ -29,18 +28,6 @@ const REGISTRAR_IP: &str = "127.0.0.3";
 const STRANGER_IP: &str = "127.0.0.2";
 const OTHER_STRANGER_IP: &str = "127.0.0.5";
 const VICTIM_IP: &str = "127.0.0.4";
-
-async fn registrar(n: usize, tcp: bool) -> TestRegistrar {
-    TestRegistrar::start(RegistrarConfig {
-        bind: format!("{REGISTRAR_IP}:0").parse().unwrap(),
-        realm: "registrar.test".into(),
-        users: users(n),
-        tcp,
-        ..RegistrarConfig::default()
-    })
-    .await
-    .expect("registrar starts")
-}
 
 async fn start(dir: &TempDir, rows: &[RawRow], adjust: impl FnOnce(&mut Config)) -> Daemon {
     write_rows(&dir.db_url(), rows);
@@ -96,7 +83,7 @@ fn proxy_answer(relayed: &str, status: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_relay_responses_send_nothing_anywhere() {
-    let registrar = registrar(2, true).await;
+    let registrar = registrar_at(2, &format!("{REGISTRAR_IP}:0"), true).await;
     let proxy = udp("127.0.0.1").await;
     let proxy_addr = proxy.local_addr().unwrap();
     let dir = TempDir::new("rly-injection");
@@ -150,7 +137,7 @@ async fn forged_relay_responses_send_nothing_anywhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_from_the_registrar_is_relayed_and_answered_back_to_its_real_source() {
-    let registrar = registrar(1, false).await;
+    let registrar = registrar_at(1, &format!("{REGISTRAR_IP}:0"), false).await;
     let proxy = udp("127.0.0.1").await;
     let proxy_addr = proxy.local_addr().unwrap();
     let dir = TempDir::new("trusted-call");
@@ -236,7 +223,7 @@ async fn a_call_from_the_registrar_is_relayed_and_answered_back_to_its_real_sour
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_with_forged_identity_is_refused_or_stripped() {
-    let registrar = registrar(1, false).await;
+    let registrar = registrar_at(1, &format!("{REGISTRAR_IP}:0"), false).await;
     let identity = FORGED_IDENTITY;
 
     // untrusted = "drop" (the default): nothing reaches the proxy, and the answer for a user we
@@ -335,7 +322,7 @@ async fn spoofed_options_get_small_rate_limited_answers_at_their_real_source() {
     const SOCKETS: usize = 40;
     const PER_SOCKET: usize = 5;
     const TINY: usize = 10;
-    let registrar = registrar(1, false).await;
+    let registrar = registrar_at(1, &format!("{REGISTRAR_IP}:0"), false).await;
     let dir = TempDir::new("options-flood");
     // No inbound proxy: a forged relay response finds nothing to relay either.
     let daemon = start(&dir, &demo_rows(1, registrar.local_addr()), |c| {

@@ -15,25 +15,11 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use uacreg::demo::demo_rows;
-use uacreg::sip::digest::Algorithm;
-use uacreg::testing::registrar::{Behavior, RegistrarConfig, SeenRequest, TestRegistrar};
+use uacreg::testing::registrar::{Behavior, SeenRequest, TestRegistrar};
 
 use support::stranger::{guessed_branches, register_response, with_wrong_ids};
 
 const ROWS: usize = 20;
-
-async fn registrar(n: usize) -> TestRegistrar {
-    TestRegistrar::start(RegistrarConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        realm: "registrar.test".into(),
-        users: users(n),
-        qop: true,
-        algorithm: Algorithm::Md5,
-        ..RegistrarConfig::default()
-    })
-    .await
-    .expect("registrar starts")
-}
 
 fn user(i: usize) -> String {
     format!("user{i:06}")

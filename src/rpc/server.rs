@@ -520,21 +520,7 @@ pub async fn serve_unix(
         let mut backoff = crate::transport::admission::AcceptBackoff::new();
         loop {
             let socket = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((socket, _)) => {
-                        backoff.succeeded();
-                        socket
-                    }
-                    Err(err) => {
-                        // Out of descriptors and the like: wait instead of spinning.
-                        let (delay, first) = backoff.failed();
-                        if first {
-                            tracing::warn!("JSON-RPC Unix socket: accept failed: {err}");
-                        }
-                        tokio::time::sleep(delay).await;
-                        continue;
-                    }
-                },
+                (socket, _) = backoff.accept("JSON-RPC Unix socket", || listener.accept(), || {}) => socket,
                 _ = stop.clone().shutdown() => break,
             };
             let service = builder.clone().build(methods.clone(), stop.clone());
