@@ -1,7 +1,7 @@
 //! The JSON-RPC 2.0 HTTP server and its `uac.*` methods.
 //!
-//! Method names, positional parameters, result shapes and fault codes/texts are Kamailio's (see
-//! `uac_reg.c` and `shared/reference/kamailio-5.6-rpc`), so existing scripts and dashboards can
+//! Method names, positional parameters, result shapes and fault codes/texts are Kamailio 5.6's
+//! (its `uac_reg.c`), so existing scripts and dashboards can
 //! point at uacreg instead. jsonrpsee serves any POST path, so `/RPC` (Kamailio's usual path) and
 //! `/` both work.
 
