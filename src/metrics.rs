@@ -26,21 +26,9 @@ pub async fn serve(
     let task = tokio::spawn(async move {
         let mut backoff = crate::transport::admission::AcceptBackoff::new();
         loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => {
-                    backoff.succeeded();
-                    stream
-                }
-                Err(err) => {
-                    // Out of descriptors and the like: wait instead of spinning.
-                    let (delay, first) = backoff.failed();
-                    if first {
-                        tracing::warn!("metrics: accept failed: {err}");
-                    }
-                    tokio::time::sleep(delay).await;
-                    continue;
-                }
-            };
+            let (stream, _) = backoff
+                .accept("metrics endpoint", || listener.accept(), || {})
+                .await;
             let gateway = gateway.clone();
             tokio::spawn(async move {
                 if let Err(err) = answer(stream, &gateway).await {

@@ -65,7 +65,15 @@ async fn unregister_then_register_again() {
         })
         .await
     );
-    assert_eq!(state(&client, "uuid000000").await, "unregistered");
+    // The registrar drops the binding before its 200 reaches us: wait for that answer too.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            state(&client, "uuid000000").await == "unregistered"
+        })
+        .await,
+        "state {}",
+        state(&client, "uuid000000").await
+    );
     let info = client
         .call("uac.reg_info", &args(&["l_uuid", "uuid000000"]))
         .await

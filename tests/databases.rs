@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{TempDir, metric, rpc, scrape, test_config, test_pki, users, wait_until};
+use common::{TempDir, metric, registrar, rpc, scrape, test_config, test_pki, users, wait_until};
 use serde_json::Value;
 use support::dbserver::{DbServer, Engine, require_engine};
 use support::kamailio::run_sqlite;
@@ -167,15 +167,6 @@ impl Db {
             read("uac-create.sql")
         )
     }
-}
-
-async fn registrar(n: usize) -> TestRegistrar {
-    TestRegistrar::start(RegistrarConfig {
-        users: users(n),
-        ..RegistrarConfig::default()
-    })
-    .await
-    .expect("registrar starts")
 }
 
 fn config(db: &Db) -> Config {

@@ -11,20 +11,7 @@ use serde_json::Value;
 use uacreg::demo::demo_rows;
 use uacreg::sip::digest::Algorithm;
 use uacreg::store::Store;
-use uacreg::testing::registrar::{RegistrarConfig, TestRegistrar};
-
-async fn registrar(n: usize) -> TestRegistrar {
-    TestRegistrar::start(RegistrarConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        realm: "registrar.test".into(),
-        users: users(n),
-        qop: true,
-        algorithm: Algorithm::Md5,
-        ..RegistrarConfig::default()
-    })
-    .await
-    .expect("registrar starts")
-}
+use uacreg::testing::registrar::TestRegistrar;
 
 /// Every REGISTER that followed a challenge carried credentials, and every credential checked out.
 fn assert_clean_auth(registrar: &TestRegistrar, user: &str) {

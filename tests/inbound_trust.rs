@@ -7,36 +7,27 @@
 //! 127.0.0.0/8 to loopback without set-up.
 
 mod common;
+mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::net::UdpSocket;
 use uacreg::config::Config;
 use uacreg::daemon::Daemon;
 use uacreg::demo::demo_rows;
 use uacreg::driver::InboundStats;
 use uacreg::sip::relay::UntrustedPolicy;
 use uacreg::store::RawRow;
-use uacreg::testing::registrar::{RegistrarConfig, TestRegistrar};
+
+use support::stranger::{
+    FORGED_IDENTITY, assert_identity_stripped, assert_silent, forged_relay_branches,
+    forged_relay_response, invite, options, recv, recv_within, udp,
+};
 
 const REGISTRAR_IP: &str = "127.0.0.3";
 const STRANGER_IP: &str = "127.0.0.2";
 const OTHER_STRANGER_IP: &str = "127.0.0.5";
 const VICTIM_IP: &str = "127.0.0.4";
-
-async fn registrar(n: usize, tcp: bool) -> TestRegistrar {
-    TestRegistrar::start(RegistrarConfig {
-        bind: format!("{REGISTRAR_IP}:0").parse().unwrap(),
-        realm: "registrar.test".into(),
-        users: users(n),
-        tcp,
-        ..RegistrarConfig::default()
-    })
-    .await
-    .expect("registrar starts")
-}
 
 async fn start(dir: &TempDir, rows: &[RawRow], adjust: impl FnOnce(&mut Config)) -> Daemon {
     write_rows(&dir.db_url(), rows);
@@ -50,32 +41,6 @@ async fn all_registered(daemon: &Daemon, n: usize) -> bool {
         registered_count(daemon).await == n
     })
     .await
-}
-
-async fn udp(ip: &str) -> UdpSocket {
-    UdpSocket::bind(format!("{ip}:0")).await.unwrap()
-}
-
-/// The next datagram within `limit`, if any.
-async fn recv_within(socket: &UdpSocket, limit: Duration) -> Option<(String, SocketAddr)> {
-    let mut buf = vec![0u8; 65_535];
-    match tokio::time::timeout(limit, socket.recv_from(&mut buf)).await {
-        Ok(Ok((len, from))) => Some((String::from_utf8_lossy(&buf[..len]).into_owned(), from)),
-        _ => None,
-    }
-}
-
-async fn recv(socket: &UdpSocket) -> String {
-    recv_within(socket, Duration::from_secs(5))
-        .await
-        .expect("a message in time")
-        .0
-}
-
-async fn assert_silent(socket: &UdpSocket, who: &str) {
-    if let Some((text, from)) = recv_within(socket, Duration::from_millis(400)).await {
-        panic!("{who} received a message from {from}: {text}");
-    }
 }
 
 async fn inbound(daemon: &Daemon) -> InboundStats {
@@ -94,39 +59,6 @@ fn assert_accounted(stats: &InboundStats) {
         stats.relay_responses_received,
         "{stats:#?}"
     );
-}
-
-fn invite(via: &str, ruri: &str, call: &str, extra: &str) -> String {
-    format!(
-        "INVITE {ruri} SIP/2.0\r\n\
-         Via: {via}\r\n\
-         Max-Forwards: 70\r\n\
-         From: <sip:carrier@provider.test>;tag=c1\r\n\
-         To: <{ruri}>\r\n\
-         Call-ID: {call}@provider.test\r\n\
-         CSeq: 1 INVITE\r\n\
-         Contact: <sip:carrier@provider.test>\r\n\
-         {extra}\
-         Content-Type: application/sdp\r\n\
-         Content-Length: 4\r\n\r\nv=0\n"
-    )
-}
-
-/// What sipvicious' svmap sends, more or less.
-fn options(via: &str, call: &str) -> String {
-    format!(
-        "OPTIONS sip:100@127.0.0.1 SIP/2.0\r\n\
-         Via: {via}\r\n\
-         Max-Forwards: 70\r\n\
-         To: \"scan\" <sip:100@127.0.0.1>\r\n\
-         From: \"scan\" <sip:100@127.0.0.1>;tag=6130\r\n\
-         User-Agent: friendly-scanner\r\n\
-         Call-ID: {call}\r\n\
-         Contact: <sip:100@127.0.0.2:5060>\r\n\
-         CSeq: 1 OPTIONS\r\n\
-         Accept: application/sdp\r\n\
-         Content-Length: 0\r\n\r\n"
-    )
 }
 
 /// The proxy's answer to a relayed request: every Via of the request, ours on top.
@@ -149,31 +81,9 @@ fn proxy_answer(relayed: &str, status: &str) -> String {
     )
 }
 
-/// A response claiming to be ours, with `branch` on our Via and a second Via (with
-/// received/rport) naming `victim`.
-fn forged_response(gateway: SocketAddr, branch: &str, victim: SocketAddr) -> String {
-    format!(
-        "SIP/2.0 200 OK\r\n\
-         Via: SIP/2.0/UDP {gateway};branch={branch};rport\r\n\
-         Via: SIP/2.0/UDP {victim};received={};rport={};branch=z9hG4bKvictim\r\n\
-         From: <sip:a@attacker.test>;tag=1\r\nTo: <sip:b@attacker.test>;tag=2\r\n\
-         Call-ID: smuggle\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
-        victim.ip(),
-        victim.port()
-    )
-}
-
-/// An address as our return path writes it (`4<ip hex><port hex>`).
-fn path_addr(addr: SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(v4) => format!("4{:08x}{:04x}", u32::from(*v4.ip()), v4.port()),
-        SocketAddr::V6(_) => unreachable!("IPv4 only here"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_relay_responses_send_nothing_anywhere() {
-    let registrar = registrar(2, true).await;
+    let registrar = registrar_at(2, &format!("{REGISTRAR_IP}:0"), true).await;
     let proxy = udp("127.0.0.1").await;
     let proxy_addr = proxy.local_addr().unwrap();
     let dir = TempDir::new("rly-injection");
@@ -191,38 +101,11 @@ async fn forged_relay_responses_send_nothing_anywhere() {
     let victim = udp(VICTIM_IP).await;
     let victim_addr = victim.local_addr().unwrap();
     let stranger = udp(STRANGER_IP).await;
-    let mut branches = vec![
-        // The formats of before: no MAC checked at all.
-        "z9hG4bKrly-u.0011223344556677".to_string(),
-        "z9hG4bKrly-u7.abcd".to_string(),
-        format!(
-            "z9hG4bKrly-u4x{:08x}x{:x}.0011",
-            u32::from(std::net::Ipv4Addr::new(127, 0, 0, 1)),
-            gateway.port()
-        ),
-    ];
-    for flow in 1..=4 {
-        branches.push(format!("z9hG4bKrly-f{flow}.abcd"));
-        // Today's format with a guessed MAC.
-        branches.push(format!(
-            "z9hG4bKrly-0123456789abcdef.f{flow:x}.{}",
-            "0".repeat(32)
-        ));
-    }
-    branches.push(format!(
-        "z9hG4bKrly-0123456789abcdef.um{}.{}",
-        path_addr(victim_addr),
-        "ab".repeat(16)
-    ));
-    branches.push(format!(
-        "Z9HG4BKRLY-0123456789ABCDEF.UM{}.{}",
-        path_addr(victim_addr).to_uppercase(),
-        "AB".repeat(16)
-    ));
+    let branches = forged_relay_branches(gateway, victim_addr, 4);
     // From a stranger, and from the proxy's own socket (as if the proxy were fooled into
     // sending it, or its address spoofed).
     for branch in &branches {
-        let forged = forged_response(gateway, branch, victim_addr);
+        let forged = forged_relay_response(gateway, branch, victim_addr);
         stranger.send_to(forged.as_bytes(), gateway).await.unwrap();
         proxy.send_to(forged.as_bytes(), gateway).await.unwrap();
     }
@@ -254,7 +137,7 @@ async fn forged_relay_responses_send_nothing_anywhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_from_the_registrar_is_relayed_and_answered_back_to_its_real_source() {
-    let registrar = registrar(1, false).await;
+    let registrar = registrar_at(1, &format!("{REGISTRAR_IP}:0"), false).await;
     let proxy = udp("127.0.0.1").await;
     let proxy_addr = proxy.local_addr().unwrap();
     let dir = TempDir::new("trusted-call");
@@ -340,11 +223,8 @@ async fn a_call_from_the_registrar_is_relayed_and_answered_back_to_its_real_sour
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_with_forged_identity_is_refused_or_stripped() {
-    let registrar = registrar(1, false).await;
-    let identity = "P-Asserted-Identity: <sip:+4930999@provider.test>\r\n\
-                    P-Preferred-Identity: <sip:boss@provider.test>\r\n\
-                    Remote-Party-ID: <sip:+4930999@provider.test>;party=calling;screen=yes\r\n\
-                    Route: <sip:pbx.test;lr>\r\n";
+    let registrar = registrar_at(1, &format!("{REGISTRAR_IP}:0"), false).await;
+    let identity = FORGED_IDENTITY;
 
     // untrusted = "drop" (the default): nothing reaches the proxy, and the answer for a user we
     // hold is the answer for a user we do not know.
@@ -413,17 +293,7 @@ async fn a_stranger_with_forged_identity_is_refused_or_stripped() {
         stranger.send_to(request.as_bytes(), gateway).await.unwrap();
         let relayed = recv(&proxy).await;
         assert!(relayed.starts_with("INVITE sip:local000000@gw.test SIP/2.0\r\n"));
-        for header in [
-            "P-Asserted-Identity",
-            "P-Preferred-Identity",
-            "Remote-Party-ID",
-        ] {
-            assert!(!relayed.contains(header), "{header} relayed: {relayed}");
-        }
-        assert!(
-            relayed.contains("\r\nRoute: <sip:pbx.test;lr>\r\n"),
-            "{relayed}"
-        );
+        assert_identity_stripped(&relayed);
         assert!(
             relayed.contains(&format!(
                 "\r\nVia: SIP/2.0/UDP {me};rport={};branch=z9hG4bKstrip;received={STRANGER_IP}\r\n",
@@ -452,7 +322,7 @@ async fn spoofed_options_get_small_rate_limited_answers_at_their_real_source() {
     const SOCKETS: usize = 40;
     const PER_SOCKET: usize = 5;
     const TINY: usize = 10;
-    let registrar = registrar(1, false).await;
+    let registrar = registrar_at(1, &format!("{REGISTRAR_IP}:0"), false).await;
     let dir = TempDir::new("options-flood");
     // No inbound proxy: a forged relay response finds nothing to relay either.
     let daemon = start(&dir, &demo_rows(1, registrar.local_addr()), |c| {
@@ -577,7 +447,7 @@ async fn spoofed_options_get_small_rate_limited_answers_at_their_real_source() {
 
     // A forged relay response, with no proxy configured: dropped and counted.
     let stranger = &sockets[1];
-    let forged = forged_response(gateway, "z9hG4bKrly-u.0011223344556677", victim_addr);
+    let forged = forged_relay_response(gateway, "z9hG4bKrly-u.0011223344556677", victim_addr);
     stranger.send_to(forged.as_bytes(), gateway).await.unwrap();
     let counted = wait_until(Duration::from_secs(5), || async {
         inbound(&daemon).await.relay_responses.no_proxy == 1

@@ -15,18 +15,6 @@ use uacreg::store::RawRow;
 use uacreg::testing::dns::{Record, TestDns};
 use uacreg::testing::registrar::{Behavior, RegistrarConfig, TestRegistrar};
 
-async fn registrar_with(n: usize, bind: &str, tcp: bool) -> TestRegistrar {
-    TestRegistrar::start(RegistrarConfig {
-        bind: bind.parse().unwrap(),
-        realm: "registrar.test".into(),
-        users: users(n),
-        tcp,
-        ..RegistrarConfig::default()
-    })
-    .await
-    .expect("registrar starts")
-}
-
 fn rows_with_proxy(n: usize, proxy: &str) -> Vec<RawRow> {
     let mut rows = demo_rows(n, "127.0.0.1:9".parse().unwrap());
     for row in &mut rows {
@@ -56,7 +44,7 @@ async fn reason_of(daemon: &Daemon, l_uuid: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_rows_share_one_connection_and_reregister_when_it_drops() {
-    let registrar = registrar_with(20, "127.0.0.1:0", true).await;
+    let registrar = registrar_at(20, "127.0.0.1:0", true).await;
     let dir = TempDir::new("tcp");
     let proxy = format!("sip:{};transport=tcp", registrar.local_addr());
     let daemon = start(&dir, &rows_with_proxy(20, &proxy), |_| {}).await;
@@ -206,8 +194,8 @@ fn dns_rows(n: usize) -> Vec<RawRow> {
 }
 
 async fn failover_case(first_behaviour: Behavior, name: &str) {
-    let first = registrar_with(3, "127.0.0.1:0", false).await;
-    let second = registrar_with(3, "127.0.0.1:0", false).await;
+    let first = registrar_at(3, "127.0.0.1:0", false).await;
+    let second = registrar_at(3, "127.0.0.1:0", false).await;
     first.set_behavior(first_behaviour);
     let dns = TestDns::start(srv_zone(first.local_addr(), second.local_addr()))
         .await
@@ -286,7 +274,7 @@ async fn ipv6_end_to_end() {
     if std::net::UdpSocket::bind("[::1]:0").is_err() {
         panic!("IPv6 loopback is not available on this machine");
     }
-    let registrar = registrar_with(2, "[::1]:0", false).await;
+    let registrar = registrar_at(2, "[::1]:0", false).await;
     let dir = TempDir::new("ipv6");
     let proxy = format!("sip:{}", registrar.local_addr());
     let daemon = start(&dir, &rows_with_proxy(2, &proxy), |c| {
@@ -326,7 +314,7 @@ fn invite(caller: SocketAddr, ruri: &str, branch: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_for_registered_contacts_reach_the_proxy_and_answers_come_back() {
-    let registrar = registrar_with(1, "127.0.0.1:0", false).await;
+    let registrar = registrar_at(1, "127.0.0.1:0", false).await;
     let proxy = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let dir = TempDir::new("relay");
     let rows = demo_rows(1, registrar.local_addr());
@@ -420,7 +408,7 @@ async fn calls_for_registered_contacts_reach_the_proxy_and_answers_come_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_send_from_their_own_socket_with_outbound_and_keepalive() {
-    let registrar = registrar_with(2, "127.0.0.1:0", false).await;
+    let registrar = registrar_at(2, "127.0.0.1:0", false).await;
     let dir = TempDir::new("socket");
     // A second local address on loopback that the daemon binds as an extra socket.
     let extra: SocketAddr = {
@@ -492,7 +480,7 @@ async fn rows_send_from_their_own_socket_with_outbound_and_keepalive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_over_a_tcp_connection_to_us_are_answered_on_it() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let registrar = registrar_with(1, "127.0.0.1:0", false).await;
+    let registrar = registrar_at(1, "127.0.0.1:0", false).await;
     let dir = TempDir::new("tcp-inbound");
     let daemon = start(&dir, &demo_rows(1, registrar.local_addr()), |_| {}).await;
     assert!(all_registered(&daemon, 1, Duration::from_secs(20)).await);

@@ -5,6 +5,7 @@
 //! retransmitting, and every row goes on registering and refreshing.
 
 mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,23 +15,11 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use uacreg::demo::demo_rows;
-use uacreg::sip::digest::Algorithm;
-use uacreg::testing::registrar::{Behavior, RegistrarConfig, SeenRequest, TestRegistrar};
+use uacreg::testing::registrar::{Behavior, SeenRequest, TestRegistrar};
+
+use support::stranger::{guessed_branches, register_response, with_wrong_ids};
 
 const ROWS: usize = 20;
-
-async fn registrar(n: usize) -> TestRegistrar {
-    TestRegistrar::start(RegistrarConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        realm: "registrar.test".into(),
-        users: users(n),
-        qop: true,
-        algorithm: Algorithm::Md5,
-        ..RegistrarConfig::default()
-    })
-    .await
-    .expect("registrar starts")
-}
 
 fn user(i: usize) -> String {
     format!("user{i:06}")
@@ -38,37 +27,6 @@ fn user(i: usize) -> String {
 
 fn l_uuid(i: usize) -> String {
     format!("uuid{i:06}")
-}
-
-/// A final response as a registrar would write it, with the identifiers given.
-fn response(code: u16, branch: &str, call_id: &str, cseq: u32, method: &str) -> Vec<u8> {
-    format!(
-        "SIP/2.0 {code} Spoofed\r\n\
-         Via: SIP/2.0/UDP 127.0.0.1:5062;rport;branch={branch}\r\n\
-         From: <sip:someone@registrar.test>;tag=1\r\n\
-         To: <sip:someone@registrar.test>;tag=2\r\n\
-         Call-ID: {call_id}\r\n\
-         CSeq: {cseq} {method}\r\n\
-         Contact: <sip:evil@192.0.2.66:5060>;expires=4294967295\r\n\
-         Content-Length: 0\r\n\r\n"
-    )
-    .into_bytes()
-}
-
-/// `branch` with its last character changed to another hex digit.
-fn flip_last(branch: &str) -> String {
-    let mut flipped = branch.to_string();
-    let last = flipped.pop().unwrap();
-    flipped.push(if last == '0' { '1' } else { '0' });
-    flipped
-}
-
-/// `branch` (`z9hG4bKt<number>.<random>`) with the next transaction number, same random part.
-fn next_number(branch: &str) -> String {
-    let rest = branch.strip_prefix("z9hG4bKt").expect("our branch form");
-    let (number, random) = rest.split_once('.').expect("number.random");
-    let number = u64::from_str_radix(number, 16).unwrap() + 1;
-    format!("z9hG4bKt{number:x}.{random}")
 }
 
 async fn sip_stats(client: &uacreg::rpc::RpcClient) -> Value {
@@ -156,30 +114,19 @@ async fn forged_responses_are_dropped_counted_and_change_nothing() {
         assert!(branch.starts_with("z9hG4bKt"), "{branch}");
         let (call_id, cseq) = (request.call_id.as_str(), request.cseq);
         // Our branch, another Call-ID, CSeq number or method.
-        for bytes in [
-            response(403, &branch, &format!("x{call_id}"), cseq, "REGISTER"),
-            response(403, &branch, call_id, cseq + 1, "REGISTER"),
-            response(200, &branch, call_id, cseq - 1, "REGISTER"),
-            response(403, &branch, call_id, cseq, "OPTIONS"),
-        ] {
+        for bytes in with_wrong_ids(&branch, call_id, cseq) {
             near.send_to(&bytes, sip).await.unwrap();
             wrong_ids += 1;
         }
         // Everything right, from where the request did not go.
-        let exact = response(403, &branch, call_id, cseq, "REGISTER");
+        let exact = register_response(403, &branch, call_id, cseq, "REGISTER");
         near.send_to(&exact, sip).await.unwrap();
         other_host.send_to(&exact, sip).await.unwrap();
         stream.write_all(&exact).await.unwrap();
         wrong_source += 3;
         // Guessed branches.
-        for guess in [
-            flip_last(&branch),
-            next_number(&branch),
-            branch.to_uppercase(),
-            format!("z9hG4bKka{}", &branch["z9hG4bKt".len()..]),
-            format!("z9hG4bK{:016x}.{:x}", 0x5eedu64, cseq),
-        ] {
-            let bytes = response(503, &guess, call_id, cseq, "REGISTER");
+        for guess in guessed_branches(&branch, cseq) {
+            let bytes = register_response(503, &guess, call_id, cseq, "REGISTER");
             near.send_to(&bytes, sip).await.unwrap();
             unknown += 1;
         }

@@ -818,25 +818,13 @@ async fn accept(
     use crate::registration::Transport;
     let mut backoff = AcceptBackoff::new();
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => {
-                backoff.succeeded();
-                accepted
-            }
-            Err(err) => {
-                // Out of file descriptors and the like: the same error comes back until
-                // something closes, so wait longer each time instead of spinning.
-                admission.accept_failed();
-                let (delay, first) = backoff.failed();
-                if first {
-                    warn!("accept failed: {err}; backing off (counted in accept_errors)");
-                } else {
-                    debug!("accept failed: {err}; next try in {delay:?}");
-                }
-                tokio::time::sleep(delay).await;
-                continue;
-            }
-        };
+        let (tcp, peer) = backoff
+            .accept(
+                "SIP listener (counted in accept_errors)",
+                || listener.accept(),
+                || admission.accept_failed(),
+            )
+            .await;
         let permit = match admission.admit(peer.ip()) {
             Ok(permit) => permit,
             Err(refusal) => {

@@ -1,7 +1,7 @@
 //! The JSON-RPC 2.0 HTTP server and its `uac.*` methods.
 //!
-//! Method names, positional parameters, result shapes and fault codes/texts are Kamailio's (see
-//! `uac_reg.c` and `shared/reference/kamailio-5.6-rpc`), so existing scripts and dashboards can
+//! Method names, positional parameters, result shapes and fault codes/texts are Kamailio 5.6's
+//! (its `uac_reg.c`), so existing scripts and dashboards can
 //! point at uacreg instead. jsonrpsee serves any POST path, so `/RPC` (Kamailio's usual path) and
 //! `/` both work.
 
@@ -360,21 +360,7 @@ pub async fn serve_unix(
         let mut backoff = crate::transport::admission::AcceptBackoff::new();
         loop {
             let socket = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((socket, _)) => {
-                        backoff.succeeded();
-                        socket
-                    }
-                    Err(err) => {
-                        // Out of descriptors and the like: wait instead of spinning.
-                        let (delay, first) = backoff.failed();
-                        if first {
-                            tracing::warn!("JSON-RPC Unix socket: accept failed: {err}");
-                        }
-                        tokio::time::sleep(delay).await;
-                        continue;
-                    }
-                },
+                (socket, _) = backoff.accept("JSON-RPC Unix socket", || listener.accept(), || {}) => socket,
                 _ = stop.clone().shutdown() => break,
             };
             let service = builder.clone().build(methods.clone(), stop.clone());

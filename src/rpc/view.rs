@@ -1,7 +1,7 @@
 //! Records rendered the way Kamailio's `uac.reg_dump` / `uac.reg_info` render them.
 //!
-//! Field names, order and JSON types follow Kamailio 5.6 (see `shared/reference/kamailio-5.6-rpc`)
-//! so scripts written against Kamailio keep working; serde serialises struct fields in
+//! Field names, order and JSON types follow what Kamailio 5.6's `uac` module answers, so scripts
+//! written against Kamailio keep working; serde serialises struct fields in
 //! declaration order, which is what fixes the key order. Our own fields come after Kamailio's.
 
 use std::borrow::Cow;

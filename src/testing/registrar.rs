@@ -468,7 +468,14 @@ fn handle(
         }
         Behavior::WrongRealm(ref realm) => {
             seen.code = 401;
-            Some(challenge(config, &mut state, &request, realm, false))
+            Some(challenge(
+                config,
+                &mut state,
+                &request,
+                Challenger::Registrar,
+                realm,
+                false,
+            ))
         }
         _ => Some(authorize_and_register(
             config, &mut state, &request, &user, &behavior, &mut seen, now,
@@ -508,17 +515,31 @@ fn authorize_and_register(
             Some(Credential::Valid) => {}
             Some(Credential::Stale) => {
                 seen.code = 407;
-                return proxy_challenge(config, state, request, proxy_realm, true);
+                return challenge(config, state, request, Challenger::Proxy, proxy_realm, true);
             }
             Some(Credential::Invalid) | None => {
                 seen.code = 407;
-                return proxy_challenge(config, state, request, proxy_realm, false);
+                return challenge(
+                    config,
+                    state,
+                    request,
+                    Challenger::Proxy,
+                    proxy_realm,
+                    false,
+                );
             }
         }
     }
     let Some(header) = request.authorization.as_deref() else {
         seen.code = 401;
-        return challenge(config, state, request, &config.realm, false);
+        return challenge(
+            config,
+            state,
+            request,
+            Challenger::Registrar,
+            &config.realm,
+            false,
+        );
     };
     let verdict = check_credentials(config, state, header, &config.realm, now);
     match verdict {
@@ -530,18 +551,39 @@ fn authorize_and_register(
             // Correct credentials on an expired or unknown nonce.
             seen.authorization_valid = Some(true);
             seen.code = 401;
-            return challenge(config, state, request, &config.realm, true);
+            return challenge(
+                config,
+                state,
+                request,
+                Challenger::Registrar,
+                &config.realm,
+                true,
+            );
         }
         Credential::Invalid => {
             seen.authorization_valid = Some(false);
             state.stats.rejected += 1;
             seen.code = 401;
-            return challenge(config, state, request, &config.realm, false);
+            return challenge(
+                config,
+                state,
+                request,
+                Challenger::Registrar,
+                &config.realm,
+                false,
+            );
         }
     }
     if *behavior == Behavior::StaleNonce && state.stale_sent.insert(user.to_string()) {
         seen.code = 401;
-        return challenge(config, state, request, &config.realm, true);
+        return challenge(
+            config,
+            state,
+            request,
+            Challenger::Registrar,
+            &config.realm,
+            true,
+        );
     }
     if let Behavior::IntervalTooBrief { min_expires } = *behavior {
         let asked = request
@@ -683,37 +725,27 @@ fn update_bindings(
     state.stats.removals += removals as u64;
 }
 
-/// A 407 from the authenticating proxy in front of the registrar.
-fn proxy_challenge(
-    config: &RegistrarConfig,
-    state: &mut State,
-    request: &Request,
-    realm: &str,
-    stale: bool,
-) -> String {
-    let value = new_challenge(config, state, realm, stale);
-    response(
-        request,
-        407,
-        "Proxy Authentication Required",
-        &format!("Proxy-Authenticate: {value}\r\n"),
-    )
+/// Who challenges: the registrar itself (401) or the authenticating proxy in front of it (407).
+#[derive(Clone, Copy)]
+enum Challenger {
+    Registrar,
+    Proxy,
 }
 
 fn challenge(
     config: &RegistrarConfig,
     state: &mut State,
     request: &Request,
+    by: Challenger,
     realm: &str,
     stale: bool,
 ) -> String {
     let value = new_challenge(config, state, realm, stale);
-    response(
-        request,
-        401,
-        "Unauthorized",
-        &format!("WWW-Authenticate: {value}\r\n"),
-    )
+    let (code, reason, header) = match by {
+        Challenger::Registrar => (401, "Unauthorized", "WWW-Authenticate"),
+        Challenger::Proxy => (407, "Proxy Authentication Required", "Proxy-Authenticate"),
+    };
+    response(request, code, reason, &format!("{header}: {value}\r\n"))
 }
 
 /// A fresh nonce, remembered, as a challenge header value for `realm`.

@@ -228,6 +228,40 @@ impl AcceptBackoff {
     pub fn succeeded(&mut self) {
         self.next = Self::FIRST;
     }
+
+    /// Accepts with `accept`, waiting after each failure (out of descriptors and the like: the
+    /// same error comes back until something closes) instead of spinning. The first failure of
+    /// a streak is logged as a warning naming `listener`, the rest at debug level;
+    /// `on_failure` hears of every one (for counters).
+    pub async fn accept<T, F, Fut>(
+        &mut self,
+        listener: &str,
+        mut accept: F,
+        mut on_failure: impl FnMut(),
+    ) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::io::Result<T>>,
+    {
+        loop {
+            match accept().await {
+                Ok(accepted) => {
+                    self.succeeded();
+                    return accepted;
+                }
+                Err(err) => {
+                    on_failure();
+                    let (delay, first) = self.failed();
+                    if first {
+                        tracing::warn!("{listener}: accept failed: {err}; backing off");
+                    } else {
+                        tracing::debug!("{listener}: accept failed: {err}; next try in {delay:?}");
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
 }
 
 impl Default for AcceptBackoff {

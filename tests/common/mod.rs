@@ -45,6 +45,30 @@ pub fn users(n: usize) -> std::collections::HashMap<String, String> {
         .collect()
 }
 
+/// The in-repo registrar (realm `registrar.test`, MD5 with qop, on 127.0.0.1) with the accounts
+/// of [`users`]`(n)`, bound to `bind` (`ip:port`, port 0 for any), TCP on the same port when
+/// `tcp`.
+pub async fn registrar_at(
+    n: usize,
+    bind: &str,
+    tcp: bool,
+) -> uacreg::testing::registrar::TestRegistrar {
+    use uacreg::testing::registrar::{RegistrarConfig, TestRegistrar};
+    TestRegistrar::start(RegistrarConfig {
+        bind: bind.parse().expect("an ip:port to bind"),
+        users: users(n),
+        tcp,
+        ..RegistrarConfig::default()
+    })
+    .await
+    .expect("registrar starts")
+}
+
+/// [`registrar_at`] on 127.0.0.1, UDP only.
+pub async fn registrar(n: usize) -> uacreg::testing::registrar::TestRegistrar {
+    registrar_at(n, "127.0.0.1:0", false).await
+}
+
 /// Writes `rows` into a new database at `url`.
 pub fn write_rows(url: &str, rows: &[RawRow]) {
     let mut store = Store::open(url).expect("open store");

@@ -5,13 +5,16 @@
 //! * [`sipp`] — runs a sipp scenario as a UAC against a loopback target.
 //! * [`dbserver`] — a throwaway PostgreSQL or MariaDB server (fresh data dir, database and
 //!   user `uacreg`) on a spare loopback TCP port, which can be stopped and restarted.
-//! * [`uacregd`] — the real `uacregd` binary in a process of its own (exit status, RSS, CPU).
+//! * [`uacregd`] — the real `uacregd` binary in a process of its own (exit status, RSS, CPU),
+//!   the one way tests run it as a process.
+//! * [`stranger`] — what anyone on the network can send the SIP port: sockets on chosen
+//!   127.0.0.x addresses, bounded receives, forged requests and responses.
 //! * [`process`] — what they all need: unique temp dirs, spare ports, bounded waits, a watchdog
 //!   that stops a server when the test process goes away.
 //!
-//! Everything here talks only to 127.0.0.1 and every wait has a deadline. The programs are
-//! installed by `scripts/install-test-deps`; when one is missing, `require_*` skips the test
-//! locally and fails it in CI (`CI=true`).
+//! Everything here talks only to loopback (127.0.0.0/8) and every wait has a deadline. The
+//! programs are installed by `scripts/install-test-deps`; when one is missing, `require_*` skips
+//! the test locally and fails it in CI (`CI=true`).
 //!
 //! Use from a test crate with `mod support;`. Each test crate uses only part of this, hence the
 //! `allow(dead_code)`.
@@ -21,4 +24,5 @@ pub mod dbserver;
 pub mod kamailio;
 pub mod process;
 pub mod sipp;
+pub mod stranger;
 pub mod uacregd;

@@ -1,5 +1,6 @@
 //! The real `uacregd` binary in a process of its own, for tests that need what only a process
-//! has: its exit status, its memory and CPU time apart from the test's.
+//! has: its exit status, its memory and CPU time apart from the test's, its own open-files limit.
+//! The one way tests run the daemon as a process (`tests/lifecycle.rs`, `tests/hostile.rs`).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -12,6 +13,9 @@ use super::process::{self, Watched};
 /// A running `uacregd` under a watchdog (stopped with SIGTERM when dropped).
 pub struct Uacregd {
     watched: Watched,
+    /// The uacregd process itself (not its watchdog shell).
+    pid: u32,
+    /// SIP (UDP and TCP) and JSON-RPC, on loopback.
     pub sip: SocketAddr,
     pub rpc: SocketAddr,
     log: PathBuf,
@@ -19,8 +23,9 @@ pub struct Uacregd {
 
 impl Uacregd {
     /// Starts `binary` (`env!("CARGO_BIN_EXE_uacregd")`) on `db_url` with loopback ports, no
-    /// metrics endpoint, no un-REGISTER on stop, `extra_config` appended to its TOML file, and
-    /// waits until its JSON-RPC answers.
+    /// metrics endpoint, no un-REGISTER on stop, logging at `info` without colours,
+    /// `extra_config` appended to its TOML file (sections such as `[limits]`), and waits until
+    /// its JSON-RPC answers.
     pub fn start(binary: &str, dir: &Path, db_url: &str, extra_config: &str) -> io::Result<Self> {
         let sip = process::spare_udp_port()?;
         let rpc = process::spare_tcp_port()?;
@@ -37,11 +42,16 @@ impl Uacregd {
         let log = dir.join("uacregd.log");
         let log_file = std::fs::File::create(&log)?;
         let mut command = Command::new(binary);
-        command.arg("--config").arg(&config).args(["--log", "info"]);
+        command
+            .arg("--config")
+            .arg(&config)
+            .args(["--log", "info"])
+            .env("NO_COLOR", "1");
         let (sip, rpc) = (sip.addr(), rpc.addr());
         let watched = Watched::spawn(&command, "TERM", &log_file)?;
-        let daemon = Uacregd {
+        let mut daemon = Uacregd {
             watched,
+            pid: 0,
             sip,
             rpc,
             log,
@@ -51,24 +61,45 @@ impl Uacregd {
             if Instant::now() >= deadline || daemon.watched.has_exited() {
                 return Err(io::Error::other(format!(
                     "uacregd did not come up:\n{}",
-                    process::tail(&daemon.log(), 30)
+                    daemon.log_tail(30)
                 )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        daemon.pid = daemon
+            .watched
+            .processes()
+            .into_iter()
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim() == "uacregd")
+            })
+            .ok_or_else(|| io::Error::other("uacregd answers but its process is not found"))?;
         Ok(daemon)
     }
 
+    /// Its whole log (stdout and stderr).
     pub fn log(&self) -> String {
         process::read_lossy(&self.log)
     }
 
+    /// The last `lines` lines of its log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        process::tail(&self.log(), lines)
+    }
+
     /// Pid of the uacregd process itself (not its watchdog).
-    pub fn pid(&self) -> Option<u32> {
-        self.watched.processes().into_iter().find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comm.trim() == "uacregd")
-        })
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The URL JSON-RPC clients (`RpcClient`, `uacregctl --rpc`) are given.
+    pub fn rpc_url(&self) -> String {
+        format!("http://{}/RPC", self.rpc)
+    }
+
+    pub fn has_exited(&self) -> bool {
+        self.watched.has_exited()
     }
 
     /// Waits up to `limit` for the process to exit on its own; how long that took.
@@ -129,4 +160,26 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     let user: u64 = fields.get(11)?.parse().ok()?;
     let system: u64 = fields.get(12)?.parse().ok()?;
     Some(user + system)
+}
+
+/// Datagrams the kernel dropped because the receive buffer of the UDP socket bound at `local`
+/// (IPv4) was full: the `drops` column of `/proc/net/udp`. They never reached the program, so
+/// its own counters cannot show them.
+pub fn udp_drops(local: SocketAddr) -> Option<u64> {
+    let SocketAddr::V4(v4) = local else {
+        return None;
+    };
+    // The address as the kernel prints it: the 32-bit value in host order (little-endian), hex.
+    let wanted = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&wanted.as_str()))
+            .then(|| fields.last()?.parse().ok())
+            .flatten()
+    })
 }
