@@ -464,9 +464,11 @@ impl Record {
         format!("sip:{}", self.r_domain())
     }
 
-    /// Address of record used in To and From: `sip:r_username@r_domain`.
+    /// Address of record used in To and From: `sip:r_username@r_domain`, with what a URI's
+    /// user part cannot hold %-escaped.
     pub fn aor(&self) -> String {
-        format!("sip:{}@{}", self.r_username(), self.r_domain())
+        let user = crate::sip::message::escape_user(self.r_username());
+        format!("sip:{user}@{}", self.r_domain())
     }
 
     /// The Contact URI this row binds: `sip:l_uuid@contact_addr`, or with Kamailio 6's

@@ -40,17 +40,18 @@ impl UriParts {
         if scheme != "sip" && scheme != "sips" {
             return fail(format!("unsupported URI scheme {scheme:?}"));
         }
-        // Headers (`?…`) are not needed; drop them.
-        let rest = rest.split('?').next().unwrap_or("");
-        let (user, host_and_params) = match rest.rfind('@') {
-            Some(at) => {
-                let user_part = &rest[..at];
+        // The user part may hold `?` and `;` (RFC 3261 user-unreserved) but never `@`, and
+        // neither may parameters or headers: the first `@` ends it.
+        let (user, host_and_params) = match rest.split_once('@') {
+            Some((user_part, after)) => {
                 // `user:password` — the password is never kept.
                 let user = user_part.split(':').next().unwrap_or("");
-                (Some(user.to_string()), &rest[at + 1..])
+                (Some(user.to_string()), after)
             }
             None => (None, rest),
         };
+        // Headers (`?…`) are not needed; drop them.
+        let host_and_params = host_and_params.split('?').next().unwrap_or("");
         let mut pieces = host_and_params.split(';');
         let host_port = pieces.next().unwrap_or("");
         let (host, port) = split_host_port(host_port)?;
@@ -72,6 +73,35 @@ impl UriParts {
             params,
         })
     }
+}
+
+/// `user` as the user part of a SIP URI: characters RFC 3261 allows there stay as they are,
+/// every other byte is %-escaped (`:` would start a password, `@` end the user, a space the
+/// URI). A `%` already followed by two hex digits is taken as an escape the operator wrote.
+pub fn escape_user(user: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = user.as_bytes();
+    let is_escape = |at: usize| {
+        bytes.len() > at + 2
+            && bytes[at + 1].is_ascii_hexdigit()
+            && bytes[at + 2].is_ascii_hexdigit()
+    };
+    let keeps = |at: usize, b: u8| {
+        b.is_ascii_alphanumeric()
+            || b"-_.!~*'()&=+$,;?/".contains(&b)
+            || (b == b'%' && is_escape(at))
+    };
+    if bytes.iter().enumerate().all(|(at, &b)| keeps(at, b)) {
+        return std::borrow::Cow::Borrowed(user);
+    }
+    let mut escaped = String::with_capacity(user.len() + 8);
+    for (at, &b) in bytes.iter().enumerate() {
+        if keeps(at, b) {
+            escaped.push(char::from(b));
+        } else {
+            escaped.push_str(&format!("%{b:02X}"));
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
 }
 
 pub(crate) fn split_host_port(text: &str) -> Result<(String, Option<u16>), ParseError> {
@@ -488,6 +518,40 @@ impl Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `row` fuzz target (fuzz/seeds/row/crash-colon-in-r-username): an r_username
+    /// holding `:` and `?` went into To and From as it was, so the user part read as
+    /// `user:password` and the `?` cut the URI before its host.
+    #[test]
+    fn a_user_part_is_escaped_where_a_uri_cannot_hold_it() {
+        assert_eq!(escape_user("alice"), "alice");
+        assert_eq!(escape_user("+49-30;x?y/z"), "+49-30;x?y/z");
+        assert_eq!(escape_user("a:b"), "a%3Ab");
+        assert_eq!(escape_user("a b#c"), "a%20b%23c");
+        assert_eq!(escape_user("ä"), "%C3%A4");
+        // An escape the operator wrote is kept; a lone `%` is escaped.
+        assert_eq!(escape_user("a%3Ab"), "a%3Ab");
+        assert_eq!(escape_user("100%"), "100%25");
+        assert_eq!(escape_user("%4"), "%254");
+        for user in ["a:b?c:d", "x y", "%zz", "a?b"] {
+            let uri = format!("sip:{}@registrar.test:5070", escape_user(user));
+            let parts = UriParts::parse(&uri).unwrap();
+            assert_eq!(parts.host, "registrar.test", "{uri}");
+            assert_eq!(parts.port, Some(5070), "{uri}");
+        }
+    }
+
+    #[test]
+    fn a_question_mark_in_the_user_part_is_not_a_header() {
+        let parts = UriParts::parse("sip:a?b;c@host.test:5080;transport=tcp?h=v").unwrap();
+        assert_eq!(parts.user.as_deref(), Some("a?b;c"));
+        assert_eq!(parts.host, "host.test");
+        assert_eq!(parts.port, Some(5080));
+        assert_eq!(parts.params, vec![("transport".into(), Some("tcp".into()))]);
+        let parts = UriParts::parse("sip:host.test?subject=x").unwrap();
+        assert_eq!(parts.user, None);
+        assert_eq!(parts.host, "host.test");
+    }
 
     const KAMAILIO_200: &str = "SIP/2.0 200 OK\r\n\
 Via: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK029a.bf592641000000000000000000000000.0\r\n\
