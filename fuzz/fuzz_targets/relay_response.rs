@@ -21,23 +21,17 @@
 
 #![no_main]
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::OnceLock;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use libfuzzer_sys::fuzz_target;
 use uacreg::sip::relay::{
-    self, Action, Arrival, RelayConfig, RelayKey, ResponseRoute, ReturnPath, Sender,
-    UnknownUserReply, UntrustedPolicy,
+    self, Action, Arrival, RelayConfig, ResponseRoute, ReturnPath, Sender, UnknownUserReply,
+    UntrustedPolicy,
 };
 use uacreg_fuzz::placeholders::{self, RELAY_BRANCH};
-use uacreg_fuzz::{MAX_MESSAGE, Unstructured, control};
+use uacreg_fuzz::{MAX_MESSAGE, Unstructured, control, relay_key};
 
 const PROXY: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99)), 5060);
-
-fn relay_key() -> &'static RelayKey {
-    static KEY: OnceLock<RelayKey> = OnceLock::new();
-    KEY.get_or_init(|| RelayKey::from_secret(&[0x5a; 32]))
-}
 
 /// The branch our Via gets when an INVITE for a registered contact arrives from `from` along
 /// `path`.
@@ -92,25 +86,7 @@ fuzz_target!(|data: &[u8]| {
     let message = u.take_rest();
     let bit = |n: u8| flags & (1 << n) != 0;
 
-    let sender = if bit(2) {
-        SocketAddr::new(
-            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 5)),
-            5060 + u16::from(port),
-        )
-    } else {
-        SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)),
-            5060 + u16::from(port),
-        )
-    };
-    let path = if bit(0) {
-        ReturnPath::Flow(u64::from(port))
-    } else {
-        ReturnPath::Udp {
-            local: bit(1).then(|| SocketAddr::from(([192, 0, 2, 1], 5080))),
-            source: sender,
-        }
-    };
+    let (sender, path) = uacreg_fuzz::arrival(bit(2), port, bit(0), bit(1));
     let mut branch = relay_branch(sender, path).into_bytes();
     let at = usize::from(at) % branch.len();
     match (flags >> 6) & 3 {

@@ -17,23 +17,17 @@
 
 #![no_main]
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::OnceLock;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use libfuzzer_sys::fuzz_target;
 use uacreg::sip::message::{Request, is_response};
 use uacreg::sip::relay::{
-    self, Action, Addressee, Arrival, IDENTITY_HEADERS, RelayConfig, RelayKey, ResponseRoute,
-    ReturnPath, Sender, UnknownUserReply, UntrustedPolicy,
+    self, Action, Addressee, Arrival, IDENTITY_HEADERS, RelayConfig, ResponseRoute, Sender,
+    UnknownUserReply, UntrustedPolicy,
 };
-use uacreg_fuzz::{Unstructured, control, head, is_unambiguous};
+use uacreg_fuzz::{Unstructured, control, head, is_unambiguous, relay_key};
 
 const PROXY: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99)), 5060);
-
-fn relay_key() -> &'static RelayKey {
-    static KEY: OnceLock<RelayKey> = OnceLock::new();
-    KEY.get_or_init(|| RelayKey::from_secret(&[0x5a; 32]))
-}
 
 /// The registrations the gateway holds: l_uuid → local URI.
 fn lookup(addressee: &Addressee) -> Option<String> {
@@ -67,25 +61,7 @@ fuzz_target!(|data: &[u8]| {
 
     let _ = Request::parse(raw);
 
-    let from = if bit(6) {
-        SocketAddr::new(
-            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 5)),
-            5060 + u16::from(port),
-        )
-    } else {
-        SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)),
-            5060 + u16::from(port),
-        )
-    };
-    let path = if bit(1) {
-        ReturnPath::Flow(u64::from(port))
-    } else {
-        ReturnPath::Udp {
-            local: bit(5).then(|| SocketAddr::from(([192, 0, 2, 1], 5080))),
-            source: from,
-        }
-    };
+    let (from, path) = uacreg_fuzz::arrival(bit(6), port, bit(1), bit(5));
     let sender = if bit(0) {
         Sender::Trusted
     } else {

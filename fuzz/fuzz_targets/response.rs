@@ -29,11 +29,11 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use uacreg::registration::Record;
 use uacreg::sip::message::{Response, is_response};
-use uacreg::sip::relay::{self, RelayKey, ResponseRoute};
+use uacreg::sip::relay::{self, ResponseRoute};
 use uacreg::transaction::{Path, Route};
 use uacreg_fuzz::in_flight::{InFlight, Sent};
 use uacreg_fuzz::placeholders::{self, BRANCH, CALL_ID, CSEQ};
-use uacreg_fuzz::{MAX_MESSAGE, parts};
+use uacreg_fuzz::{MAX_MESSAGE, parts, relay_key};
 
 /// The inbound proxy of the daemon; responses from registrars never come from it.
 const PROXY: SocketAddr = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 5070);
@@ -43,11 +43,6 @@ fn records() -> Vec<Record> {
     RECORDS
         .get_or_init(uacreg_fuzz::rows::registrations)
         .clone()
-}
-
-fn relay_key() -> &'static RelayKey {
-    static KEY: OnceLock<RelayKey> = OnceLock::new();
-    KEY.get_or_init(|| RelayKey::from_secret(&[0x5a; 32]))
 }
 
 /// Where a response to `sent` arrives from, and by which path, for arrival choice `choice`.

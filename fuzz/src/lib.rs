@@ -5,8 +5,7 @@
 //! answer, which way it arrived, who sent a request …) and takes the rest as the message, so a
 //! seed is a captured message behind a short prefix and libFuzzer mutates both. Control bytes
 //! are read with `arbitrary`'s [`Unstructured`], one byte each from the front; a missing byte
-//! reads as 0, the default choice. The layout of each target's prefix is in its own file and
-//! in `fuzz/README.md`.
+//! reads as 0, the default choice. The layout of each target's prefix is in its own file.
 //!
 //! * [`in_flight`] — a registration table and client transactions with REGISTERs in flight,
 //!   driven the way the daemon drives them, to deliver fuzzed responses to.
@@ -18,7 +17,11 @@ pub mod in_flight;
 pub mod placeholders;
 pub mod rows;
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::OnceLock;
+
 pub use libfuzzer_sys::arbitrary::Unstructured;
+use uacreg::sip::relay::{RelayKey, ReturnPath};
 
 /// Largest message the daemon accepts anywhere.
 pub use uacreg::sip::MAX_MESSAGE;
@@ -26,6 +29,38 @@ pub use uacreg::sip::MAX_MESSAGE;
 /// The next control byte (0 once the input is exhausted).
 pub fn control(u: &mut Unstructured<'_>) -> u8 {
     u.arbitrary::<u8>().unwrap_or(0)
+}
+
+/// The relay key every target uses (fixed, so a seed's MAC stays valid from run to run).
+pub fn relay_key() -> &'static RelayKey {
+    static KEY: OnceLock<RelayKey> = OnceLock::new();
+    KEY.get_or_init(|| RelayKey::from_secret(&[0x5a; 32]))
+}
+
+/// A request from outside: who sent it (an IPv6 or IPv4 documentation address, port
+/// 5060 + `port`) and the path its answer takes back — connection number `port`, or UDP from
+/// our main socket or an extra one.
+pub fn arrival(
+    ipv6: bool,
+    port: u8,
+    on_flow: bool,
+    extra_socket: bool,
+) -> (SocketAddr, ReturnPath) {
+    let ip = if ipv6 {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 5))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7))
+    };
+    let sender = SocketAddr::new(ip, 5060 + u16::from(port));
+    let path = if on_flow {
+        ReturnPath::Flow(u64::from(port))
+    } else {
+        ReturnPath::Udp {
+            local: extra_socket.then(|| SocketAddr::from(([192, 0, 2, 1], 5080))),
+            source: sender,
+        }
+    };
+    (sender, path)
 }
 
 /// The parts of an input that holds several messages, each behind `N` control bytes:
