@@ -491,15 +491,15 @@ async fn an_oversized_request_head_is_refused_without_a_page() {
 #[tokio::test]
 async fn connections_beyond_the_bound_wait_for_a_free_slot() {
     let addr = start(Some(distinct_snapshot())).await;
-    // Connections that send nothing hold every slot.
+    // Connections that send nothing hold every slot (the listener hands connections out in
+    // the order they arrived, so these are the ones served).
     let mut idle = Vec::new();
     for _ in 0..super::http::MAX_CONNECTIONS {
         idle.push(TcpStream::connect(addr).await.unwrap());
     }
-    // Let the accept loop take them all before the next one arrives.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let waiting = tokio::spawn(exchange(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Not answered while the slots are held (well within the idle ones' 5 s head timeout).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         !waiting.is_finished(),
         "a scrape was served beyond the bound"
