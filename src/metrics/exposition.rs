@@ -2,7 +2,7 @@
 //! [`Snapshot`] and encoded as Prometheus text (0.0.4) or OpenMetrics.
 //!
 //! Names are written out whole (`…_total` included) so that a grep for a dashboard's series
-//! lands here; prometheus-client adds the `_total` of counters itself, so [`Page`] takes it off
+//! lands here; prometheus-client adds the `_total` of counters itself, so `Page` takes it off
 //! before registering. A quantity that differs only by reason or outcome is one name with a
 //! label. Counters the driver keeps that merely repeat another series (a sum over a labelled
 //! family) are left out, and the tests list them with the series that already shows them.
