@@ -45,24 +45,37 @@ pub struct RecordView<'a> {
     pub contact_addr: Cow<'a, str>,
     pub socket: Option<Cow<'a, str>>,
     // ---- uacreg's own fields ----
+    // Absent from Kamailio's answers: reading one of those leaves them empty.
     /// `registered`, `auth_failed`, `realm_mismatch`, `invalid`, …
+    #[serde(default)]
     pub state: Cow<'a, str>,
+    #[serde(default)]
     pub last_code: Option<u16>,
+    #[serde(default)]
     pub last_reason: Cow<'a, str>,
+    #[serde(default)]
     pub expected_realm: Option<Cow<'a, str>>,
+    #[serde(default)]
     pub offered_realm: Option<Cow<'a, str>>,
     /// Unix time of the next REGISTER (refresh or retry); null when none is scheduled.
+    #[serde(default)]
     pub next_refresh: Option<i64>,
     /// Unix time the registrar's binding runs out; null without a binding.
+    #[serde(default)]
     pub binding_expires: Option<i64>,
     /// Expiry the registrar granted in its last 200 OK.
+    #[serde(default)]
     pub granted_expires: Option<u32>,
     /// Unix time of the last successful REGISTER; null if none yet.
+    #[serde(default)]
     pub last_success: Option<i64>,
     /// Failed attempts since the last success.
+    #[serde(default)]
     pub failures: u32,
+    #[serde(default)]
     pub registers_sent: u64,
     /// Why the row is not used (state `invalid`); null otherwise.
+    #[serde(default)]
     pub error: Option<Cow<'a, str>>,
 }
 
@@ -299,6 +312,43 @@ mod tests {
         assert_eq!(object["socket"], serde_json::Value::Null);
         assert_eq!(object["flags"], 20);
         assert_eq!(object["state"], "registered");
+    }
+
+    /// The view reads Kamailio 5.6's own `uac.reg_info` answer (figures from a real run): the
+    /// Kamailio part is the same shape, uacreg's fields stay empty.
+    #[test]
+    fn reads_kamailios_own_answer() {
+        let kamailio = serde_json::json!({
+            "l_uuid": "uuid000000",
+            "l_username": "local000000",
+            "l_domain": "gw.test",
+            "r_username": "user000000",
+            "r_domain": "registrar.test",
+            "realm": "registrar.test",
+            "auth_username": "user000000",
+            "auth_password": "pw-user000000",
+            "auth_ha1": "none",
+            "auth_proxy": "sip:127.0.0.1:5070",
+            "expires": 3600,
+            "flags": 20,
+            "diff_expires": 3598,
+            "timer_expires": 1_795_393_252,
+            "reg_init": 1_795_389_652,
+            "reg_delay": 0,
+            "contact_addr": "127.0.0.1:5080",
+            "socket": null
+        });
+        let view: RecordView<'static> =
+            serde_json::from_value(kamailio.clone()).expect("Kamailio's shape");
+        assert_eq!(view.timer_expires, 1_795_393_252);
+        assert_eq!(view.contact_addr, "127.0.0.1:5080");
+        assert_eq!(view.state, "");
+        assert_eq!(view.last_code, None);
+        // Written again, its first 18 keys are Kamailio's answer exactly.
+        let written = serde_json::to_value(&view).expect("serialises");
+        let written = written.as_object().expect("an object");
+        let kamailio = kamailio.as_object().expect("an object");
+        assert!(written.iter().zip(kamailio).all(|(a, b)| a == b));
     }
 
     /// A dump is a plain array of records; reading one back gives the records.
