@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde::de::IgnoredAny;
 use uacreg::registration::Status;
-use uacreg::rpc::RecordView;
-use uacreg::rpc::RpcClient;
 use uacreg::rpc::answer::{ShutdownStarted, StatusAnswer, Unregistering};
+use uacreg::rpc::client::RpcError;
+use uacreg::rpc::{RecordView, RpcClient};
 
 use crate::progress::Progress;
 use crate::tables;
@@ -26,9 +26,10 @@ const FAILED: [Status; 3] = [Status::Failed, Status::AuthFailed, Status::RealmMi
 /// The status as the waits read it: the counts, and nothing of the database.
 type Counts = StatusAnswer<IgnoredAny, IgnoredAny>;
 
+/// `uacreg.status`, read with `Sip` as the part of the SIP counters wanted.
 async fn status<Sip: serde::de::DeserializeOwned>(
     client: &RpcClient,
-) -> Result<StatusAnswer<Sip, IgnoredAny>, uacreg::rpc::client::RpcError> {
+) -> Result<StatusAnswer<Sip, IgnoredAny>, RpcError> {
     client.request("uacreg.status", &[]).await
 }
 
