@@ -13,7 +13,7 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::daemon::Daemon;
-use crate::rpc::RpcClient;
+use crate::rpc::{RecordView, RpcClient};
 use crate::sip::digest::Algorithm;
 use crate::store::{RawRow, Store};
 use crate::testing::registrar::{RegistrarConfig, TestRegistrar};
@@ -124,7 +124,7 @@ pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()>
 
     let client = RpcClient::new(&daemon.rpc_url())?;
     let dump_started = Instant::now();
-    let dump = client.call("uac.reg_dump", &[]).await?;
+    let dump: Vec<RecordView> = client.request("uac.reg_dump", &[]).await?;
     let dump_time = dump_started.elapsed();
     print_dump(&dump, 20);
 
@@ -150,7 +150,7 @@ pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()>
     );
     println!(
         "uac.reg_dump of {} records took {:.1} ms",
-        dump.as_array().map_or(0, Vec::len),
+        dump.len(),
         dump_time.as_secs_f64() * 1000.0
     );
     if let (Some(registered_kib), Some(peak_kib)) = (rss_registered, peak_rss_kib()) {
@@ -178,36 +178,40 @@ pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()>
     Ok(())
 }
 
-fn print_dump(dump: &serde_json::Value, limit: usize) {
-    let Some(rows) = dump.as_array() else {
-        return;
-    };
-    println!();
-    println!(
-        "{:<12} {:<28} {:<12} {:>5} {:>8}",
-        "L_UUID", "AOR", "STATE", "CODE", "EXPIRES"
-    );
-    for row in rows.iter().take(limit) {
-        let s = |k: &str| {
-            row.get(k)
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-                .to_string()
-        };
-        println!(
-            "{:<12} {:<28} {:<12} {:>5} {:>8}",
-            s("l_uuid"),
-            format!("{}@{}", s("r_username"), s("r_domain")),
-            s("state"),
-            row.get("last_code")
-                .map(|v| v.to_string())
-                .unwrap_or_default(),
-            row.get("granted_expires")
-                .map(|v| v.to_string())
-                .unwrap_or_default(),
-        );
+/// The first `limit` records, one line each, columns one space apart with the figures
+/// right-aligned.
+fn print_dump(dump: &[RecordView], limit: usize) {
+    use comfy_table::{CellAlignment, ColumnConstraint, Table, Width, presets::NOTHING};
+    let mut table = Table::new();
+    table.load_preset(NOTHING);
+    table.set_header(vec!["L_UUID", "AOR", "STATE", "CODE", "EXPIRES"]);
+    let show = |n: Option<u32>| n.map(|n| n.to_string()).unwrap_or_default();
+    for row in dump.iter().take(limit) {
+        table.add_row(vec![
+            row.l_uuid.to_string(),
+            format!("{}@{}", row.r_username, row.r_domain),
+            row.state.to_string(),
+            show(row.last_code.map(u32::from)),
+            show(row.granted_expires),
+        ]);
     }
-    if rows.len() > limit {
-        println!("… {} more", rows.len() - limit);
+    // Minimum widths, the one-space gap included.
+    let widths = [13u16, 29, 13, 6, 8];
+    for (column, width) in table.column_iter_mut().zip(widths) {
+        let gap = if column.index + 1 < widths.len() {
+            1
+        } else {
+            0
+        };
+        column.set_padding((0, gap));
+        column.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(width)));
+        if column.index >= 3 {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    println!();
+    println!("{}", table.trim_fmt());
+    if dump.len() > limit {
+        println!("… {} more", dump.len() - limit);
     }
 }

@@ -123,11 +123,13 @@ async fn daemon_binary_with_uacregctl() {
         ok && text.contains("Objects found: 10") && text.contains("user000004@registrar.test"),
         "{text}"
     );
+    // Into a pipe the progress is plain lines: no bar redrawn with carriage returns.
     let (ok, text) = ctl(&rpc, &["reg_reload", "--wait"]);
     assert!(
         ok && text.contains("10/10 settled: 10 registered"),
         "{text}"
     );
+    assert!(!text.contains('\r') && !text.contains('\x1b'), "{text:?}");
     let (ok, text) = ctl(&rpc, &["reg_reload"]);
     assert!(ok && text.contains("10 unchanged"), "{text}");
     // Graceful shutdown from uacregctl, with its progress: every binding is taken back.
@@ -136,6 +138,7 @@ async fn daemon_binary_with_uacregctl() {
         ok && text.contains("10/10 un-registered") && text.contains("uacregd stopped"),
         "{text}"
     );
+    assert!(!text.contains('\r') && !text.contains('\x1b'), "{text:?}");
     let exited = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(50));
         guard.0.try_wait().ok().flatten().is_some()

@@ -1,8 +1,13 @@
 //! A thin JSON-RPC client for `uacregctl`, tests and the demo.
+//!
+//! [`RpcClient::request`] reads an answer straight into its type ([`super::answer`],
+//! [`super::RecordView`]); [`RpcClient::call`] keeps the raw JSON for those who print or inspect
+//! it as it came.
 
 use jsonrpsee::core::client::ClientT;
 use jsonrpsee::core::params::ArrayParams;
 use jsonrpsee_http_client::{HttpClient, HttpClientBuilder};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use jsonrpsee::core::client::Error as RpcError;
@@ -35,6 +40,16 @@ impl RpcClient {
 
     /// Calls `method` with positional string parameters and returns the raw result.
     pub async fn call(&self, method: &str, params: &[String]) -> Result<Value, RpcError> {
+        self.request(method, params).await
+    }
+
+    /// Calls `method` and reads the result as a `T`; an answer of another shape is an error
+    /// (`RpcError::ParseError`).
+    pub async fn request<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: &[String],
+    ) -> Result<T, RpcError> {
         let mut array = ArrayParams::new();
         for param in params {
             array.insert(param)?;

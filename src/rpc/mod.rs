@@ -1,15 +1,18 @@
 //! Kamailio-compatible JSON-RPC over HTTP: the server's `uac.*` methods, the parsing of their
-//! parameters, the record view they render, and the small client `uacregctl` uses.
+//! parameters, the record view and the other answers they render (types the client reads back),
+//! and the small client `uacregctl` uses.
 //!
 //! Secrets (`auth_password`, `auth_ha1`) are masked in every answer unless the daemon was started
 //! with `show_secrets`.
 
+pub mod answer;
 pub mod client;
 mod params;
 pub mod server;
 pub mod token;
 pub mod view;
 
+pub use answer::{ActiveModes, Empty, Lookup, ReloadAnswer, ShutdownStarted, StatusAnswer};
 pub use client::RpcClient;
 #[doc(hidden)]
 pub use params::parse_params_for_fuzzing;

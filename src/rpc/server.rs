@@ -9,16 +9,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use jsonrpsee::RpcModule;
-use jsonrpsee::server::{Server, ServerHandle};
-use jsonrpsee::types::ErrorObjectOwned;
-use serde::Serialize;
-
+use super::answer::{
+    ActiveModes, Empty, Lookup, ReloadAnswer, ShutdownStarted, StatusAnswer, state_counts,
+};
 use super::params::{self, LookupKey, fault};
 use super::token::TokenLayer;
 use super::view::RecordView;
 use crate::gateway::Gateway;
 use crate::registration::{Attribute, Snapshot};
+use jsonrpsee::RpcModule;
+use jsonrpsee::server::{Server, ServerHandle};
+use jsonrpsee::types::ErrorObjectOwned;
 
 fn not_found() -> ErrorObjectOwned {
     fault(404, "Record not found")
@@ -153,7 +154,7 @@ fn register_all(
             gw.reload().await
         };
         match outcome {
-            Ok(report) => Ok::<_, ErrorObjectOwned>(report),
+            Ok(report) => Ok::<_, ErrorObjectOwned>(ReloadAnswer::from(report)),
             // Kamailio's text; the cause goes in `data` for those who look.
             Err(err) => Err(ErrorObjectOwned::owned(
                 500,
@@ -208,7 +209,10 @@ fn register_all(
             .await
             .map_err(internal)?;
         // Kamailio echoes the value given as the new mode.
-        Ok::<_, ErrorObjectOwned>(serde_json::json!({ "omode": i64::from(old), "nmode": mode }))
+        Ok::<_, ErrorObjectOwned>(ActiveModes {
+            omode: i64::from(old),
+            nmode: mode,
+        })
     })?;
 
     module.register_async_method("uac.reg_add", |params, gw, _| async move {
@@ -250,11 +254,11 @@ fn register_all(
                     }
                     LookupKey::BadUri => None,
                 }?;
-                Some(serde_json::json!({
-                    "l_uuid": record.l_uuid(),
-                    "local_uri": format!("sip:{}@{}", record.l_username(), record.l_domain()),
-                    "contact": record.contact_uri(),
-                }))
+                Some(Lookup {
+                    l_uuid: record.l_uuid().to_string(),
+                    local_uri: format!("sip:{}@{}", record.l_username(), record.l_domain()),
+                    contact: record.contact_uri(),
+                })
             })
             .await
             .map_err(internal)?;
@@ -266,7 +270,10 @@ fn register_all(
         gw.request_shutdown();
         // What will be un-registered; progress shows in uacreg.status → sip.leaving.
         let bound = counts.get("registered").copied().unwrap_or(0);
-        Ok::<_, ErrorObjectOwned>(serde_json::json!({ "stopping": true, "registered": bound }))
+        Ok::<_, ErrorObjectOwned>(ShutdownStarted {
+            stopping: true,
+            registered: bound,
+        })
     })?;
 
     // Test builds only (cargo feature `fault-injection`): makes the driver task panic, so a
@@ -284,12 +291,12 @@ fn register_all(
     module.register_async_method("uacreg.status", |_params, gw, _| async move {
         let counts = gw.driver.status_counts().await.map_err(internal)?;
         let stats = gw.driver.stats().await.map_err(internal)?;
-        Ok::<_, ErrorObjectOwned>(serde_json::json!({
-            "registrations": counts,
-            "invalid_rows": gw.invalid_rows().len(),
-            "database": gw.database_health(),
-            "sip": stats,
-        }))
+        Ok::<_, ErrorObjectOwned>(StatusAnswer {
+            registrations: state_counts(counts),
+            invalid_rows: gw.invalid_rows().len(),
+            database: gw.database_health(),
+            sip: stats,
+        })
     })?;
     Ok(())
 }
@@ -302,10 +309,6 @@ fn empty_or_not_found(matched: bool) -> Result<Empty, ErrorObjectOwned> {
         Err(not_found())
     }
 }
-
-/// Kamailio answers commands like `reg_enable` with an empty struct.
-#[derive(Clone, Serialize)]
-struct Empty {}
 
 fn server_config() -> jsonrpsee::server::ServerConfig {
     // A dump of 100,000 records is far larger than jsonrpsee's 10 MB default.

@@ -3,10 +3,13 @@
 //! Field names, order and JSON types follow what Kamailio 5.6's `uac` module answers, so scripts
 //! written against Kamailio keep working; serde serialises struct fields in
 //! declaration order, which is what fixes the key order. Our own fields come after Kamailio's.
+//!
+//! The same type reads an answer back (`uacregctl`, the demo): what the server writes and what the
+//! tool reads are one definition.
 
 use std::borrow::Cow;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::driver::WallClock;
 use crate::registration::{Record, Secret, Snapshot};
@@ -15,8 +18,12 @@ use crate::store::RawRow;
 /// What a masked secret shows instead of its value.
 pub const MASK: &str = "********";
 
-/// One record in Kamailio's shape plus our extra fields.
-#[derive(Clone, Debug, Serialize)]
+/// The state of a row that failed validation (not a registration state: it never runs).
+pub const INVALID: &str = "invalid";
+
+/// One record in Kamailio's shape plus our extra fields. Built borrowing from a snapshot for
+/// the server; read back owned (`RecordView<'static>`) by clients.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordView<'a> {
     pub l_uuid: Cow<'a, str>,
     pub l_username: Cow<'a, str>,
@@ -38,24 +45,37 @@ pub struct RecordView<'a> {
     pub contact_addr: Cow<'a, str>,
     pub socket: Option<Cow<'a, str>>,
     // ---- uacreg's own fields ----
+    // Absent from Kamailio's answers: reading one of those leaves them empty.
     /// `registered`, `auth_failed`, `realm_mismatch`, `invalid`, …
-    pub state: &'static str,
+    #[serde(default)]
+    pub state: Cow<'a, str>,
+    #[serde(default)]
     pub last_code: Option<u16>,
+    #[serde(default)]
     pub last_reason: Cow<'a, str>,
+    #[serde(default)]
     pub expected_realm: Option<Cow<'a, str>>,
+    #[serde(default)]
     pub offered_realm: Option<Cow<'a, str>>,
     /// Unix time of the next REGISTER (refresh or retry); null when none is scheduled.
+    #[serde(default)]
     pub next_refresh: Option<i64>,
     /// Unix time the registrar's binding runs out; null without a binding.
+    #[serde(default)]
     pub binding_expires: Option<i64>,
     /// Expiry the registrar granted in its last 200 OK.
+    #[serde(default)]
     pub granted_expires: Option<u32>,
     /// Unix time of the last successful REGISTER; null if none yet.
+    #[serde(default)]
     pub last_success: Option<i64>,
     /// Failed attempts since the last success.
+    #[serde(default)]
     pub failures: u32,
+    #[serde(default)]
     pub registers_sent: u64,
     /// Why the row is not used (state `invalid`); null otherwise.
+    #[serde(default)]
     pub error: Option<Cow<'a, str>>,
 }
 
@@ -120,7 +140,7 @@ impl<'a> RecordView<'a> {
             reg_delay: i64::from(r.reg_delay),
             contact_addr: none_if_empty(r.contact_addr()),
             socket: null_if_empty(r.socket()),
-            state: s.status.name(),
+            state: Cow::Borrowed(s.status.name()),
             last_code: s.last_code,
             last_reason: Cow::Borrowed(&s.last_reason),
             expected_realm: s.expected_realm.as_deref().map(Cow::Borrowed),
@@ -156,7 +176,7 @@ impl<'a> RecordView<'a> {
             reg_delay: row.reg_delay,
             contact_addr: none_if_empty(&row.contact_addr),
             socket: null_if_empty(&row.socket),
-            state: "invalid",
+            state: Cow::Borrowed(INVALID),
             last_code: None,
             last_reason: Cow::Borrowed(""),
             expected_realm: None,
@@ -169,5 +189,175 @@ impl<'a> RecordView<'a> {
             registers_sent: 0,
             error: Some(Cow::Owned(error)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registered row as `uac.reg_info` shows it (figures from a real run).
+    fn registered() -> RecordView<'static> {
+        RecordView {
+            l_uuid: "uuid000001".into(),
+            l_username: "local000001".into(),
+            l_domain: "gw.test".into(),
+            r_username: "user000001".into(),
+            r_domain: "registrar.test".into(),
+            realm: Some("registrar.test".into()),
+            auth_username: "user000001".into(),
+            auth_password: MASK.into(),
+            auth_ha1: "none".into(),
+            auth_proxy: "sip:127.0.0.1:5070".into(),
+            expires: 3600,
+            flags: 20,
+            diff_expires: 3599,
+            timer_expires: 1_796_302_672,
+            reg_init: 1_796_299_072,
+            reg_delay: 0,
+            contact_addr: "none".into(),
+            socket: None,
+            state: "registered".into(),
+            last_code: Some(200),
+            last_reason: "OK".into(),
+            expected_realm: None,
+            offered_realm: None,
+            next_refresh: Some(1_796_302_239),
+            binding_expires: Some(1_796_302_672),
+            granted_expires: Some(3600),
+            last_success: Some(1_796_299_072),
+            failures: 0,
+            registers_sent: 2,
+            error: None,
+        }
+    }
+
+    /// A row whose registrar offered another realm, then one that failed validation.
+    fn troubled() -> [RecordView<'static>; 2] {
+        let mismatch = RecordView {
+            state: "realm_mismatch".into(),
+            last_code: Some(401),
+            last_reason: "Unauthorized".into(),
+            expected_realm: Some("wrong.realm.test".into()),
+            offered_realm: Some("registrar.test".into()),
+            binding_expires: None,
+            granted_expires: None,
+            last_success: None,
+            failures: 3,
+            flags: 0,
+            socket: Some("udp:192.0.2.1:5060".into()),
+            ..registered()
+        };
+        let invalid = RecordView {
+            r_domain: "".into(),
+            realm: None,
+            state: INVALID.into(),
+            last_code: None,
+            last_reason: "".into(),
+            diff_expires: 0,
+            timer_expires: 0,
+            reg_init: 0,
+            next_refresh: None,
+            binding_expires: None,
+            granted_expires: None,
+            last_success: None,
+            registers_sent: 0,
+            error: Some("r_domain is empty".into()),
+            ..registered()
+        };
+        [mismatch, invalid]
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let [mismatch, invalid] = troubled();
+        for view in [registered(), mismatch, invalid] {
+            let text = serde_json::to_string(&view).expect("serialises");
+            let back: RecordView<'static> = serde_json::from_str(&text).expect("deserialises");
+            assert_eq!(back, view);
+            // And writing it again gives the same text, keys in the same order.
+            assert_eq!(serde_json::to_string(&back).expect("serialises"), text);
+        }
+    }
+
+    /// Kamailio's fields first, in Kamailio's order, with Kamailio's JSON types.
+    #[test]
+    fn kamailio_keys_come_first_in_its_order() {
+        let value = serde_json::to_value(registered()).expect("serialises");
+        let object = value.as_object().expect("an object");
+        let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys[..18],
+            [
+                "l_uuid",
+                "l_username",
+                "l_domain",
+                "r_username",
+                "r_domain",
+                "realm",
+                "auth_username",
+                "auth_password",
+                "auth_ha1",
+                "auth_proxy",
+                "expires",
+                "flags",
+                "diff_expires",
+                "timer_expires",
+                "reg_init",
+                "reg_delay",
+                "contact_addr",
+                "socket"
+            ]
+        );
+        assert_eq!(object["socket"], serde_json::Value::Null);
+        assert_eq!(object["flags"], 20);
+        assert_eq!(object["state"], "registered");
+    }
+
+    /// The view reads Kamailio 5.6's own `uac.reg_info` answer (figures from a real run): the
+    /// Kamailio part is the same shape, uacreg's fields stay empty.
+    #[test]
+    fn reads_kamailios_own_answer() {
+        let kamailio = serde_json::json!({
+            "l_uuid": "uuid000000",
+            "l_username": "local000000",
+            "l_domain": "gw.test",
+            "r_username": "user000000",
+            "r_domain": "registrar.test",
+            "realm": "registrar.test",
+            "auth_username": "user000000",
+            "auth_password": "pw-user000000",
+            "auth_ha1": "none",
+            "auth_proxy": "sip:127.0.0.1:5070",
+            "expires": 3600,
+            "flags": 20,
+            "diff_expires": 3598,
+            "timer_expires": 1_795_393_252,
+            "reg_init": 1_795_389_652,
+            "reg_delay": 0,
+            "contact_addr": "127.0.0.1:5080",
+            "socket": null
+        });
+        let view: RecordView<'static> =
+            serde_json::from_value(kamailio.clone()).expect("Kamailio's shape");
+        assert_eq!(view.timer_expires, 1_795_393_252);
+        assert_eq!(view.contact_addr, "127.0.0.1:5080");
+        assert_eq!(view.state, "");
+        assert_eq!(view.last_code, None);
+        // Written again, its first 18 keys are Kamailio's answer exactly.
+        let written = serde_json::to_value(&view).expect("serialises");
+        let written = written.as_object().expect("an object");
+        let kamailio = kamailio.as_object().expect("an object");
+        assert!(written.iter().zip(kamailio).all(|(a, b)| a == b));
+    }
+
+    /// A dump is a plain array of records; reading one back gives the records.
+    #[test]
+    fn a_dump_reads_back_as_records() {
+        let [mismatch, invalid] = troubled();
+        let dump = vec![registered(), mismatch, invalid];
+        let text = serde_json::to_string(&dump).expect("serialises");
+        let back: Vec<RecordView<'static>> = serde_json::from_str(&text).expect("deserialises");
+        assert_eq!(back, dump);
     }
 }

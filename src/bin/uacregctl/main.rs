@@ -1,0 +1,223 @@
+//! `uacregctl`: kamcmd-like control tool for uacregd's JSON-RPC interface.
+//!
+//! Human-readable tables by default, `--json` for the raw answer (the same JSON Kamailio's
+//! `uac.reg_*` commands produce). Answers are read into the types the server writes them from
+//! (`uacreg::rpc::answer`, `RecordView`), so the tool and the daemon share one definition of
+//! each shape.
+
+mod follow;
+mod progress;
+mod tables;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use uacreg::rpc::answer::{ReloadAnswer, ShutdownStarted};
+use uacreg::rpc::{RecordView, RpcClient};
+
+#[derive(Parser)]
+#[command(version, about = "Inspect and steer uacregd over JSON-RPC")]
+struct Cli {
+    /// JSON-RPC endpoint of uacregd.
+    #[arg(long, env = "UACREG_RPC", default_value = "http://127.0.0.1:5063/RPC")]
+    rpc: String,
+    /// RPC token, if uacregd requires one.
+    #[arg(long, env = "UACREG_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the raw JSON result.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// All registrations (uac.reg_dump).
+    #[command(name = "reg_dump", alias = "dump")]
+    RegDump,
+    /// One registration (uac.reg_info ATTR VALUE); ATTR: l_uuid, l_username, r_username, auth_username.
+    #[command(name = "reg_info", alias = "info")]
+    RegInfo { attr: String, value: String },
+    /// Re-read the table and apply the difference (uac.reg_reload).
+    #[command(name = "reg_reload", alias = "reload")]
+    RegReload {
+        /// Then show progress until no row is still on its way to registered (at most 10 min).
+        #[arg(long)]
+        wait: bool,
+        /// Apply the table even if it removes more than [database] max_removed_share of the
+        /// running rows (uac.reg_reload force).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Enable a registration (uac.reg_enable ATTR VALUE).
+    #[command(name = "reg_enable")]
+    RegEnable { attr: String, value: String },
+    /// Disable a registration, un-registering it (uac.reg_disable ATTR VALUE).
+    #[command(name = "reg_disable")]
+    RegDisable { attr: String, value: String },
+    /// Re-read one row from the database and register it again (uac.reg_refresh L_UUID).
+    #[command(name = "reg_refresh")]
+    RegRefresh { l_uuid: String },
+    /// Register now (uac.reg_register ATTR VALUE).
+    #[command(name = "reg_register")]
+    RegRegister { attr: String, value: String },
+    /// Un-REGISTER now and stay unregistered (uac.reg_unregister ATTR VALUE).
+    #[command(name = "reg_unregister")]
+    RegUnregister { attr: String, value: String },
+    /// Local URI of a contact user (l_uuid), or the registration of a local URI
+    /// (uac.reg_lookup L_UUID | sip:l_username@l_domain).
+    #[command(name = "reg_lookup", alias = "lookup")]
+    RegLookup { key: String },
+    /// Switch sending on (1) or off (0) (uac.reg_active MODE).
+    #[command(name = "reg_active")]
+    RegActive { mode: String },
+    /// Add a row in memory (uac.reg_add, Kamailio's 14 or 15 positional values; `.` = none).
+    #[command(name = "reg_add")]
+    RegAdd {
+        #[arg(num_args = 14..=15)]
+        values: Vec<String>,
+    },
+    /// Remove a row from memory, un-REGISTERing it (uac.reg_remove L_UUID).
+    #[command(name = "reg_remove")]
+    RegRemove { l_uuid: String },
+    /// Counts per state and SIP counters (uacreg.status).
+    Status,
+    /// Stop uacregd gracefully (uacreg.shutdown), with a progress bar while it un-registers.
+    Shutdown,
+    /// `show registrations`: Asterisk-style list (name, server, username, status, expires, code).
+    Show {
+        #[arg(value_parser = ["registrations"])]
+        what: String,
+    },
+    /// Redraw the state counts and the registrations that are not registered every few seconds.
+    Watch {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+    },
+    /// Any method with positional string parameters.
+    Call { method: String, params: Vec<String> },
+}
+
+/// Rust ignores SIGPIPE, so printing to a closed pipe panics; a command-line tool should simply
+/// end, like any other Unix tool.
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; resetting a signal
+    // disposition to its default has no other effect on this process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    default_sigpipe();
+    let cli = Cli::parse();
+    let (method, params): (&str, Vec<String>) = match &cli.command {
+        Command::RegDump => ("uac.reg_dump", vec![]),
+        Command::RegInfo { attr, value } => ("uac.reg_info", vec![attr.clone(), value.clone()]),
+        Command::RegReload { force, .. } => (
+            "uac.reg_reload",
+            if *force {
+                vec!["force".to_string()]
+            } else {
+                vec![]
+            },
+        ),
+        Command::RegLookup { key } => ("uac.reg_lookup", vec![key.clone()]),
+        Command::RegEnable { attr, value } => ("uac.reg_enable", vec![attr.clone(), value.clone()]),
+        Command::RegDisable { attr, value } => {
+            ("uac.reg_disable", vec![attr.clone(), value.clone()])
+        }
+        Command::RegRefresh { l_uuid } => ("uac.reg_refresh", vec![l_uuid.clone()]),
+        Command::RegRegister { attr, value } => {
+            ("uac.reg_register", vec![attr.clone(), value.clone()])
+        }
+        Command::RegUnregister { attr, value } => {
+            ("uac.reg_unregister", vec![attr.clone(), value.clone()])
+        }
+        Command::RegActive { mode } => ("uac.reg_active", vec![mode.clone()]),
+        Command::RegAdd { values } => ("uac.reg_add", values.clone()),
+        Command::RegRemove { l_uuid } => ("uac.reg_remove", vec![l_uuid.clone()]),
+        Command::Status => ("uacreg.status", vec![]),
+        Command::Shutdown => ("uacreg.shutdown", vec![]),
+        Command::Show { .. } => ("uac.reg_dump", vec![]),
+        Command::Watch { interval } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let client = RpcClient::with_token(&cli.rpc, cli.token.as_deref())?;
+            return runtime.block_on(follow::watch(&client, &cli.rpc, *interval));
+        }
+        Command::Call { method, params } => (method.as_str(), params.clone()),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = RpcClient::with_token(&cli.rpc, cli.token.as_deref())?;
+    let result = match runtime.block_on(client.call(method, &params)) {
+        Ok(value) => value,
+        Err(uacreg::rpc::client::RpcError::Call(err)) => {
+            // The cause travels in `data` (Kamailio's own text stays in `message`).
+            match err.data().map(|d| serde_json::from_str::<String>(d.get())) {
+                Some(Ok(cause)) => eprintln!("error {}: {}: {cause}", err.code(), err.message()),
+                _ => eprintln!("error {}: {}", err.code(), err.message()),
+            }
+            std::process::exit(1);
+        }
+        Err(err) => {
+            eprintln!("cannot reach uacregd at {}: {err}", cli.rpc);
+            std::process::exit(2);
+        }
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(());
+    }
+    match &cli.command {
+        Command::RegDump => {
+            let rows: Vec<RecordView> = read(method, result)?;
+            println!("{}", tables::records(&rows, now()));
+        }
+        Command::RegInfo { .. } => {
+            let record: RecordView = read(method, result)?;
+            println!("{}", tables::record(&record));
+        }
+        Command::RegReload { wait, .. } => {
+            let answer: ReloadAnswer = read(method, result)?;
+            println!("{}", tables::reload(&answer));
+            if *wait {
+                runtime.block_on(follow::settled(&client))?;
+            }
+        }
+        Command::Show { .. } => {
+            let rows: Vec<RecordView> = read(method, result)?;
+            println!("{}", tables::registrations(&rows, now()));
+        }
+        Command::Shutdown => {
+            let started: ShutdownStarted = read(method, result)?;
+            runtime.block_on(follow::shutdown(&client, started))?;
+        }
+        // The other answers are small structures printed as they came.
+        _ => println!("{}", serde_json::to_string_pretty(&result)?),
+    }
+    Ok(())
+}
+
+/// The answer to `method` as the type the server wrote it from.
+fn read<T: DeserializeOwned>(method: &str, answer: Value) -> anyhow::Result<T> {
+    serde_json::from_value(answer).map_err(|err| {
+        anyhow::anyhow!("uacregd answered {method} in a shape this uacregctl does not know: {err}")
+    })
+}
+
+/// The current Unix second (relative times in the tables are counted from it).
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
