@@ -88,7 +88,7 @@ impl Daemon {
         let store = open_store(
             &config.db_url,
             config.database.migrate,
-            config.database.timeouts,
+            config.database.timeouts(),
         )
         .await?;
 
@@ -104,9 +104,9 @@ impl Daemon {
         let (sockets, served) = bind_sockets(&config, transport, tcp, &advertised).await?;
         // TLS towards registrars: a broken CA file is a configuration error; missing system
         // roots only matter to TLS rows, which then fail with the reason.
-        let tls_client = match crate::transport::tls::client_config(config.tls_ca_file.as_deref()) {
+        let tls_client = match crate::transport::tls::client_config(config.tls.ca_file.as_deref()) {
             Ok(tls) => Some(tls),
-            Err(err) if config.tls_ca_file.is_some() => return Err(DaemonError::Tls(err)),
+            Err(err) if config.tls.ca_file.is_some() => return Err(DaemonError::Tls(err)),
             Err(err) => {
                 warn!("TLS rows will fail: {err}");
                 None
@@ -114,20 +114,20 @@ impl Daemon {
         };
         let driver_config = DriverConfig {
             core: CoreConfig {
-                policy: config.retry.clone(),
+                policy: config.retry_policy(),
                 user_agent: config.user_agent.clone(),
             },
-            pacing: config.pacing,
-            timers: config.timers,
+            pacing: config.pacing.transport_pacing(),
+            timers: config.sip.timers(),
             via_sent_by: advertised.clone(),
-            dns_servers: config.dns_servers.clone(),
+            dns_servers: config.sip.dns_servers.clone(),
             tls_client,
-            keepalive: config.keepalive,
-            outbound: config.outbound,
+            keepalive: config.sip.keepalive,
+            outbound: config.sip.outbound,
             inbound: InboundConfig {
-                proxy: config.inbound_proxy,
+                proxy: config.inbound.proxy,
                 user_agent: config.user_agent.clone(),
-                policy: config.inbound_policy.clone(),
+                policy: config.inbound.policy(),
             },
             limits,
         };
@@ -531,7 +531,7 @@ fn spawn_database_tasks(
         tasks.push(tokio::spawn(crate::table_watch::listen(
             gateway.clone(),
             url.clone(),
-            config.database.timeouts,
+            config.database.timeouts(),
         )));
     }
     if config.database.status_table {
@@ -561,7 +561,7 @@ async fn bind_main(
                 addr: config.sip_listen,
                 source,
             })?;
-        if !config.sip_tcp {
+        if !config.sip.tcp {
             return Ok((udp, None));
         }
         let addr = udp.local_addr();
@@ -606,9 +606,9 @@ async fn bind_sockets(
         served.extend(more);
     }
     let tls = match (
-        &config.tls_listen,
-        &config.tls_cert_file,
-        &config.tls_key_file,
+        &config.tls.listen,
+        &config.tls.cert_file,
+        &config.tls.key_file,
     ) {
         (Some(addr), Some(cert), Some(key)) => {
             let server =
@@ -628,7 +628,7 @@ async fn bind_sockets(
         _ => None,
     };
     let mut extra_udp = Vec::new();
-    for socket in &config.extra_sockets {
+    for socket in &config.sip.sockets {
         if socket.transport == Transport::Udp {
             let bound =
                 UdpTransport::bind(socket.addr)

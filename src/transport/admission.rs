@@ -20,15 +20,21 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-/// `[limits]`: the connections peers may hold on the SIP port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `[limits]`: the connections peers may hold on the SIP port. Read straight from the config
+/// file; none of the three may be 0 (`Config::validate` says so).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ConnectionLimits {
     /// Accepted TCP and TLS connections open at once, all peers together.
     pub max_connections: usize,
     /// Accepted connections open at once from one IPv4 address or IPv6 /64.
     pub max_connections_per_ip: usize,
     /// An accepted connection on which no whole SIP message or CRLF ping arrives, and no
-    /// message of ours is sent, for this long is closed.
+    /// message of ours is sent, for this long is closed (`idle_timeout_secs`).
+    #[serde(
+        rename = "idle_timeout_secs",
+        deserialize_with = "crate::config::value::seconds"
+    )]
     pub idle_timeout: Duration,
 }
 
