@@ -21,6 +21,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tracing::{error, info, warn};
 
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::driver::{Driver, DriverConfig, InboundConfig, Sockets};
 use crate::gateway::{Gateway, ReloadReport};
@@ -73,7 +74,8 @@ pub struct Daemon {
     driver_task: Option<tokio::task::JoinHandle<()>>,
     /// The SIP listeners, by name.
     listeners: Vec<(String, tokio::task::JoinHandle<()>)>,
-    /// Periodic reload, NOTIFY listener, status writer.
+    /// Retry of a failed first load, periodic reload, NOTIFY listener, status writer: all
+    /// aborted by [`Daemon::stop`].
     background: Vec<tokio::task::JoinHandle<()>>,
     config: Config,
     /// Outcome of the load done at start-up (None when the database could not be read then).
@@ -143,23 +145,12 @@ impl Daemon {
                 .with_max_removed_share(config.database.max_removed_share),
         );
 
+        let mut background = Vec::new();
         let initial_load = match gateway.reload().await {
             Ok(report) => Some(report),
             Err(err) => {
                 error!("initial load failed: {err}; retrying in the background");
-                let gateway = gateway.clone();
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(Duration::from_secs(10)).await;
-                        if gateway
-                            .reload_because(crate::gateway::ReloadCause::Automatic)
-                            .await
-                            .is_ok()
-                        {
-                            break;
-                        }
-                    }
-                });
+                background.push(tokio::spawn(retry_initial_load(gateway.clone())));
                 None
             }
         };
@@ -191,7 +182,7 @@ impl Daemon {
             ),
             None => None,
         };
-        let background = spawn_database_tasks(&config, &gateway, &db_url);
+        background.extend(spawn_database_tasks(&config, &gateway, &db_url));
         info!(%sip_addr, %rpc_addr, advertised = %advertised, db = %db_url, "uacregd running");
         Ok(Daemon {
             gateway,
@@ -455,8 +446,8 @@ fn connection_limits(config: &Config) -> crate::transport::admission::Connection
 }
 
 /// Opens the store. A malformed URL is an error at once; an unreachable or failing database is
-/// waited for — logged on every attempt, 1, 2, 4 … 30 s apart — because the daemon is useless
-/// without its rows and a supervisor restarting it in a loop helps nobody.
+/// waited for — logged on every attempt, 1, 2, 4 … 30 s apart (jittered) — because the daemon
+/// is useless without its rows and a supervisor restarting it in a loop helps nobody.
 async fn open_store(
     url: &str,
     migrate: bool,
@@ -469,7 +460,7 @@ async fn open_store(
     store.set_migrate(migrate);
     store.set_timeouts(timeouts);
     let shown = store.url().to_string();
-    let mut wait = Duration::from_secs(1);
+    let mut wait = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let mut attempt = 1u32;
     loop {
         let (back, result) = tokio::task::spawn_blocking(move || {
@@ -498,20 +489,38 @@ async fn open_store(
                 return Err(DaemonError::Store { url: shown, source });
             }
             Err(err) => {
+                let delay = wait.next_delay();
                 error!(
                     db = %shown,
                     attempt,
-                    "database not available at start-up: {err}; trying again in {}s \
+                    "database not available at start-up: {err}; trying again in {:.1}s \
                      (registrations start once it answers)",
-                    wait.as_secs()
+                    delay.as_secs_f64()
                 );
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(30));
+                tokio::time::sleep(delay).await;
                 attempt += 1;
             }
         }
     }
 }
+
+/// Loads the table again every 10 s (jittered) until it works, after the first load failed.
+async fn retry_initial_load(gateway: Arc<Gateway>) {
+    let mut wait = Backoff::new(INITIAL_LOAD_RETRY, INITIAL_LOAD_RETRY).with_factor(1);
+    loop {
+        tokio::time::sleep(wait.next_delay()).await;
+        if gateway
+            .reload_because(crate::gateway::ReloadCause::Automatic)
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+/// Spacing of the retries of a failed first load.
+const INITIAL_LOAD_RETRY: Duration = Duration::from_secs(10);
 
 /// Starts the tasks that follow the table and write status back, as configured.
 fn spawn_database_tasks(
