@@ -159,11 +159,7 @@ impl Config {
                     path: shown(),
                     error,
                 })?;
-                Config::from_toml(&text).map_err(|err| ConfigError::Parse {
-                    path: shown(),
-                    key: err.path().to_string(),
-                    error: Box::new(err.into_inner()),
-                })?
+                Config::from_toml(&text, &shown())?
             }
             None => Config::default(),
         };
@@ -172,10 +168,16 @@ impl Config {
         Ok(config)
     }
 
-    /// The file's contents as they are (no overrides, no derived defaults). The error knows
-    /// the key that was wrong.
-    pub fn from_toml(text: &str) -> Result<Config, serde_path_to_error::Error<toml::de::Error>> {
-        serde_path_to_error::deserialize(toml::Deserializer::new(text))
+    /// A config file's contents as they are (no overrides, no derived defaults); `origin`
+    /// names the file in an error, which also names the key that was wrong.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|err| {
+            ConfigError::Parse {
+                path: origin.to_string(),
+                key: err.path().to_string(),
+                error: Box::new(err.into_inner()),
+            }
+        })
     }
 
     fn apply_overrides(&mut self, o: &Overrides) -> Result<(), ConfigError> {
@@ -329,7 +331,7 @@ mod tests {
 
     #[test]
     fn an_empty_file_is_the_defaults_and_they_are_the_runtime_types_defaults() {
-        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+        assert_eq!(Config::from_toml("", "empty").unwrap(), Config::default());
         let config = Config::default();
         let policy = config.retry_policy();
         let expected = RetryPolicy::default();
@@ -638,7 +640,7 @@ mod tests {
         let section = &readme[readme.find("## Configuration").expect("section")..];
         let start = section.find("```toml\n").expect("example") + "```toml\n".len();
         let example = &section[start..start + section[start..].find("```").expect("end")];
-        let config = Config::from_toml(example).unwrap_or_else(|err| panic!("{err}"));
+        let config = Config::from_toml(example, "README.md").unwrap_or_else(|err| panic!("{err}"));
         let defaults = Config::default();
         assert_eq!(config.pacing, defaults.pacing);
         assert_eq!(config.retry, defaults.retry);

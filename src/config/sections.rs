@@ -4,9 +4,9 @@
 //! with: `[pacing]` also carries the core's refresh spreading, `[sip]` mixes timers and sockets,
 //! `[inbound]` the relay's proxy and its trust policy. Each has a method that hands out the
 //! runtime type (`RetryPolicy`, `Timers`, `InboundPolicy`, `PacingConfig`, `ServerTimeouts`), and
-//! its `Default` takes that type's defaults, so a default is written down once.
-//! (`[limits]` maps exactly onto [`ConnectionLimits`](crate::transport::admission::ConnectionLimits),
-//! which is read directly.)
+//! its `Default` takes that type's defaults, so a default is written down once. (`[limits]`
+//! maps exactly onto [`crate::transport::admission::ConnectionLimits`], which is read
+//! directly.)
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
