@@ -21,6 +21,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tracing::{error, info, warn};
 
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::driver::{Driver, DriverConfig, InboundConfig, Sockets};
 use crate::gateway::{Gateway, ReloadReport};
@@ -73,7 +74,8 @@ pub struct Daemon {
     driver_task: Option<tokio::task::JoinHandle<()>>,
     /// The SIP listeners, by name.
     listeners: Vec<(String, tokio::task::JoinHandle<()>)>,
-    /// Periodic reload, NOTIFY listener, status writer.
+    /// Retry of a failed first load, periodic reload, NOTIFY listener, status writer: all
+    /// aborted by [`Daemon::stop`].
     background: Vec<tokio::task::JoinHandle<()>>,
     config: Config,
     /// Outcome of the load done at start-up (None when the database could not be read then).
@@ -88,7 +90,7 @@ impl Daemon {
         let store = open_store(
             &config.db_url,
             config.database.migrate,
-            config.database.timeouts,
+            config.database.timeouts(),
         )
         .await?;
 
@@ -104,9 +106,9 @@ impl Daemon {
         let (sockets, served) = bind_sockets(&config, transport, tcp, &advertised).await?;
         // TLS towards registrars: a broken CA file is a configuration error; missing system
         // roots only matter to TLS rows, which then fail with the reason.
-        let tls_client = match crate::transport::tls::client_config(config.tls_ca_file.as_deref()) {
+        let tls_client = match crate::transport::tls::client_config(config.tls.ca_file.as_deref()) {
             Ok(tls) => Some(tls),
-            Err(err) if config.tls_ca_file.is_some() => return Err(DaemonError::Tls(err)),
+            Err(err) if config.tls.ca_file.is_some() => return Err(DaemonError::Tls(err)),
             Err(err) => {
                 warn!("TLS rows will fail: {err}");
                 None
@@ -114,20 +116,20 @@ impl Daemon {
         };
         let driver_config = DriverConfig {
             core: CoreConfig {
-                policy: config.retry.clone(),
+                policy: config.retry_policy(),
                 user_agent: config.user_agent.clone(),
             },
-            pacing: config.pacing,
-            timers: config.timers,
+            pacing: config.pacing.transport_pacing(),
+            timers: config.sip.timers(),
             via_sent_by: advertised.clone(),
-            dns_servers: config.dns_servers.clone(),
+            dns_servers: config.sip.dns_servers.clone(),
             tls_client,
-            keepalive: config.keepalive,
-            outbound: config.outbound,
+            keepalive: config.sip.keepalive,
+            outbound: config.sip.outbound,
             inbound: InboundConfig {
-                proxy: config.inbound_proxy,
+                proxy: config.inbound.proxy,
                 user_agent: config.user_agent.clone(),
-                policy: config.inbound_policy.clone(),
+                policy: config.inbound.policy(),
             },
             limits,
         };
@@ -143,23 +145,12 @@ impl Daemon {
                 .with_max_removed_share(config.database.max_removed_share),
         );
 
+        let mut background = Vec::new();
         let initial_load = match gateway.reload().await {
             Ok(report) => Some(report),
             Err(err) => {
                 error!("initial load failed: {err}; retrying in the background");
-                let gateway = gateway.clone();
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(Duration::from_secs(10)).await;
-                        if gateway
-                            .reload_because(crate::gateway::ReloadCause::Automatic)
-                            .await
-                            .is_ok()
-                        {
-                            break;
-                        }
-                    }
-                });
+                background.push(tokio::spawn(retry_initial_load(gateway.clone())));
                 None
             }
         };
@@ -191,7 +182,7 @@ impl Daemon {
             ),
             None => None,
         };
-        let background = spawn_database_tasks(&config, &gateway, &db_url);
+        background.extend(spawn_database_tasks(&config, &gateway, &db_url));
         info!(%sip_addr, %rpc_addr, advertised = %advertised, db = %db_url, "uacregd running");
         Ok(Daemon {
             gateway,
@@ -455,8 +446,8 @@ fn connection_limits(config: &Config) -> crate::transport::admission::Connection
 }
 
 /// Opens the store. A malformed URL is an error at once; an unreachable or failing database is
-/// waited for — logged on every attempt, 1, 2, 4 … 30 s apart — because the daemon is useless
-/// without its rows and a supervisor restarting it in a loop helps nobody.
+/// waited for — logged on every attempt, 1, 2, 4 … 30 s apart (jittered) — because the daemon
+/// is useless without its rows and a supervisor restarting it in a loop helps nobody.
 async fn open_store(
     url: &str,
     migrate: bool,
@@ -469,7 +460,7 @@ async fn open_store(
     store.set_migrate(migrate);
     store.set_timeouts(timeouts);
     let shown = store.url().to_string();
-    let mut wait = Duration::from_secs(1);
+    let mut wait = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let mut attempt = 1u32;
     loop {
         let (back, result) = tokio::task::spawn_blocking(move || {
@@ -498,20 +489,38 @@ async fn open_store(
                 return Err(DaemonError::Store { url: shown, source });
             }
             Err(err) => {
+                let delay = wait.next_delay();
                 error!(
                     db = %shown,
                     attempt,
-                    "database not available at start-up: {err}; trying again in {}s \
+                    "database not available at start-up: {err}; trying again in {:.1}s \
                      (registrations start once it answers)",
-                    wait.as_secs()
+                    delay.as_secs_f64()
                 );
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(30));
+                tokio::time::sleep(delay).await;
                 attempt += 1;
             }
         }
     }
 }
+
+/// Loads the table again every 10 s (jittered) until it works, after the first load failed.
+async fn retry_initial_load(gateway: Arc<Gateway>) {
+    let mut wait = Backoff::new(INITIAL_LOAD_RETRY, INITIAL_LOAD_RETRY).with_factor(1);
+    loop {
+        tokio::time::sleep(wait.next_delay()).await;
+        if gateway
+            .reload_because(crate::gateway::ReloadCause::Automatic)
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+/// Spacing of the retries of a failed first load.
+const INITIAL_LOAD_RETRY: Duration = Duration::from_secs(10);
 
 /// Starts the tasks that follow the table and write status back, as configured.
 fn spawn_database_tasks(
@@ -531,7 +540,7 @@ fn spawn_database_tasks(
         tasks.push(tokio::spawn(crate::table_watch::listen(
             gateway.clone(),
             url.clone(),
-            config.database.timeouts,
+            config.database.timeouts(),
         )));
     }
     if config.database.status_table {
@@ -561,7 +570,7 @@ async fn bind_main(
                 addr: config.sip_listen,
                 source,
             })?;
-        if !config.sip_tcp {
+        if !config.sip.tcp {
             return Ok((udp, None));
         }
         let addr = udp.local_addr();
@@ -606,9 +615,9 @@ async fn bind_sockets(
         served.extend(more);
     }
     let tls = match (
-        &config.tls_listen,
-        &config.tls_cert_file,
-        &config.tls_key_file,
+        &config.tls.listen,
+        &config.tls.cert_file,
+        &config.tls.key_file,
     ) {
         (Some(addr), Some(cert), Some(key)) => {
             let server =
@@ -628,7 +637,7 @@ async fn bind_sockets(
         _ => None,
     };
     let mut extra_udp = Vec::new();
-    for socket in &config.extra_sockets {
+    for socket in &config.sip.sockets {
         if socket.transport == Transport::Udp {
             let bound =
                 UdpTransport::bind(socket.addr)

@@ -21,11 +21,13 @@
 //! * [`metrics`] — Prometheus text on `GET /metrics`.
 //! * [`daemon`] — wires everything together for the `uacregd` binary, and ends the process when
 //!   a task it cannot live without ends.
+//! * [`backoff`] — the jittered exponential back-off of every retry loop.
 //! * [`descriptors`] — the open-files limit, raised at start, and the connection cap under it.
 //! * [`demo`] — `uacregd demo`: registrar, rows, daemon and report in one command.
 //! * [`testing`] — a registrar with digest checking that tests, the demo and benchmarks run on
 //!   loopback.
 
+pub mod backoff;
 pub mod config;
 pub mod daemon;
 pub mod demo;

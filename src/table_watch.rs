@@ -16,6 +16,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use tracing::{info, warn};
 
+use crate::backoff::Backoff;
 use crate::gateway::{Gateway, ReloadCause};
 use crate::store::{DbUrl, ServerTimeouts};
 
@@ -25,6 +26,7 @@ pub const CHANNEL: &str = "uacreg_changed";
 /// Quiet time after a notification before reloading: a burst of changes costs one reload.
 const SETTLE: Duration = Duration::from_millis(200);
 
+/// Spacing of LISTEN attempts while they fail: 1 s doubling to a minute, jittered.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 
@@ -41,7 +43,7 @@ pub async fn periodic(gateway: Arc<Gateway>, interval: Duration) {
 
 /// LISTENs on PostgreSQL and reloads after each burst of notifications, for ever.
 pub async fn listen(gateway: Arc<Gateway>, url: DbUrl, timeouts: ServerTimeouts) {
-    let mut retry = FIRST_RETRY;
+    let mut retry = Backoff::new(FIRST_RETRY, MAX_RETRY);
     let mut failing = false;
     loop {
         match subscribe(&url, timeouts).await {
@@ -52,7 +54,7 @@ pub async fn listen(gateway: Arc<Gateway>, url: DbUrl, timeouts: ServerTimeouts)
                     info!("listening for uacreg changes (PostgreSQL NOTIFY {CHANNEL})");
                 }
                 failing = false;
-                retry = FIRST_RETRY;
+                retry.reset();
                 gateway.update_health(|h| {
                     h.listening = true;
                     h.notify_trigger = Some(has_trigger);
@@ -68,8 +70,7 @@ pub async fn listen(gateway: Arc<Gateway>, url: DbUrl, timeouts: ServerTimeouts)
                     warn!("cannot LISTEN for uacreg changes: {err}; retrying with back-off");
                     failing = true;
                 }
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(MAX_RETRY);
+                tokio::time::sleep(retry.next_delay()).await;
             }
         }
     }

@@ -31,8 +31,8 @@ async fn one_row(
     rows[0].expires = 60;
     write_rows(&dir.db_url(), &rows);
     let mut config = test_config(&dir.db_url());
-    config.timers.t1 = Duration::from_millis(50);
-    config.timers.t2 = Duration::from_millis(400);
+    config.sip.t1 = Duration::from_millis(50);
+    config.sip.t2 = Duration::from_millis(400);
     config.retry.first_retry = Duration::from_secs(4);
     let daemon = uacreg::daemon::Daemon::start(config).await.unwrap();
     (registrar, dir, daemon)

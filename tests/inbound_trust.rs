@@ -91,7 +91,7 @@ async fn forged_relay_responses_send_nothing_anywhere() {
     // Row 1 registers over TCP: the daemon holds an outbound connection to the registrar, the
     // flow a `rly-f<N>` branch used to smuggle bytes into.
     rows[1].auth_proxy = format!("sip:{};transport=tcp", registrar.local_addr());
-    let daemon = start(&dir, &rows, |c| c.inbound_proxy = Some(proxy_addr)).await;
+    let daemon = start(&dir, &rows, |c| c.inbound.proxy = Some(proxy_addr)).await;
     assert!(all_registered(&daemon, 2).await);
     let before = daemon.gateway().driver.stats().await.unwrap();
     assert!(before.connections_opened >= 1, "{before:?}");
@@ -142,7 +142,7 @@ async fn a_call_from_the_registrar_is_relayed_and_answered_back_to_its_real_sour
     let proxy_addr = proxy.local_addr().unwrap();
     let dir = TempDir::new("trusted-call");
     let daemon = start(&dir, &demo_rows(1, registrar.local_addr()), |c| {
-        c.inbound_proxy = Some(proxy_addr)
+        c.inbound.proxy = Some(proxy_addr)
     })
     .await;
     assert!(all_registered(&daemon, 1).await);
@@ -233,7 +233,7 @@ async fn a_stranger_with_forged_identity_is_refused_or_stripped() {
         let dir = TempDir::new("identity-drop");
         let proxy_addr = proxy.local_addr().unwrap();
         let daemon = start(&dir, &demo_rows(1, registrar.local_addr()), |c| {
-            c.inbound_proxy = Some(proxy_addr)
+            c.inbound.proxy = Some(proxy_addr)
         })
         .await;
         assert!(all_registered(&daemon, 1).await);
@@ -273,8 +273,8 @@ async fn a_stranger_with_forged_identity_is_refused_or_stripped() {
         let dir = TempDir::new("identity-strip");
         let proxy_addr = proxy.local_addr().unwrap();
         let daemon = start(&dir, &demo_rows(1, registrar.local_addr()), |c| {
-            c.inbound_proxy = Some(proxy_addr);
-            c.inbound_policy.untrusted = UntrustedPolicy::Strip;
+            c.inbound.proxy = Some(proxy_addr);
+            c.inbound.untrusted = UntrustedPolicy::Strip;
         })
         .await;
         assert!(all_registered(&daemon, 1).await);
@@ -326,7 +326,7 @@ async fn spoofed_options_get_small_rate_limited_answers_at_their_real_source() {
     let dir = TempDir::new("options-flood");
     // No inbound proxy: a forged relay response finds nothing to relay either.
     let daemon = start(&dir, &demo_rows(1, registrar.local_addr()), |c| {
-        c.inbound_policy.reply_rate = RATE
+        c.inbound.reply_rate = RATE
     })
     .await;
     assert!(all_registered(&daemon, 1).await);

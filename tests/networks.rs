@@ -102,7 +102,7 @@ async fn tls_registers_with_a_verified_certificate_and_refuses_an_unknown_ca() {
     let tls_addr = registrar.tls_addr().unwrap();
     let proxy = format!("sip:{tls_addr};transport=tls");
     let daemon = start(&dir, &rows_with_proxy(5, &proxy), |c| {
-        c.tls_ca_file = Some(ca_file.clone())
+        c.tls.ca_file = Some(ca_file.clone())
     })
     .await;
     assert!(all_registered(&daemon, 5, Duration::from_secs(20)).await);
@@ -124,8 +124,8 @@ async fn tls_registers_with_a_verified_certificate_and_refuses_an_unknown_ca() {
     let (other_ca, _, _) = test_pki(&other);
     let before = registrar.stats().requests;
     let daemon = start(&other, &rows_with_proxy(1, &proxy), |c| {
-        c.tls_ca_file = Some(other_ca.clone());
-        c.timers.t1 = Duration::from_millis(50);
+        c.tls.ca_file = Some(other_ca.clone());
+        c.sip.t1 = Duration::from_millis(50);
     })
     .await;
     let failed = wait_until(Duration::from_secs(15), || async {
@@ -202,8 +202,8 @@ async fn failover_case(first_behaviour: Behavior, name: &str) {
         .unwrap();
     let dir = TempDir::new(name);
     let daemon = start(&dir, &dns_rows(3), |c| {
-        c.dns_servers = vec![dns.local_addr()];
-        c.timers.t1 = Duration::from_millis(50);
+        c.sip.dns_servers = vec![dns.local_addr()];
+        c.sip.t1 = Duration::from_millis(50);
     })
     .await;
     assert!(
@@ -319,7 +319,7 @@ async fn calls_for_registered_contacts_reach_the_proxy_and_answers_come_back() {
     let dir = TempDir::new("relay");
     let rows = demo_rows(1, registrar.local_addr());
     let proxy_addr = proxy.local_addr().unwrap();
-    let daemon = start(&dir, &rows, |c| c.inbound_proxy = Some(proxy_addr)).await;
+    let daemon = start(&dir, &rows, |c| c.inbound.proxy = Some(proxy_addr)).await;
     assert!(all_registered(&daemon, 1, Duration::from_secs(20)).await);
     let gateway = daemon.sip_addr();
 
@@ -418,11 +418,11 @@ async fn rows_send_from_their_own_socket_with_outbound_and_keepalive() {
     let mut rows = demo_rows(2, registrar.local_addr());
     rows[1].socket = format!("udp:{extra}");
     let daemon = start(&dir, &rows, |c| {
-        c.extra_sockets = vec![
+        c.sip.sockets = vec![
             uacreg::registration::record::LocalSocket::parse(&format!("udp:{extra}")).unwrap(),
         ];
-        c.outbound = true;
-        c.keepalive = Some(Duration::from_secs(1));
+        c.sip.outbound = true;
+        c.sip.keepalive = Some(Duration::from_secs(1));
     })
     .await;
     assert!(all_registered(&daemon, 2, Duration::from_secs(20)).await);

@@ -1,8 +1,9 @@
 //! `uacregd`: the registration gateway daemon (and its self-contained demo).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use uacreg::config::{Config, Overrides};
 use uacreg::daemon::{Daemon, DaemonError};
@@ -79,6 +80,15 @@ struct Cli {
     /// Log filter (tracing syntax), e.g. `info`, `uacreg=debug`. RUST_LOG wins if set.
     #[arg(long, default_value = "info", global = true)]
     log: String,
+    /// Log lines as text for people, or as JSON objects (one a line) for log shippers.
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "UACREG_LOG_FORMAT",
+        global = true
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -108,13 +118,37 @@ struct DemoArgs {
     timeout: u64,
 }
 
-fn init_logging(filter: &str) {
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// `2025-01-01T00:00:00Z  INFO message key=value`, coloured only on a terminal.
+    Text,
+    /// `{"timestamp":…,"level":"INFO","message":…,"key":…,"target":…}`: the event's fields at
+    /// the top level, never colour codes.
+    Json,
+}
+
+fn init_logging(filter: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_target(false).with_ansi(colour_on_stderr()).init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_ansi(false)
+            .init(),
+    }
+}
+
+/// Colour codes are for a person at a terminal: a file, a pipe or the journal would keep them
+/// as `\x1b[…m` noise. `NO_COLOR` (any non-empty value) switches them off on a terminal too.
+fn colour_on_stderr() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Exit status when a task the daemon cannot live without ended (sysexits' EX_SOFTWARE):
@@ -156,7 +190,7 @@ fn run() -> anyhow::Result<()> {
     };
     match cli.command {
         None | Some(Command::Run) => {
-            init_logging(&cli.log);
+            init_logging(&cli.log, cli.log_format);
             let config = Config::load(cli.config.as_deref(), &overrides)?;
             let outcome = runtime.block_on(async {
                 let daemon = Daemon::start(config).await?;
@@ -175,7 +209,7 @@ fn run() -> anyhow::Result<()> {
             } else {
                 cli.log.as_str()
             };
-            init_logging(filter);
+            init_logging(filter, cli.log_format);
             let mut config = Config::load(cli.config.as_deref(), &overrides)?;
             let options = uacreg::demo::DemoOptions {
                 rows: args.rows,

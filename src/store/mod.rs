@@ -8,7 +8,8 @@
 //! **Outages.** A failed statement drops the connection and one fresh connection is tried at
 //! once (a restarted server is back in one step). When that fails too the store is *unavailable*:
 //! calls fail fast with [`StoreError::Unavailable`], saying when the next attempt is due, and
-//! attempts are spaced 1, 2, 4 … 60 s apart so a dead server is not hammered. Nothing here
+//! attempts are spaced 1, 2, 4 … 60 s apart so a dead server is not hammered (each delay drawn
+//! from its upper half, so daemons sharing the server do not reconnect in step). Nothing here
 //! touches the registrations: callers keep the running ones when a read fails.
 //!
 //! * [`connection`] — the URL, the engine, one connection of any engine, migrations.
@@ -38,6 +39,7 @@ use diesel::prelude::*;
 use thiserror::Error;
 use tracing::{info, warn};
 
+use crate::backoff::Backoff;
 use crate::registration::Record;
 use connection::{Connection, with_connection};
 pub use connection::{DbUrl, Engine, ServerTimeouts, redact};
@@ -91,7 +93,7 @@ pub struct LoadedRows {
     pub invalid: Vec<InvalidRow>,
 }
 
-/// Spacing of connection attempts while the database is unreachable.
+/// Spacing of connection attempts while the database is unreachable (jittered by [`Backoff`]).
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 
@@ -164,6 +166,8 @@ pub struct Store {
     timeouts: ServerTimeouts,
     session: Option<Session>,
     outage: Option<Outage>,
+    /// When the next connection attempt of an outage may be made.
+    reconnect: Backoff,
 }
 
 impl Store {
@@ -183,6 +187,7 @@ impl Store {
             timeouts: ServerTimeouts::default(),
             session: None,
             outage: None,
+            reconnect: Backoff::new(FIRST_RETRY, MAX_RETRY),
         })
     }
 
@@ -221,6 +226,7 @@ impl Store {
     }
 
     fn end_outage(&mut self) {
+        self.reconnect.reset();
         if let Some(outage) = self.outage.take() {
             info!(
                 db = %self.url,
@@ -252,9 +258,7 @@ impl Store {
     fn note_failure(&mut self, err: &StoreError) {
         let now = Instant::now();
         let attempts = self.outage.as_ref().map_or(0, |o| o.attempts) + 1;
-        let delay = FIRST_RETRY
-            .saturating_mul(1 << (attempts - 1).min(6))
-            .min(MAX_RETRY);
+        let delay = self.reconnect.next_delay();
         if attempts == 1 {
             warn!(db = %self.url, "database unreachable: {err}; running registrations are kept, reconnecting with back-off");
         }
@@ -757,6 +761,11 @@ mod tests {
             err.to_string().contains("next connection attempt in"),
             "{err}"
         );
+        // The first delay of an outage is FIRST_RETRY at most (jitter only shortens it).
+        let StoreError::Unavailable { retry_in, .. } = err else {
+            unreachable!()
+        };
+        assert!(retry_in <= FIRST_RETRY, "{retry_in:?}");
     }
 
     /// schema/<engine>.sql must say exactly what the migrations do, statement by statement.

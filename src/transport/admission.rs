@@ -20,15 +20,23 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-/// `[limits]`: the connections peers may hold on the SIP port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+use crate::backoff::Backoff;
+
+/// `[limits]`: the connections peers may hold on the SIP port. Read straight from the config
+/// file; none of the three may be 0 (`Config::validate` says so).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ConnectionLimits {
     /// Accepted TCP and TLS connections open at once, all peers together.
     pub max_connections: usize,
     /// Accepted connections open at once from one IPv4 address or IPv6 /64.
     pub max_connections_per_ip: usize,
     /// An accepted connection on which no whole SIP message or CRLF ping arrives, and no
-    /// message of ours is sent, for this long is closed.
+    /// message of ours is sent, for this long is closed (`idle_timeout_secs`).
+    #[serde(
+        rename = "idle_timeout_secs",
+        deserialize_with = "crate::config::value::seconds"
+    )]
     pub idle_timeout: Duration,
 }
 
@@ -203,10 +211,11 @@ fn source_of(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Delays after failed `accept` calls: 10 ms doubling to 1 s, back to 10 ms after a success.
+/// Delays after failed `accept` calls: 10 ms doubling to 1 s, back to 10 ms after a success,
+/// each jittered ([`Backoff`]).
 #[derive(Debug)]
 pub struct AcceptBackoff {
-    next: Duration,
+    backoff: Backoff,
 }
 
 impl AcceptBackoff {
@@ -214,19 +223,20 @@ impl AcceptBackoff {
     const MAX: Duration = Duration::from_secs(1);
 
     pub fn new() -> AcceptBackoff {
-        AcceptBackoff { next: Self::FIRST }
+        AcceptBackoff {
+            backoff: Backoff::new(Self::FIRST, Self::MAX),
+        }
     }
 
     /// How long to wait after this failure; true as the second value when it starts a streak
     /// (worth a log line; the rest of the streak is only counted).
     pub fn failed(&mut self) -> (Duration, bool) {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        (delay, delay == Self::FIRST)
+        let first = self.backoff.failures() == 0;
+        (self.backoff.next_delay(), first)
     }
 
     pub fn succeeded(&mut self) {
-        self.next = Self::FIRST;
+        self.backoff.reset();
     }
 
     /// Accepts with `accept`, waiting after each failure (out of descriptors and the like: the
@@ -328,12 +338,17 @@ mod tests {
     fn backoff_doubles_to_a_second_and_resets() {
         let mut backoff = AcceptBackoff::new();
         let delays: Vec<(Duration, bool)> = (0..9).map(|_| backoff.failed()).collect();
-        assert_eq!(delays[0], (Duration::from_millis(10), true));
-        assert_eq!(delays[1], (Duration::from_millis(20), false));
-        assert_eq!(delays[6].0, Duration::from_millis(640));
-        assert_eq!(delays[7].0, Duration::from_secs(1));
-        assert_eq!(delays[8].0, Duration::from_secs(1));
+        let within = |delay: Duration, nominal_ms: u64| {
+            let nominal = Duration::from_millis(nominal_ms);
+            delay >= nominal / 2 && delay <= nominal
+        };
+        let nominal = [10, 20, 40, 80, 160, 320, 640, 1000, 1000];
+        for (i, ((delay, first), expected)) in delays.iter().zip(nominal).enumerate() {
+            assert!(within(*delay, expected), "failure {i}: {delay:?}");
+            assert_eq!(*first, i == 0, "failure {i}");
+        }
         backoff.succeeded();
-        assert_eq!(backoff.failed(), (Duration::from_millis(10), true));
+        let (delay, first) = backoff.failed();
+        assert!(within(delay, 10) && first, "{delay:?} {first}");
     }
 }

@@ -2,7 +2,7 @@
 //! certificate the gateway shows when registrars or proxies connect to it over TLS.
 //!
 //! Verification is never optional. By default the system's roots are trusted (what an operator
-//! expects of a public SIP trunk); `tls_ca_file` replaces them with the operator's own CA (a
+//! expects of a public SIP trunk); `[tls] ca_file` replaces them with the operator's own CA (a
 //! private PKI or a pinned provider CA). The server name checked is the host of the row's SIP
 //! URI, not the SRV target (RFC 5922 §4.1), so a DNS answer cannot redirect us to a host that
 //! merely holds some valid certificate.
@@ -46,7 +46,8 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String
             let (added, _ignored) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
                 return Err(
-                    "no system CA certificates found; set tls_ca_file to the registrars' CA".into(),
+                    "no system CA certificates found; set [tls] ca_file to the registrars' CA"
+                        .into(),
                 );
             }
         }
