@@ -1,5 +1,5 @@
 //! Every metric uacregd exports, built into a fresh prometheus-client `Registry` from one
-//! [`Snapshot`] and encoded as Prometheus text (0.0.4) or OpenMetrics.
+//! [`Snapshot`] and encoded as Prometheus text (0.0.4).
 //!
 //! Names are written out whole (`…_total` included) so that a grep for a dashboard's series
 //! lands here; prometheus-client adds the `_total` of counters itself, so `Page` takes it off
@@ -7,7 +7,7 @@
 //! label. Counters the driver keeps that merely repeat another series (a sum over a labelled
 //! family) are left out, and the tests list them with the series that already shows them.
 
-use prometheus_client::encoding::{prometheus_text, text};
+use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Metric, Registry};
@@ -17,55 +17,18 @@ use super::constant::{CountedHistogram, LabelledValues};
 use crate::driver::{DriverStats, InboundStats};
 use crate::gateway::DatabaseHealth;
 
-/// The two text formats a scraper may ask for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// The classic Prometheus text format, version 0.0.4: what a plain `curl` gets.
-    Prometheus,
-    /// OpenMetrics 1.0 text, for scrapers that ask for it in `Accept`.
-    OpenMetrics,
-}
-
-impl Format {
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Format::Prometheus => prometheus_text::CONTENT_TYPE,
-            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        }
-    }
-
-    /// OpenMetrics when the `Accept` header lists it (with a weight above zero), else the
-    /// Prometheus text format, which every scraper reads.
-    pub fn negotiate(accept: Option<&str>) -> Format {
-        let wants_openmetrics = accept.is_some_and(|accept| {
-            accept.split(',').any(|range| {
-                let mut parts = range.split(';').map(str::trim);
-                let media_type = parts.next().unwrap_or("");
-                let refused = parts.any(|param| {
-                    param
-                        .strip_prefix("q=")
-                        .and_then(|q| q.parse::<f32>().ok())
-                        .is_some_and(|q| q <= 0.0)
-                });
-                media_type.eq_ignore_ascii_case("application/openmetrics-text") && !refused
-            })
-        });
-        if wants_openmetrics {
-            Format::OpenMetrics
-        } else {
-            Format::Prometheus
-        }
-    }
-}
+/// The content type of the page: the classic Prometheus text format, version 0.0.4.
+///
+/// Always this one, even for scrapers that offer OpenMetrics in `Accept`: the page has been
+/// served in it from the start, and OpenMetrics would rename histogram buckets (`le="1.0"` for
+/// `le="1"`) under dashboards and alerts that select them.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// The metrics page for `snapshot`.
-pub fn render(snapshot: &Snapshot, format: Format) -> Result<String, std::fmt::Error> {
+pub fn render(snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
     let registry = registry(snapshot);
     let mut page = String::new();
-    match format {
-        Format::Prometheus => prometheus_text::encode(&mut page, &registry)?,
-        Format::OpenMetrics => text::encode(&mut page, &registry)?,
-    }
+    prometheus_text::encode(&mut page, &registry)?;
     Ok(page)
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use tracing::debug;
 
 use super::SnapshotSource;
-use super::exposition::{Format, render};
+use super::exposition::{self, render};
 use crate::transport::admission::AcceptBackoff;
 
 /// Connections served at once; the next ones wait in the listen backlog. Each scrape asks the
@@ -87,17 +87,12 @@ async fn answer<S: SnapshotSource>(
     let Some(snapshot) = source.snapshot().await else {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "driver stopped\n");
     };
-    let accept = request
-        .headers()
-        .get(ACCEPT)
-        .and_then(|value| value.to_str().ok());
-    let format = Format::negotiate(accept);
-    match render(&snapshot, format) {
+    match render(&snapshot) {
         Ok(page) => {
             let mut response = Response::new(Full::new(Bytes::from(page)));
             response.headers_mut().insert(
                 CONTENT_TYPE,
-                HeaderValue::from_static(format.content_type()),
+                HeaderValue::from_static(exposition::CONTENT_TYPE),
             );
             response
         }

@@ -6,8 +6,8 @@
 //! scrape, rather than long-lived counters or a `Collector`, because the values live in the
 //! driver task and can only be asked for asynchronously, while encoding is synchronous: taking
 //! the snapshot first and then listing the metrics keeps the whole page in one plain function
-//! ([`exposition`]), read top to bottom. prometheus-client does the formats (Prometheus text
-//! 0.0.4, or OpenMetrics when asked for), escaping and naming rules; hyper does HTTP.
+//! ([`exposition`]), read top to bottom. prometheus-client does the format (Prometheus text
+//! 0.0.4), escaping and naming rules; hyper does HTTP.
 
 mod constant;
 pub mod exposition;

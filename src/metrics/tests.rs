@@ -8,7 +8,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::exposition::Format;
 use super::{Snapshot, SnapshotSource, serve};
 use crate::driver::{DriverStats, InboundStats, LatencyHistogram, RequestCounts, ResponseCounts};
 use crate::gateway::DatabaseHealth;
@@ -409,44 +408,35 @@ async fn names_types_and_labels_dashboards_use_are_unchanged() {
 }
 
 #[tokio::test]
-async fn prometheus_text_by_default_and_openmetrics_when_asked() {
+async fn prometheus_text_even_when_openmetrics_is_offered() {
     let addr = start(Some(distinct_snapshot())).await;
-
-    let plain = exchange(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert_eq!(
-        plain.header("content-type"),
-        Some("text/plain; version=0.0.4; charset=utf-8")
-    );
-    assert!(!plain.body.contains("# EOF"), "{}", plain.body);
-
-    let scraper = "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: \
-        application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3\r\n\r\n";
-    let open = exchange(addr, scraper).await;
-    assert_eq!(open.status, "HTTP/1.1 200 OK");
-    assert_eq!(
-        open.header("content-type"),
-        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
-    );
-    // OpenMetrics names the counter family without its _total; the samples are the same.
-    assert!(open.body.contains("# TYPE uacreg_registers_sent counter\n"));
-    assert!(open.body.contains("\nuacreg_registers_sent_total 1008\n"));
-    assert!(open.body.ends_with("# EOF\n"), "{}", open.body);
-}
-
-#[test]
-fn openmetrics_refused_with_a_zero_weight_is_not_sent() {
-    assert_eq!(Format::negotiate(None), Format::Prometheus);
-    assert_eq!(Format::negotiate(Some("*/*")), Format::Prometheus);
-    assert_eq!(
-        Format::negotiate(Some("application/openmetrics-text; q=0, text/plain")),
-        Format::Prometheus
-    );
-    assert_eq!(
-        Format::negotiate(Some(
-            "text/plain;q=0.3, Application/OpenMetrics-Text;version=1.0.0"
-        )),
-        Format::OpenMetrics
-    );
+    // A plain request, and what Prometheus itself sends (OpenMetrics preferred).
+    for request in [
+        "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: \
+         application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3\r\n\r\n",
+    ] {
+        let answer = exchange(addr, request).await;
+        assert_eq!(answer.status, "HTTP/1.1 200 OK", "{request}");
+        assert_eq!(
+            answer.header("content-type"),
+            Some("text/plain; version=0.0.4; charset=utf-8"),
+            "{request}"
+        );
+        assert!(!answer.body.contains("# EOF"), "{}", answer.body);
+        assert!(
+            answer
+                .body
+                .contains("# TYPE uacreg_registers_sent_total counter\n")
+        );
+        assert!(
+            answer
+                .body
+                .contains("uacreg_transaction_latency_seconds_bucket{le=\"1\"} "),
+            "{}",
+            answer.body
+        );
+    }
 }
 
 #[tokio::test]
