@@ -4,17 +4,19 @@
 //! One record, written by three tasks and read by RPC and scrapes, so it sits behind a mutex of
 //! its own; the loader only reports outcomes to it and never reads it to decide anything.
 
+use std::borrow::Cow;
 use std::fmt::Display;
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::store::{Store, StoreError, TableLayout};
 
 /// The database as `uacreg.status` shows it.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DatabaseHealth {
-    pub engine: &'static str,
+    /// The engine's name (SQLite, PostgreSQL, MySQL/MariaDB).
+    pub engine: Cow<'static, str>,
     /// The URL with its password hidden.
     pub url: String,
     /// Whether the last statement found the database reachable.
@@ -50,7 +52,7 @@ impl HealthRecord {
     /// The record for `store` as it is now (engine, URL, and the layout if connected).
     pub fn new(store: &Store) -> HealthRecord {
         let mut health = DatabaseHealth {
-            engine: store.url().engine.name(),
+            engine: Cow::Borrowed(store.url().engine.name()),
             url: store.url().to_string(),
             reachable: store.is_connected(),
             ..DatabaseHealth::default()
