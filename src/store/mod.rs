@@ -21,7 +21,7 @@
 //! * [`layout`] — Kamailio table version 5 or 6: which columns to read.
 //! * [`schema`] — diesel's table definitions.
 //! * [`row`] — [`RawRow`], a row as stored.
-//! * [`validate`] — [`RawRow`] → [`crate::registration::Record`] or a [`RowError`].
+//! * [`validate`](mod@validate) — [`RawRow`] → [`crate::registration::Record`] or a [`RowError`].
 //! * [`sqlite`] — the SQLite file and its settings.
 
 pub mod connection;

@@ -1,7 +1,7 @@
 //! The session with the database: one connection, opened on first use, reopened once when a
 //! statement fails, and an outage with jittered back-off when it cannot be had.
 //!
-//! Every read and write of the other store modules goes through [`Store::run`], so the outage
+//! Every read and write of the other store modules goes through `Store::run`, so the outage
 //! rules hold for all of them: a failed statement drops the connection and is tried once more on
 //! a fresh one; when that fails too, calls fail fast with [`StoreError::Unavailable`] until the
 //! next attempt is due (1, 2, 4 … 60 s apart).

@@ -96,7 +96,7 @@ pub enum ConnectError {
         #[source]
         source: io::Error,
     },
-    /// Connecting plus the TLS handshake took longer than [`CONNECT_TIMEOUT`].
+    /// Connecting plus the TLS handshake took longer than `CONNECT_TIMEOUT` (5 s).
     #[error("connect to {peer} timed out")]
     Timeout { peer: SocketAddr },
     /// A TLS row while the client configuration could not be built at start-up.
