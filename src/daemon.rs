@@ -58,7 +58,7 @@ pub enum DaemonError {
     #[error("start-up task failed: {0}")]
     Task(String),
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(crate::transport::tls::TlsError),
     #[error("essential task {task} ended: {reason}")]
     TaskEnded { task: String, reason: String },
 }

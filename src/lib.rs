@@ -15,7 +15,8 @@
 //!   riding out database outages.
 //! * [`rpc`] — Kamailio-compatible JSON-RPC (`uac.reg_dump`, `uac.reg_info`, `uac.reg_reload`, …).
 //! * [`driver`] — the async task that owns the table, transactions and socket.
-//! * [`gateway`] — loading rows (start-up and `uac.reg_reload`) and what RPC asks the driver.
+//! * [`gateway`] — loading rows (start-up and `uac.reg_reload`), the database's health record and
+//!   the shutdown request, held together as the context RPC methods receive.
 //! * [`table_watch`] — reloads without being asked: periodically, or on PostgreSQL NOTIFY.
 //! * [`status_export`] — the optional `uacreg_status` table, written in batches.
 //! * [`metrics`] — Prometheus text on `GET /metrics`.

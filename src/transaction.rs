@@ -214,7 +214,7 @@ pub enum Matched {
 }
 
 /// Counters for metrics and benchmarks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TransactionStats {
     pub started: u64,
     pub retransmissions: u64,

@@ -63,7 +63,7 @@ impl Default for InboundPolicy {
 
 /// What became of every request and every relay-marked response that arrived: each one is
 /// counted under exactly one outcome, so the outcomes add up to what was received.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct InboundStats {
     /// Messages that were not responses (nor CRLF keep-alives): requests and garbage.
     pub requests_received: u64,
@@ -74,7 +74,7 @@ pub struct InboundStats {
 }
 
 /// One counter per [`Outcome`].
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct RequestCounts {
     pub options_answered: u64,
     pub relayed_trusted: u64,
@@ -134,7 +134,7 @@ impl RequestCounts {
 }
 
 /// One counter per [`ResponseOutcome`].
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ResponseCounts {
     pub relayed: u64,
     pub bad_mac: u64,

@@ -82,7 +82,7 @@ pub const LATENCY_BOUNDS_MS: [u64; 11] = [5, 10, 25, 50, 100, 250, 500, 1000, 25
 
 /// A distribution of durations (transaction latency, timer lateness), cumulative like
 /// Prometheus wants.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct LatencyHistogram {
     /// `counts[i]`: responses within `LATENCY_BOUNDS_MS[i]`; one more slot for +Inf.
     pub counts: [u64; 12],
@@ -105,7 +105,7 @@ impl LatencyHistogram {
 }
 
 /// Counters the driver keeps (besides the transactions' own).
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct DriverStats {
     pub datagrams_received: u64,
     /// Messages received over TCP and TLS connections.

@@ -314,7 +314,10 @@ impl Driver {
                 transport: destination.transport,
                 secure: destination.secure,
             };
-            let result = resolver.resolve(&query).await;
+            let result = resolver
+                .resolve(&query)
+                .await
+                .map_err(|err| err.to_string());
             let _ = events.send(Event::Resolved {
                 destination,
                 result,
@@ -577,7 +580,7 @@ impl Driver {
                     probe.waiting_since = None;
                 }
             }
-            StreamEvent::Closed { flow, why } => self.flow_closed(now, flow, &why),
+            StreamEvent::Closed { flow, why } => self.flow_closed(now, flow, &why.to_string()),
         }
     }
 

@@ -192,7 +192,7 @@ fn distinct_snapshot() -> Snapshot {
         },
     };
     let database = DatabaseHealth {
-        engine: "postgresql",
+        engine: "postgresql".into(),
         url: "postgres://uacreg:***@127.0.0.1/kamailio".to_string(),
         reachable: true,
         kamailio_table_version: Some(4),

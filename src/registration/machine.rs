@@ -255,7 +255,8 @@ pub struct Snapshot {
     pub key: RegKey,
     pub record: Record,
     pub status: Status,
-    /// Kamailio's flag bits for this state (see [`Snapshot::kamailio_flags`]).
+    /// Whether a REGISTER is out, and whether it carries an answer to a challenge (what
+    /// Kamailio shows as its ONGOING and AUTHSENT flag bits).
     pub in_flight: bool,
     pub auth_sent: bool,
     pub initialized: bool,
@@ -275,40 +276,6 @@ pub struct Snapshot {
     pub failures: u32,
     pub registers_sent: u64,
     pub last_registered: Option<Instant>,
-}
-
-/// Kamailio's `flags` bits as its RPC shows them.
-pub mod kamailio_flag {
-    pub const DISABLED: i32 = 1;
-    pub const ONGOING: i32 = 2;
-    pub const ONLINE: i32 = 4;
-    pub const AUTHSENT: i32 = 8;
-    pub const INIT: i32 = 16;
-}
-
-impl Snapshot {
-    /// The bitmask Kamailio would show for this state, so tools written for `uac.reg_dump` keep
-    /// working (`flags & 4` = online, `flags & 1` = disabled, …).
-    pub fn kamailio_flags(&self) -> i32 {
-        use kamailio_flag::*;
-        let mut flags = 0;
-        if self.operator_disabled {
-            flags |= DISABLED;
-        }
-        if self.in_flight {
-            flags |= ONGOING;
-        }
-        if self.status == Status::Registered {
-            flags |= ONLINE;
-        }
-        if self.in_flight && self.auth_sent {
-            flags |= AUTHSENT;
-        }
-        if self.initialized {
-            flags |= INIT;
-        }
-        flags
-    }
 }
 
 /// One row's registration.

@@ -33,7 +33,7 @@ impl Default for CoreConfig {
 }
 
 /// Totals over the table's lifetime, for metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CoreCounters {
     /// Failed attempts followed by a scheduled retry.
     pub retries_scheduled: u64,
@@ -44,7 +44,7 @@ pub struct CoreCounters {
 }
 
 /// What a reload changed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReloadSummary {
     pub added: usize,
     pub changed: usize,

@@ -91,20 +91,18 @@ pub type StateCounts = BTreeMap<Cow<'static, str>, usize>;
 
 /// `uacreg.status`: counts per state, the database's health and the SIP counters.
 ///
-/// The two large parts are the gateway's and the driver's own records, serialised as they are;
-/// they are type parameters so that a client names only what it reads (for example
-/// [`Unregistering`] for `sip`, [`serde::de::IgnoredAny`] for a part it skips), while the outer
-/// shape stays this one definition.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StatusAnswer<Sip = DriverStats, Database = DatabaseHealth> {
+/// The two large parts are the gateway's and the driver's own records, serialised as they are
+/// and read back into the same types, so the daemon and `uacregctl` share one definition.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusAnswer {
     pub registrations: StateCounts,
     /// Rows of the last load that failed validation.
     pub invalid_rows: usize,
-    pub database: Database,
-    pub sip: Sip,
+    pub database: DatabaseHealth,
+    pub sip: DriverStats,
 }
 
-impl<Sip, Database> StatusAnswer<Sip, Database> {
+impl StatusAnswer {
     /// How many registrations are in `status` (0 for a state the answer does not list).
     pub fn count(&self, status: Status) -> usize {
         self.registrations.get(status.name()).copied().unwrap_or(0)
@@ -114,13 +112,6 @@ impl<Sip, Database> StatusAnswer<Sip, Database> {
     pub fn total(&self) -> usize {
         self.registrations.values().sum()
     }
-}
-
-/// The one figure of `uacreg.status` → `sip` that a client follows during a shutdown: bindings
-/// still being un-registered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Unregistering {
-    pub leaving: usize,
 }
 
 /// The counts as the driver keeps them, keyed by the states' static names.
@@ -230,7 +221,7 @@ mod tests {
             ..DriverStats::default()
         };
         let health = DatabaseHealth {
-            engine: "SQLite",
+            engine: "SQLite".into(),
             url: "sqlite://uacreg.db".into(),
             reachable: true,
             reloads: 4,
@@ -252,12 +243,14 @@ mod tests {
         let text = serde_json::to_string(&answer).expect("serialises");
         assert_eq!(text, before.to_string());
 
-        // A client that reads the counts and the un-registering figure only.
-        let read: StatusAnswer<Unregistering, serde::de::IgnoredAny> =
-            serde_json::from_str(&text).expect("deserialises");
+        // What uacregctl reads back is what was sent, and writes the same text again.
+        let read: StatusAnswer = serde_json::from_str(&text).expect("deserialises");
         assert_eq!(read.registrations, answer.registrations);
         assert_eq!(read.invalid_rows, 2);
-        assert_eq!(read.sip, Unregistering { leaving: 7 });
+        assert_eq!(read.database, health);
+        assert_eq!(read.sip.leaving, 7);
+        assert_eq!(read.sip.registers_sent, 2400);
+        assert_eq!(serde_json::to_string(&read).expect("serialises"), text);
         assert_eq!(read.count(Status::AuthFailed), 90);
         assert_eq!(read.total(), (0..11).map(|i| i * 10).sum::<usize>());
     }

@@ -7,6 +7,7 @@
 
 pub mod answer;
 pub mod client;
+pub mod kamailio;
 mod params;
 pub mod server;
 pub mod token;

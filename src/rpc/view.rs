@@ -129,7 +129,7 @@ impl<'a> RecordView<'a> {
             auth_ha1: show_secret(r.auth_ha1(), show_secrets, "none"),
             auth_proxy: none_if_empty(r.auth_proxy()),
             expires: i64::from(r.expires),
-            flags: i64::from(s.kamailio_flags()),
+            flags: i64::from(super::kamailio::flags(s)),
             diff_expires: if timer_expires == 0 {
                 0
             } else {

@@ -377,4 +377,38 @@ mod tests {
             "password authentication failed (password=***)"
         );
     }
+
+    /// schema/<engine>.sql must say exactly what the migrations do, statement by statement.
+    #[test]
+    fn schema_files_match_the_migrations() {
+        fn normalise(sql: &str) -> String {
+            sql.lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join(" ")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for engine in ["sqlite", "postgres", "mysql"] {
+            let mut dirs: Vec<_> = std::fs::read_dir(root.join("migrations").join(engine))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            dirs.sort();
+            let migrations: String = dirs
+                .iter()
+                .map(|d| std::fs::read_to_string(d.join("up.sql")).unwrap())
+                .collect::<Vec<_>>()
+                .join("\n");
+            let schema =
+                std::fs::read_to_string(root.join("schema").join(format!("{engine}.sql"))).unwrap();
+            assert_eq!(
+                normalise(&schema),
+                normalise(&migrations),
+                "schema/{engine}.sql differs from migrations/{engine}"
+            );
+        }
+    }
 }

@@ -52,7 +52,7 @@ pub fn detect(connection: &mut Connection) -> Result<TableLayout, StoreError> {
             .load(conn)
             .map_err(|e| StoreError::Migrate(format!("cannot read the uacreg columns: {e}")))?;
         if columns.is_empty() {
-            return Err(StoreError::Migrate("the uacreg table is missing".into()));
+            return Err(StoreError::TableMissing);
         }
         // No `version` table is normal for a database only uacreg uses.
         let version: Option<TableVersion> = diesel::sql_query(version_sql)

@@ -31,11 +31,75 @@ use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, Record, RecordType};
 use hickory_resolver::proto::xfer::Protocol;
-use hickory_resolver::{ResolveError, TokioResolver};
+use hickory_resolver::{Name, TokioResolver};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use thiserror::Error;
 
 use crate::registration::record::Transport;
+
+/// Why a host could not be resolved, built from hickory's error kinds so a caller can tell a
+/// name that does not exist from a server that did not answer. Every variant names the host;
+/// the texts are what the driver logs and `uac.reg_info` shows.
+#[derive(Debug, Error)]
+pub enum ResolveError {
+    /// /etc/resolv.conf could not be read or understood.
+    #[error("DNS: cannot read the system resolver configuration: {0}")]
+    SystemConfig(#[source] hickory_resolver::ResolveError),
+    #[error("DNS: empty host")]
+    EmptyHost,
+    /// The host is not a name DNS can carry (a label over 63 bytes, a name over 255).
+    #[error("DNS: {host:?} is not a valid host name: {reason}")]
+    BadName { host: String, reason: String },
+    /// NXDOMAIN: the host's name does not exist.
+    #[error("DNS: no SIP server found for {host}")]
+    NoSuchName { host: String },
+    /// The name exists, but has none of the NAPTR, SRV, A or AAAA records a server is found by.
+    #[error("DNS: no SIP server found for {host}")]
+    NoRecords { host: String },
+    /// A query got no answer within the resolver's timeout and attempts.
+    #[error("DNS: {rtype} lookup of {name} timed out (resolving {host})")]
+    Timeout {
+        host: String,
+        name: String,
+        rtype: RecordType,
+    },
+    /// A name server answered with an error code (SERVFAIL, REFUSED …).
+    #[error("DNS: {rtype} lookup of {name} failed (resolving {host}): {source}")]
+    ServerFailure {
+        host: String,
+        name: String,
+        rtype: RecordType,
+        code: ResponseCode,
+        #[source]
+        source: hickory_resolver::ResolveError,
+    },
+    /// Any other failure of a query (no name server reachable, a socket error …).
+    #[error("DNS: {rtype} lookup of {name} failed (resolving {host}): {source}")]
+    Lookup {
+        host: String,
+        name: String,
+        rtype: RecordType,
+        #[source]
+        source: hickory_resolver::ResolveError,
+    },
+}
+
+impl ResolveError {
+    /// The host whose resolution failed (None: no host was given or the system configuration
+    /// failed).
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            ResolveError::SystemConfig(_) | ResolveError::EmptyHost => None,
+            ResolveError::BadName { host, .. }
+            | ResolveError::NoSuchName { host }
+            | ResolveError::NoRecords { host }
+            | ResolveError::Timeout { host, .. }
+            | ResolveError::ServerFailure { host, .. }
+            | ResolveError::Lookup { host, .. } => Some(host),
+        }
+    }
+}
 
 /// One place to send a request to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -79,9 +143,8 @@ pub struct SipResolver {
 
 impl SipResolver {
     /// Uses the system's /etc/resolv.conf.
-    pub fn from_system() -> Result<SipResolver, String> {
-        let mut builder = TokioResolver::builder_tokio()
-            .map_err(|e| format!("DNS: cannot read the system resolver configuration: {e}"))?;
+    pub fn from_system() -> Result<SipResolver, ResolveError> {
+        let mut builder = TokioResolver::builder_tokio().map_err(ResolveError::SystemConfig)?;
         tune(builder.options_mut(), DNS_TIMEOUT);
         Ok(SipResolver {
             resolver: builder.build(),
@@ -111,8 +174,8 @@ impl SipResolver {
         SipResolver { resolver }
     }
 
-    /// Full RFC 3263 §4 client procedure. `Err` is a human-readable reason naming the host.
-    pub async fn resolve(&self, query: &Query<'_>) -> Result<Resolved, String> {
+    /// Full RFC 3263 §4 client procedure. `Err` says why, naming the host.
+    pub async fn resolve(&self, query: &Query<'_>) -> Result<Resolved, ResolveError> {
         let now = Instant::now();
         let host = query.host.trim_start_matches('[').trim_end_matches(']');
         if let Some(target) = literal_target(query) {
@@ -122,7 +185,13 @@ impl SipResolver {
             });
         }
         if host.is_empty() {
-            return Err("DNS: empty host".to_string());
+            return Err(ResolveError::EmptyHost);
+        }
+        if let Err(err) = Name::from_utf8(host) {
+            return Err(ResolveError::BadName {
+                host: host.to_string(),
+                reason: err.to_string(),
+            });
         }
 
         let mut walk = Walk {
@@ -131,6 +200,7 @@ impl SipResolver {
             min_ttl: None,
             targets: Vec::new(),
             seen: HashSet::new(),
+            host_missing: false,
             rng: StdRng::from_os_rng(),
         };
 
@@ -154,7 +224,14 @@ impl SipResolver {
         }
 
         if walk.targets.is_empty() {
-            return Err(format!("DNS: no SIP server found for {host}"));
+            let host = host.to_string();
+            // NXDOMAIN for the host, and no record anywhere led on (an SRV to a missing target
+            // means the name exists).
+            return Err(if walk.host_missing && walk.min_ttl.is_none() {
+                ResolveError::NoSuchName { host }
+            } else {
+                ResolveError::NoRecords { host }
+            });
         }
         Ok(Resolved {
             targets: walk.targets,
@@ -314,6 +391,8 @@ struct Walk<'a> {
     min_ttl: Option<u32>,
     targets: Vec<Target>,
     seen: HashSet<Target>,
+    /// A lookup of the host's own name answered NXDOMAIN.
+    host_missing: bool,
     rng: StdRng,
 }
 
@@ -330,21 +409,17 @@ impl Walk<'_> {
     }
 
     /// The records of `rtype` at `name`; empty when the name does not exist or has none.
-    async fn lookup(&self, name: &str, rtype: RecordType) -> Result<Vec<Record>, String> {
-        match self.dns.lookup(name, rtype).await {
-            Ok(lookup) => Ok(lookup
-                .records()
-                .iter()
-                .filter(|r| r.record_type() == rtype)
-                .cloned()
-                .collect()),
-            Err(e) if no_records(&e) => Ok(Vec::new()),
-            Err(e) => Err(describe(&e, name, rtype, self.host)),
+    /// A name that does not exist is noted when it is the host itself.
+    async fn lookup(&mut self, name: &str, rtype: RecordType) -> Result<Vec<Record>, ResolveError> {
+        let (records, missing) = lookup(self.dns, self.host, name, rtype).await?;
+        if missing && name.trim_end_matches('.') == self.host.trim_end_matches('.') {
+            self.host_missing = true;
         }
+        Ok(records)
     }
 
     /// NAPTR at the host, each usable one followed to its SRV.
-    async fn naptr(&mut self, secure: bool) -> Result<(), String> {
+    async fn naptr(&mut self, secure: bool) -> Result<(), ResolveError> {
         let name = format!("{}.", self.host.trim_end_matches('.'));
         let records = self.lookup(&name, RecordType::NAPTR).await?;
         let mut naptrs = Vec::new();
@@ -375,7 +450,7 @@ impl Walk<'_> {
     }
 
     /// The SRV records at `name`, ordered, each target resolved to its addresses.
-    async fn srv(&mut self, name: &str, transport: Transport) -> Result<(), String> {
+    async fn srv(&mut self, name: &str, transport: Transport) -> Result<(), ResolveError> {
         let records = self.lookup(name, RecordType::SRV).await?;
         let mut srvs = Vec::new();
         for record in &records {
@@ -402,11 +477,19 @@ impl Walk<'_> {
         name: &str,
         port: u16,
         transport: Transport,
-    ) -> Result<(), String> {
+    ) -> Result<(), ResolveError> {
         let (v4, v6) = tokio::join!(
-            self.lookup(name, RecordType::A),
-            self.lookup(name, RecordType::AAAA)
+            lookup(self.dns, self.host, name, RecordType::A),
+            lookup(self.dns, self.host, name, RecordType::AAAA)
         );
+        let missing =
+            |found: &Result<(Vec<Record>, bool), ResolveError>| matches!(found, Ok((_, true)));
+        if (missing(&v4) || missing(&v6))
+            && name.trim_end_matches('.') == self.host.trim_end_matches('.')
+        {
+            self.host_missing = true;
+        }
+        let (v4, v6) = (v4.map(|(r, _)| r), v6.map(|(r, _)| r));
         // One family failing while the other answers still gives usable targets.
         let (v4, v6) = match (v4, v6) {
             (Err(e), Err(_)) => return Err(e),
@@ -430,25 +513,46 @@ impl Walk<'_> {
     }
 }
 
-/// The name does not exist or has no records of the type: go on to the next step.
-fn no_records(e: &ResolveError) -> bool {
-    match e.proto().map(|p| p.kind()) {
-        Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => {
-            matches!(
-                *response_code,
-                ResponseCode::NXDomain | ResponseCode::NoError
-            )
+/// The records of `rtype` at `name`, and whether the name does not exist (NXDOMAIN). A name
+/// without records of the type is an empty answer: the procedure goes on to its next step.
+async fn lookup(
+    dns: &TokioResolver,
+    host: &str,
+    name: &str,
+    rtype: RecordType,
+) -> Result<(Vec<Record>, bool), ResolveError> {
+    let err = match dns.lookup(name, rtype).await {
+        Ok(lookup) => {
+            let records = lookup
+                .records()
+                .iter()
+                .filter(|r| r.record_type() == rtype)
+                .cloned()
+                .collect();
+            return Ok((records, false));
         }
-        _ => false,
-    }
-}
-
-fn describe(e: &ResolveError, name: &str, rtype: RecordType, host: &str) -> String {
-    let timed_out = matches!(e.proto().map(|p| p.kind()), Some(ProtoErrorKind::Timeout));
-    if timed_out {
-        format!("DNS: {rtype} lookup of {name} timed out (resolving {host})")
-    } else {
-        format!("DNS: {rtype} lookup of {name} failed (resolving {host}): {e}")
+        Err(err) => err,
+    };
+    let (host, name) = (host.to_string(), name.to_string());
+    match err.proto().map(|p| p.kind()) {
+        Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => match *response_code {
+            ResponseCode::NXDomain => Ok((Vec::new(), true)),
+            ResponseCode::NoError => Ok((Vec::new(), false)),
+            code => Err(ResolveError::ServerFailure {
+                host,
+                name,
+                rtype,
+                code,
+                source: err,
+            }),
+        },
+        Some(ProtoErrorKind::Timeout) => Err(ResolveError::Timeout { host, name, rtype }),
+        _ => Err(ResolveError::Lookup {
+            host,
+            name,
+            rtype,
+            source: err,
+        }),
     }
 }
 
@@ -729,7 +833,8 @@ mod tests {
     async fn missing_name_is_an_error_naming_it() {
         let (dns, resolver) = setup(full_zone()).await;
         let err = resolver.resolve(&q("missing.test")).await.unwrap_err();
-        assert_eq!(err, "DNS: no SIP server found for missing.test");
+        assert_eq!(err.to_string(), "DNS: no SIP server found for missing.test");
+        assert!(matches!(err, ResolveError::NoSuchName { .. }), "{err:?}");
         // NAPTR, three SRV names, A and AAAA.
         assert_eq!(dns.queries(), 6);
 
@@ -742,7 +847,9 @@ mod tests {
             "nowhere.test",
         )]);
         let err = resolver.resolve(&q("dangling.test")).await.unwrap_err();
-        assert!(err.contains("dangling.test"), "{err}");
+        assert_eq!(err.host(), Some("dangling.test"));
+        assert!(err.to_string().contains("dangling.test"), "{err}");
+        assert!(matches!(err, ResolveError::NoRecords { .. }), "{err:?}");
     }
 
     #[tokio::test]
@@ -754,8 +861,21 @@ mod tests {
             Duration::from_millis(200),
         );
         let err = resolver.resolve(&q("slow.test")).await.unwrap_err();
-        assert!(err.contains("slow.test"), "{err}");
-        assert!(err.contains("timed out"), "{err}");
+        assert!(matches!(err, ResolveError::Timeout { .. }), "{err:?}");
+        assert_eq!(err.host(), Some("slow.test"));
+        assert!(err.to_string().contains("slow.test"), "{err}");
+        assert!(err.to_string().contains("timed out"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_name_dns_cannot_carry_is_refused_before_asking() {
+        let (dns, resolver) = setup(full_zone()).await;
+        let long_label = format!("{}.test", "x".repeat(64));
+        let err = resolver.resolve(&q(&long_label)).await.unwrap_err();
+        assert!(matches!(err, ResolveError::BadName { .. }), "{err:?}");
+        assert_eq!(dns.queries(), 0);
+        let err = resolver.resolve(&q("")).await.unwrap_err();
+        assert!(matches!(err, ResolveError::EmptyHost), "{err:?}");
     }
 
     #[tokio::test]

@@ -18,12 +18,14 @@
 //! hold a [`Permit`] and are closed when idle.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
+use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -32,7 +34,7 @@ use tracing::{debug, warn};
 
 use super::admission::Permit;
 use crate::registration::record::Transport;
-use crate::sip::framing::{Framed, StreamBuffer};
+use crate::sip::framing::{Framed, FramingError, StreamBuffer};
 
 /// Identifies one connection for the life of the process.
 pub type FlowId = u64;
@@ -65,7 +67,79 @@ pub enum StreamEvent {
     /// A CRLF keep-alive arrived: a pong to our ping (or a ping we already answered).
     KeepAlive { flow: FlowId },
     /// The connection is gone (or never came up); `why` says what happened.
-    Closed { flow: FlowId, why: String },
+    Closed { flow: FlowId, why: FlowClosed },
+}
+
+/// Why an outgoing connection could not be set up.
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    #[error("cannot create a socket: {0}")]
+    Socket(#[source] io::Error),
+    /// The row's `socket` names a local address that cannot be bound.
+    #[error("cannot bind {ip}: {source}")]
+    Bind {
+        ip: IpAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// The peer answered with a reset: nothing listens there.
+    #[error("connect to {peer} failed: {source}")]
+    Refused {
+        peer: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// Any other connect failure (no route, network unreachable …).
+    #[error("connect to {peer} failed: {source}")]
+    Connect {
+        peer: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// Connecting plus the TLS handshake took longer than `CONNECT_TIMEOUT` (5 s).
+    #[error("connect to {peer} timed out")]
+    Timeout { peer: SocketAddr },
+    /// A TLS row while the client configuration could not be built at start-up.
+    #[error("TLS is not available (see the start-up log)")]
+    TlsUnavailable,
+    #[error("{name:?} is not a valid TLS server name")]
+    BadServerName { name: String },
+    /// The handshake failed: an untrusted certificate, a name mismatch, no common version.
+    #[error("TLS handshake with {peer} failed: {source}")]
+    Handshake {
+        peer: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why a flow ended: reported with [`StreamEvent::Closed`] and logged by the driver.
+#[derive(Debug, Error)]
+pub enum FlowClosed {
+    /// It never came up.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The driver closed it (or dropped its writer).
+    #[error("closed by us")]
+    ByUs,
+    #[error("closed by the peer")]
+    ByPeer,
+    #[error("read failed: {0}")]
+    Read(#[source] io::Error),
+    #[error("write failed: {0}")]
+    Write(#[source] io::Error),
+    /// A write did not finish within the write timeout: the peer is not reading.
+    #[error("write stalled for {} s (peer not reading)", limit.as_secs_f32())]
+    WriteStalled { limit: Duration },
+    /// An accepted flow carried no message or keep-alive for its idle timeout.
+    #[error("idle: no message or keep-alive for {} s", idle.as_secs_f32())]
+    Idle { idle: Duration },
+    /// The bytes cannot be cut into SIP messages (a head or body over the limits).
+    #[error("unframeable stream: {0}")]
+    Unframeable(#[source] FramingError),
+    /// The driver's end of the event channel is gone.
+    #[error("the driver stopped")]
+    DriverStopped,
 }
 
 /// Where an outgoing connection goes; connections are shared per key.
@@ -299,8 +373,8 @@ impl Streams {
             let connected = tokio::select! {
                 biased;
                 // Closed by the driver while still connecting: no need to finish.
-                _ = &mut task.stop => Err("closed by us".to_string()),
-                connected = connect(&key, tls) => connected,
+                _ = &mut task.stop => Err(FlowClosed::ByUs),
+                connected = connect(&key, tls) => connected.map_err(FlowClosed::Connect),
             };
             match connected {
                 Ok(Connected::Plain(stream)) => task.run(stream).await,
@@ -345,40 +419,46 @@ enum Connected {
 async fn connect(
     key: &FlowKey,
     tls: Option<Arc<rustls::ClientConfig>>,
-) -> Result<Connected, String> {
+) -> Result<Connected, ConnectError> {
     let attempt = async {
         let socket = if key.peer.is_ipv4() {
             TcpSocket::new_v4()
         } else {
             TcpSocket::new_v6()
         }
-        .map_err(|err| format!("cannot create a socket: {err}"))?;
+        .map_err(ConnectError::Socket)?;
         if let Some(ip) = key.local_ip {
             socket
                 .bind(SocketAddr::new(ip, 0))
-                .map_err(|err| format!("cannot bind {ip}: {err}"))?;
+                .map_err(|source| ConnectError::Bind { ip, source })?;
         }
-        let tcp = socket
-            .connect(key.peer)
-            .await
-            .map_err(|err| format!("connect to {} failed: {err}", key.peer))?;
+        let peer = key.peer;
+        let tcp = socket.connect(peer).await.map_err(|source| {
+            if source.kind() == io::ErrorKind::ConnectionRefused {
+                ConnectError::Refused { peer, source }
+            } else {
+                ConnectError::Connect { peer, source }
+            }
+        })?;
         let _ = tcp.set_nodelay(true);
         if key.transport != Transport::Tls {
             return Ok(Connected::Plain(tcp));
         }
-        let config =
-            tls.ok_or_else(|| "TLS is not available (see the start-up log)".to_string())?;
-        let name = ServerName::try_from(key.server_name.clone())
-            .map_err(|_| format!("{:?} is not a valid TLS server name", key.server_name))?;
+        let config = tls.ok_or(ConnectError::TlsUnavailable)?;
+        let name = ServerName::try_from(key.server_name.clone()).map_err(|_| {
+            ConnectError::BadServerName {
+                name: key.server_name.clone(),
+            }
+        })?;
         let stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
-            .map_err(|err| format!("TLS handshake with {} failed: {err}", key.peer))?;
+            .map_err(|source| ConnectError::Handshake { peer, source })?;
         Ok(Connected::Tls(Box::new(stream)))
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
         Ok(result) => result,
-        Err(_) => Err(format!("connect to {} timed out", key.peer)),
+        Err(_) => Err(ConnectError::Timeout { peer: key.peer }),
     }
 }
 
@@ -416,11 +496,11 @@ impl FlowTask {
         let why = loop {
             tokio::select! {
                 biased;
-                _ = &mut self.stop => break "closed by us".to_string(),
+                _ = &mut self.stop => break FlowClosed::ByUs,
                 queued = self.writes.recv() => {
                     let Some(bytes) = queued else {
                         let _ = writer.shutdown().await;
-                        break "closed by us".to_string();
+                        break FlowClosed::ByUs;
                     };
                     if let Err(why) = self.write(&mut writer, &bytes).await {
                         break why;
@@ -429,9 +509,9 @@ impl FlowTask {
                 }
                 read = reader.read(input.read_space()) => {
                     match read {
-                        Ok(0) => break "closed by the peer".to_string(),
+                        Ok(0) => break FlowClosed::ByPeer,
                         Ok(n) => input.filled(n),
-                        Err(err) => break format!("read failed: {err}"),
+                        Err(err) => break FlowClosed::Read(err),
                     }
                     let pings = match self.deliver(&mut input).await {
                         Ok(Delivered { messages, pings }) => {
@@ -452,8 +532,8 @@ impl FlowTask {
                 }
                 _ = sleep_until_opt(idle_at) => {
                     StreamCounters::count(&self.counters.idle_closed);
-                    let idle = self.idle_timeout.unwrap_or_default().as_secs_f32();
-                    break format!("idle: no message or keep-alive for {idle} s");
+                    let idle = self.idle_timeout.unwrap_or_default();
+                    break FlowClosed::Idle { idle };
                 }
             }
         };
@@ -466,20 +546,17 @@ impl FlowTask {
         &mut self,
         writer: &mut W,
         bytes: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), FlowClosed> {
         let limit = self.write_timeout;
         tokio::select! {
             biased;
-            _ = &mut self.stop => Err("closed by us".to_string()),
+            _ = &mut self.stop => Err(FlowClosed::ByUs),
             written = tokio::time::timeout(limit, writer.write_all(bytes)) => match written {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(err)) => Err(format!("write failed: {err}")),
+                Ok(Err(err)) => Err(FlowClosed::Write(err)),
                 Err(_) => {
                     StreamCounters::count(&self.counters.write_timeouts);
-                    Err(format!(
-                        "write stalled for {} s (peer not reading)",
-                        limit.as_secs_f32()
-                    ))
+                    Err(FlowClosed::WriteStalled { limit })
                 }
             },
         }
@@ -487,7 +564,7 @@ impl FlowTask {
 
     /// Hands every complete message in `input` to the driver (waiting while its queue is
     /// full), or says why the stream has to be closed.
-    async fn deliver(&self, input: &mut StreamBuffer) -> Result<Delivered, String> {
+    async fn deliver(&self, input: &mut StreamBuffer) -> Result<Delivered, FlowClosed> {
         let mut delivered = Delivered::default();
         loop {
             match input.take_frame() {
@@ -499,7 +576,7 @@ impl FlowTask {
                         bytes,
                     };
                     if self.events.send(event).await.is_err() {
-                        return Err("the driver stopped".to_string());
+                        return Err(FlowClosed::DriverStopped);
                     }
                 }
                 Ok(Some(Framed::KeepAlive { pings: 0 })) => {
@@ -512,7 +589,7 @@ impl FlowTask {
                 Ok(None) => return Ok(delivered),
                 Err(err) => {
                     StreamCounters::count(&self.counters.unframeable);
-                    return Err(format!("unframeable stream: {err}"));
+                    return Err(FlowClosed::Unframeable(err));
                 }
             }
         }
@@ -552,7 +629,7 @@ mod tests {
     }
 
     /// The next `Closed` event's reason (within 5 s), and the messages that came before it.
-    async fn closed(events: &mut mpsc::Receiver<StreamEvent>) -> (String, Vec<Vec<u8>>) {
+    async fn closed(events: &mut mpsc::Receiver<StreamEvent>) -> (FlowClosed, Vec<Vec<u8>>) {
         let mut messages = Vec::new();
         let wait = async {
             while let Some(event) = events.recv().await {
@@ -562,7 +639,7 @@ mod tests {
                     StreamEvent::KeepAlive { .. } => {}
                 }
             }
-            "events ended".to_string()
+            panic!("the event channel ended before a Closed event");
         };
         let why = tokio::time::timeout(Duration::from_secs(5), wait)
             .await
@@ -600,7 +677,11 @@ mod tests {
             }
         });
         let (why, messages) = closed(&mut events).await;
-        assert!(why.contains("no message or keep-alive"), "{why}");
+        assert!(matches!(why, FlowClosed::Idle { .. }), "{why}");
+        assert!(
+            why.to_string().contains("no message or keep-alive"),
+            "{why}"
+        );
         assert!(messages.is_empty());
         let after = start.elapsed();
         assert!(after >= idle && after < idle * 4, "{after:?}");
@@ -650,7 +731,11 @@ mod tests {
         assert_eq!(streams.counts(), StreamCounts::default());
         // Then silence: closed.
         let (why, _) = closed(&mut events).await;
-        assert!(why.contains("no message or keep-alive"), "{why}");
+        assert!(matches!(why, FlowClosed::Idle { .. }), "{why}");
+        assert!(
+            why.to_string().contains("no message or keep-alive"),
+            "{why}"
+        );
     }
 
     #[tokio::test]
@@ -676,7 +761,7 @@ mod tests {
         }
         assert!(events.try_recv().is_err(), "closed while answers went out");
         let (why, _) = closed(&mut events).await;
-        assert!(why.starts_with("idle"), "{why}");
+        assert!(why.to_string().starts_with("idle"), "{why}");
     }
 
     #[tokio::test]
@@ -697,7 +782,8 @@ mod tests {
             .await
             .unwrap();
         let (why, messages) = closed(&mut events).await;
-        assert!(why.contains("unframeable"), "{why}");
+        assert!(matches!(why, FlowClosed::Unframeable(_)), "{why}");
+        assert!(why.to_string().contains("unframeable"), "{why}");
         assert_eq!(messages, vec![good.to_vec()]);
         assert_eq!(streams.counts().unframeable, 1);
         assert!(places_given_back(&admission).await);
@@ -728,7 +814,8 @@ mod tests {
         assert!(streams.peer(flow).is_none(), "the flow is closed");
         // The task stops at once, blocked write or not.
         let (why, _) = closed(&mut events).await;
-        assert_eq!(why, "closed by us");
+        assert!(matches!(why, FlowClosed::ByUs), "{why:?}");
+        assert_eq!(why.to_string(), "closed by us");
         assert!(places_given_back(&admission).await);
     }
 
@@ -748,7 +835,8 @@ mod tests {
         let start = Instant::now();
         assert!(streams.send_on(flow, Arc::from(vec![b'x'; 1000])));
         let (why, _) = closed(&mut events).await;
-        assert!(why.contains("write stalled"), "{why}");
+        assert!(matches!(why, FlowClosed::WriteStalled { .. }), "{why}");
+        assert!(why.to_string().contains("write stalled"), "{why}");
         assert!(start.elapsed() >= idle);
         assert_eq!(streams.counts().write_timeouts, 1);
     }
@@ -777,5 +865,45 @@ mod tests {
         let mut got = [0u8; 5];
         accepted.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"again");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_and_missing_tls_are_told_apart() {
+        // A port that was just free: nothing listens, the kernel answers with a reset.
+        let vacant = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let registrar = vacant.local_addr().unwrap();
+        drop(vacant);
+        let (mut streams, mut events) = streams(Duration::from_secs(60), 16);
+        let key = FlowKey {
+            transport: Transport::Tcp,
+            peer: registrar,
+            local_ip: None,
+            server_name: String::new(),
+        };
+        streams.send(&key, Arc::from(&b"REGISTER"[..]));
+        let (why, _) = closed(&mut events).await;
+        assert!(
+            matches!(why, FlowClosed::Connect(ConnectError::Refused { peer, .. }) if peer == registrar),
+            "{why:?}"
+        );
+        assert!(
+            why.to_string()
+                .starts_with(&format!("connect to {registrar} failed"))
+        );
+
+        // TLS without a client configuration fails before any handshake.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let key = FlowKey {
+            transport: Transport::Tls,
+            peer: listener.local_addr().unwrap(),
+            local_ip: None,
+            server_name: "registrar.test".into(),
+        };
+        streams.send(&key, Arc::from(&b"REGISTER"[..]));
+        let (why, _) = closed(&mut events).await;
+        assert!(
+            matches!(why, FlowClosed::Connect(ConnectError::TlsUnavailable)),
+            "{why:?}"
+        );
     }
 }

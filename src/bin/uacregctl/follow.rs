@@ -4,9 +4,8 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use serde::de::IgnoredAny;
 use uacreg::registration::Status;
-use uacreg::rpc::answer::{ShutdownStarted, StatusAnswer, Unregistering};
+use uacreg::rpc::answer::{ShutdownStarted, StatusAnswer};
 use uacreg::rpc::client::RpcError;
 use uacreg::rpc::{RecordView, RpcClient};
 
@@ -23,13 +22,8 @@ const IN_PROGRESS: [Status; 3] = [Status::Pending, Status::Registering, Status::
 /// States that ended in a failure the operator should look at.
 const FAILED: [Status; 3] = [Status::Failed, Status::AuthFailed, Status::RealmMismatch];
 
-/// The status as the waits read it: the counts, and nothing of the database.
-type Counts = StatusAnswer<IgnoredAny, IgnoredAny>;
-
-/// `uacreg.status`, read with `Sip` as the part of the SIP counters wanted.
-async fn status<Sip: serde::de::DeserializeOwned>(
-    client: &RpcClient,
-) -> Result<StatusAnswer<Sip, IgnoredAny>, RpcError> {
+/// `uacreg.status`.
+async fn status(client: &RpcClient) -> Result<StatusAnswer, RpcError> {
     client.request("uacreg.status", &[]).await
 }
 
@@ -38,7 +32,7 @@ pub async fn settled(client: &RpcClient) -> anyhow::Result<()> {
     let deadline = Instant::now() + LONGEST_WAIT;
     let mut progress = Progress::on_stderr();
     loop {
-        let counts: Counts = status(client).await?;
+        let counts = status(client).await?;
         let sum = |states: &[Status]| -> usize { states.iter().map(|s| counts.count(*s)).sum() };
         let total = counts.total();
         let busy = sum(&IN_PROGRESS);
@@ -67,7 +61,7 @@ pub async fn shutdown(client: &RpcClient, started: ShutdownStarted) -> anyhow::R
     let mut progress = Progress::on_stderr();
     let mut last_left = total;
     loop {
-        let left = match status::<Unregistering>(client).await {
+        let left = match status(client).await {
             Ok(status) => status.sip.leaving,
             // The daemon stops answering once it has finished.
             Err(_) => 0,
@@ -84,7 +78,7 @@ pub async fn shutdown(client: &RpcClient, started: ShutdownStarted) -> anyhow::R
             progress.finish(&mut std::io::stdout())?;
             // Wait for the daemon to go away (it closes RPC after un-registering).
             for _ in 0..40 {
-                if status::<IgnoredAny>(client).await.is_err() {
+                if status(client).await.is_err() {
                     break;
                 }
                 tokio::time::sleep(POLL).await;
@@ -104,7 +98,7 @@ pub async fn watch(client: &RpcClient, url: &str, every: u64) -> anyhow::Result<
     let every = Duration::from_secs(every.max(1));
     let redraw = std::io::stdout().is_terminal();
     loop {
-        let status = status::<IgnoredAny>(client).await;
+        let status = status(client).await;
         let dump = client
             .request::<Vec<RecordView<'static>>>("uac.reg_dump", &[])
             .await;

@@ -189,7 +189,7 @@ pub fn reload(answer: &ReloadAnswer) -> String {
 }
 
 /// The states that have registrations, with their counts, on one line.
-pub fn state_counts<Sip, Database>(status: &StatusAnswer<Sip, Database>) -> String {
+pub fn state_counts(status: &StatusAnswer) -> String {
     let line: Vec<String> = status
         .registrations
         .iter()

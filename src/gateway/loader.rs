@@ -1,9 +1,12 @@
-//! The running gateway as the RPC server and the daemon see it: the driver, the store it loads
-//! rows from, and what the last load found wrong.
+//! The row loader: reads the whole `uacreg` table (start-up, `uac.reg_reload`, SIGHUP, the
+//! periodic reload, PostgreSQL NOTIFY) or one row (`uac.reg_refresh`), validates it, and hands
+//! the driver a complete row set to diff against the running registrations.
 //!
 //! Loading is the one operation that spans layers — a blocking database read, validation, then a
-//! diff applied by the driver — so it lives here, once, for start-up and `uac.reg_reload` alike.
-//! A failed read changes nothing: the driver only ever sees a complete, validated row set.
+//! diff applied by the driver — so it lives here, once. A failed read changes nothing, and a read
+//! that would remove more than `[database] max_removed_share` of the running rows is refused
+//! unless forced. Outcomes are reported to the [`HealthRecord`]; the rows that failed validation
+//! are kept for `uac.reg_dump` and `uac.reg_info`.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,9 +14,10 @@ use serde::Serialize;
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
+use super::health::HealthRecord;
 use crate::driver::{DriverGone, DriverHandle};
 use crate::registration::ReloadSummary;
-use crate::store::{InvalidRow, RowDefaults, Store, StoreError, TableLayout};
+use crate::store::{InvalidRow, RowDefaults, RowError, Store, StoreError};
 
 #[derive(Debug, Error)]
 pub enum ReloadError {
@@ -40,9 +44,12 @@ pub enum ReloadError {
 #[derive(Debug, Error)]
 pub enum RefreshError {
     #[error("database read failed: {0}")]
-    Store(String),
+    Store(#[from] StoreError),
+    /// The blocking task that reads the row failed (its reason, as [`ReloadError::Task`] says it).
+    #[error("database read failed: {0}")]
+    Task(String),
     #[error("the row is not usable: {0}")]
-    Invalid(String),
+    Invalid(RowError),
     #[error(transparent)]
     Driver(#[from] DriverGone),
 }
@@ -84,82 +91,41 @@ pub enum ReloadCause {
     Automatic,
 }
 
-/// The database as `uacreg.status` shows it.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct DatabaseHealth {
-    pub engine: &'static str,
-    /// The URL with its password hidden.
-    pub url: String,
-    /// Whether the last statement found the database reachable.
-    pub reachable: bool,
-    /// Kamailio's `version` row for uacreg, when there is one.
-    pub kamailio_table_version: Option<i32>,
-    pub contact_user_column: bool,
-    pub reloads: u64,
-    pub reload_failures: u64,
-    /// Reloads refused because they would have removed too many rows (see
-    /// `[database] max_removed_share`).
-    pub reloads_refused: u64,
-    /// Unix time of the last successful reload.
-    pub last_reload: Option<i64>,
-    /// Why the last reload failed (cleared by the next success).
-    pub last_error: Option<String>,
-    /// PostgreSQL LISTEN uacreg_changed is active.
-    pub listening: bool,
-    /// Whether the trigger that sends NOTIFY exists (None: not checked, not PostgreSQL).
-    pub notify_trigger: Option<bool>,
-    pub notifications: u64,
-    pub status_rows_written: u64,
-    pub status_write_failures: u64,
-}
-
-pub struct Gateway {
-    pub driver: DriverHandle,
+/// Loads rows from the store into the driver.
+pub struct RowLoader {
+    driver: DriverHandle,
     store: Arc<tokio::sync::Mutex<Store>>,
     defaults: RowDefaults,
+    /// Rows the last successful load rejected.
     invalid: Mutex<Vec<InvalidRow>>,
-    health: Mutex<DatabaseHealth>,
-    pub show_secrets: bool,
     /// `[database] max_removed_share`: larger removals need `force`.
     max_removed_share: f64,
-    /// Set by `uacreg.shutdown`; the daemon's run loop waits on it beside the signals.
-    shutdown: tokio::sync::Notify,
+    health: Arc<HealthRecord>,
 }
 
-impl Gateway {
+impl RowLoader {
+    /// A loader applying rows of `store` to `driver`, reporting to `health`; removals are limited
+    /// to half the running rows until [`RowLoader::set_max_removed_share`] says otherwise.
     pub fn new(
         driver: DriverHandle,
         store: Store,
         defaults: RowDefaults,
-        show_secrets: bool,
-    ) -> Gateway {
-        let mut health = DatabaseHealth {
-            engine: store.url().engine.name(),
-            url: store.url().to_string(),
-            reachable: store.is_connected(),
-            ..DatabaseHealth::default()
-        };
-        if let Some(layout) = store.layout() {
-            health.kamailio_table_version = layout.kamailio_version;
-            health.contact_user_column = layout.has_contact_user;
-        }
-        Gateway {
+        health: Arc<HealthRecord>,
+    ) -> RowLoader {
+        RowLoader {
             driver,
             store: Arc::new(tokio::sync::Mutex::new(store)),
             defaults,
             invalid: Mutex::new(Vec::new()),
-            health: Mutex::new(health),
-            show_secrets,
             max_removed_share: 0.5,
-            shutdown: tokio::sync::Notify::new(),
+            health,
         }
     }
 
     /// Sets the share of running rows a reload may remove without being forced (default 0.5;
     /// 1.0 lets every reload through).
-    pub fn with_max_removed_share(mut self, share: f64) -> Gateway {
+    pub fn set_max_removed_share(&mut self, share: f64) {
         self.max_removed_share = share;
-        self
     }
 
     /// Reads the whole table, validates it and applies the difference (an operator's reload).
@@ -197,7 +163,7 @@ impl Gateway {
         let loaded = match loaded {
             Ok(loaded) => loaded,
             Err(err) => {
-                let first_failure = self.note_reload(Some(&err), layout);
+                let first_failure = self.health.note_reload(Some(&err), layout, self.now_unix());
                 if cause == ReloadCause::Operator || first_failure {
                     error!("reload failed, keeping the current registrations: {err}");
                 } else {
@@ -247,7 +213,7 @@ impl Gateway {
         let summary = match applied {
             Ok(summary) => summary,
             Err(refused) => {
-                let first = self.note_refusal(&refused);
+                let first = self.health.note_refusal(&refused);
                 if cause == ReloadCause::Operator || first {
                     error!("{refused}");
                 } else {
@@ -256,7 +222,7 @@ impl Gateway {
                 return Err(refused);
             }
         };
-        let recovered = self.note_reload(None, layout);
+        let recovered = self.health.note_reload(None, layout, self.now_unix());
         if let Ok(mut slot) = self.invalid.lock() {
             *slot = loaded.invalid;
         }
@@ -279,60 +245,6 @@ impl Gateway {
         })
     }
 
-    /// Records a reload's outcome. Returns true when it changes the picture: the first failure
-    /// after a success, or the first success after a failure.
-    fn note_reload(&self, error: Option<&StoreError>, layout: Option<TableLayout>) -> bool {
-        let Ok(mut health) = self.health.lock() else {
-            return false;
-        };
-        let was_failing = health.last_error.is_some();
-        if let Some(layout) = layout {
-            health.kamailio_table_version = layout.kamailio_version;
-            health.contact_user_column = layout.has_contact_user;
-        }
-        match error {
-            Some(err) => {
-                health.reload_failures += 1;
-                health.reachable = false;
-                health.last_error = Some(err.to_string());
-                !was_failing
-            }
-            None => {
-                health.reloads += 1;
-                health.reachable = true;
-                health.last_error = None;
-                health.last_reload = Some(self.driver.clock().unix(std::time::Instant::now()));
-                was_failing
-            }
-        }
-    }
-
-    /// Records a refused reload; true when it is the first of a streak (worth a loud log line).
-    fn note_refusal(&self, refused: &ReloadError) -> bool {
-        let Ok(mut health) = self.health.lock() else {
-            return false;
-        };
-        let first = !health
-            .last_error
-            .as_deref()
-            .is_some_and(|e| e.starts_with("reload refused"));
-        health.reloads_refused += 1;
-        health.last_error = Some(refused.to_string());
-        first
-    }
-
-    /// The database's state for `uacreg.status`.
-    pub fn database_health(&self) -> DatabaseHealth {
-        self.health.lock().map(|h| h.clone()).unwrap_or_default()
-    }
-
-    /// Updates the health record (the LISTEN task and the status writer report here).
-    pub fn update_health(&self, f: impl FnOnce(&mut DatabaseHealth)) {
-        if let Ok(mut health) = self.health.lock() {
-            f(&mut health);
-        }
-    }
-
     /// `uac.reg_refresh`: re-reads one row and applies it. `Ok(false)`: neither the database nor
     /// the table knows the l_uuid. An invalid row leaves the running registration as it is.
     pub async fn refresh_one(&self, l_uuid: &str) -> Result<bool, RefreshError> {
@@ -341,13 +253,12 @@ impl Gateway {
         let loaded = self
             .with_store(move |store| store.load_one(&wanted, &defaults))
             .await
-            .map_err(|err| RefreshError::Store(err.to_string()))?
-            .map_err(|err| RefreshError::Store(err.to_string()))?;
+            .map_err(|err| RefreshError::Task(err.to_string()))??;
         let record = match loaded {
             Some(Ok(record)) => Some(record),
             Some(Err(bad)) => {
                 warn!(l_uuid = %l_uuid, "refresh: row not usable: {}", bad.error);
-                return Err(RefreshError::Invalid(bad.error.to_string()));
+                return Err(RefreshError::Invalid(bad.error));
             }
             None => None,
         };
@@ -362,16 +273,6 @@ impl Gateway {
     /// The values used for rows that leave columns empty (`uac.reg_add` validates with them).
     pub fn defaults(&self) -> &RowDefaults {
         &self.defaults
-    }
-
-    /// Asks the daemon to shut down gracefully (as SIGTERM does).
-    pub fn request_shutdown(&self) {
-        self.shutdown.notify_one();
-    }
-
-    /// Completes once a shutdown was requested.
-    pub async fn shutdown_requested(&self) {
-        self.shutdown.notified().await;
     }
 
     /// Rows the last successful load rejected.
@@ -395,5 +296,9 @@ impl Gateway {
         })
         .await
         .map_err(|err| ReloadError::Task(err.to_string()))
+    }
+
+    fn now_unix(&self) -> i64 {
+        self.driver.clock().unix(std::time::Instant::now())
     }
 }

@@ -1,0 +1,54 @@
+//! Why a store operation failed. The variants separate what retrying cures (the server is down,
+//! a statement failed) from what it does not (a malformed URL, a table without a column), so the
+//! session knows when to back off and callers know what to report.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Messages quoted from client libraries have passed through
+/// [`clean_error`](super::connection::clean_error): they never carry a password.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The URL names no engine, no file or no server.
+    #[error("invalid database URL: {0}")]
+    Url(String),
+    /// The server (or file) could not be reached or opened: the start of an outage.
+    #[error("cannot connect to the database: {0}")]
+    Open(String),
+    /// Connected, but the migrations or reading the table's columns failed.
+    #[error("cannot migrate the database: {0}")]
+    Migrate(String),
+    /// Connected, but there is no `uacreg` table (and migrations are off).
+    #[error("cannot migrate the database: the uacreg table is missing")]
+    TableMissing,
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error(
+        "the database is unreachable ({last_error}); next connection attempt in {}s",
+        retry_in.as_secs().max(1)
+    )]
+    Unavailable {
+        last_error: String,
+        retry_in: Duration,
+    },
+    /// A row with a `contact_user` for a Kamailio version-5 table, which has no such column.
+    #[error(
+        "l_uuid {l_uuid:?}: this uacreg table (Kamailio table version {}) has no contact_user column",
+        kamailio_version.unwrap_or(5)
+    )]
+    NoContactUserColumn {
+        l_uuid: String,
+        kamailio_version: Option<i32>,
+    },
+}
+
+impl StoreError {
+    /// Errors that retrying later may cure (as opposed to a malformed URL).
+    pub fn is_transient(&self) -> bool {
+        !matches!(
+            self,
+            StoreError::Url(_) | StoreError::NoContactUserColumn { .. }
+        )
+    }
+}
