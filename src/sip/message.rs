@@ -3,9 +3,10 @@
 //!
 //! Only what registrations need is extracted, with the forms real registrars send in mind:
 //! compact header names (`i:`, `m:`, `v:` …), several bindings in one Contact line, display
-//! names with commas, IPv6 hosts, folded header lines, bare LF line ends. The parser is small and
-//! written for this job (rsip was tried and failed on several of these, see DESIGN.md); the tests
-//! at the bottom pin each case down, and a property test feeds it arbitrary bytes.
+//! names with commas, IPv6 hosts, folded header lines, bare LF line ends. Heads are cut by the
+//! one scanner, [`super::head`], under its policy; URIs are read by [`super::uri`]. The parser is
+//! small and written for this job (rsip was tried and failed on several of these); the tests at
+//! the bottom pin each case down, and a property test feeds it arbitrary bytes.
 
 use thiserror::Error;
 

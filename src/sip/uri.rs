@@ -1,6 +1,6 @@
 //! SIP URIs and `host:port`: the one URI parser and the one host/port splitter, for every
 //! place that reads either (responses and requests on the wire, the relay's Via handling, the
-//! RPC lookup key, the `auth_proxy` column).
+//! RPC lookup key, the host columns of a `uacreg` row).
 
 use std::net::Ipv6Addr;
 

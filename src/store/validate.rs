@@ -4,7 +4,7 @@
 //! secret) and every other row still loads. The rules follow Kamailio's loader, stricter where a
 //! value would otherwise produce a REGISTER no registrar can accept.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 
 use thiserror::Error;
 
@@ -119,37 +119,20 @@ fn is_hostname(host: &str) -> bool {
         })
 }
 
-/// Splits and checks `host`, `host:port`, `[v6]`, `[v6]:port`, bare `v6`. Returns the host
-/// without brackets and the port.
+/// Splits (with the one splitter, [`crate::sip::uri::split_host_port`]) and checks `host`,
+/// `host:port`, `[v6]`, `[v6]:port`, bare `v6`. Returns the host without brackets and the port;
+/// port 0 and white space around the text are refused.
 fn parse_host_port(text: &str) -> Option<(String, Option<u16>)> {
-    if let Some(rest) = text.strip_prefix('[') {
-        let (inside, after) = rest.split_once(']')?;
-        inside.parse::<Ipv6Addr>().ok()?;
-        let port = match after {
-            "" => None,
-            p => Some(parse_port(p.strip_prefix(':')?)?),
-        };
-        return Some((inside.to_string(), port));
-    }
-    if text.parse::<Ipv6Addr>().is_ok() {
-        return Some((text.to_string(), None));
-    }
-    let (host, port) = match text.rsplit_once(':') {
-        Some((host, port)) => (host, Some(parse_port(port)?)),
-        None => (text, None),
-    };
-    if host.parse::<Ipv4Addr>().is_ok() || is_hostname(host) {
-        Some((host.to_string(), port))
-    } else {
-        None
-    }
-}
-
-fn parse_port(text: &str) -> Option<u16> {
-    if text.is_empty() || !text.chars().all(|c| c.is_ascii_digit()) {
+    if text.trim() != text {
         return None;
     }
-    text.parse::<u16>().ok().filter(|p| *p != 0)
+    let (host, port) = crate::sip::uri::split_host_port(text).ok()?;
+    if port == Some(0) {
+        return None;
+    }
+    // A host with a colon is an IPv6 address: the splitter lets no other through.
+    let valid = host.contains(':') || host.parse::<Ipv4Addr>().is_ok() || is_hostname(&host);
+    valid.then_some((host, port))
 }
 
 /// `sip:host[:port][;transport=x]`, `sips:…`, or Kamailio's bare `host[:port]`.
