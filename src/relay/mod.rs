@@ -29,20 +29,31 @@
 //!
 //! # Whom we relay for
 //!
-//! [`trust`] says whether a request's sender is trusted. Trusted senders
-//! get requests relayed as they came and our full answers. For untrusted senders
-//! [`UntrustedPolicy`] decides: nothing relayed, or relayed without the identity headers of
-//! [`IDENTITY_HEADERS`]. Our answers to them are minimal (no Allow, Accept or Server), never
-//! larger than the request that caused them (else nothing is sent), and the same for a user we
-//! refuse to relay for as for one we do not know, so the port is neither an amplifier nor an
-//! oracle for l_uuids. Those answers are rate-limited too ([`reply_budget`], with the time the caller passes in). From
-//! everyone, the `received`/`rport` of the sender's Via are what we saw, never what it wrote.
+//! [`trust`] says whether a request's sender is trusted. Trusted senders get requests relayed
+//! as they came and our full answers. For untrusted senders [`UntrustedPolicy`] decides:
+//! nothing relayed, or relayed without the identity headers of [`IDENTITY_HEADERS`]. Our
+//! answers to them are minimal (no Allow, Accept or Server), never larger than the request that
+//! caused them (else nothing is sent), the same for a user we refuse to relay for as for one we
+//! do not know, and rate-limited all together (`reply_budget`, on the time the caller passes
+//! in), so the port is neither an amplifier nor an oracle for l_uuids. From everyone, the
+//! `received`/`rport` of the sender's Via are what we saw, never what it wrote.
 //!
 //! The decisions never panic on malformed input (a property test feeds them arbitrary
 //! bytes). What cannot be answered (no usable Via, no Call-ID …) is dropped; what can be answered
 //! but not relayed gets a 400. Headers and body of a relayed message are copied byte for byte
 //! except for the Request-URI, our Via, the received/rport parameters of the sender's Via,
 //! Max-Forwards and (for an untrusted sender) the identity headers.
+//!
+//! # Where things are
+//!
+//! * `stateless_proxy` — [`Relay`]: what the driver calls; trust, budget and counters.
+//! * `request` / `response` — the decisions for one request and one response, pure functions.
+//! * `branch` — [`RelayKey`], our MAC'd Via branch and reply To tags; `flow_token` — the way
+//!   back ([`ReturnPath`]) written into the branch, and [`Origin`], where a message came from.
+//! * `via` — reading Via values; `policy` — `[inbound]` settings; `outcome` — the counters.
+//! * [`trust`] — whom we trust; `reply_budget` — how many answers strangers get.
+//!
+//! Messages are read with the one head scanner of [`crate::sip::head`].
 
 mod branch;
 mod flow_token;
