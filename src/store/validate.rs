@@ -135,7 +135,8 @@ fn parse_host_port(text: &str) -> Option<(String, Option<u16>)> {
     valid.then_some((host, port))
 }
 
-/// `sip:host[:port][;transport=x]`, `sips:…`, or Kamailio's bare `host[:port]`.
+/// `sip:host[:port][;transport=x]`, `sips:…`, or Kamailio's bare `host[:port]`, read by the one
+/// URI parser ([`crate::sip::uri::UriParts`]).
 fn parse_proxy(value: &str) -> Result<Destination, RowError> {
     let bad = |reason: &str| RowError::BadAuthProxy {
         value: value.into(),
@@ -143,26 +144,22 @@ fn parse_proxy(value: &str) -> Result<Destination, RowError> {
     };
     let trimmed = value.trim().trim_start_matches('<').trim_end_matches('>');
     let lower = trimmed.to_ascii_lowercase();
-    let (secure, rest) = if lower.starts_with("sips:") {
-        (true, &trimmed[5..])
-    } else if lower.starts_with("sip:") {
-        (false, &trimmed[4..])
-    } else if lower.contains("://") || lower.starts_with("tel:") {
+    let has_scheme = lower.starts_with("sip:") || lower.starts_with("sips:");
+    if !has_scheme && (lower.contains("://") || lower.starts_with("tel:")) {
         return Err(bad("only sip: and sips: URIs are supported"));
-    } else {
-        (false, trimmed)
-    };
-    let mut transport = secure.then_some(Transport::Tls);
-    let mut parts = rest.split(';');
-    let host_part = parts.next().unwrap_or("");
-    // A user part in a proxy URI carries no meaning for routing.
-    let host_part = host_part.rsplit_once('@').map_or(host_part, |(_, h)| h);
-    if host_part.is_empty() {
-        return Err(bad("no host"));
     }
-    for param in parts {
-        let (name, val) = param.split_once('=').unwrap_or((param, ""));
-        if name.eq_ignore_ascii_case("transport") {
+    // The bare form is the `sip:` URI it stands for. A user part carries no meaning for routing.
+    let text = if has_scheme {
+        trimmed.to_string()
+    } else {
+        format!("sip:{trimmed}")
+    };
+    let uri = crate::sip::uri::UriParts::parse(&text).map_err(|err| bad(&err.0))?;
+    let secure = uri.scheme == "sips";
+    let mut transport = secure.then_some(Transport::Tls);
+    for (name, val) in &uri.params {
+        if name == "transport" {
+            let val = val.as_deref().unwrap_or("");
             let Some(named) = Transport::parse(val) else {
                 return Err(RowError::UnsupportedTransport {
                     transport: val.to_string(),
@@ -174,10 +171,14 @@ fn parse_proxy(value: &str) -> Result<Destination, RowError> {
             transport = Some(named);
         }
     }
-    let (host, port) = parse_host_port(host_part).ok_or_else(|| bad("invalid host or port"))?;
+    let valid_host =
+        uri.host.contains(':') || uri.host.parse::<Ipv4Addr>().is_ok() || is_hostname(&uri.host);
+    if !valid_host || uri.port == Some(0) {
+        return Err(bad("invalid host or port"));
+    }
     Ok(Destination {
-        host: host.into(),
-        port,
+        host: uri.host.into(),
+        port: uri.port,
         transport,
         secure,
     })
