@@ -14,6 +14,8 @@
 //!   loading, validating (a bad row becomes a named error; the others load), migrating, and
 //!   riding out database outages.
 //! * [`rpc`] — Kamailio-compatible JSON-RPC (`uac.reg_dump`, `uac.reg_info`, `uac.reg_reload`, …).
+//! * [`relay`] — the stateless proxy for calls to our contacts (RFC 3261 §16.11): whom it
+//!   trusts, its keyed branches and flow tokens, what strangers get. No I/O.
 //! * [`driver`] — the async task that owns the table, transactions and socket.
 //! * [`gateway`] — loading rows (start-up and `uac.reg_reload`), the database's health record and
 //!   the shutdown request, held together as the context RPC methods receive.
@@ -37,6 +39,7 @@ pub mod driver;
 pub mod gateway;
 pub mod metrics;
 pub mod registration;
+pub mod relay;
 pub mod rpc;
 pub mod sip;
 pub mod status_export;

@@ -16,7 +16,7 @@ use uacreg::config::Config;
 use uacreg::daemon::Daemon;
 use uacreg::demo::demo_rows;
 use uacreg::driver::InboundStats;
-use uacreg::sip::relay::UntrustedPolicy;
+use uacreg::relay::UntrustedPolicy;
 use uacreg::store::RawRow;
 
 use support::stranger::{

@@ -24,12 +24,11 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use libfuzzer_sys::fuzz_target;
-use uacreg::sip::relay::{
-    self, Action, Arrival, RelayConfig, ResponseRoute, ReturnPath, Sender, UnknownUserReply,
-    UntrustedPolicy,
-};
+use uacreg::relay::{self, Action, ResponseRoute, ReturnPath};
 use uacreg_fuzz::placeholders::{self, RELAY_BRANCH};
-use uacreg_fuzz::{MAX_MESSAGE, Unstructured, control, relay_key};
+use uacreg_fuzz::{
+    MAX_MESSAGE, Unstructured, control, relay_key, relaying_config, trusted_arrival,
+};
 
 const PROXY: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99)), 5060);
 
@@ -52,20 +51,8 @@ fn relay_branch(from: SocketAddr, path: ReturnPath) -> String {
          Contact: <sip:caller@{from}>\r\n\
          Content-Length: 0\r\n\r\n"
     );
-    let config = RelayConfig {
-        via_transport: "UDP",
-        via_sent_by: "192.0.2.1:5062",
-        key: relay_key(),
-        user_agent: "",
-        relaying: true,
-        untrusted: UntrustedPolicy::Drop,
-        unknown_user: UnknownUserReply::NotFound,
-    };
-    let arrival = Arrival {
-        from,
-        path,
-        sender: Sender::Trusted,
-    };
+    let config = relaying_config();
+    let arrival = trusted_arrival(from, path);
     let decision = relay::handle_request(invite.as_bytes(), arrival, &config, |_| {
         Some("sip:alice@pbx.test".into())
     });

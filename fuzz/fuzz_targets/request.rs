@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use libfuzzer_sys::fuzz_target;
 use uacreg::sip::message::{Request, is_response};
-use uacreg::sip::relay::{
+use uacreg::relay::{
     self, Action, Addressee, Arrival, IDENTITY_HEADERS, RelayConfig, ResponseRoute, Sender,
     UnknownUserReply, UntrustedPolicy,
 };

@@ -29,7 +29,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use uacreg::registration::Record;
 use uacreg::sip::message::{Response, is_response};
-use uacreg::sip::relay::{self, ResponseRoute};
+use uacreg::relay::{self, ResponseRoute};
 use uacreg::transaction::{Path, Route};
 use uacreg_fuzz::in_flight::{InFlight, Sent};
 use uacreg_fuzz::placeholders::{self, BRANCH, CALL_ID, CSEQ};

@@ -11,14 +11,11 @@
 
 use libfuzzer_sys::fuzz_target;
 use uacreg::sip::message::{Request, Response};
-use uacreg::sip::relay::{
-    self, Action, Arrival, RelayConfig, RelayKey, ReturnPath, Sender, UnknownUserReply,
-    UntrustedPolicy,
-};
+use uacreg::relay::{self, Action, ReturnPath};
 use uacreg::store::validate;
 use uacreg_fuzz::in_flight::InFlight;
 use uacreg_fuzz::rows::{arbitrary_row, defaults};
-use uacreg_fuzz::{Unstructured, head};
+use uacreg_fuzz::{Unstructured, head, relaying_config, trusted_arrival};
 
 /// Header names a REGISTER of ours carries, lowercase.
 const REGISTER_HEADERS: [&str; 13] = [
@@ -85,24 +82,14 @@ fuzz_target!(|data: &[u8]| {
          Content-Length: 0\r\n\r\n"
     );
     let from = "198.51.100.7:5060".parse().expect("an address");
-    let key = RelayKey::from_secret(&[0x5a; 32]);
-    let config = RelayConfig {
-        via_transport: "UDP",
-        via_sent_by: "192.0.2.1:5062",
-        key: &key,
-        user_agent: "",
-        relaying: true,
-        untrusted: UntrustedPolicy::Drop,
-        unknown_user: UnknownUserReply::NotFound,
-    };
-    let arrival = Arrival {
+    let config = relaying_config();
+    let arrival = trusted_arrival(
         from,
-        path: ReturnPath::Udp {
+        ReturnPath::Udp {
             local: None,
             source: from,
         },
-        sender: Sender::Trusted,
-    };
+    );
     let decision = relay::handle_request(invite.as_bytes(), arrival, &config, |addressee| {
         (addressee.key() == l_uuid).then(|| local_uri.clone())
     });

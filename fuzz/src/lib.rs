@@ -21,7 +21,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::OnceLock;
 
 pub use libfuzzer_sys::arbitrary::Unstructured;
-use uacreg::sip::relay::{RelayKey, ReturnPath};
+use uacreg::relay::{
+    Arrival, RelayConfig, RelayKey, ReturnPath, Sender, UnknownUserReply, UntrustedPolicy,
+};
 
 /// Largest message the daemon accepts anywhere.
 pub use uacreg::sip::MAX_MESSAGE;
@@ -35,6 +37,29 @@ pub fn control(u: &mut Unstructured<'_>) -> u8 {
 pub fn relay_key() -> &'static RelayKey {
     static KEY: OnceLock<RelayKey> = OnceLock::new();
     KEY.get_or_init(|| RelayKey::from_secret(&[0x5a; 32]))
+}
+
+/// The relay as the targets that need a call relayed set it up: a proxy configured, our Via
+/// sent-by `192.0.2.1:5062`, the fixed [`relay_key`], default answers to strangers.
+pub fn relaying_config() -> RelayConfig<'static> {
+    RelayConfig {
+        via_transport: "UDP",
+        via_sent_by: "192.0.2.1:5062",
+        key: relay_key(),
+        user_agent: "",
+        relaying: true,
+        untrusted: UntrustedPolicy::Drop,
+        unknown_user: UnknownUserReply::NotFound,
+    }
+}
+
+/// A request from a trusted sender `from` that arrived along `path`.
+pub fn trusted_arrival(from: SocketAddr, path: ReturnPath) -> Arrival {
+    Arrival {
+        from,
+        path,
+        sender: Sender::Trusted,
+    }
 }
 
 /// A request from outside: who sent it (an IPv6 or IPv4 documentation address, port

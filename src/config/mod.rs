@@ -289,7 +289,7 @@ fn default_advertised(listen: SocketAddr) -> String {
 mod tests {
     use super::*;
     use crate::driver::InboundPolicy;
-    use crate::sip::relay::{UnknownUserReply, UntrustedPolicy};
+    use crate::relay::{UnknownUserReply, UntrustedPolicy};
 
     /// A config file of its own for each test (tests run in parallel).
     struct File(PathBuf);

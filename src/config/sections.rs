@@ -18,7 +18,7 @@ use super::value;
 use crate::driver::{InboundPolicy, IpPrefix};
 use crate::registration::RetryPolicy;
 use crate::registration::record::LocalSocket;
-use crate::sip::relay::{UnknownUserReply, UntrustedPolicy};
+use crate::relay::{UnknownUserReply, UntrustedPolicy};
 use crate::store::ServerTimeouts;
 use crate::transaction::Timers;
 use crate::transport::PacingConfig;

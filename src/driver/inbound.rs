@@ -1,211 +1,35 @@
-//! Requests that arrive at our contacts, on any socket or connection, and the responses to the
-//! requests we relay.
+//! Messages that arrive on any socket or connection, handed to the [`Relay`], and what it
+//! answers sent where it says.
 //!
-//! OPTIONS (registrar and proxy pings) get 200 from us. Any other request addressed to a
-//! registered contact (by `l_uuid`, or Kamailio 6's `contact_user;line=l_uuid`) is relayed
-//! statelessly to the configured proxy with the Request-URI rewritten to the row's local URI, as
-//! Kamailio's `uac_reg_lookup()` does; the proxy's responses come back through us. The decisions
-//! themselves are in [`crate::sip::relay`]; this file says who is trusted (from
-//! [`super::trust`]), keeps strangers' answers within the [`super::reply_budget`], picks sockets
-//! and connections, and counts what became of every message.
+//! The decisions — OPTIONS answered, calls for our contacts relayed to the proxy, the proxy's
+//! responses relayed back, strangers' answers rate-limited, everything counted — are all the
+//! relay's ([`crate::relay`]), which performs no I/O. This file only feeds it, sends its
+//! [`Transmit`]s on the sockets and connections it names, and passes the responses that are not
+//! the relay's (answers to our REGISTERs) on to the outbound side.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::{debug, trace};
+use tracing::debug;
 
 use super::Driver;
-use super::trust::IpPrefix;
-use crate::sip::message::{Response, is_response};
-use crate::sip::relay::{
-    self, Action, Arrival, Outcome, RelayConfig, ResponseOutcome, ResponseRoute, ReturnPath,
-    Sender, UnknownUserReply, UntrustedPolicy,
-};
-use crate::transport::stream::FlowId;
+pub(super) use crate::relay::Origin;
+use crate::relay::{Handled, Relay, Transmit};
+use crate::sip::message::Response;
 use crate::transport::udp::UdpTransport;
 
-/// Settings for the inbound side.
-#[derive(Clone, Debug, Default)]
-pub struct InboundConfig {
-    /// Where requests for registered contacts are relayed (UDP); `None`: they are not relayed
-    /// (OPTIONS is still answered, unknown users still get 404).
-    pub proxy: Option<SocketAddr>,
-    /// `Server` header of our replies to trusted senders.
-    pub user_agent: String,
-    pub policy: InboundPolicy,
-}
+pub use crate::relay::{
+    InboundConfig, InboundPolicy, InboundStats, IpPrefix, PrefixError, RequestCounts,
+    ResponseCounts,
+};
 
-/// `[inbound]`: whom the relay trusts and what everyone else gets.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InboundPolicy {
-    /// Networks trusted besides the registrars our rows are bound to.
-    pub trusted: Vec<IpPrefix>,
-    /// Requests from untrusted senders for registered contacts: not relayed, or relayed without
-    /// identity headers.
-    pub untrusted: UntrustedPolicy,
-    /// What an untrusted sender gets for a user we do not relay for: 404 or nothing.
-    pub unknown_user: UnknownUserReply,
-    /// Answers per second to untrusted senders, all together (the burst is as large).
-    pub reply_rate: u32,
-}
-
-impl Default for InboundPolicy {
-    fn default() -> Self {
-        InboundPolicy {
-            trusted: Vec::new(),
-            untrusted: UntrustedPolicy::Drop,
-            unknown_user: UnknownUserReply::NotFound,
-            reply_rate: 20,
-        }
-    }
-}
-
-/// What became of every request and every relay-marked response that arrived: each one is
-/// counted under exactly one outcome, so the outcomes add up to what was received.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct InboundStats {
-    /// Messages that were not responses (nor CRLF keep-alives): requests and garbage.
-    pub requests_received: u64,
-    pub requests: RequestCounts,
-    /// Responses whose top Via carried our relay marker.
-    pub relay_responses_received: u64,
-    pub relay_responses: ResponseCounts,
-}
-
-/// One counter per [`Outcome`].
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct RequestCounts {
-    pub options_answered: u64,
-    pub relayed_trusted: u64,
-    pub relayed_stripped: u64,
-    pub refused_untrusted: u64,
-    pub unknown_user: u64,
-    pub rejected: u64,
-    pub no_proxy: u64,
-    pub ack_absorbed: u64,
-    pub malformed: u64,
-    pub reply_larger_than_request: u64,
-    pub replies_rate_limited: u64,
-}
-
-impl RequestCounts {
-    fn slot(&mut self, outcome: Outcome) -> &mut u64 {
-        match outcome {
-            Outcome::OptionsAnswered => &mut self.options_answered,
-            Outcome::RelayedTrusted => &mut self.relayed_trusted,
-            Outcome::RelayedStripped => &mut self.relayed_stripped,
-            Outcome::RefusedUntrusted => &mut self.refused_untrusted,
-            Outcome::UnknownUser => &mut self.unknown_user,
-            Outcome::Rejected => &mut self.rejected,
-            Outcome::NoProxy => &mut self.no_proxy,
-            Outcome::AckAbsorbed => &mut self.ack_absorbed,
-            Outcome::Malformed => &mut self.malformed,
-            Outcome::ReplyLargerThanRequest => &mut self.reply_larger_than_request,
-            Outcome::RepliesRateLimited => &mut self.replies_rate_limited,
-        }
-    }
-
-    pub fn get(&self, outcome: Outcome) -> u64 {
-        match outcome {
-            Outcome::OptionsAnswered => self.options_answered,
-            Outcome::RelayedTrusted => self.relayed_trusted,
-            Outcome::RelayedStripped => self.relayed_stripped,
-            Outcome::RefusedUntrusted => self.refused_untrusted,
-            Outcome::UnknownUser => self.unknown_user,
-            Outcome::Rejected => self.rejected,
-            Outcome::NoProxy => self.no_proxy,
-            Outcome::AckAbsorbed => self.ack_absorbed,
-            Outcome::Malformed => self.malformed,
-            Outcome::ReplyLargerThanRequest => self.reply_larger_than_request,
-            Outcome::RepliesRateLimited => self.replies_rate_limited,
-        }
-    }
-
-    /// All outcomes together: every request received ends in one.
-    pub fn total(&self) -> u64 {
-        Outcome::ALL.into_iter().map(|o| self.get(o)).sum()
-    }
-
-    /// `(label, count)` for every outcome.
-    pub fn labelled(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        Outcome::ALL.into_iter().map(|o| (o.label(), self.get(o)))
-    }
-}
-
-/// One counter per [`ResponseOutcome`].
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct ResponseCounts {
-    pub relayed: u64,
-    pub bad_mac: u64,
-    pub wrong_source: u64,
-    pub no_proxy: u64,
-    pub no_flow: u64,
-    pub malformed: u64,
-}
-
-impl ResponseCounts {
-    fn slot(&mut self, outcome: ResponseOutcome) -> &mut u64 {
-        match outcome {
-            ResponseOutcome::Relayed => &mut self.relayed,
-            ResponseOutcome::BadMac => &mut self.bad_mac,
-            ResponseOutcome::WrongSource => &mut self.wrong_source,
-            ResponseOutcome::NoProxy => &mut self.no_proxy,
-            ResponseOutcome::NoFlow => &mut self.no_flow,
-            ResponseOutcome::Malformed => &mut self.malformed,
-        }
-    }
-
-    pub fn get(&self, outcome: ResponseOutcome) -> u64 {
-        match outcome {
-            ResponseOutcome::Relayed => self.relayed,
-            ResponseOutcome::BadMac => self.bad_mac,
-            ResponseOutcome::WrongSource => self.wrong_source,
-            ResponseOutcome::NoProxy => self.no_proxy,
-            ResponseOutcome::NoFlow => self.no_flow,
-            ResponseOutcome::Malformed => self.malformed,
-        }
-    }
-
-    /// All outcomes together: every relay-marked response received ends in one.
-    pub fn total(&self) -> u64 {
-        ResponseOutcome::ALL.into_iter().map(|o| self.get(o)).sum()
-    }
-
-    /// `(label, count)` for every outcome.
-    pub fn labelled(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        ResponseOutcome::ALL
-            .into_iter()
-            .map(|o| (o.label(), self.get(o)))
-    }
-}
-
-/// Where a message came from, so that answers go back the same way.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Origin {
-    /// A UDP socket: the main one (`None`) or a row's own.
-    Udp(Option<SocketAddr>),
-    /// A TCP or TLS connection.
-    Flow(FlowId),
-}
-
-impl Origin {
-    fn flow(self) -> Option<FlowId> {
-        match self {
-            Origin::Flow(flow) => Some(flow),
-            Origin::Udp(_) => None,
-        }
-    }
-
-    fn return_path(self, from: SocketAddr) -> ReturnPath {
-        match self {
-            Origin::Flow(flow) => ReturnPath::Flow(flow),
-            Origin::Udp(local) => ReturnPath::Udp {
-                local,
-                source: from,
-            },
-        }
-    }
+/// The relay of a driver starting with `config`, under a fresh key.
+pub(super) fn new_relay(config: InboundConfig, via_sent_by: String) -> Relay {
+    // Without it nothing we relay could be told from a forgery: not worth running.
+    let key =
+        crate::relay::RelayKey::generate().expect("the OS random generator gives the relay key");
+    Relay::new(config, via_sent_by, key)
 }
 
 impl Driver {
@@ -227,35 +51,29 @@ impl Driver {
         from: SocketAddr,
         origin: Origin,
     ) {
-        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            // RFC 5626 keep-alive (CRLF) or padding.
-            return;
-        }
-        if !is_response(bytes) {
-            self.handle_request(now, bytes, from, origin);
-            return;
-        }
-        let route = relay::route_response(bytes, from, &self.relay_key, self.config.inbound.proxy);
-        let outcome = match route {
-            ResponseRoute::NotRelayed => {
-                match Response::parse(bytes) {
-                    Ok(response) => self.handle_register_response(now, response, from, origin),
-                    Err(err) => {
-                        self.stats.malformed_dropped += 1;
-                        debug!(%from, "dropping malformed response: {err}");
-                    }
+        let table = &self.table;
+        let handled = self
+            .relay
+            .handle_message(now, bytes, from, origin, |addressee| {
+                let record = table.get(addressee.key())?.record();
+                Some(format!("sip:{}@{}", record.l_username(), record.l_domain()))
+            });
+        match handled {
+            Handled::NotOurs => match Response::parse(bytes) {
+                Ok(response) => self.handle_register_response(now, response, from, origin),
+                Err(err) => {
+                    self.stats.malformed_dropped += 1;
+                    debug!(%from, "dropping malformed response: {err}");
                 }
-                return;
+            },
+            Handled::Send(transmit) => self.send_back(transmit),
+            Handled::Relay(transmit) => {
+                if !self.relay_back(transmit) {
+                    self.relay.relay_failed();
+                }
             }
-            ResponseRoute::Relay { bytes, path } => self.relay_response(bytes, path),
-            ResponseRoute::Refused(outcome) => {
-                debug!(%from, outcome = outcome.label(), "relay-marked response dropped");
-                outcome
-            }
-        };
-        let counts = &mut self.stats.inbound;
-        counts.relay_responses_received += 1;
-        *counts.relay_responses.slot(outcome) += 1;
+            Handled::Done => {}
+        }
     }
 
     /// The UDP socket bound at `local`, or the main one.
@@ -265,108 +83,46 @@ impl Driver {
             .unwrap_or(&self.udp)
     }
 
-    fn handle_request(&mut self, now: Instant, bytes: &[u8], from: SocketAddr, origin: Origin) {
-        let sender = if self.trust.is_trusted(from, origin.flow()) {
-            Sender::Trusted
-        } else {
-            Sender::Untrusted
-        };
-        let inbound = &self.config.inbound;
-        let config = RelayConfig {
-            via_transport: "UDP",
-            via_sent_by: &self.config.via_sent_by,
-            key: &self.relay_key,
-            user_agent: &inbound.user_agent,
-            relaying: inbound.proxy.is_some(),
-            untrusted: inbound.policy.untrusted,
-            unknown_user: inbound.policy.unknown_user,
-        };
-        let arrival = Arrival {
-            from,
-            path: origin.return_path(from),
-            sender,
-        };
-        let table = &self.table;
-        let decision = relay::handle_request(bytes, arrival, &config, |addressee| {
-            let registration = table.get(addressee.key())?;
-            let record = registration.record();
-            Some(format!("sip:{}@{}", record.l_username(), record.l_domain()))
-        });
-        let outcome = match decision.action {
-            Action::Reply(reply) => {
-                if sender == Sender::Untrusted && !self.reply_budget.try_take(now) {
-                    Outcome::RepliesRateLimited
-                } else {
-                    self.send_back(origin, from, reply);
-                    decision.outcome
-                }
+    /// An answer of ours or a forwarded request; a failure is a send error.
+    fn send_back(&mut self, transmit: Transmit) {
+        let sent = match transmit {
+            Transmit::Flow { flow, bytes } => self.streams.send_on(flow, Arc::from(bytes)),
+            Transmit::Udp { local, to, bytes } => {
+                self.udp_socket(local).try_send(&bytes, to).is_ok()
             }
-            Action::Forward(forward) => match self.config.inbound.proxy {
-                Some(proxy) => {
-                    if self.udp.try_send(&forward, proxy).is_err() {
-                        self.stats.send_errors += 1;
-                    }
-                    decision.outcome
-                }
-                // handle_request relays only when told a proxy is configured.
-                None => Outcome::NoProxy,
-            },
-            Action::Nothing => decision.outcome,
         };
-        if outcome == Outcome::NoProxy {
-            debug!(%from, "a request for a registered contact arrived, but no inbound proxy is configured");
-        } else {
-            trace!(%from, outcome = outcome.label(), "inbound request");
-        }
-        let counts = &mut self.stats.inbound;
-        counts.requests_received += 1;
-        *counts.requests.slot(outcome) += 1;
-    }
-
-    fn send_back(&mut self, origin: Origin, to: SocketAddr, bytes: Vec<u8>) {
-        match origin {
-            Origin::Flow(flow) => {
-                if !self.streams.send_on(flow, Arc::from(bytes)) {
-                    self.stats.send_errors += 1;
-                }
-            }
-            Origin::Udp(local) => {
-                if self.udp_socket(local).try_send(&bytes, to).is_err() {
-                    self.stats.send_errors += 1;
-                }
-            }
+        if !sent {
+            self.stats.send_errors += 1;
         }
     }
 
-    /// A verified response from the proxy to a request we relayed: back exactly the way the
-    /// request came, as recorded (and MAC'd) in our branch.
-    fn relay_response(&mut self, bytes: Vec<u8>, path: ReturnPath) -> ResponseOutcome {
-        match path {
-            ReturnPath::Flow(flow) => {
+    /// A verified response from the proxy, exactly the way its request came: on that
+    /// connection or from that socket, never another. False when that way is gone.
+    fn relay_back(&mut self, transmit: Transmit) -> bool {
+        match transmit {
+            Transmit::Flow { flow, bytes } => {
                 // The request came on this connection (the MAC says so): an inbound one, or
                 // one of ours to a registrar that sent a call down it (RFC 5626). Either way it
                 // is the only way back; a closed connection is not replaced by another.
-                if self.streams.send_on(flow, Arc::from(bytes)) {
-                    ResponseOutcome::Relayed
-                } else {
+                let sent = self.streams.send_on(flow, Arc::from(bytes));
+                if !sent {
                     debug!(flow, "cannot relay a response: its connection is closed");
-                    ResponseOutcome::NoFlow
                 }
+                sent
             }
-            ReturnPath::Udp { local, source } => {
+            Transmit::Udp { local, to, bytes } => {
                 let socket = match local {
                     None => &self.udp,
                     Some(addr) => match self.extra_udp.get(&addr) {
                         Some(socket) => socket,
-                        None => return ResponseOutcome::NoFlow,
+                        None => return false,
                     },
                 };
-                if socket.try_send(&bytes, source).is_err() {
+                if socket.try_send(&bytes, to).is_err() {
                     self.stats.send_errors += 1;
-                    ResponseOutcome::NoFlow
-                } else {
-                    ResponseOutcome::Relayed
+                    return false;
                 }
+                true
             }
         }
     }

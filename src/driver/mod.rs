@@ -13,9 +13,7 @@
 
 mod inbound;
 mod outbound;
-mod reply_budget;
 mod send_queue;
-mod trust;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -31,8 +29,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
 
 pub use inbound::{InboundConfig, InboundPolicy, InboundStats, RequestCounts, ResponseCounts};
+pub use inbound::{IpPrefix, PrefixError};
 use outbound::{Attempt, Bound, Queued};
-pub use trust::{IpPrefix, PrefixError};
 
 use crate::registration::record::Record;
 use crate::registration::{
@@ -464,12 +462,8 @@ pub struct Driver {
     encode_buf: Vec<u8>,
     shutdown: Option<(Instant, Reply<usize>)>,
     last_shutdown_report: Option<Instant>,
-    /// Keys the MAC in our relay branches and reply To tags.
-    relay_key: crate::sip::relay::RelayKey,
-    /// Who the inbound relay trusts.
-    trust: trust::Trust,
-    /// Answers to untrusted senders still allowed.
-    reply_budget: reply_budget::ReplyBudget,
+    /// The inbound relay: its key, whom it trusts, strangers' answer budget, its counters.
+    relay: crate::relay::Relay,
 }
 
 impl Driver {
@@ -537,11 +531,7 @@ impl Driver {
             listeners.push((name, task));
         }
         let keepalive = outbound::KeepAlive::new(config.keepalive, StdRng::from_rng(&mut rng));
-        // Without it nothing we relay could be told from a forgery: not worth running.
-        let relay_key = crate::sip::relay::RelayKey::generate()
-            .expect("the OS random generator gives the relay key");
-        let trust = trust::Trust::new(&config.inbound.policy.trusted);
-        let reply_budget = reply_budget::ReplyBudget::new(config.inbound.policy.reply_rate);
+        let relay = inbound::new_relay(config.inbound.clone(), config.via_sent_by.clone());
         let driver = Driver {
             table: RegistrationTable::new(config.core.clone(), StdRng::from_rng(&mut rng)),
             transactions: ClientTransactions::new(config.timers, rng),
@@ -569,9 +559,7 @@ impl Driver {
             encode_buf: Vec::with_capacity(1024),
             shutdown: None,
             last_shutdown_report: None,
-            relay_key,
-            trust,
-            reply_budget,
+            relay,
         };
         let handle = DriverHandle {
             commands: commands_tx,
@@ -695,7 +683,7 @@ impl Driver {
             } => {
                 self.stats.connections_accepted += 1;
                 let flow = self.streams.adopt(stream, peer, transport, permit);
-                self.trust.flow_accepted(flow);
+                self.relay.trust_mut().flow_accepted(flow);
                 debug!(flow, %peer, "accepted a {} connection", transport.via_token());
             }
             Event::Resolved {
@@ -709,6 +697,7 @@ impl Driver {
         match command {
             Command::Stats(reply) => {
                 let mut stats = self.stats.clone();
+                stats.inbound = self.relay.stats().clone();
                 stats.core = self.table.counters();
                 stats.queued = self.queue.len();
                 stats.in_flight = self.transactions.pending();

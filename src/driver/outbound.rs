@@ -542,7 +542,7 @@ impl Driver {
     }
 
     fn set_bound(&mut self, key: RegKey, bound: Bound) {
-        self.trust.registrar_moved(
+        self.relay.trust_mut().registrar_moved(
             self.bound.get(&key).map(|b| b.target.addr.ip()),
             Some(bound.target.addr.ip()),
         );
@@ -559,7 +559,8 @@ impl Driver {
     }
 
     fn unbind(&mut self, key: RegKey) {
-        self.trust
+        self.relay
+            .trust_mut()
             .registrar_moved(self.bound.get(&key).map(|b| b.target.addr.ip()), None);
         if let Some(old) = self.bound.remove(&key)
             && let Some(flow) = old.flow
@@ -588,7 +589,7 @@ impl Driver {
     fn flow_closed(&mut self, now: Instant, flow: FlowId, why: &str) {
         let peer = self.streams.peer(flow).map(|(_, addr)| addr);
         self.streams.forget(flow);
-        self.trust.flow_closed(flow);
+        self.relay.trust_mut().flow_closed(flow);
         self.keepalive.flows.remove(&flow);
         self.stats.connections_closed += 1;
         let broken: Vec<(RegKey, u32, String)> = self

@@ -14,7 +14,8 @@
 //! pure function over a buffer, for callers that keep their own. Neither performs I/O. A stream
 //! that breaks the rules cannot be resynchronised and must be closed.
 
-pub use super::MAX_MESSAGE;
+use super::head::Head;
+pub use super::limits::MAX_MESSAGE;
 
 /// Why a stream cannot be framed any more.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -73,7 +74,7 @@ pub fn next_frame(buf: &[u8]) -> Frame {
     match find_head_end(buf, 0) {
         Err(_) if buf.len() > MAX_MESSAGE => Frame::Invalid(FramingError::HeadTooLarge.reason()),
         Err(_) => Frame::Incomplete,
-        Ok(end) => match message_length(&buf[..end.head_len], end.body_start) {
+        Ok(end) => match message_length(&buf[..end.body_start]) {
             Err(err) => Frame::Invalid(err.reason()),
             Ok(total) if buf.len() < total => Frame::Incomplete,
             Ok(total) => Frame::Message(total),
@@ -227,7 +228,7 @@ impl StreamBuffer {
                             *searched = resume;
                             return Ok(None);
                         }
-                        Ok(end) => match message_length(&data[..end.head_len], end.body_start) {
+                        Ok(end) => match message_length(&data[..end.body_start]) {
                             Ok(total) => self.state = State::Body { total },
                             Err(err) => return self.fail(err),
                         },
@@ -288,8 +289,6 @@ fn leading_blank(buf: &[u8]) -> usize {
 /// Where a header block ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct HeadEnd {
-    /// Bytes of the head (up to the LF that ends its last line, exclusive).
-    head_len: usize,
     /// Where the body starts.
     body_start: usize,
 }
@@ -307,16 +306,10 @@ fn find_head_end(buf: &[u8], from: usize) -> Result<HeadEnd, usize> {
         let lf = i + offset;
         match (buf.get(lf + 1), buf.get(lf + 2)) {
             (Some(b'\n'), _) => {
-                return Ok(HeadEnd {
-                    head_len: lf,
-                    body_start: lf + 2,
-                });
+                return Ok(HeadEnd { body_start: lf + 2 });
             }
             (Some(b'\r'), Some(b'\n')) => {
-                return Ok(HeadEnd {
-                    head_len: lf,
-                    body_start: lf + 3,
-                });
+                return Ok(HeadEnd { body_start: lf + 3 });
             }
             (None, _) | (Some(b'\r'), None) => return Err(lf),
             _ => i = lf + 1,
@@ -325,9 +318,10 @@ fn find_head_end(buf: &[u8], from: usize) -> Result<HeadEnd, usize> {
     Err(buf.len())
 }
 
-/// The whole message's length from its head, checked against [`MAX_MESSAGE`] before anything
-/// is added.
-fn message_length(head: &[u8], body_start: usize) -> Result<usize, FramingError> {
+/// The whole message's length from its head (up to the body), checked against
+/// [`MAX_MESSAGE`] before anything is added.
+fn message_length(head: &[u8]) -> Result<usize, FramingError> {
+    let body_start = head.len();
     if body_start > MAX_MESSAGE {
         return Err(FramingError::HeadTooLarge);
     }
@@ -338,18 +332,13 @@ fn message_length(head: &[u8], body_start: usize) -> Result<usize, FramingError>
         .ok_or(FramingError::MessageTooLarge)
 }
 
-/// Value of `Content-Length` (or compact `l`) in a header block; every occurrence must agree.
+/// Value of `Content-Length` (or compact `l`) in a head, read as [`super::head`] reads every
+/// head (folded lines included); every occurrence must agree.
 fn declared_body(head: &[u8]) -> Result<usize, FramingError> {
+    let head = Head::scan_all_headers(head).map_err(|_| FramingError::HeadTooLarge)?;
     let mut found = None;
-    for line in head.split(|b| *b == b'\n').skip(1) {
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            continue;
-        };
-        let name = line[..colon].trim_ascii();
-        if !(name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l")) {
-            continue;
-        }
-        let value = parse_length(line[colon + 1..].trim_ascii())?;
+    for header in head.all("content-length") {
+        let value = parse_length(head.data()[header.value_start..header.value_end].trim_ascii())?;
         if found.is_some_and(|earlier| earlier != value) {
             // Two different lengths: there is no safe way to frame this stream.
             return Err(FramingError::ConflictingContentLength);
@@ -442,6 +431,19 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// The framer reads Content-Length as every other reader of a head does (`sip::head`): a
+    /// folded value is one value, and a continuation line is not a header of its own.
+    #[test]
+    fn content_length_is_read_by_the_one_head_scanner() {
+        let folded = b"SIP/2.0 200 OK\r\nContent-Length:\r\n 2\r\n\r\nab";
+        assert_eq!(next_frame(folded), Frame::Message(folded.len()));
+        let hidden = b"SIP/2.0 200 OK\r\nSubject: x\r\n Content-Length: 2\r\n\r\nab";
+        assert_eq!(
+            next_frame(hidden),
+            Frame::Invalid(FramingError::NoContentLength.reason())
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! secret) and every other row still loads. The rules follow Kamailio's loader, stricter where a
 //! value would otherwise produce a REGISTER no registrar can accept.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 
 use thiserror::Error;
 
@@ -119,40 +119,24 @@ fn is_hostname(host: &str) -> bool {
         })
 }
 
-/// Splits and checks `host`, `host:port`, `[v6]`, `[v6]:port`, bare `v6`. Returns the host
-/// without brackets and the port.
+/// Splits (with the one splitter, [`crate::sip::uri::split_host_port`]) and checks `host`,
+/// `host:port`, `[v6]`, `[v6]:port`, bare `v6`. Returns the host without brackets and the port;
+/// port 0 and white space around the text are refused.
 fn parse_host_port(text: &str) -> Option<(String, Option<u16>)> {
-    if let Some(rest) = text.strip_prefix('[') {
-        let (inside, after) = rest.split_once(']')?;
-        inside.parse::<Ipv6Addr>().ok()?;
-        let port = match after {
-            "" => None,
-            p => Some(parse_port(p.strip_prefix(':')?)?),
-        };
-        return Some((inside.to_string(), port));
-    }
-    if text.parse::<Ipv6Addr>().is_ok() {
-        return Some((text.to_string(), None));
-    }
-    let (host, port) = match text.rsplit_once(':') {
-        Some((host, port)) => (host, Some(parse_port(port)?)),
-        None => (text, None),
-    };
-    if host.parse::<Ipv4Addr>().is_ok() || is_hostname(host) {
-        Some((host.to_string(), port))
-    } else {
-        None
-    }
-}
-
-fn parse_port(text: &str) -> Option<u16> {
-    if text.is_empty() || !text.chars().all(|c| c.is_ascii_digit()) {
+    if text.trim() != text {
         return None;
     }
-    text.parse::<u16>().ok().filter(|p| *p != 0)
+    let (host, port) = crate::sip::uri::split_host_port(text).ok()?;
+    if port == Some(0) {
+        return None;
+    }
+    // A host with a colon is an IPv6 address: the splitter lets no other through.
+    let valid = host.contains(':') || host.parse::<Ipv4Addr>().is_ok() || is_hostname(&host);
+    valid.then_some((host, port))
 }
 
-/// `sip:host[:port][;transport=x]`, `sips:…`, or Kamailio's bare `host[:port]`.
+/// `sip:host[:port][;transport=x]`, `sips:…`, or Kamailio's bare `host[:port]`, read by the one
+/// URI parser ([`crate::sip::uri::UriParts`]).
 fn parse_proxy(value: &str) -> Result<Destination, RowError> {
     let bad = |reason: &str| RowError::BadAuthProxy {
         value: value.into(),
@@ -160,26 +144,22 @@ fn parse_proxy(value: &str) -> Result<Destination, RowError> {
     };
     let trimmed = value.trim().trim_start_matches('<').trim_end_matches('>');
     let lower = trimmed.to_ascii_lowercase();
-    let (secure, rest) = if lower.starts_with("sips:") {
-        (true, &trimmed[5..])
-    } else if lower.starts_with("sip:") {
-        (false, &trimmed[4..])
-    } else if lower.contains("://") || lower.starts_with("tel:") {
+    let has_scheme = lower.starts_with("sip:") || lower.starts_with("sips:");
+    if !has_scheme && (lower.contains("://") || lower.starts_with("tel:")) {
         return Err(bad("only sip: and sips: URIs are supported"));
-    } else {
-        (false, trimmed)
-    };
-    let mut transport = secure.then_some(Transport::Tls);
-    let mut parts = rest.split(';');
-    let host_part = parts.next().unwrap_or("");
-    // A user part in a proxy URI carries no meaning for routing.
-    let host_part = host_part.rsplit_once('@').map_or(host_part, |(_, h)| h);
-    if host_part.is_empty() {
-        return Err(bad("no host"));
     }
-    for param in parts {
-        let (name, val) = param.split_once('=').unwrap_or((param, ""));
-        if name.eq_ignore_ascii_case("transport") {
+    // The bare form is the `sip:` URI it stands for. A user part carries no meaning for routing.
+    let text = if has_scheme {
+        trimmed.to_string()
+    } else {
+        format!("sip:{trimmed}")
+    };
+    let uri = crate::sip::uri::UriParts::parse(&text).map_err(|err| bad(&err.0))?;
+    let secure = uri.scheme == "sips";
+    let mut transport = secure.then_some(Transport::Tls);
+    for (name, val) in &uri.params {
+        if name == "transport" {
+            let val = val.as_deref().unwrap_or("");
             let Some(named) = Transport::parse(val) else {
                 return Err(RowError::UnsupportedTransport {
                     transport: val.to_string(),
@@ -191,10 +171,14 @@ fn parse_proxy(value: &str) -> Result<Destination, RowError> {
             transport = Some(named);
         }
     }
-    let (host, port) = parse_host_port(host_part).ok_or_else(|| bad("invalid host or port"))?;
+    let valid_host =
+        uri.host.contains(':') || uri.host.parse::<Ipv4Addr>().is_ok() || is_hostname(&uri.host);
+    if !valid_host || uri.port == Some(0) {
+        return Err(bad("invalid host or port"));
+    }
     Ok(Destination {
-        host: host.into(),
-        port,
+        host: uri.host.into(),
+        port: uri.port,
         transport,
         secure,
     })

@@ -2,7 +2,7 @@
 //! opened to them, and the networks the operator lists in `[inbound] trusted`.
 //!
 //! A request from anyone else is a stranger's: it is not relayed as it came, and what it gets
-//! back is small and rate-limited (see [`crate::sip::relay`]). The question is asked for every
+//! back is small and rate-limited (see [`super::request`]). The question is asked for every
 //! request that arrives, so the answer must not cost a scan of the table: registrar addresses
 //! are kept as a reference-counted set that the driver updates whenever a row's binding moves,
 //! and the configured networks as one hash set per prefix length, so a lookup costs one hash
@@ -139,10 +139,10 @@ fn masked(ip: IpAddr, len: u8) -> IpAddr {
     }
 }
 
-/// The driver's view of who is trusted, kept up to date as bindings move and connections come
+/// The relay's view of who is trusted, kept up to date as bindings move and connections come
 /// and go.
 #[derive(Debug, Default)]
-pub(super) struct Trust {
+pub struct Trust {
     /// How many rows are bound to a registrar at each address.
     registrars: HashMap<IpAddr, usize>,
     /// Configured networks by (is IPv4, prefix length).
@@ -152,7 +152,7 @@ pub(super) struct Trust {
 }
 
 impl Trust {
-    pub(super) fn new(trusted: &[IpPrefix]) -> Trust {
+    pub fn new(trusted: &[IpPrefix]) -> Trust {
         let mut networks: HashMap<(bool, u8), HashSet<IpAddr>> = HashMap::new();
         for prefix in trusted {
             networks
@@ -167,7 +167,7 @@ impl Trust {
     }
 
     /// A row's binding moved from a registrar at `from` to one at `to` (either may be none).
-    pub(super) fn registrar_moved(&mut self, from: Option<IpAddr>, to: Option<IpAddr>) {
+    pub fn registrar_moved(&mut self, from: Option<IpAddr>, to: Option<IpAddr>) {
         let (from, to) = (
             from.map(|ip| ip.to_canonical()),
             to.map(|ip| ip.to_canonical()),
@@ -188,29 +188,29 @@ impl Trust {
         }
     }
 
-    pub(super) fn flow_accepted(&mut self, flow: FlowId) {
+    pub fn flow_accepted(&mut self, flow: FlowId) {
         self.inbound_flows.insert(flow);
     }
 
-    pub(super) fn flow_closed(&mut self, flow: FlowId) {
+    pub fn flow_closed(&mut self, flow: FlowId) {
         self.inbound_flows.remove(&flow);
     }
 
     /// A connection a peer opened to us (as opposed to one we opened to a registrar).
-    pub(super) fn is_inbound_flow(&self, flow: FlowId) -> bool {
+    pub fn is_inbound_flow(&self, flow: FlowId) -> bool {
         self.inbound_flows.contains(&flow)
     }
 
     /// Whether a message from `from`, on connection `flow` if any, comes from someone we trust:
     /// on a connection we opened to a registrar, or from a registrar's or a configured address.
-    pub(super) fn is_trusted(&self, from: SocketAddr, flow: Option<FlowId>) -> bool {
+    pub fn is_trusted(&self, from: SocketAddr, flow: Option<FlowId>) -> bool {
         if flow.is_some_and(|flow| !self.is_inbound_flow(flow)) {
             return true;
         }
         self.is_trusted_ip(from.ip())
     }
 
-    pub(super) fn is_trusted_ip(&self, ip: IpAddr) -> bool {
+    pub fn is_trusted_ip(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         if self.registrars.contains_key(&ip) {
             return true;
