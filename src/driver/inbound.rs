@@ -7,7 +7,8 @@
 //! Kamailio's `uac_reg_lookup()` does; the proxy's responses come back through us. The decisions
 //! themselves are in [`crate::sip::relay`]; this file says who is trusted (from
 //! [`super::trust`]), keeps strangers' answers within the [`super::reply_budget`], picks sockets
-//! and connections, and counts what became of every message.
+//! and connections, and counts what became of every message. Responses to our own requests
+//! pass through to the [`crate::engine::Engine`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use tracing::{debug, trace};
 
 use super::Driver;
 use super::trust::IpPrefix;
-use crate::sip::message::{Response, is_response};
+use crate::sip::message::is_response;
 use crate::sip::relay::{
     self, Action, Arrival, Outcome, RelayConfig, ResponseOutcome, ResponseRoute, ReturnPath,
     Sender, UnknownUserReply, UntrustedPolicy,
@@ -209,17 +210,9 @@ impl Origin {
 }
 
 impl Driver {
-    pub(super) fn handle_datagram(
-        &mut self,
-        now: Instant,
-        bytes: &[u8],
-        from: SocketAddr,
-        local: Option<SocketAddr>,
-    ) {
-        self.stats.datagrams_received += 1;
-        self.handle_message(now, bytes, from, Origin::Udp(local));
-    }
-
+    /// Where every message received goes: requests and responses carrying the relay's marker
+    /// are handled here, everything else is a response to one of our requests and goes to the
+    /// engine. This is the seam between the relay and the engine.
     pub(super) fn handle_message(
         &mut self,
         now: Instant,
@@ -238,12 +231,9 @@ impl Driver {
         let route = relay::route_response(bytes, from, &self.relay_key, self.config.inbound.proxy);
         let outcome = match route {
             ResponseRoute::NotRelayed => {
-                match Response::parse(bytes) {
-                    Ok(response) => self.handle_register_response(now, response, from, origin),
-                    Err(err) => {
-                        self.stats.malformed_dropped += 1;
-                        debug!(%from, "dropping malformed response: {err}");
-                    }
+                match origin {
+                    Origin::Udp(local) => self.engine.handle_datagram(now, local, from, bytes),
+                    Origin::Flow(flow) => self.engine.handle_stream_message(now, flow, from, bytes),
                 }
                 return;
             }
@@ -286,7 +276,7 @@ impl Driver {
             path: origin.return_path(from),
             sender,
         };
-        let table = &self.table;
+        let table = self.engine.table();
         let decision = relay::handle_request(bytes, arrival, &config, |addressee| {
             let registration = table.get(addressee.key())?;
             let record = registration.record();
