@@ -260,7 +260,7 @@ impl Driver {
                 let _ = reply.send(self.stats_now());
             }
             #[cfg(feature = "fault-injection")]
-            Command::Panic => panic!("fault injection: uacreg.debug_panic"),
+            Command::Panic(_reply) => panic!("fault injection: uacreg.debug_panic"),
             Command::Shutdown(unregister_within, reply) => {
                 engine.shutdown(now, unregister_within);
                 self.shutdown_reply = Some(reply);

@@ -87,9 +87,9 @@ pub(super) enum Command {
     },
     Stats(Reply<DriverStats>),
     Shutdown(Option<Duration>, Reply<usize>),
-    /// Test builds only: makes the driver task panic.
+    /// Test builds only: makes the driver task panic (the reply is never sent).
     #[cfg(feature = "fault-injection")]
-    Panic,
+    Panic(Reply<()>),
 }
 
 /// Cheap, cloneable access to the driver task.
@@ -267,10 +267,7 @@ impl DriverHandle {
     /// it.
     #[cfg(feature = "fault-injection")]
     pub async fn panic_for_test(&self) -> Result<(), DriverGone> {
-        self.commands
-            .send(Command::Panic)
-            .await
-            .map_err(|_| DriverGone)
+        self.ask(Command::Panic).await
     }
 
     /// Stops the task. With `unregister_within`, first un-registers every binding and waits up
