@@ -43,8 +43,8 @@ pub use transaction::{Route, Timers};
 
 use crate::registration::record::Record;
 use crate::registration::{
-    Action, AlreadyExists, Attribute, CoreConfig, Destination, RegistrationTable, ReloadSummary,
-    Snapshot,
+    Action, AlreadyExists, Attribute, CoreConfig, Destination, RegKey, RegistrationTable,
+    ReloadSummary, Snapshot,
 };
 use crate::sip::message::Response;
 use crate::transport::resolve::Resolved;
@@ -127,7 +127,7 @@ pub enum FlowEvent {
 /// A request sent on a connection the I/O side has not named yet.
 struct Unconfirmed {
     key: FlowKey,
-    reg: crate::registration::RegKey,
+    reg: RegKey,
     branch: String,
 }
 
@@ -140,7 +140,7 @@ pub struct Engine {
     queue: send_queue::SendQueue,
     targets: targets::TargetCache,
     /// The request in flight per registration, with the targets left to try.
-    attempts: HashMap<crate::registration::RegKey, Attempt>,
+    attempts: HashMap<RegKey, Attempt>,
     bindings: binding::Bindings,
     keepalive: keepalive::KeepAlive,
     /// Extra UDP sockets, by the address received datagrams name.
@@ -206,7 +206,7 @@ impl Engine {
 
     /// When [`Engine::handle_timeout`] next has work: the earliest of the registrations'
     /// timers, the transactions', rebinds, keep-alives, the pacer's next token (while requests
-    /// wait) and the shutdown deadline.
+    /// wait) and the shutdown deadline. `now` is where the pacer counts its next token from.
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         let queue_wait = if self.queue.is_empty() {
             None
@@ -219,7 +219,8 @@ impl Engine {
             self.bindings.next_rebind(),
             self.keepalive.next_deadline(),
             queue_wait,
-            self.shutdown_deadline,
+            // Once past, the I/O side has heard of it from `shutdown_finished`: no busy loop.
+            self.shutdown_deadline.filter(|at| *at > now),
         ]
         .into_iter()
         .flatten()

@@ -100,6 +100,8 @@ struct Sent {
     method: String,
     branch: String,
     cseq: u32,
+    /// The Expires header (0: an un-REGISTER).
+    expires: Option<u32>,
     /// The user of the To URI (the row's AOR).
     user: String,
     /// The connection it went on.
@@ -272,6 +274,7 @@ impl Sim {
                 .map(|b| b.split(';').next().unwrap_or(b).to_owned())
                 .unwrap_or_default(),
             cseq: request.cseq,
+            expires: request.expires,
             user: request.to_uri.user.clone().unwrap_or_default(),
             flow,
         };
@@ -404,6 +407,19 @@ fn a_silent_target_fails_over_to_the_next_when_timer_f_fires() {
     let stats = sim.engine.stats();
     assert_eq!(stats.failovers, 1);
     assert_eq!(stats.responses.get(&200), Some(&1));
+    // The relay learns where the binding lives: the target that answered.
+    let moves: Vec<&Event> = sim
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::RegistrarMoved { .. }))
+        .collect();
+    assert_eq!(
+        moves,
+        [&Event::RegistrarMoved {
+            from: None,
+            to: Some(backup.ip())
+        }]
+    );
 
     // The binding stays where it was accepted: the refresh goes to the second target.
     let before = registers.len();
@@ -761,4 +777,62 @@ fn registering_sends_nothing_the_flows_did_not_ask_for() {
         "next wake-up in {:?}",
         next - sim.now
     );
+}
+
+#[test]
+fn a_shutdown_unregisters_every_binding_and_ends_when_all_are_answered() {
+    let mut sim = Sim::new(config(None));
+    let rows = 50;
+    sim.load(
+        (0..rows)
+            .map(|i| record(i, literal(MAIN, Transport::Udp)))
+            .collect(),
+    );
+    sim.run_for(T, &mut ok);
+    assert_eq!(
+        sim.engine.shutdown_finished(sim.now),
+        None,
+        "none asked for"
+    );
+    let before = sim.sent.len();
+    sim.engine.shutdown(sim.now, Some(10 * T));
+    sim.run_for(T, &mut ok);
+
+    let goodbyes = &sim.sent[before..];
+    assert_eq!(goodbyes.len(), rows);
+    assert!(goodbyes.iter().all(|s| s.expires == Some(0)));
+    let users: HashSet<&str> = goodbyes.iter().map(|s| s.user.as_str()).collect();
+    assert_eq!(users.len(), rows);
+    assert_eq!(sim.engine.shutdown_finished(sim.now), Some(0));
+    // The relay trusts none of the registrars any more.
+    let unbound = sim
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::RegistrarMoved { to: None, .. }))
+        .count();
+    assert_eq!(unbound, rows);
+}
+
+#[test]
+fn a_shutdown_gives_up_on_silent_registrars_at_its_deadline() {
+    let mut sim = Sim::new(config(None));
+    sim.load(
+        (0..3)
+            .map(|i| record(i, literal(MAIN, Transport::Udp)))
+            .collect(),
+    );
+    sim.run_for(T, &mut ok);
+    let mut silent = |_: &Sent, _: &mut Sim| Answer::Silent;
+    sim.engine.shutdown(sim.now, Some(5 * T));
+    let deadline = sim.now + 5 * T;
+    sim.run_for(4 * T, &mut silent);
+    assert_eq!(sim.engine.shutdown_finished(sim.now), None);
+    // The deadline is one of the engine's wake-ups.
+    assert!(
+        sim.engine
+            .poll_timeout(sim.now)
+            .is_some_and(|at| at <= deadline)
+    );
+    sim.run_until(deadline, &mut silent);
+    assert_eq!(sim.engine.shutdown_finished(sim.now), Some(3));
 }
