@@ -7,7 +7,8 @@
 //! the recovering peer at the same instants, every time. Each delay is drawn from the upper half
 //! of its nominal value ("equal jitter"): the nominal value grows by the factor up to the cap as
 //! before, so a delay is never longer than it used to be and never shorter than half of that, but
-//! no two loops keep the same beat. Jitter needs no secrecy, so the thread-local generator does.
+//! no two loops keep the same beat. Jitter needs no secrecy, so the thread-local generator does
+//! (or a seeded one, for the engine's simulations).
 //!
 //! No clock and no I/O here: a loop asks [`Backoff::next_delay`] after a failure, sleeps for it,
 //! and calls [`Backoff::reset`] once it succeeds.
@@ -49,7 +50,13 @@ impl Backoff {
     /// How long to wait after a failure: between half the nominal delay and all of it. The
     /// nominal delay then grows for the next failure.
     pub fn next_delay(&mut self) -> Duration {
-        let delay = equal_jitter(self.nominal);
+        self.next_delay_with(&mut rand::rng())
+    }
+
+    /// [`Backoff::next_delay`] with the jitter drawn from `rng` (a seeded generator makes a
+    /// simulation repeatable).
+    pub fn next_delay_with<R: Rng + ?Sized>(&mut self, rng: &mut R) -> Duration {
+        let delay = equal_jitter(self.nominal, rng);
         self.nominal = self.nominal.saturating_mul(self.factor).min(self.cap);
         self.failures = self.failures.saturating_add(1);
         delay
@@ -68,9 +75,9 @@ impl Backoff {
 }
 
 /// A delay drawn evenly from `nominal / 2 ..= nominal`.
-fn equal_jitter(nominal: Duration) -> Duration {
+fn equal_jitter<R: Rng + ?Sized>(nominal: Duration, rng: &mut R) -> Duration {
     let half = nominal / 2;
-    rand::rng().random_range(half..=nominal)
+    rng.random_range(half..=nominal)
 }
 
 #[cfg(test)]

@@ -8,15 +8,20 @@
 //!   [`registration::RegistrationTable`] holding all of them. It performs no I/O and never reads the
 //!   clock: callers pass `now` in and carry out the actions it returns, which is what lets tests
 //!   run a simulated day of 100,000 registrations in a second.
-//! * [`transaction`] and [`transport`] — RFC 3261 non-INVITE client transactions (timers E, F, K)
-//!   and the sockets they run over, plus send pacing so that a start-up never bursts.
+//! * [`engine`] — the sans-I/O engine around the table: RFC 3261 client transactions
+//!   ([`transaction`]), RFC 3263 targets and fail-over, pacing and the send queue, where each
+//!   binding lives and rebinds when that breaks, keep-alives. Driven by `handle_*(now, …)`,
+//!   polled for transmits, I/O events and its next deadline; tested on simulated time.
+//! * [`transport`] — the sockets and connections the engine's transmits go over, RFC 3263
+//!   lookups, and send pacing so that a start-up never bursts.
 //! * [`store`] — the `uacreg` table through diesel on SQLite, PostgreSQL or MySQL/MariaDB:
 //!   loading, validating (a bad row becomes a named error; the others load), migrating, and
 //!   riding out database outages.
 //! * [`rpc`] — Kamailio-compatible JSON-RPC (`uac.reg_dump`, `uac.reg_info`, `uac.reg_reload`, …).
 //! * [`relay`] — the stateless proxy for calls to our contacts (RFC 3261 §16.11): whom it
 //!   trusts, its keyed branches and flow tokens, what strangers get. No I/O.
-//! * [`driver`] — the async task that owns the table, transactions and socket.
+//! * [`driver`] — the I/O shell: one async task that owns the engine, the sockets and
+//!   connections, feeds the engine and the relay what arrives and carries out what they ask.
 //! * [`gateway`] — loading rows (start-up and `uac.reg_reload`), the database's health record and
 //!   the shutdown request, held together as the context RPC methods receive.
 //! * [`table_watch`] — reloads without being asked: periodically, or on PostgreSQL NOTIFY.
@@ -36,6 +41,7 @@ pub mod daemon;
 pub mod demo;
 pub mod descriptors;
 pub mod driver;
+pub mod engine;
 pub mod gateway;
 pub mod metrics;
 pub mod registration;
@@ -46,5 +52,5 @@ pub mod status_export;
 pub mod store;
 pub mod table_watch;
 pub mod testing;
-pub mod transaction;
+pub use engine::transaction;
 pub mod transport;

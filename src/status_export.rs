@@ -108,10 +108,9 @@ impl StatusExport {
                 .map_err(|e| e.to_string())?;
             self.cleared = true;
         }
-        let clock = gateway.driver.clock();
         let current = gateway
             .driver
-            .apply(move |table, now| current_rows(table, &clock, now))
+            .status_rows()
             .await
             .map_err(|e| e.to_string())?;
         let changes = self.changes(current);

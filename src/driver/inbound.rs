@@ -5,7 +5,7 @@
 //! responses relayed back, strangers' answers rate-limited, everything counted — are all the
 //! relay's ([`crate::relay`]), which performs no I/O. This file only feeds it, sends its
 //! [`Transmit`]s on the sockets and connections it names, and passes the responses that are not
-//! the relay's (answers to our REGISTERs) on to the outbound side.
+//! the relay's (answers to our REGISTERs and keep-alives) on to the [`crate::engine::Engine`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +16,6 @@ use tracing::debug;
 use super::Driver;
 pub(super) use crate::relay::Origin;
 use crate::relay::{Handled, Relay, Transmit};
-use crate::sip::message::Response;
 use crate::transport::udp::UdpTransport;
 
 pub use crate::relay::{
@@ -42,6 +41,7 @@ impl Driver {
     ) {
         self.stats.datagrams_received += 1;
         self.handle_message(now, bytes, from, Origin::Udp(local));
+        self.carry_out(now);
     }
 
     pub(super) fn handle_message(
@@ -51,7 +51,7 @@ impl Driver {
         from: SocketAddr,
         origin: Origin,
     ) {
-        let table = &self.table;
+        let table = self.engine.table();
         let handled = self
             .relay
             .handle_message(now, bytes, from, origin, |addressee| {
@@ -59,12 +59,10 @@ impl Driver {
                 Some(format!("sip:{}@{}", record.l_username(), record.l_domain()))
             });
         match handled {
-            Handled::NotOurs => match Response::parse(bytes) {
-                Ok(response) => self.handle_register_response(now, response, from, origin),
-                Err(err) => {
-                    self.stats.malformed_dropped += 1;
-                    debug!(%from, "dropping malformed response: {err}");
-                }
+            // A response to one of our own requests: the engine's.
+            Handled::NotOurs => match origin {
+                Origin::Udp(local) => self.engine.handle_datagram(now, local, from, bytes),
+                Origin::Flow(flow) => self.engine.handle_stream_message(now, flow, from, bytes),
             },
             Handled::Send(transmit) => self.send_back(transmit),
             Handled::Relay(transmit) => {

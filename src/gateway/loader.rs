@@ -16,6 +16,7 @@ use tracing::{debug, error, info, warn};
 
 use super::health::HealthRecord;
 use crate::driver::{DriverGone, DriverHandle};
+use crate::engine::{Removal, RemovalGuard};
 use crate::registration::ReloadSummary;
 use crate::store::{InvalidRow, RowDefaults, RowError, Store, StoreError};
 
@@ -75,10 +76,7 @@ pub struct ReloadReport {
 /// refused under `max_share`. A read that finds nothing while rows run is always suspect; a
 /// single removed row never is (an operator deleting one of two rows need not force it).
 pub fn refuses_removal(removed: usize, running: usize, loaded: usize, max_share: f64) -> bool {
-    if removed == 0 || (removed as f64) <= max_share * running as f64 {
-        return false;
-    }
-    loaded == 0 || removed >= 2
+    RemovalGuard { loaded, max_share }.refuses(Removal { removed, running })
 }
 
 /// Why a reload runs: decides how loudly its outcome is logged.
@@ -192,24 +190,24 @@ impl RowLoader {
             .collect();
         let share = self.max_removed_share;
         let records = loaded.records;
-        let applied = self
-            .driver
-            .apply(move |table, now| {
-                // Counted and applied in one step on the driver task: nothing can change the
-                // table between the check and the diff.
-                let running = table.len();
-                let removed = table.removed_by(&records);
-                if !force && refuses_removal(removed, running, count, share) {
-                    return Err(ReloadError::Refused {
-                        removed,
-                        running,
-                        loaded: count,
-                        share,
-                    });
-                }
-                Ok(table.reload(now, records))
-            })
-            .await?;
+        // Counted and applied in one step on the driver task: nothing can change the table
+        // between the check and the diff.
+        let applied = if force {
+            Ok(self.driver.reload(records).await?)
+        } else {
+            let guard = RemovalGuard {
+                loaded: count,
+                max_share: share,
+            };
+            self.driver.reload_guarded(records, guard).await?.map_err(
+                |Removal { removed, running }| ReloadError::Refused {
+                    removed,
+                    running,
+                    loaded: count,
+                    share,
+                },
+            )
+        };
         let summary = match applied {
             Ok(summary) => summary,
             Err(refused) => {
@@ -263,10 +261,7 @@ impl RowLoader {
             None => None,
         };
         let wanted = l_uuid.to_string();
-        let applied = self
-            .driver
-            .apply(move |table, now| table.apply_one(now, &wanted, record))
-            .await?;
+        let applied = self.driver.apply_one(&wanted, record).await?;
         Ok(applied)
     }
 

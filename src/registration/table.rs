@@ -94,6 +94,9 @@ pub struct RegistrationTable {
     /// Current (not leaving) registrations by l_uuid, in l_uuid order for dumps. Boxed keys:
     /// 8 bytes less than a String in each of the tree's slots.
     by_uuid: BTreeMap<Box<str>, RegKey>,
+    /// Current registrations by local URI (l_username, lowercased l_domain), l_uuids in order:
+    /// `uac.reg_lookup` by URI answers from here instead of walking every row on the driver.
+    by_local_uri: HashMap<LocalUri, BTreeSet<Box<str>>>,
     timers: BTreeSet<(Instant, RegKey)>,
     actions: Vec<Action>,
     /// `uac.reg_active`: while false, due timers are parked instead of sending.
@@ -124,6 +127,7 @@ impl RegistrationTable {
             next_key: 1,
             registrations: HashMap::new(),
             by_uuid: BTreeMap::new(),
+            by_local_uri: HashMap::new(),
             timers: BTreeSet::new(),
             actions: Vec::new(),
             active: true,
@@ -218,7 +222,41 @@ impl RegistrationTable {
         self.recount(None, Self::counted(&registration));
         self.registrations.insert(key, Box::new(registration));
         self.by_uuid.insert(l_uuid, key);
+        self.index(key);
         self.with_registration(key, now, |r, ctx| r.start(ctx));
+    }
+
+    /// Adds `key`'s row to the local-URI index.
+    fn index(&mut self, key: RegKey) {
+        if let Some(registration) = self.registrations.get(&key) {
+            let record = registration.record();
+            self.by_local_uri
+                .entry(LocalUri::of(record.l_username(), record.l_domain()))
+                .or_default()
+                .insert(Box::from(record.l_uuid()));
+        }
+    }
+
+    /// Takes `key`'s row out of the local-URI index (before it leaves or changes).
+    fn unindex(&mut self, key: RegKey) {
+        let Some(registration) = self.registrations.get(&key) else {
+            return;
+        };
+        let record = registration.record();
+        let uri = LocalUri::of(record.l_username(), record.l_domain());
+        if let Some(l_uuids) = self.by_local_uri.get_mut(&uri) {
+            l_uuids.remove(record.l_uuid());
+            if l_uuids.is_empty() {
+                self.by_local_uri.remove(&uri);
+            }
+        }
+    }
+
+    /// The first current registration (in l_uuid order) whose local URI is
+    /// `sip:user@host` (the host in any letter case), as Kamailio's `uac_reg_lookup()` finds it.
+    pub fn find_by_local_uri(&self, user: &str, host: &str) -> Option<&Registration> {
+        let l_uuids = self.by_local_uri.get(&LocalUri::of(user, host))?;
+        self.get(l_uuids.first()?)
     }
 
     fn retire(&mut self, now: Instant, key: RegKey) {
@@ -255,9 +293,12 @@ impl RegistrationTable {
                         }
                     } else if current.record().same_binding(&record) {
                         summary.changed += 1;
+                        self.unindex(key);
                         self.with_registration(key, now, |r, ctx| r.update_record(ctx, record));
+                        self.index(key);
                     } else {
                         summary.changed += 1;
+                        self.unindex(key);
                         self.by_uuid.remove(record.l_uuid());
                         self.retire(now, key);
                         self.insert(now, record);
@@ -273,6 +314,7 @@ impl RegistrationTable {
             .collect();
         for (l_uuid, key) in gone {
             summary.removed += 1;
+            self.unindex(key);
             self.by_uuid.remove(&l_uuid);
             self.retire(now, key);
         }
@@ -556,6 +598,7 @@ impl RegistrationTable {
     pub fn remove(&mut self, now: Instant, l_uuid: &str) -> bool {
         match self.by_uuid.remove(l_uuid) {
             Some(key) => {
+                self.unindex(key);
                 self.retire(now, key);
                 true
             }
@@ -580,12 +623,15 @@ impl RegistrationTable {
                     .get(&key)
                     .is_some_and(|r| r.record().same_binding(&record));
                 if same_binding {
+                    self.unindex(key);
                     self.with_registration(key, now, |r, ctx| {
                         r.update_record(ctx, record);
                         // Kamailio's reg_refresh registers the row again in any case.
                         r.register_now(ctx);
                     });
+                    self.index(key);
                 } else {
+                    self.unindex(key);
                     self.by_uuid.remove(l_uuid);
                     self.retire(now, key);
                     self.insert(now, record);
@@ -612,9 +658,26 @@ impl RegistrationTable {
     pub fn shutdown(&mut self, now: Instant) -> usize {
         let keys: Vec<RegKey> = self.by_uuid.values().copied().collect();
         self.by_uuid.clear();
+        self.by_local_uri.clear();
         for key in keys {
             self.with_registration(key, now, |r, ctx| r.shutdown(ctx));
         }
         self.registrations.len()
+    }
+}
+
+/// A local URI as `uac.reg_lookup` compares it: the user exactly, the domain in any case.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct LocalUri {
+    user: Box<str>,
+    domain: Box<str>,
+}
+
+impl LocalUri {
+    fn of(user: &str, domain: &str) -> LocalUri {
+        LocalUri {
+            user: Box::from(user),
+            domain: domain.to_ascii_lowercase().into_boxed_str(),
+        }
     }
 }

@@ -187,27 +187,14 @@ fn register_all(
     for (name, register) in [("uac.reg_register", true), ("uac.reg_unregister", false)] {
         module.register_async_method(name, move |params, gw, _| async move {
             let (attribute, value) = params::attribute(&params)?;
-            let hit = gw
-                .driver
-                .apply(move |table, now| {
-                    if register {
-                        table.register_now(now, attribute, &value)
-                    } else {
-                        table.unregister_now(now, attribute, &value)
-                    }
-                })
-                .await;
+            let hit = gw.driver.register_now(attribute, &value, register).await;
             empty_or_not_found(hit.map_err(internal)?)
         })?;
     }
 
     module.register_async_method("uac.reg_active", |params, gw, _| async move {
         let mode = params::active_mode(&params)?;
-        let old = gw
-            .driver
-            .apply(move |table, now| table.set_active(now, mode != 0))
-            .await
-            .map_err(internal)?;
+        let old = gw.driver.set_active(mode != 0).await.map_err(internal)?;
         // Kamailio echoes the value given as the new mode.
         Ok::<_, ErrorObjectOwned>(ActiveModes {
             omode: i64::from(old),
@@ -217,11 +204,7 @@ fn register_all(
 
     module.register_async_method("uac.reg_add", |params, gw, _| async move {
         let record = params::reg_add_record(&params, gw.defaults())?;
-        let added = gw
-            .driver
-            .apply(move |table, now| table.add(now, record))
-            .await
-            .map_err(internal)?;
+        let added = gw.driver.add(record).await.map_err(internal)?;
         match added {
             Ok(()) => Ok::<_, ErrorObjectOwned>(Empty {}),
             Err(_) => Err(fault(409, "uuid already exists")),
@@ -230,10 +213,7 @@ fn register_all(
 
     module.register_async_method("uac.reg_remove", |params, gw, _| async move {
         let l_uuid = params::one_string(&params)?;
-        let hit = gw
-            .driver
-            .apply(move |table, now| table.remove(now, &l_uuid))
-            .await;
+        let hit = gw.driver.remove(&l_uuid).await;
         empty_or_not_found(hit.map_err(internal)?)
     })?;
 
@@ -242,27 +222,20 @@ fn register_all(
     // the registration back.
     module.register_async_method("uac.reg_lookup", |params, gw, _| async move {
         let wanted = params::lookup_key(&params)?;
-        let found = gw
-            .driver
-            .apply(move |table, _| {
-                let record = match &wanted {
-                    LookupKey::LUuid(l_uuid) => table.get(l_uuid).map(|r| r.record()),
-                    LookupKey::LocalUri { user, host } => {
-                        table.iter().map(|r| r.record()).find(|r| {
-                            r.l_username() == user && r.l_domain().eq_ignore_ascii_case(host)
-                        })
-                    }
-                    LookupKey::BadUri => None,
-                }?;
-                Some(Lookup {
-                    l_uuid: record.l_uuid().to_string(),
-                    local_uri: format!("sip:{}@{}", record.l_username(), record.l_domain()),
-                    contact: record.contact_uri(),
-                })
-            })
-            .await
-            .map_err(internal)?;
-        found.ok_or_else(not_found)
+        let found = match &wanted {
+            LookupKey::LUuid(l_uuid) => gw.driver.find(Attribute::LUuid, l_uuid).await,
+            LookupKey::LocalUri { user, host } => gw.driver.find_by_local_uri(user, host).await,
+            LookupKey::BadUri => Ok(None),
+        }
+        .map_err(internal)?;
+        let record = found
+            .map(|snapshot| snapshot.record)
+            .ok_or_else(not_found)?;
+        Ok::<_, ErrorObjectOwned>(Lookup {
+            l_uuid: record.l_uuid().to_string(),
+            local_uri: format!("sip:{}@{}", record.l_username(), record.l_domain()),
+            contact: record.contact_uri(),
+        })
     })?;
 
     module.register_async_method("uacreg.shutdown", |_params, gw, _| async move {
@@ -281,10 +254,7 @@ fn register_all(
     #[cfg(feature = "fault-injection")]
     module.register_async_method("uacreg.debug_panic", |_params, gw, _| async move {
         tracing::warn!("uacreg.debug_panic: making the driver task panic (fault injection)");
-        gw.driver
-            .apply::<()>(|_, _| panic!("fault injection: uacreg.debug_panic"))
-            .await
-            .map_err(internal)?;
+        gw.driver.panic_for_test().await.map_err(internal)?;
         Ok::<_, ErrorObjectOwned>(Empty {})
     })?;
 

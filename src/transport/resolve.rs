@@ -51,6 +51,9 @@ pub enum ResolveError {
     /// The host is not a name DNS can carry (a label over 63 bytes, a name over 255).
     #[error("DNS: {host:?} is not a valid host name: {reason}")]
     BadName { host: String, reason: String },
+    /// The system had no usable resolver configuration at start, so no name can be looked up.
+    #[error("DNS: no resolver is configured")]
+    NoResolver,
     /// NXDOMAIN: the host's name does not exist.
     #[error("DNS: no SIP server found for {host}")]
     NoSuchName { host: String },
@@ -90,7 +93,9 @@ impl ResolveError {
     /// failed).
     pub fn host(&self) -> Option<&str> {
         match self {
-            ResolveError::SystemConfig(_) | ResolveError::EmptyHost => None,
+            ResolveError::SystemConfig(_) | ResolveError::NoResolver | ResolveError::EmptyHost => {
+                None
+            }
             ResolveError::BadName { host, .. }
             | ResolveError::NoSuchName { host }
             | ResolveError::NoRecords { host }

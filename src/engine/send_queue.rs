@@ -10,19 +10,19 @@
 
 use std::collections::VecDeque;
 
-use super::outbound::Queued;
+use super::attempt::Queued;
 
 /// Queue capacity kept through quiet times.
 const SPARE_CAPACITY: usize = 4096;
 
 #[derive(Default)]
-pub(super) struct SendQueue {
+pub(crate) struct SendQueue {
     with_credentials: VecDeque<Queued>,
     fresh: VecDeque<Queued>,
 }
 
 impl SendQueue {
-    pub(super) fn push(&mut self, queued: Queued) {
+    pub(crate) fn push(&mut self, queued: Queued) {
         if !queued.request.authorization.is_empty() {
             self.with_credentials.push_back(queued);
         } else {
@@ -31,7 +31,7 @@ impl SendQueue {
     }
 
     /// Puts a request back at the head of its line (it was taken out and must wait again).
-    pub(super) fn push_front(&mut self, queued: Queued) {
+    pub(crate) fn push_front(&mut self, queued: Queued) {
         if !queued.request.authorization.is_empty() {
             self.with_credentials.push_front(queued);
         } else {
@@ -40,11 +40,11 @@ impl SendQueue {
     }
 
     /// The request that goes next.
-    pub(super) fn front(&self) -> Option<&Queued> {
+    pub(crate) fn front(&self) -> Option<&Queued> {
         self.with_credentials.front().or_else(|| self.fresh.front())
     }
 
-    pub(super) fn pop_front(&mut self) -> Option<Queued> {
+    pub(crate) fn pop_front(&mut self) -> Option<Queued> {
         let next = self
             .with_credentials
             .pop_front()
@@ -59,11 +59,11 @@ impl SendQueue {
         next
     }
 
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.with_credentials.len() + self.fresh.len()
     }
 
-    pub(super) fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.with_credentials.is_empty() && self.fresh.is_empty()
     }
 }

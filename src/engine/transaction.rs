@@ -10,7 +10,7 @@
 //! [`Matched::Unknown`] with the reason, and the transaction carries on as if nothing had
 //! arrived: it keeps retransmitting and still ends in timer F.
 //!
-//! Like the registration core this is driven by explicit time: the driver asks for the next
+//! Like the registration core this is driven by explicit time: the engine asks for the next
 //! deadline, calls [`ClientTransactions::handle_timeout`] when it passes, and sends what comes out.
 //! Keeping it free of sockets lets the same code serve UDP (with retransmissions) and reliable
 //! transports (timer F only) and be tested without a network.
@@ -81,11 +81,14 @@ pub enum Path {
     /// A TCP or TLS connection: responses come on the same connection (RFC 3261 §18.2.2), and
     /// nothing is retransmitted.
     Flow(FlowId),
+    /// A TCP or TLS connection the I/O side has not named yet (it does so at once, see
+    /// [`ClientTransactions::connected`]): reliable, and answered by nothing until named.
+    Connecting,
 }
 
 impl Path {
     fn is_reliable(&self) -> bool {
-        matches!(self, Path::Flow(_))
+        matches!(self, Path::Flow(_) | Path::Connecting)
     }
 
     /// Whether a message that arrived by `arrival` came back the way this path went.
@@ -371,6 +374,16 @@ impl ClientTransactions {
 
     pub fn next_deadline(&self) -> Option<Instant> {
         self.queue.first().map(|(at, _)| *at)
+    }
+
+    /// Names the connection a transaction started on [`Path::Connecting`] went on.
+    pub fn connected(&mut self, branch: &str, flow: FlowId) {
+        if let Some(id) = self.id_of(branch)
+            && let Some(tx) = self.by_id.get_mut(&id)
+            && tx.path == Path::Connecting
+        {
+            tx.path = Path::Flow(flow);
+        }
     }
 
     /// Ends a transaction without a response (its connection broke); returns its owner.
