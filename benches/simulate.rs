@@ -24,13 +24,13 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use uacreg::engine::{Pacer, PacingConfig};
 use uacreg::registration::calendar::RefreshCalendar;
 use uacreg::registration::{
     Action, CoreConfig, Destination, Record, RecordFields, RegKey, Registration, RegistrationTable,
     RetryPolicy, Secret, Status,
 };
 use uacreg::sip::{Authorization, RegisterRequest, Response};
-use uacreg::transport::{Pacer, PacingConfig};
 
 /// The system allocator, counting live bytes and blocks: the heap the table really holds,
 /// whatever the allocator keeps around.

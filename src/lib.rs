@@ -1,6 +1,7 @@
 //! uacreg — keeps a SIP registration alive for every row of Kamailio's `uacreg` table.
 //!
-//! The crate is layered; each layer only uses the ones above it in this list:
+//! The crate is layered; each layer only uses the ones above it in this list (the layers and
+//! three flows through them are drawn in `docs/ARCHITECTURE.md`):
 //!
 //! * [`sip`] — wire format: building REGISTER requests, parsing responses, HTTP-style digest
 //!   authentication. Pure functions, no I/O.
@@ -31,26 +32,54 @@
 //!   a task it cannot live without ends.
 //! * [`backoff`] — the jittered exponential back-off of every retry loop.
 //! * [`descriptors`] — the open-files limit, raised at start, and the connection cap under it.
-//! * [`demo`] — `uacregd demo`: registrar, rows, daemon and report in one command.
-//! * [`testing`] — a registrar with digest checking that tests, the demo and benchmarks run on
-//!   loopback.
+//! * `demo` — `uacregd demo`: registrar, rows, daemon and report in one command.
+//! * `testing` — a registrar with digest checking and a DNS server that tests, the demo and
+//!   benchmarks run on loopback.
+//!
+//! # The public API
+//!
+//! Modules are private unless they are a library in their own right: the wire format ([`sip`]),
+//! the two sans-I/O cores ([`registration`] with [`engine`], and [`relay`]), which fuzzers and
+//! the simulation bench drive directly, and the `uacreg` table ([`store`]), which tools and
+//! tests write rows into. Everything else — the driver, transports, RPC server, gateway,
+//! metrics — is reached through the few types re-exported here: a [`Daemon`] started from a
+//! [`Config`], steered with an [`RpcClient`] whose answers are the types in [`answer`].
+//! `testing` and `demo` exist only with the `demo` feature (on by default; `uacregd demo` needs
+//! it, a packaged daemon can leave it out).
 
-pub mod backoff;
-pub mod config;
-pub mod daemon;
-pub mod demo;
-pub mod descriptors;
-pub mod driver;
+mod backoff;
+mod config;
+mod daemon;
+mod descriptors;
+mod driver;
+mod gateway;
+mod metrics;
+mod rpc;
+mod status_export;
+mod table_watch;
+mod transport;
+
 pub mod engine;
-pub mod gateway;
-pub mod metrics;
 pub mod registration;
 pub mod relay;
-pub mod rpc;
 pub mod sip;
-pub mod status_export;
 pub mod store;
-pub mod table_watch;
+
+#[cfg(feature = "demo")]
+pub mod demo;
+#[cfg(feature = "demo")]
 pub mod testing;
-pub use engine::transaction;
-pub mod transport;
+
+pub use config::{Config, ConfigError, Overrides};
+pub use daemon::{Daemon, DaemonError};
+pub use descriptors::raise_open_files_limit;
+pub use driver::{DriverStats, InboundStats, LATENCY_BOUNDS_MS};
+pub use rpc::answer;
+pub use rpc::{RecordView, RpcClient, RpcError};
+pub use transport::admission::ConnectionLimits;
+
+/// What the fuzz targets feed untrusted bytes to, beyond the public modules.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::rpc::parse_params_for_fuzzing;
+}

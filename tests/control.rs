@@ -7,16 +7,13 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
+use uacreg::RpcClient;
 use uacreg::demo::demo_rows;
-use uacreg::rpc::RpcClient;
 use uacreg::sip::digest::Algorithm;
 use uacreg::store::Store;
 use uacreg::testing::registrar::{RegistrarConfig, TestRegistrar};
 
-async fn setup(
-    rows: usize,
-    users: usize,
-) -> (TestRegistrar, TempDir, uacreg::daemon::Daemon, RpcClient) {
+async fn setup(rows: usize, users: usize) -> (TestRegistrar, TempDir, uacreg::Daemon, RpcClient) {
     let registrar = TestRegistrar::start(RegistrarConfig {
         users: (0..users)
             .map(|i| (format!("user{i:06}"), format!("pw-user{i:06}")))
@@ -301,7 +298,7 @@ async fn rpc_token_is_required_when_configured() {
     write_rows(&dir.db_url(), &[]);
     let mut config = test_config(&dir.db_url());
     config.rpc_token = Some("s3cret-token".into());
-    let daemon = uacreg::daemon::Daemon::start(config).await.unwrap();
+    let daemon = uacreg::Daemon::start(config).await.unwrap();
     let url = daemon.rpc_url();
 
     let anonymous = RpcClient::new(&url)
@@ -333,7 +330,7 @@ async fn rpc_on_a_unix_socket() {
     let socket = dir.0.join("rpc.sock");
     let mut config = test_config(&dir.db_url());
     config.rpc_socket = Some(socket.clone());
-    let daemon = uacreg::daemon::Daemon::start(config).await.unwrap();
+    let daemon = uacreg::Daemon::start(config).await.unwrap();
 
     let body = r#"{"jsonrpc":"2.0","method":"uac.reg_info","params":["l_uuid","x"],"id":7}"#;
     let request = format!(
@@ -355,8 +352,8 @@ async fn rpc_on_a_unix_socket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_of_the_lookup_methods() {
     let (registrar, _dir, daemon, client) = setup(1, 1).await;
-    let fault = |result: Result<serde_json::Value, uacreg::rpc::client::RpcError>| match result {
-        Err(uacreg::rpc::client::RpcError::Call(err)) => (err.code(), err.message().to_string()),
+    let fault = |result: Result<serde_json::Value, uacreg::RpcError>| match result {
+        Err(uacreg::RpcError::Call(err)) => (err.code(), err.message().to_string()),
         other => panic!("expected a fault, got {other:?}"),
     };
     for method in [

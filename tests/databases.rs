@@ -17,8 +17,8 @@ use common::{TempDir, metric, registrar, rpc, scrape, test_config, test_pki, use
 use serde_json::Value;
 use support::dbserver::{DbServer, Engine, require_engine};
 use support::kamailio::run_sqlite;
-use uacreg::config::Config;
-use uacreg::daemon::Daemon;
+use uacreg::Config;
+use uacreg::Daemon;
 use uacreg::demo::demo_rows;
 use uacreg::store::{RawRow, StatusRow, Store};
 use uacreg::testing::registrar::{RegistrarConfig, TestRegistrar};

@@ -13,10 +13,7 @@ use uacreg::testing::registrar::{Behavior, RegistrarConfig, TestRegistrar};
 
 /// One row against a registrar that behaves as `behavior` from the start. Timers are short so a
 /// silent registrar times out in 3.2 s, and the first retry comes after 2–4 s.
-async fn one_row(
-    behavior: Behavior,
-    password: &str,
-) -> (TestRegistrar, TempDir, uacreg::daemon::Daemon) {
+async fn one_row(behavior: Behavior, password: &str) -> (TestRegistrar, TempDir, uacreg::Daemon) {
     let registrar = TestRegistrar::start(RegistrarConfig {
         users: [("user000000".to_string(), "pw-user000000".to_string())].into(),
         algorithm: Algorithm::Md5,
@@ -34,18 +31,18 @@ async fn one_row(
     config.sip.t1 = Duration::from_millis(50);
     config.sip.t2 = Duration::from_millis(400);
     config.retry.first_retry = Duration::from_secs(4);
-    let daemon = uacreg::daemon::Daemon::start(config).await.unwrap();
+    let daemon = uacreg::Daemon::start(config).await.unwrap();
     (registrar, dir, daemon)
 }
 
-async fn info(daemon: &uacreg::daemon::Daemon) -> Value {
+async fn info(daemon: &uacreg::Daemon) -> Value {
     rpc(daemon)
         .call("uac.reg_info", &["l_uuid".into(), "uuid000000".into()])
         .await
         .unwrap()
 }
 
-async fn wait_state(daemon: &uacreg::daemon::Daemon, state: &str, limit: Duration) -> Value {
+async fn wait_state(daemon: &uacreg::Daemon, state: &str, limit: Duration) -> Value {
     let reached = wait_until(limit, || async { info(daemon).await["state"] == state }).await;
     let now = info(daemon).await;
     assert!(reached, "never reached {state}: {now}");

@@ -273,7 +273,7 @@ async fn waves_of_5000_idle_connections_get_1000_places_until_idle() {
     const IDLE: Duration = Duration::from_secs(6);
     const MOST_WAVES: usize = 6;
     // This process holds every connection's other end.
-    let files = uacreg::descriptors::raise_open_files_limit().map_or(0, |f| f.soft);
+    let files = uacreg::raise_open_files_limit().map_or(0, |f| f.soft);
     if !process::require("an open-files limit of 6,000", files >= 6_000, || {
         format!("the hard RLIMIT_NOFILE allows {files}")
     }) {
@@ -1343,21 +1343,4 @@ async fn a_300_character_reason_phrase_is_written_to_postgresql() {
     let status = scene.status().await;
     assert_eq!(status["database"]["status_write_failures"], 0, "{status}");
     scene.stop();
-}
-
-/// The refusal rule itself.
-#[test]
-fn which_removals_need_force() {
-    use uacreg::gateway::refuses_removal;
-    // An empty read of a running table, however small.
-    assert!(refuses_removal(1, 1, 0, 0.5));
-    assert!(refuses_removal(2000, 2000, 0, 0.5));
-    // More than the share, two rows or more.
-    assert!(refuses_removal(12, 15, 3, 0.5));
-    assert!(!refuses_removal(7, 15, 8, 0.5));
-    // One row is an ordinary edit.
-    assert!(!refuses_removal(1, 2, 1, 0.5));
-    // Share 1.0 lets everything through, even an empty read.
-    assert!(!refuses_removal(2000, 2000, 0, 1.0));
-    assert!(!refuses_removal(0, 2000, 2000, 0.0));
 }

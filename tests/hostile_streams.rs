@@ -15,12 +15,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use common::{TempDir, registered_count, rpc, test_config, users, wait_until, write_rows};
-use uacreg::daemon::Daemon;
+use uacreg::ConnectionLimits;
+use uacreg::Daemon;
+use uacreg::RpcClient;
 use uacreg::demo::demo_rows;
-use uacreg::rpc::RpcClient;
 use uacreg::store::RawRow;
 use uacreg::testing::registrar::{RegistrarConfig, TestRegistrar};
-use uacreg::transport::admission::ConnectionLimits;
 
 use support::stranger::{closed_within, connect_from};
 
@@ -67,7 +67,7 @@ async fn start_daemon(
     daemon
 }
 
-async fn stats(daemon: &Daemon) -> uacreg::driver::DriverStats {
+async fn stats(daemon: &Daemon) -> uacreg::DriverStats {
     daemon
         .gateway()
         .driver

@@ -12,10 +12,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use common::*;
-use uacreg::config::Config;
-use uacreg::daemon::Daemon;
+use uacreg::Config;
+use uacreg::Daemon;
+use uacreg::InboundStats;
 use uacreg::demo::demo_rows;
-use uacreg::driver::InboundStats;
 use uacreg::relay::UntrustedPolicy;
 use uacreg::store::RawRow;
 

@@ -12,7 +12,7 @@ use common::{
     TempDir, metric, registered_count, registrar, scrape, test_config, wait_until, write_rows,
 };
 use support::process::{find_program, require};
-use uacreg::daemon::Daemon;
+use uacreg::Daemon;
 
 /// A daemon whose one row is registered with the in-repo registrar.
 async fn registered_daemon(dir: &TempDir) -> (uacreg::testing::registrar::TestRegistrar, Daemon) {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use tokio::net::UdpSocket;
-use uacreg::config::Config;
-use uacreg::daemon::Daemon;
+use uacreg::Config;
+use uacreg::Daemon;
 use uacreg::demo::demo_rows;
 use uacreg::store::RawRow;
 use uacreg::testing::dns::{Record, TestDns};
@@ -90,7 +90,7 @@ async fn tcp_rows_share_one_connection_and_reregister_when_it_drops() {
 async fn tls_registers_with_a_verified_certificate_and_refuses_an_unknown_ca() {
     let dir = TempDir::new("tls");
     let (ca_file, cert, key) = test_pki(&dir);
-    let tls = uacreg::transport::tls::server_config_from_pem(&cert, &key).unwrap();
+    let tls = uacreg::testing::tls_server_config(&cert, &key).unwrap();
     let registrar = TestRegistrar::start(RegistrarConfig {
         realm: "registrar.test".into(),
         users: users(5),

@@ -29,7 +29,7 @@ fn l_uuid(i: usize) -> String {
     format!("uuid{i:06}")
 }
 
-async fn sip_stats(client: &uacreg::rpc::RpcClient) -> Value {
+async fn sip_stats(client: &uacreg::RpcClient) -> Value {
     client.call("uacreg.status", &[]).await.unwrap()["sip"].clone()
 }
 
@@ -52,7 +52,7 @@ fn last_requests(registrar: &TestRegistrar) -> Vec<SeenRequest> {
 }
 
 /// Asks every row to register again now.
-async fn refresh_all(client: &uacreg::rpc::RpcClient) {
+async fn refresh_all(client: &uacreg::RpcClient) {
     for i in 0..ROWS {
         let answer = client.call("uac.reg_refresh", &[l_uuid(i)]).await;
         assert!(answer.is_ok(), "{answer:?}");
@@ -60,7 +60,7 @@ async fn refresh_all(client: &uacreg::rpc::RpcClient) {
 }
 
 /// The final codes of each row in `uac.reg_dump`.
-async fn states(client: &uacreg::rpc::RpcClient) -> HashMap<String, (String, i64)> {
+async fn states(client: &uacreg::RpcClient) -> HashMap<String, (String, i64)> {
     let dump = client.call("uac.reg_dump", &[]).await.unwrap();
     dump.as_array()
         .unwrap()

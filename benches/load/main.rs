@@ -199,7 +199,7 @@ impl Gateway {
             Gateway::Uacregd { daemon, .. } => {
                 let m = daemon.metrics()?;
                 let get = |k: &str| m.get(k).map(|v| *v as u64);
-                let lateness = uacreg::driver::LATENCY_BOUNDS_MS
+                let lateness = uacreg::LATENCY_BOUNDS_MS
                     .iter()
                     .map(|bound| {
                         let le = *bound as f64 / 1000.0;

@@ -30,7 +30,7 @@ use libfuzzer_sys::fuzz_target;
 use uacreg::registration::Record;
 use uacreg::sip::message::{Response, is_response};
 use uacreg::relay::{self, ResponseRoute};
-use uacreg::transaction::{Path, Route};
+use uacreg::engine::transaction::{Path, Route};
 use uacreg_fuzz::in_flight::{InFlight, Sent};
 use uacreg_fuzz::placeholders::{self, BRANCH, CALL_ID, CSEQ};
 use uacreg_fuzz::{MAX_MESSAGE, parts, relay_key};

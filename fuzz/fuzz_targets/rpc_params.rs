@@ -1,5 +1,5 @@
 //! The parameters of every JSON-RPC method, parsed by the functions the server uses
-//! (`uacreg::rpc::parse_params_for_fuzzing`).
+//! (`uacreg::fuzzing::parse_params_for_fuzzing`).
 //!
 //! Input: one control byte, then the `params` text (UTF-8; other inputs are skipped). The
 //! server only passes on text that parsed as JSON; any text is more than that. The byte picks
@@ -37,5 +37,5 @@ fuzz_target!(|data: &[u8]| {
     };
     let method = METHODS[usize::from(choice & 15)];
     let params = (choice & 0x80 == 0).then_some(params);
-    let _ = uacreg::rpc::parse_params_for_fuzzing(method, params);
+    let _ = uacreg::fuzzing::parse_params_for_fuzzing(method, params);
 });

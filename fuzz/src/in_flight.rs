@@ -24,7 +24,7 @@ use uacreg::registration::{
 };
 use uacreg::sip::message::Response;
 use uacreg::sip::register::Hop;
-use uacreg::transaction::{
+use uacreg::engine::transaction::{
     ClientTransactions, Matched, Owner, Path, RequestIds, Route, TimerEvent, Timers,
 };
 

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
-use uacreg::config::{Config, Overrides};
-use uacreg::daemon::{Daemon, DaemonError};
+use uacreg::{Config, Overrides};
+use uacreg::{Daemon, DaemonError};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -99,9 +99,11 @@ enum Command {
     Run,
     /// Self-contained demo: a test registrar on loopback, N rows in a fresh SQLite file, the
     /// gateway registering them, and the resulting table.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
 }
 
+#[cfg(feature = "demo")]
 #[derive(Args)]
 struct DemoArgs {
     /// Number of rows to register.
@@ -202,6 +204,7 @@ fn run() -> anyhow::Result<()> {
             runtime.shutdown_timeout(std::time::Duration::from_secs(2));
             outcome
         }
+        #[cfg(feature = "demo")]
         Some(Command::Demo(args)) => {
             // The demo prints its own report; keep the log to warnings unless asked.
             let filter = if cli.log == "info" {

@@ -344,7 +344,10 @@ mod tests {
             )
         );
         assert_eq!(policy.max_refresh_share, 0.002);
-        assert_eq!(config.sip.timers(), crate::transaction::Timers::default());
+        assert_eq!(
+            config.sip.timers(),
+            crate::engine::transaction::Timers::default()
+        );
         assert_eq!(
             config.pacing.transport_pacing(),
             crate::transport::PacingConfig::default()

@@ -16,11 +16,11 @@ use serde::Deserialize;
 
 use super::value;
 use crate::driver::{InboundPolicy, IpPrefix};
+use crate::engine::transaction::Timers;
 use crate::registration::RetryPolicy;
 use crate::registration::record::LocalSocket;
 use crate::relay::{UnknownUserReply, UntrustedPolicy};
 use crate::store::ServerTimeouts;
-use crate::transaction::Timers;
 use crate::transport::PacingConfig;
 
 /// `[pacing]`: how fast REGISTERs go out, and how refreshes are spread over time.

@@ -270,7 +270,7 @@ impl Driver {
         let mut stats = self.stats.clone();
         stats.merge(self.engine.stats());
         stats.inbound = self.relay.stats().clone();
-        stats.connections = self.streams.len();
+        stats.connections = self.streams.count();
         let admitted = self.admission.counts();
         stats.inbound_connections = admitted.open;
         stats.connections_refused = admitted.refused_total;

@@ -18,10 +18,7 @@ pub(super) use crate::relay::Origin;
 use crate::relay::{Handled, Relay, Transmit};
 use crate::transport::udp::UdpTransport;
 
-pub use crate::relay::{
-    InboundConfig, InboundPolicy, InboundStats, IpPrefix, PrefixError, RequestCounts,
-    ResponseCounts,
-};
+pub use crate::relay::{InboundConfig, InboundPolicy, InboundStats, IpPrefix};
 
 /// The relay of a driver starting with `config`, under a fresh key.
 pub(super) fn new_relay(config: InboundConfig, via_sent_by: String) -> Relay {

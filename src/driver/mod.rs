@@ -31,13 +31,12 @@ use tracing::warn;
 
 pub use crate::engine::{LATENCY_BOUNDS_MS, LatencyHistogram};
 pub use handle::{DriverGone, DriverHandle, SNAPSHOT_SLICE};
-pub use inbound::{InboundConfig, InboundPolicy, InboundStats, RequestCounts, ResponseCounts};
-pub use inbound::{IpPrefix, PrefixError};
+pub use inbound::{InboundConfig, InboundPolicy, InboundStats, IpPrefix};
 
+use crate::engine::transaction::Timers;
 use crate::engine::transaction::TransactionStats;
 use crate::engine::{Engine, EngineConfig, EngineStats};
 use crate::registration::CoreConfig;
-use crate::transaction::Timers;
 use crate::transport::admission::{Admission, ConnectionLimits};
 use crate::transport::resolve::SipResolver;
 use crate::transport::stream::{FlowSettings, StreamEvent, Streams};

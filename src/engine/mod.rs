@@ -38,9 +38,6 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tracing::{info, warn};
 
-pub use stats::{EngineStats, LATENCY_BOUNDS_MS, LatencyHistogram};
-pub use transaction::{Route, Timers};
-
 use crate::registration::record::Record;
 use crate::registration::{
     Action, AlreadyExists, Attribute, CoreConfig, Destination, RegKey, RegistrationTable,
@@ -49,9 +46,12 @@ use crate::registration::{
 use crate::sip::message::Response;
 use crate::transport::resolve::{ResolveError, Resolved};
 use crate::transport::stream::{FlowId, FlowKey};
-use crate::transport::{Pacer, PacingConfig};
+/// The pacer's token arithmetic lives with the transports; the engine owns the pacer.
+pub use crate::transport::{Pacer, PacingConfig};
 use attempt::{Attempt, Queued};
+pub use stats::{EngineStats, LATENCY_BOUNDS_MS, LatencyHistogram};
 use transaction::{ClientTransactions, Path};
+pub use transaction::{Route, Timers};
 
 /// Settings for [`Engine::new`].
 #[derive(Clone, Debug)]

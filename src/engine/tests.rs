@@ -838,3 +838,22 @@ fn a_shutdown_gives_up_on_silent_registrars_at_its_deadline() {
     sim.run_until(deadline, &mut silent);
     assert_eq!(sim.engine.shutdown_finished(sim.now), Some(3));
 }
+
+/// The reload guard's rule: which removals need `force`.
+#[test]
+fn which_removals_need_force() {
+    let refuses = |removed, running, loaded, max_share| {
+        RemovalGuard { loaded, max_share }.refuses(Removal { removed, running })
+    };
+    // An empty read of a running table, however small.
+    assert!(refuses(1, 1, 0, 0.5));
+    assert!(refuses(2000, 2000, 0, 0.5));
+    // More than the share, two rows or more.
+    assert!(refuses(12, 15, 3, 0.5));
+    assert!(!refuses(7, 15, 8, 0.5));
+    // One row is an ordinary edit.
+    assert!(!refuses(1, 2, 1, 0.5));
+    // Share 1.0 lets everything through, even an empty read.
+    assert!(!refuses(2000, 2000, 0, 1.0));
+    assert!(!refuses(0, 2000, 2000, 0.0));
+}

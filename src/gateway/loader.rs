@@ -72,13 +72,6 @@ pub struct ReloadReport {
     pub invalid: Vec<InvalidRowReport>,
 }
 
-/// Whether a reload that would remove `removed` of `running` rows, having read `loaded`, is
-/// refused under `max_share`. A read that finds nothing while rows run is always suspect; a
-/// single removed row never is (an operator deleting one of two rows need not force it).
-pub fn refuses_removal(removed: usize, running: usize, loaded: usize, max_share: f64) -> bool {
-    RemovalGuard { loaded, max_share }.refuses(Removal { removed, running })
-}
-
 /// Why a reload runs: decides how loudly its outcome is logged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReloadCause {

@@ -19,10 +19,7 @@ use std::sync::Arc;
 use crate::driver::DriverHandle;
 use crate::store::{InvalidRow, RowDefaults, Store};
 pub use health::{DatabaseHealth, HealthRecord};
-pub use loader::{
-    InvalidRowReport, RefreshError, ReloadCause, ReloadError, ReloadReport, RowLoader,
-    refuses_removal,
-};
+pub use loader::{RefreshError, ReloadCause, ReloadError, ReloadReport, RowLoader};
 pub use shutdown::ShutdownSignal;
 
 pub struct Gateway {

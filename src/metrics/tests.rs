@@ -9,10 +9,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{Snapshot, SnapshotSource, serve};
-use crate::driver::{DriverStats, InboundStats, LatencyHistogram, RequestCounts, ResponseCounts};
+use crate::driver::{DriverStats, InboundStats, LatencyHistogram};
+use crate::engine::transaction::TransactionStats;
 use crate::gateway::DatabaseHealth;
 use crate::registration::CoreCounters;
-use crate::transaction::TransactionStats;
+use crate::relay::{RequestCounts, ResponseCounts};
 
 /// Serves the same snapshot to every scrape, or none (a stopped driver).
 struct Fixed(Option<Snapshot>);

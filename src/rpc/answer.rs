@@ -125,7 +125,7 @@ pub fn state_counts(counts: BTreeMap<&'static str, usize>) -> StateCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::InvalidRowReport;
+    use crate::gateway::loader::InvalidRowReport;
     use crate::registration::ReloadSummary;
     use serde::de::DeserializeOwned;
     use serde_json::json;

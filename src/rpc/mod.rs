@@ -13,8 +13,7 @@ pub mod server;
 pub mod token;
 pub mod view;
 
-pub use answer::{ActiveModes, Empty, Lookup, ReloadAnswer, ShutdownStarted, StatusAnswer};
-pub use client::RpcClient;
+pub use client::{RpcClient, RpcError};
 #[doc(hidden)]
 pub use params::parse_params_for_fuzzing;
 pub use server::serve;

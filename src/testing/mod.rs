@@ -3,3 +3,6 @@
 
 pub mod dns;
 pub mod registrar;
+
+/// A TLS server configuration from PEM text, for a test registrar that speaks TLS.
+pub use crate::transport::tls::server_config_from_pem as tls_server_config;

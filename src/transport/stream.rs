@@ -250,12 +250,9 @@ impl Streams {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// Connections open (the `connections` gauge).
+    pub fn count(&self) -> usize {
         self.flows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
     }
 
     /// Flows closed for breaking a limit so far.

@@ -46,10 +46,6 @@ impl UdpTransport {
         }
     }
 
-    pub async fn send(&self, bytes: &[u8], to: SocketAddr) -> io::Result<()> {
-        self.socket.send_to(bytes, to).await.map(|_| ())
-    }
-
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         self.socket.recv_from(buf).await
     }

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use uacreg::config::Config;
-use uacreg::daemon::Daemon;
-use uacreg::rpc::RpcClient;
+use uacreg::Config;
+use uacreg::Daemon;
+use uacreg::RpcClient;
 use uacreg::store::{RawRow, Store};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -130,7 +130,7 @@ pub fn rpc(daemon: &Daemon) -> RpcClient {
 }
 
 /// A plain HTTP GET of the metrics page.
-pub async fn scrape(daemon: &uacreg::daemon::Daemon) -> String {
+pub async fn scrape(daemon: &uacreg::Daemon) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = daemon.metrics_addr().expect("metrics enabled");
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use uacreg::rpc::RpcClient;
+use uacreg::RpcClient;
 use uacreg::store::RawRow;
 use uacreg::testing::registrar::{RegistrarConfig, TestRegistrar};
 
@@ -160,7 +160,7 @@ impl Scene {
         let params: Vec<String> = params.iter().map(|p| p.to_string()).collect();
         match self.client.call(method, &params).await {
             Ok(value) => Ok(value),
-            Err(uacreg::rpc::client::RpcError::Call(err)) => Err(format!(
+            Err(uacreg::RpcError::Call(err)) => Err(format!(
                 "{} {}: {}",
                 err.code(),
                 err.message(),

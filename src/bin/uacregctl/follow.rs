@@ -4,10 +4,10 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use uacreg::RpcError;
+use uacreg::answer::{ShutdownStarted, StatusAnswer};
 use uacreg::registration::Status;
-use uacreg::rpc::answer::{ShutdownStarted, StatusAnswer};
-use uacreg::rpc::client::RpcError;
-use uacreg::rpc::{RecordView, RpcClient};
+use uacreg::{RecordView, RpcClient};
 
 use crate::progress::Progress;
 use crate::tables;

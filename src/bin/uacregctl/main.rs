@@ -2,7 +2,7 @@
 //!
 //! Human-readable tables by default, `--json` for the raw answer (the same JSON Kamailio's
 //! `uac.reg_*` commands produce). Answers are read into the types the server writes them from
-//! (`uacreg::rpc::answer`, `RecordView`), so the tool and the daemon share one definition of
+//! (`uacreg::answer`, `RecordView`), so the tool and the daemon share one definition of
 //! each shape.
 
 mod follow;
@@ -14,8 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use uacreg::rpc::answer::{ReloadAnswer, ShutdownStarted};
-use uacreg::rpc::{RecordView, RpcClient};
+use uacreg::answer::{ReloadAnswer, ShutdownStarted};
+use uacreg::{RecordView, RpcClient};
 
 #[derive(Parser)]
 #[command(version, about = "Inspect and steer uacregd over JSON-RPC")]
@@ -160,7 +160,7 @@ fn main() -> anyhow::Result<()> {
     let client = RpcClient::with_token(&cli.rpc, cli.token.as_deref())?;
     let result = match runtime.block_on(client.call(method, &params)) {
         Ok(value) => value,
-        Err(uacreg::rpc::client::RpcError::Call(err)) => {
+        Err(uacreg::RpcError::Call(err)) => {
             // The cause travels in `data` (Kamailio's own text stays in `message`).
             match err.data().map(|d| serde_json::from_str::<String>(d.get())) {
                 Some(Ok(cause)) => eprintln!("error {}: {}: {cause}", err.code(), err.message()),

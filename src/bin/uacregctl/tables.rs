@@ -10,7 +10,10 @@ use comfy_table::presets::NOTHING;
 use comfy_table::{CellAlignment, ColumnConstraint, Table, Width};
 use serde_json::Value;
 use uacreg::registration::Status;
-use uacreg::rpc::{RecordView, ReloadAnswer, StatusAnswer};
+use uacreg::{
+    RecordView,
+    answer::{ReloadAnswer, StatusAnswer},
+};
 
 /// A borderless table with `header`, if any, over `rows`.
 fn borderless(header: Option<&[&str]>, rows: Vec<Vec<String>>) -> Table {
@@ -300,7 +303,7 @@ Objects found: 3";
             removed: 0,
             unchanged: 7,
             loaded: 11,
-            invalid: vec![uacreg::rpc::answer::InvalidRowAnswer {
+            invalid: vec![uacreg::answer::InvalidRowAnswer {
                 id: 12,
                 l_uuid: "uuid000003".into(),
                 error: "expires is negative".into(),
