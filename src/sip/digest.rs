@@ -581,6 +581,7 @@ fn quote(value: &str) -> std::borrow::Cow<'_, str> {
 mod tests {
     use super::*;
 
+    // rsip 0.4.0 fails here: it refuses qop="auth,auth-int".
     #[test]
     fn rfc2617_example() {
         let challenge = Challenge::parse(
@@ -617,6 +618,7 @@ mod tests {
         assert!(!parsed.verify(SecretInput::Password("circle of life"), "GET", b""));
     }
 
+    // rsip 0.4.0 fails here: it refuses algorithm=SHA-256 and qop="auth, auth-int".
     #[test]
     fn rfc7616_sha256_and_md5_examples() {
         for (algorithm, expected) in [
@@ -682,6 +684,7 @@ mod tests {
         assert_eq!(from_ha1.response, answer.response);
     }
 
+    // rsip 0.4.0 fails here: it reads nc as a decimal u8 and refuses 0000000a.
     #[test]
     fn nonce_count_is_hex() {
         let challenge =
@@ -704,6 +707,7 @@ mod tests {
         );
     }
 
+    // rsip 0.4.0 fails here: it loses the nonce after 'realm="a, b" ,' and does not know SHA-512-256-sess.
     #[test]
     fn challenge_forms() {
         let c = Challenge::parse("digest  REALM=\"a, b\" ,nonce=xyz,algorithm=sha-512-256-SESS,stale=TRUE,qop=\"auth-int\"", true).unwrap();
@@ -743,6 +747,7 @@ mod tests {
         assert!(Challenge::parse("Digest realm=\"x", false).is_err());
     }
 
+    // rsip 0.4.0 fails here: it accepts every one of these (CR, LF, NUL, ESC, DEL) and refuses the HTAB form.
     #[test]
     fn control_characters_refuse_the_challenge() {
         for bad in [
@@ -765,6 +770,7 @@ mod tests {
         assert_eq!((tab.realm(), tab.nonce()), ("r", "n"));
     }
 
+    // rsip 0.4.0 fails here: it refuses algorithm=SHA-256.
     #[test]
     fn ha1_cannot_answer_sha256() {
         let c =
@@ -783,6 +789,7 @@ mod tests {
         assert!(matches!(err, DigestError::Ha1NeedsMd5(_)));
     }
 
+    // rsip 0.4.0 fails here: it knows MD5, SHA256 and SHA512 but not SHA-256, SHA-512-256 or their -sess forms.
     #[test]
     fn every_algorithm_round_trips_through_verify() {
         for algorithm in [
@@ -835,6 +842,38 @@ mod tests {
                 let _ = Challenge::parse(&format!("Digest {value}"), true);
                 let _ = Authorization::parse(&format!("Digest {value}"));
             }
+        }
+    }
+
+    // rsip 0.4.0 fails here: it ends a quoted value at the first quote, escaped or not, and
+    // then loses the parameters after it ("missing nonce").
+    #[test]
+    fn an_escaped_quote_stays_inside_a_quoted_value() {
+        let c = Challenge::parse(
+            "Digest realm=\"a\\\"b\", nonce=\"n\", opaque=\"o\\\"q\", stale=TRUE",
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.realm(), "a\"b");
+        assert_eq!(c.nonce(), "n");
+        assert_eq!(c.opaque(), Some("o\"q"));
+        assert!(c.stale);
+    }
+
+    // rsip 0.4.0 fails here, silently: it reads nc as a decimal u8, so 00000010 gives 10 and
+    // 00000100 gives 100.
+    #[test]
+    fn nonce_counts_are_read_as_hex_beyond_nine() {
+        for (text, count) in [("00000010", 16), ("00000100", 256), ("ffffffff", u32::MAX)] {
+            let value = format!(
+                "Digest username=\"u\", realm=\"r\", nonce=\"n\", uri=\"sip:r\", \
+                 response=\"0\", qop=auth, nc={text}, cnonce=\"c\""
+            );
+            assert_eq!(
+                Authorization::parse(&value).unwrap().nc,
+                Some(count),
+                "{text}"
+            );
         }
     }
 }

@@ -377,6 +377,7 @@ mod tests {
         }
     }
 
+    // rsip 0.4.0 fails here: sip:host.test?subject=x gets the host "host.test?subject=x".
     #[test]
     fn a_question_mark_in_the_user_part_is_not_a_header() {
         let parts = UriParts::parse("sip:a?b;c@host.test:5080;transport=tcp?h=v").unwrap();
@@ -431,6 +432,7 @@ Content-Length: 0\r\n\r\n";
         assert!(challenge.www_authenticate[0].starts_with("Digest realm=\"registrar.test\""));
     }
 
+    // rsip 0.4.0 fails here: it refuses several bindings in one Contact line and an IPv6 host, and does not see the m: line.
     #[test]
     fn several_bindings_in_one_line_and_in_several_lines() {
         let msg = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKa\r\nCall-ID: c\r\nCSeq: 2 REGISTER\r\n\
@@ -455,6 +457,7 @@ m: <sip:d@[2001:db8::1]:5090;transport=udp>;expires=30\r\n\r\n";
         );
     }
 
+    // rsip 0.4.0 fails here: it refuses bare-LF line ends and folded lines, and does not know v: or i:.
     #[test]
     fn compact_names_lf_only_folding_and_extra_headers() {
         let msg = "SIP/2.0 503 Service Unavailable\nv: SIP/2.0/UDP h;branch=z9hG4bKx, SIP/2.0/UDP other;branch=z9hG4bKy\ni: folded-id\nCSeq:   7    REGISTER\nRetry-After: 120 (maintenance);duration=60\nMin-Expires: 600\nExpires:\n 900\n\n";
@@ -468,6 +471,7 @@ m: <sip:d@[2001:db8::1]:5090;transport=udp>;expires=30\r\n\r\n";
         assert_eq!(r.expires, Some(900));
     }
 
+    // rsip 0.4.0 fails here: it refuses algorithm=SHA-256 and qop="auth,auth-int".
     #[test]
     fn several_challenges() {
         let msg = "SIP/2.0 407 Proxy Authentication Required\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKa\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\n\
@@ -478,6 +482,7 @@ Proxy-Authenticate: Digest realm=\"r\", nonce=\"n2\", algorithm=MD5, qop=\"auth,
         assert!(r.proxy_authenticate[0].contains("SHA-256"));
     }
 
+    // rsip 0.4.0 differs here: it drops the phrase of every status code it knows (this one reads "Forbidden").
     #[test]
     fn reason_phrases_are_cleaned_and_bounded() {
         let long = "é".repeat(200);
@@ -584,5 +589,28 @@ Contact: *\r\nExpires: 0\r\nAuthorization: Digest username=\"alice\"\r\n\r\n";
                 let _ = Response::parse(msg.as_bytes());
             }
         }
+    }
+
+    // rsip 0.4.0 fails here: it wants the colon right after the name and refuses the message.
+    #[test]
+    fn white_space_before_a_header_colon_is_tolerated() {
+        let msg = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKa\r\nCall-ID : c\r\n\
+                   CSeq\t: 4 REGISTER\r\nExpires : 300\r\n\r\n";
+        let r = Response::parse(msg.as_bytes()).unwrap();
+        assert_eq!(r.call_id, "c");
+        assert_eq!((r.cseq, r.cseq_method.as_str()), (4, "REGISTER"));
+        assert_eq!(r.expires, Some(300));
+    }
+
+    // rsip 0.4.0 fails here: it keeps only the first header line and makes the rest the body.
+    #[test]
+    fn a_datagram_without_the_empty_line_keeps_every_header() {
+        let msg = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKa\r\nCall-ID: c\r\n\
+                   CSeq: 6 REGISTER\r\nExpires: 300\r\n";
+        let r = Response::parse(msg.as_bytes()).unwrap();
+        assert_eq!(r.branch.as_deref(), Some("z9hG4bKa"));
+        assert_eq!(r.call_id, "c");
+        assert_eq!(r.cseq, 6);
+        assert_eq!(r.expires, Some(300));
     }
 }
