@@ -126,6 +126,7 @@ pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConf
 }
 
 /// The same from PEM text, for tests and the demo.
+#[cfg(feature = "demo")]
 pub fn server_config_from_pem(
     cert_pem: &str,
     key_pem: &str,
