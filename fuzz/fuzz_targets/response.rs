@@ -98,6 +98,8 @@ fn arrival(sent: &Sent, choice: u8) -> (SocketAddr, Path) {
             }),
         ),
         (Path::Flow(_), _) => (SocketAddr::from(([192, 0, 2, 20], 5060)), sent.path),
+        // Not named yet: nothing can answer it, whatever arrives.
+        (Path::Connecting, _) => (other_ip, Path::Flow(100)),
     }
 }
 
