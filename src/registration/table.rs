@@ -5,7 +5,9 @@
 //! actions they produce. A reload is computed as a diff so that rows that did not change keep
 //! their binding untouched — no REGISTER is sent for them.
 
+use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::time::Instant;
 
 use rand::rngs::StdRng;
@@ -94,9 +96,12 @@ pub struct RegistrationTable {
     /// Current (not leaving) registrations by l_uuid, in l_uuid order for dumps. Boxed keys:
     /// 8 bytes less than a String in each of the tree's slots.
     by_uuid: BTreeMap<Box<str>, RegKey>,
-    /// Current registrations by local URI (l_username, lowercased l_domain), l_uuids in order:
-    /// `uac.reg_lookup` by URI answers from here instead of walking every row on the driver.
-    by_local_uri: HashMap<LocalUri, BTreeSet<Box<str>>>,
+    /// Current registrations by a keyed hash of their local URI (l_username, lowercased
+    /// l_domain): `uac.reg_lookup` by URI answers from here instead of walking every row on the
+    /// driver. Only the hash and the keys are kept (about 50 bytes a row; a map of owned URIs to
+    /// sets of l_uuids cost ~400): the rows themselves confirm a match.
+    by_local_uri: HashMap<u64, LocalUriKeys>,
+    local_uri_hasher: RandomState,
     timers: BTreeSet<(Instant, RegKey)>,
     actions: Vec<Action>,
     /// `uac.reg_active`: while false, due timers are parked instead of sending.
@@ -128,6 +133,7 @@ impl RegistrationTable {
             registrations: HashMap::new(),
             by_uuid: BTreeMap::new(),
             by_local_uri: HashMap::new(),
+            local_uri_hasher: RandomState::new(),
             timers: BTreeSet::new(),
             actions: Vec::new(),
             active: true,
@@ -230,11 +236,24 @@ impl RegistrationTable {
     fn index(&mut self, key: RegKey) {
         if let Some(registration) = self.registrations.get(&key) {
             let record = registration.record();
-            self.by_local_uri
-                .entry(LocalUri::of(record.l_username(), record.l_domain()))
-                .or_default()
-                .insert(Box::from(record.l_uuid()));
+            let hash = self.local_uri_hash(record.l_username(), record.l_domain());
+            match self.by_local_uri.entry(hash) {
+                Entry::Vacant(slot) => {
+                    slot.insert(LocalUriKeys::One(key));
+                }
+                Entry::Occupied(mut slot) => slot.get_mut().add(key),
+            }
         }
+    }
+
+    /// The index's hash of a local URI: the user exactly, the domain in any letter case.
+    fn local_uri_hash(&self, user: &str, domain: &str) -> u64 {
+        let mut hasher = self.local_uri_hasher.build_hasher();
+        user.hash(&mut hasher);
+        for byte in domain.bytes() {
+            hasher.write_u8(byte.to_ascii_lowercase());
+        }
+        hasher.finish()
     }
 
     /// Takes `key`'s row out of the local-URI index (before it leaves or changes).
@@ -243,20 +262,27 @@ impl RegistrationTable {
             return;
         };
         let record = registration.record();
-        let uri = LocalUri::of(record.l_username(), record.l_domain());
-        if let Some(l_uuids) = self.by_local_uri.get_mut(&uri) {
-            l_uuids.remove(record.l_uuid());
-            if l_uuids.is_empty() {
-                self.by_local_uri.remove(&uri);
-            }
+        let hash = self.local_uri_hash(record.l_username(), record.l_domain());
+        if let Entry::Occupied(mut slot) = self.by_local_uri.entry(hash)
+            && slot.get_mut().remove(key)
+        {
+            slot.remove();
         }
     }
 
     /// The first current registration (in l_uuid order) whose local URI is
     /// `sip:user@host` (the host in any letter case), as Kamailio's `uac_reg_lookup()` finds it.
     pub fn find_by_local_uri(&self, user: &str, host: &str) -> Option<&Registration> {
-        let l_uuids = self.by_local_uri.get(&LocalUri::of(user, host))?;
-        self.get(l_uuids.first()?)
+        let keys = self.by_local_uri.get(&self.local_uri_hash(user, host))?;
+        keys.as_slice()
+            .iter()
+            .filter_map(|key| self.registrations.get(key))
+            .map(|r| &**r)
+            .filter(|r| {
+                let record = r.record();
+                record.l_username() == user && record.l_domain().eq_ignore_ascii_case(host)
+            })
+            .min_by(|a, b| a.record().l_uuid().cmp(b.record().l_uuid()))
     }
 
     fn retire(&mut self, now: Instant, key: RegKey) {
@@ -666,18 +692,50 @@ impl RegistrationTable {
     }
 }
 
-/// A local URI as `uac.reg_lookup` compares it: the user exactly, the domain in any case.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct LocalUri {
-    user: Box<str>,
-    domain: Box<str>,
+/// The registrations whose local URIs share one hash: nearly always one.
+#[derive(Debug)]
+enum LocalUriKeys {
+    One(RegKey),
+    Many(Vec<RegKey>),
 }
 
-impl LocalUri {
-    fn of(user: &str, domain: &str) -> LocalUri {
-        LocalUri {
-            user: Box::from(user),
-            domain: domain.to_ascii_lowercase().into_boxed_str(),
+impl LocalUriKeys {
+    fn add(&mut self, key: RegKey) {
+        match self {
+            LocalUriKeys::One(first) if *first != key => {
+                *self = LocalUriKeys::Many(vec![*first, key]);
+            }
+            LocalUriKeys::One(_) => {}
+            LocalUriKeys::Many(keys) => {
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
         }
     }
+
+    /// Takes `key` out; true when none is left.
+    fn remove(&mut self, key: RegKey) -> bool {
+        match self {
+            LocalUriKeys::One(only) => *only == key,
+            LocalUriKeys::Many(keys) => {
+                keys.retain(|k| *k != key);
+                if let [last] = keys[..] {
+                    *self = LocalUriKeys::One(last);
+                }
+                keys_empty(self)
+            }
+        }
+    }
+
+    fn as_slice(&self) -> &[RegKey] {
+        match self {
+            LocalUriKeys::One(key) => std::slice::from_ref(key),
+            LocalUriKeys::Many(keys) => keys,
+        }
+    }
+}
+
+fn keys_empty(keys: &LocalUriKeys) -> bool {
+    matches!(keys, LocalUriKeys::Many(k) if k.is_empty())
 }
