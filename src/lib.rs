@@ -13,6 +13,9 @@
 //!   ([`transaction`]), RFC 3263 targets and fail-over, pacing and the send queue, where each
 //!   binding lives and rebinds when that breaks, keep-alives. Driven by `handle_*(now, …)`,
 //!   polled for transmits, I/O events and its next deadline; tested on simulated time.
+//! * [`cluster`] — several nodes on one database: shards of rows, leases claimed and renewed
+//!   through the database, the local deadline after which a node sends nothing for a shard.
+//!   No I/O.
 //! * [`transport`] — the sockets and connections the engine's transmits go over, RFC 3263
 //!   lookups, and send pacing so that a start-up never bursts.
 //! * [`store`] — the `uacreg` table through diesel on SQLite, PostgreSQL or MySQL/MariaDB:
@@ -59,6 +62,7 @@ mod status_export;
 mod table_watch;
 mod transport;
 
+pub mod cluster;
 pub mod engine;
 pub mod registration;
 pub mod relay;
