@@ -185,6 +185,26 @@ impl DialogIds {
         format!("{:016x}", self.from_tag)
     }
 
+    /// The ids `call_id()` and `tag()` wrote, read back (None: not text of ours).
+    fn parse(call_id: &str, tag: &str) -> Option<DialogIds> {
+        let hex = call_id.strip_suffix("@uacreg")?;
+        let lower_hex = |t: &str, len: usize| {
+            t.len() == len
+                && t.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if !lower_hex(hex, 32) || !lower_hex(tag, 16) {
+            return None;
+        }
+        Some(DialogIds {
+            call_id: [
+                u64::from_str_radix(&hex[..16], 16).ok()?,
+                u64::from_str_radix(&hex[16..], 16).ok()?,
+            ],
+            from_tag: u64::from_str_radix(tag, 16).ok()?,
+        })
+    }
+
     fn is_call_id(&self, text: &str) -> bool {
         let Some(hex) = text.strip_suffix("@uacreg") else {
             return false;
@@ -276,6 +296,29 @@ pub struct Snapshot {
     pub failures: u32,
     pub registers_sent: u64,
     pub last_registered: Option<Instant>,
+}
+
+/// How far a node that continues another node's dialog moves the CSeq on: the old node may have
+/// sent a few more REGISTERs after it last wrote its state down (a challenge and its answer per
+/// round, rounds seconds apart), and the registrar only accepts a higher CSeq for the same
+/// Call-ID (RFC 3261 §10.3, step 7).
+pub const CONTINUED_CSEQ_STEP: u32 = 100;
+
+/// CSeq numbers must stay below 2**31 (RFC 3261 §8.1.1.5); a dialog that would pass it starts
+/// afresh instead.
+const MAX_CSEQ: u32 = 1 << 31;
+
+/// A registration's dialog as another node needs it to carry on with the same binding: the
+/// same Call-ID and From tag, a higher CSeq, and how long the binding has left. Times are
+/// relative to the `now` it was taken at, so no clock is read here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Continuation {
+    pub call_id: String,
+    pub from_tag: String,
+    /// The CSeq the next REGISTER would carry.
+    pub next_cseq: u32,
+    /// What the registrar granted last, with how much of it is left (None: no binding known).
+    pub binding: Option<(u32, Duration)>,
 }
 
 /// One row's registration.
@@ -453,6 +496,80 @@ impl Registration {
         } else {
             self.settle_idle();
         }
+    }
+
+    /// The dialog as of `now`, for the node that takes this row over.
+    pub fn continuation(&self, now: Instant) -> Continuation {
+        let binding = match (self.maybe_bound, self.granted_expires, self.binding_expires) {
+            (true, Some(granted), Some(expires)) if expires > now => Some((granted, expires - now)),
+            _ => None,
+        };
+        Continuation {
+            call_id: self.ids.call_id(),
+            from_tag: self.ids.tag(),
+            next_cseq: self.next_cseq,
+            binding,
+        }
+    }
+
+    /// Takes over the dialog another node kept for this row, instead of [`Registration::start`]:
+    /// its next REGISTER carries the same Call-ID and From tag and a higher CSeq, so the
+    /// registrar replaces the binding rather than adding one. A binding with time left counts
+    /// as registered and is refreshed when the old node would have refreshed it (or within a
+    /// few seconds, if that moment has passed). False, and nothing changed, when the dialog
+    /// cannot be continued (not ids of ours, or CSeq at its limit): start afresh then.
+    pub fn continue_dialog(&mut self, ctx: &mut Ctx<'_>, from: &Continuation) -> bool {
+        let Some(ids) = DialogIds::parse(&from.call_id, &from.from_tag) else {
+            return false;
+        };
+        let Some(next_cseq) = from
+            .next_cseq
+            .checked_add(CONTINUED_CSEQ_STEP)
+            .filter(|c| *c < MAX_CSEQ)
+        else {
+            return false;
+        };
+        self.ids = ids;
+        self.next_cseq = next_cseq.max(1);
+        let Some((granted, left)) = from.binding.filter(|(g, l)| *g > 0 && !l.is_zero()) else {
+            self.start(ctx);
+            return true;
+        };
+        self.maybe_bound = true;
+        if !self.wants_binding() {
+            // The row does not want a binding here: take it back now (it is ours to end).
+            self.status = Status::Registered;
+            self.set_timer(Some(ctx.now));
+            return true;
+        }
+        self.status = Status::Registered;
+        self.granted_expires = Some(granted);
+        self.binding_expires = Some(ctx.now + left);
+        let elapsed = Duration::from_secs(u64::from(granted)).saturating_sub(left);
+        let due_after_grant = ctx.policy.refresh_after(granted, ctx.rng);
+        let at = match due_after_grant.checked_sub(elapsed) {
+            Some(wait) if !wait.is_zero() => ctx.now + wait,
+            // Overdue: soon, but spread over a few seconds so a takeover is no burst.
+            _ => {
+                let spread_ms = (left.as_millis() / 4).min(5_000) as u64;
+                let jitter = if spread_ms > 0 {
+                    ctx.rng.random_range(0..=spread_ms)
+                } else {
+                    0
+                };
+                ctx.now + Duration::from_millis(jitter)
+            }
+        };
+        self.arm_refresh(at, None);
+        true
+    }
+
+    /// Lets go of the row without a word to the registrar: another node continues its binding.
+    /// Afterwards the registration is finished and the table drops it.
+    pub fn abandon(&mut self) {
+        self.leaving = true;
+        self.in_flight = None;
+        self.set_timer(None);
     }
 
     /// Idle status for a row that wants no binding.

@@ -18,7 +18,9 @@ pub mod policy;
 pub mod record;
 pub mod table;
 
-pub use machine::{Action, RegKey, Registration, Snapshot, Status};
+pub use machine::{
+    Action, CONTINUED_CSEQ_STEP, Continuation, RegKey, Registration, Snapshot, Status,
+};
 pub use policy::RetryPolicy;
 pub use record::{
     Credentials, Destination, FLAG_DISABLED, MAX_RECORD_TEXT, Record, RecordFields, RecordTooLong,

@@ -13,7 +13,7 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 
 use super::calendar::RefreshCalendar;
-use super::machine::{Action, Ctx, RegKey, Registration, Snapshot, Status};
+use super::machine::{Action, Continuation, Ctx, RegKey, Registration, Snapshot, Status};
 use super::policy::RetryPolicy;
 use super::record::Record;
 use crate::sip::message::Response;
@@ -221,6 +221,11 @@ impl RegistrationTable {
     }
 
     fn insert(&mut self, now: Instant, record: Record) {
+        self.insert_continued(now, record, None);
+    }
+
+    /// Adds a row; with `from`, continuing the dialog another node kept for it.
+    fn insert_continued(&mut self, now: Instant, record: Record, from: Option<&Continuation>) {
         let key = RegKey(self.next_key);
         self.next_key += 1;
         let l_uuid = Box::from(record.l_uuid());
@@ -229,7 +234,11 @@ impl RegistrationTable {
         self.registrations.insert(key, Box::new(registration));
         self.by_uuid.insert(l_uuid, key);
         self.index(key);
-        self.with_registration(key, now, |r, ctx| r.start(ctx));
+        self.with_registration(key, now, |r, ctx| {
+            if !from.is_some_and(|from| r.continue_dialog(ctx, from)) {
+                r.start(ctx);
+            }
+        });
     }
 
     /// Adds `key`'s row to the local-URI index.
@@ -618,6 +627,31 @@ impl RegistrationTable {
         }
         self.insert(now, record);
         Ok(())
+    }
+
+    /// A row taken over from another node: like [`RegistrationTable::add`], continuing the
+    /// dialog that node kept (see [`Registration::continue_dialog`]).
+    pub fn add_continued(
+        &mut self,
+        now: Instant,
+        record: Record,
+        from: Option<&Continuation>,
+    ) -> Result<(), AlreadyExists> {
+        if self.by_uuid.contains_key(record.l_uuid()) {
+            return Err(AlreadyExists);
+        }
+        self.insert_continued(now, record, from);
+        Ok(())
+    }
+
+    /// Forgets the row without un-REGISTERing (its shard went to another node, or this node
+    /// may no longer send for it): returns its key and dialog, for the next owner.
+    pub fn abandon(&mut self, now: Instant, l_uuid: &str) -> Option<(RegKey, Continuation)> {
+        let key = self.by_uuid.remove(l_uuid)?;
+        self.unindex(key);
+        let dialog = self.registrations.get(&key)?.continuation(now);
+        self.with_registration(key, now, |r, _| r.abandon());
+        Some((key, dialog))
     }
 
     /// `uac.reg_remove`: un-REGISTER (if bound) and forget the row.

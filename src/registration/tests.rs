@@ -1336,3 +1336,111 @@ fn a_grant_longer_than_asked_is_capped_at_the_request() {
     let snapshot = sim.table.get("uuid000000").unwrap().snapshot();
     assert_eq!(snapshot.granted_expires, Some(600));
 }
+
+/// Row 0 registered by one table, then taken over by a second one continuing its dialog at
+/// `after` seconds; returns the second sim (with the registrar model) and what the first sent.
+fn taken_over_after(after: u64) -> (Sim, Vec<RegisterRequest>, Continuation) {
+    taken_over_with(after, |_| {})
+}
+
+/// [`taken_over_after`], with the dialog changed by `edit` on its way.
+fn taken_over_with(
+    after: u64,
+    edit: impl FnOnce(&mut Continuation),
+) -> (Sim, Vec<RegisterRequest>, Continuation) {
+    let mut first = Sim::new(Mode::Normal);
+    let start = first.now;
+    first.table.reload(start, vec![record(0)]);
+    first.run_until(start + Duration::from_secs(after));
+    let (_, mut dialog) = first
+        .table
+        .abandon(first.now, "uuid000000")
+        .expect("the row was there");
+    edit(&mut dialog);
+    assert!(first.table.get("uuid000000").is_none());
+    assert_eq!(
+        first.table.next_deadline(),
+        None,
+        "nothing left to do on the old node"
+    );
+    let mut second = Sim::with_policy(Mode::Normal, RetryPolicy::default(), 99);
+    second.now = first.now;
+    second.model = std::mem::replace(&mut first.model, Model::new(Mode::Normal));
+    second
+        .table
+        .add_continued(second.now, record(0), Some(&dialog))
+        .expect("a new row");
+    let old = first.sent.into_iter().map(|(_, r)| r).collect();
+    (second, old, dialog)
+}
+
+#[test]
+fn a_taken_over_binding_is_refreshed_on_its_old_schedule_with_the_same_call_id() {
+    let (mut sim, old, dialog) = taken_over_after(600);
+    let takeover = sim.now;
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+    let (granted, left) = dialog.binding.expect("a binding with time left");
+    assert_eq!(granted, 3600);
+    assert!(left > Duration::from_secs(2_900), "{left:?}");
+    // Nothing on the wire until the refresh the first node would have sent (granted minus
+    // 10 % minus up to 5 % jitter after the grant, which was 600 s ago).
+    sim.run_until(takeover + Duration::from_secs(2_400));
+    assert!(
+        sim.sent.is_empty(),
+        "{} REGISTERs right after the takeover",
+        sim.sent.len()
+    );
+    sim.run_until(takeover + Duration::from_secs(86_400));
+    let first = &sim.sent.first().expect("refreshed").1;
+    assert!(sim.sent_at[0] >= takeover + Duration::from_secs(2_400));
+    assert!(sim.sent_at[0] <= takeover + Duration::from_secs(2_640));
+    assert_eq!(first.call_id, old[0].call_id, "the same dialog");
+    assert!(first.cseq >= old.last().unwrap().cseq + CONTINUED_CSEQ_STEP);
+    assert!(sim.sent.iter().all(|(_, r)| r.call_id == old[0].call_id));
+    assert_eq!(sim.model.late, 0, "the binding never ran out");
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+}
+
+#[test]
+fn an_overdue_takeover_refreshes_within_seconds() {
+    // The old node wrote its state down long ago: 200 s of the binding left by the record.
+    let (mut sim, old, _) = taken_over_with(600, |dialog| {
+        dialog.binding = Some((3600, Duration::from_secs(200)));
+    });
+    let takeover = sim.now;
+    sim.run_until(takeover + Duration::from_secs(6));
+    assert!(!sim.sent.is_empty(), "refreshed soon");
+    assert!(sim.sent_at[0] <= takeover + Duration::from_secs(5));
+    assert_eq!(sim.sent[0].1.call_id, old[0].call_id);
+    assert_eq!(sim.model.late, 0);
+}
+
+#[test]
+fn a_dialog_that_cannot_be_continued_starts_afresh() {
+    let mut sim = Sim::new(Mode::Normal);
+    let start = sim.now;
+    let foreign = Continuation {
+        call_id: "not-ours@example.com".into(),
+        from_tag: "abc".into(),
+        next_cseq: 7,
+        binding: Some((3600, Duration::from_secs(3000))),
+    };
+    sim.table
+        .add_continued(start, record(0), Some(&foreign))
+        .unwrap();
+    assert_eq!(sim.status("uuid000000"), Status::Pending);
+    sim.run_until(start + Duration::from_secs(2));
+    assert_eq!(sim.status("uuid000000"), Status::Registered);
+    assert!(sim.sent[0].1.call_id.ends_with("@uacreg"));
+    assert_eq!(sim.sent[0].1.cseq, 1);
+
+    // A CSeq at the top of its range also starts a new dialog rather than wrap.
+    let mut at_limit = sim.table.get("uuid000000").unwrap().continuation(sim.now);
+    at_limit.next_cseq = (1 << 31) - 5;
+    let mut other = Sim::new(Mode::Normal);
+    other
+        .table
+        .add_continued(other.now, record(0), Some(&at_limit))
+        .unwrap();
+    assert_eq!(other.status("uuid000000"), Status::Pending);
+}
