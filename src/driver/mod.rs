@@ -315,6 +315,7 @@ impl Driver {
                 keepalive: config.keepalive,
                 outbound: config.outbound,
                 extra_udp: extra_udp.keys().copied().collect(),
+                cluster_shards: None,
             },
             now,
             // The branches it writes keep strangers from answering our requests: OS-seeded.

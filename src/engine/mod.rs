@@ -22,6 +22,7 @@ mod attempt;
 mod binding;
 mod keepalive;
 mod send_queue;
+mod shards;
 mod stats;
 mod targets;
 pub mod transaction;
@@ -49,6 +50,7 @@ use crate::transport::stream::{FlowId, FlowKey};
 /// The pacer's token arithmetic lives with the transports; the engine owns the pacer.
 pub use crate::transport::{Pacer, PacingConfig};
 use attempt::{Attempt, Queued};
+pub use shards::RowDialog;
 pub use stats::{EngineStats, LATENCY_BOUNDS_MS, LatencyHistogram};
 use transaction::{ClientTransactions, Path};
 pub use transaction::{Route, Timers};
@@ -68,6 +70,9 @@ pub struct EngineConfig {
     /// The extra UDP sockets rows may name; a row naming any other address leaves from the
     /// main socket.
     pub extra_udp: Vec<SocketAddr>,
+    /// One node of a cluster with this many shards: the engine runs only the rows of shards it
+    /// is given ([`Engine::take_shards`]) and until their deadlines. `None`: every row.
+    pub cluster_shards: Option<u32>,
 }
 
 /// Bytes to send and where.
@@ -154,6 +159,8 @@ pub struct Engine {
     /// While shutting down: when to give up on unanswered un-REGISTERs.
     shutdown_deadline: Option<Instant>,
     last_shutdown_report: Option<Instant>,
+    /// Clustered: the shards held and their deadlines.
+    shard_gate: Option<shards::ShardGate>,
 }
 
 impl Engine {
@@ -185,6 +192,7 @@ impl Engine {
             encode_buf: Vec::with_capacity(1024),
             shutdown_deadline: None,
             last_shutdown_report: None,
+            shard_gate: config.cluster_shards.map(shards::ShardGate::new),
             config,
         }
     }
@@ -221,6 +229,9 @@ impl Engine {
             queue_wait,
             // Once past, the I/O side has heard of it from `shutdown_finished`: no busy loop.
             self.shutdown_deadline.filter(|at| *at > now),
+            self.shard_gate
+                .as_ref()
+                .and_then(|gate| gate.next_deadline()),
         ]
         .into_iter()
         .flatten()
@@ -229,6 +240,7 @@ impl Engine {
 
     /// Runs every timer due at `now` and sends what became sendable.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.enforce_shard_deadlines(now);
         if let Some(due) = self.table.next_deadline().filter(|due| *due <= now) {
             // The earliest due timer is the latest one: one observation per call.
             self.stats.timer_lateness.observe(now - due);
@@ -270,6 +282,7 @@ impl Engine {
     }
 
     fn handle_response_bytes(&mut self, now: Instant, bytes: &[u8], from: SocketAddr, at: Path) {
+        self.enforce_shard_deadlines(now);
         match Response::parse(bytes) {
             Ok(response) => self.handle_response(now, response, from, at),
             Err(err) => {
@@ -282,6 +295,7 @@ impl Engine {
 
     /// A connection was used, answered a ping, or ended.
     pub fn handle_flow_event(&mut self, now: Instant, event: FlowEvent) {
+        self.enforce_shard_deadlines(now);
         match event {
             FlowEvent::Connected { key, flow, opened } => self.flow_connected(key, flow, opened),
             FlowEvent::Pong(flow) => self.keepalive.pong(flow),
@@ -297,6 +311,7 @@ impl Engine {
         destination: Destination,
         result: Result<Resolved, ResolveError>,
     ) {
+        self.enforce_shard_deadlines(now);
         let waiting = self
             .targets
             .store(now, &destination, result, &mut self.stats);
@@ -327,6 +342,7 @@ impl Engine {
 
     /// After a command changed the table: queue and send what it asked for.
     fn after_command(&mut self, now: Instant) {
+        self.enforce_shard_deadlines(now);
         self.collect_actions();
         self.flush(now);
     }
@@ -351,7 +367,8 @@ impl Engine {
     }
 
     /// Replaces the rows with `records` (the whole table as just read).
-    pub fn reload(&mut self, now: Instant, records: Vec<Record>) -> ReloadSummary {
+    pub fn reload(&mut self, now: Instant, mut records: Vec<Record>) -> ReloadSummary {
+        records.retain(|r| self.runs(r));
         let summary = self.table.reload(now, records);
         self.after_command(now);
         summary
@@ -365,6 +382,8 @@ impl Engine {
         records: Vec<Record>,
         guard: RemovalGuard,
     ) -> Result<ReloadSummary, Removal> {
+        let mut records = records;
+        records.retain(|r| self.runs(r));
         let removal = Removal {
             removed: self.table.removed_by(&records),
             running: self.table.len(),
@@ -377,6 +396,10 @@ impl Engine {
 
     /// `uac.reg_refresh` from the database: one row's new version (None: it is gone).
     pub fn apply_one(&mut self, now: Instant, l_uuid: &str, record: Option<Record>) -> bool {
+        if record.as_ref().is_some_and(|r| !self.runs(r)) {
+            // Another node's row.
+            return false;
+        }
         let found = self.table.apply_one(now, l_uuid, record);
         self.after_command(now);
         found

@@ -68,4 +68,12 @@ pub struct EngineStats {
     /// How late the registrations' timers ran (deadline to the moment the engine got to it).
     pub timer_lateness: LatencyHistogram,
     pub core: CoreCounters,
+    /// Clustered: rows taken over with the previous owner's dialog.
+    pub rows_continued: u64,
+    /// Clustered: rows let go of for another node (released or lost shards).
+    pub rows_handed_over: u64,
+    /// Clustered: rows dropped because their shard's deadline passed unrenewed.
+    pub rows_fenced: u64,
+    /// Clustered: shards whose deadline passed unrenewed.
+    pub shards_lapsed: u64,
 }

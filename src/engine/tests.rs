@@ -10,7 +10,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::registration::{RecordFields, RegKey, Secret, Status, Transport};
+use crate::registration::{
+    Attribute, Continuation, RecordFields, RegKey, Secret, Status, Transport,
+};
 use crate::sip::message::Request;
 use crate::transport::resolve::{ResolveError, Target};
 
@@ -78,6 +80,7 @@ fn config(keepalive: Option<Duration>) -> EngineConfig {
         keepalive,
         outbound: false,
         extra_udp: Vec::new(),
+        cluster_shards: None,
     }
 }
 
@@ -106,6 +109,7 @@ struct Sent {
     user: String,
     /// The connection it went on.
     flow: Option<FlowId>,
+    call_id: String,
 }
 
 /// The registrar's behaviour, decided per message by the test.
@@ -277,6 +281,7 @@ impl Sim {
             expires: request.expires,
             user: request.to_uri.user.clone().unwrap_or_default(),
             flow,
+            call_id: request.call_id.clone(),
         };
         self.sent.push(sent.clone());
         self.peak_in_flight = self.peak_in_flight.max(self.engine.stats().in_flight);
@@ -856,4 +861,176 @@ fn which_removals_need_force() {
     // Share 1.0 lets everything through, even an empty read.
     assert!(!refuses(2000, 2000, 0, 1.0));
     assert!(!refuses(0, 2000, 2000, 0.0));
+}
+
+fn clustered(shards: u32) -> EngineConfig {
+    EngineConfig {
+        cluster_shards: Some(shards),
+        ..config(None)
+    }
+}
+
+fn shard(i: usize, shards: u32) -> u32 {
+    crate::cluster::shard_of(&format!("uuid{i:06}"), shards)
+}
+
+fn silent(_: &Sent, _: &mut Sim) -> Answer {
+    Answer::Silent
+}
+
+#[test]
+fn a_clustered_engine_runs_only_the_shards_it_holds() {
+    let mut sim = Sim::new(clustered(4));
+    let rows: Vec<Record> = (0..40)
+        .map(|i| record(i, literal(MAIN, Transport::Udp)))
+        .collect();
+    sim.load(rows.clone());
+    sim.run_for(5 * T, &mut ok);
+    assert!(sim.sent.is_empty(), "no shard held, nothing sent");
+    assert_eq!(sim.engine.table().len(), 0);
+
+    let until = sim.now + 600 * T;
+    let with_no_dialog = rows.iter().cloned().map(|r| (r, None)).collect();
+    let added = sim
+        .engine
+        .take_shards(sim.now, &[(0, until), (1, until)], with_no_dialog);
+    let mine: Vec<usize> = (0..40).filter(|i| shard(*i, 4) < 2).collect();
+    assert!(!mine.is_empty() && mine.len() < 40);
+    assert_eq!(added, mine.len());
+    sim.run_for(5 * T, &mut ok);
+    for i in &mine {
+        assert_eq!(sim.status(*i), Status::Registered);
+    }
+    let users: HashSet<&str> = sim.sent.iter().map(|s| s.user.as_str()).collect();
+    assert_eq!(users.len(), mine.len(), "REGISTERs only for held shards");
+
+    // A reload keeps to the held shards too.
+    sim.load(rows);
+    assert_eq!(sim.engine.table().len(), mine.len());
+}
+
+#[test]
+fn nothing_is_sent_for_a_shard_after_its_deadline() {
+    let mut sim = Sim::new(clustered(4));
+    let rows: Vec<Record> = (0..40)
+        .map(|i| record(i, literal(MAIN, Transport::Udp)))
+        .collect();
+    let start = sim.now;
+    let deadline = start + 20 * T;
+    sim.engine.take_shards(
+        sim.now,
+        &[(0, deadline), (1, deadline)],
+        rows.into_iter().map(|r| (r, None)).collect(),
+    );
+    sim.run_for(5 * T, &mut ok);
+    // Shard 0 is renewed, shard 1 is not. Every row re-registers into a silent registrar, so
+    // shard 1's transactions are still retransmitting when its deadline comes.
+    sim.engine.extend_shards(sim.now, &[(0, start + 300 * T)]);
+    assert_eq!(
+        sim.engine.poll_timeout(sim.now).map(|t| t <= deadline),
+        Some(true)
+    );
+    for i in 0..40 {
+        sim.engine
+            .register_now(sim.now, Attribute::LUuid, &format!("uuid{i:06}"), true);
+    }
+    sim.run_until(start + 100 * T, &mut silent);
+
+    let in_shard = |s: &Sent, wanted: u32| {
+        let i: usize = s.user.trim_start_matches("user").parse().unwrap();
+        shard(i, 4) == wanted
+    };
+    let late: Vec<&Sent> = sim
+        .sent
+        .iter()
+        .filter(|s| s.at >= deadline && in_shard(s, 1))
+        .collect();
+    assert!(late.is_empty(), "{} sent for a lapsed shard", late.len());
+    assert!(
+        sim.sent
+            .iter()
+            .any(|s| s.at > start + 5 * T && s.at < deadline && in_shard(s, 1)),
+        "shard 1 was retransmitting before its deadline"
+    );
+    assert!(
+        sim.sent.iter().any(|s| s.at >= deadline && in_shard(s, 0)),
+        "shard 0 goes on"
+    );
+    let shard_1_rows = (0..40).filter(|i| shard(*i, 4) == 1).count() as u64;
+    let stats = sim.engine.stats();
+    assert_eq!(stats.rows_fenced, shard_1_rows);
+    assert_eq!(stats.shards_lapsed, 1);
+    assert_eq!(stats.rows_handed_over, 0);
+    assert!(sim.engine.held_shards().all(|(s, _)| s == 0));
+    assert!(
+        sim.sent.iter().all(|s| s.expires != Some(0)),
+        "no un-REGISTER"
+    );
+}
+
+#[test]
+fn a_handed_over_shard_continues_on_the_next_node_without_a_new_dialog() {
+    let rows: Vec<Record> = (0..40)
+        .map(|i| record(i, literal(MAIN, Transport::Udp)))
+        .collect();
+    let mut old = Sim::new(clustered(2));
+    let forever = old.now + 100_000 * T;
+    old.engine.take_shards(
+        old.now,
+        &[(0, forever), (1, forever)],
+        rows.iter().cloned().map(|r| (r, None)).collect(),
+    );
+    old.run_for(600 * T, &mut ok);
+    assert!((0..40).all(|i| old.status(i) == Status::Registered));
+    let written = old.engine.dialogs(old.now);
+    assert_eq!(written.len(), 40);
+
+    let handover_at = old.now;
+    let handed = old.engine.drop_shards(old.now, &[1]);
+    assert_eq!(
+        handed.len(),
+        written.iter().filter(|d| d.shard == 1).count()
+    );
+    assert_eq!(old.engine.stats().rows_handed_over, handed.len() as u64);
+    let before = old.sent.len();
+    old.run_for(7200 * T, &mut ok);
+    assert!(
+        old.sent[before..].iter().all(|s| {
+            let i: usize = s.user.trim_start_matches("user").parse().unwrap();
+            shard(i, 2) == 0
+        }),
+        "the old node sends nothing more for the shard it gave away"
+    );
+
+    let mut new = Sim::new(clustered(2));
+    new.now = handover_at;
+    let dialogs: HashMap<String, Continuation> =
+        handed.into_iter().map(|d| (d.l_uuid, d.dialog)).collect();
+    let takeover = new.now;
+    let with_dialogs = rows
+        .iter()
+        .cloned()
+        .map(|r| {
+            let dialog = dialogs.get(r.l_uuid()).cloned();
+            (r, dialog)
+        })
+        .collect();
+    let added = new
+        .engine
+        .take_shards(new.now, &[(1, new.now + 100_000 * T)], with_dialogs);
+    assert_eq!(added, dialogs.len());
+    assert_eq!(new.engine.stats().rows_continued, added as u64);
+    new.run_for(60 * T, &mut ok);
+    assert!(
+        new.sent.is_empty(),
+        "bindings with time left are not refreshed at once"
+    );
+    new.run_for(3600 * T, &mut ok);
+    for (l_uuid, dialog) in &dialogs {
+        let user = l_uuid.replace("uuid", "user");
+        let first = new.sent.iter().find(|s| s.user == user).expect("refreshed");
+        assert_eq!(first.call_id, dialog.call_id);
+        assert!(first.cseq >= dialog.next_cseq + crate::registration::CONTINUED_CSEQ_STEP);
+        assert!(first.at > takeover + 60 * T);
+    }
 }
