@@ -25,7 +25,8 @@ use thiserror::Error;
 use crate::registration::RetryPolicy;
 use crate::transport::admission::ConnectionLimits;
 pub use sections::{
-    DatabaseSettings, InboundSettings, PacingSettings, RetrySettings, SipSettings, TlsSettings,
+    ClusterSettings, DatabaseSettings, InboundSettings, PacingSettings, RetrySettings, SipSettings,
+    TlsSettings,
 };
 
 #[derive(Debug, Error)]
@@ -52,6 +53,16 @@ pub enum ConfigError {
     TlsListenerWithoutCertificate,
     #[error("invalid {key}: must be at least 1 (sip.tcp = false accepts no connections)")]
     ZeroLimit { key: &'static str },
+    #[error(
+        "[cluster] is enabled but the database is SQLite, which is single-node: a cluster needs \
+         PostgreSQL or MySQL/MariaDB that every node reaches"
+    )]
+    ClusterOnSqlite,
+    #[error("invalid cluster.{key}: {why}")]
+    Cluster {
+        key: &'static str,
+        why: &'static str,
+    },
 }
 
 /// `, key inbound.untrusted` after the file name, or nothing for the top level.
@@ -105,6 +116,8 @@ pub struct Config {
     pub database: DatabaseSettings,
     /// Connections peers may open to the SIP port, and for how long.
     pub limits: ConnectionLimits,
+    /// Sharing the rows with other nodes on one database.
+    pub cluster: ClusterSettings,
 }
 
 impl Default for Config {
@@ -127,6 +140,7 @@ impl Default for Config {
             tls: TlsSettings::default(),
             inbound: InboundSettings::default(),
             database: DatabaseSettings::default(),
+            cluster: ClusterSettings::default(),
             limits: ConnectionLimits::default(),
         }
     }
@@ -244,6 +258,42 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::ZeroLimit { key });
             }
+        }
+        self.validate_cluster()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let cluster = &self.cluster;
+        if !cluster.enabled {
+            return Ok(());
+        }
+        let engine = crate::store::DbUrl::parse(&self.db_url).map(|url| url.engine);
+        if matches!(engine, Ok(crate::store::Engine::Sqlite)) {
+            return Err(ConfigError::ClusterOnSqlite);
+        }
+        if cluster.lease < Duration::from_secs(2) {
+            return Err(ConfigError::Cluster {
+                key: "lease_secs",
+                why: "must be at least 2",
+            });
+        }
+        if !(1..=4096).contains(&cluster.shards) {
+            return Err(ConfigError::Cluster {
+                key: "shards",
+                why: "must be between 1 and 4096",
+            });
+        }
+        if cluster.max_releases_per_round == 0 {
+            return Err(ConfigError::Cluster {
+                key: "max_releases_per_round",
+                why: "must be at least 1",
+            });
+        }
+        if cluster.node_id.as_deref().is_some_and(|id| id.len() > 128) {
+            return Err(ConfigError::Cluster {
+                key: "node_id",
+                why: "must be at most 128 bytes",
+            });
         }
         Ok(())
     }
@@ -657,6 +707,47 @@ mod tests {
         assert_eq!(
             config.rpc_socket.as_deref(),
             Some(Path::new("/run/uacreg/rpc.sock"))
+        );
+    }
+
+    #[test]
+    fn a_cluster_section_is_read_and_checked() {
+        let config = Config::from_toml(
+            "db_url = \"postgres://u@127.0.0.1/db\"\n[cluster]\nenabled = true\n\
+             node_id = \"node-a\"\nlease_secs = 3\nshards = 64\n",
+            "test",
+        )
+        .unwrap();
+        assert!(config.cluster.enabled);
+        assert_eq!(config.cluster.node_id(5062), "node-a");
+        assert_eq!(config.cluster.lease, Duration::from_secs(3));
+        assert_eq!(config.cluster.shards, 64);
+        assert_eq!(config.cluster.max_releases_per_round, 8);
+        config.validate().unwrap();
+
+        let on_sqlite = Config::from_toml("[cluster]\nenabled = true\n", "test").unwrap();
+        let err = on_sqlite.validate().unwrap_err();
+        assert!(matches!(err, ConfigError::ClusterOnSqlite), "{err}");
+        assert!(err.to_string().contains("single-node"));
+
+        let short = Config::from_toml(
+            "db_url = \"mysql://u@127.0.0.1/db\"\n[cluster]\nenabled = true\nlease_secs = 1\n",
+            "test",
+        )
+        .unwrap();
+        assert!(matches!(
+            short.validate(),
+            Err(ConfigError::Cluster {
+                key: "lease_secs",
+                ..
+            })
+        ));
+        // Off (the default), nothing is checked.
+        assert!(!Config::default().cluster.enabled);
+        let default_id = ClusterSettings::default().node_id(5070);
+        assert!(
+            default_id.ends_with(":5070") && default_id.len() > 5,
+            "{default_id}"
         );
     }
 }

@@ -331,3 +331,50 @@ impl DatabaseSettings {
         }
     }
 }
+
+/// `[cluster]`: several nodes sharing the rows of one PostgreSQL or MySQL/MariaDB database.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    pub enabled: bool,
+    /// This node's name among the others (None: the host name and the SIP port,
+    /// `host:5062`). Two running nodes must never share one.
+    #[serde(deserialize_with = "value::optional_text")]
+    pub node_id: Option<String>,
+    /// How long a shard lease lasts unrenewed (`lease_secs`); a dead node's rows move after
+    /// about this long.
+    #[serde(rename = "lease_secs", deserialize_with = "value::seconds")]
+    pub lease: Duration,
+    /// Shards the rows are divided into; every node of a cluster must use the same count.
+    pub shards: u32,
+    /// Shards a node gives back per round when it holds more than its share.
+    pub max_releases_per_round: usize,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            enabled: false,
+            node_id: None,
+            lease: Duration::from_secs(10),
+            shards: 256,
+            max_releases_per_round: 8,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// The node id: configured, or `host:port` from the host name and the SIP port.
+    pub fn node_id(&self, sip_port: u16) -> String {
+        if let Some(id) = &self.node_id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "uacregd".to_owned());
+        format!("{host}:{sip_port}")
+    }
+}
