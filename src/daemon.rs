@@ -132,6 +132,7 @@ impl Daemon {
                 policy: config.inbound.policy(),
             },
             limits,
+            cluster_shards: config.cluster.enabled.then_some(config.cluster.shards),
         };
         let (driver, tasks) = Driver::start(driver_config, sockets);
 

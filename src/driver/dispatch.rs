@@ -255,6 +255,20 @@ impl Driver {
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats_now());
             }
+            Command::TakeShards {
+                shards,
+                rows,
+                reply,
+            } => {
+                let _ = reply.send(engine.take_shards(now, &shards, rows));
+            }
+            Command::DropShards { shards, reply } => {
+                let _ = reply.send(engine.drop_shards(now, &shards));
+            }
+            Command::ExtendShards(renewed) => engine.extend_shards(now, &renewed),
+            Command::Dialogs(reply) => {
+                let _ = reply.send(engine.dialogs(now));
+            }
             #[cfg(feature = "fault-injection")]
             Command::Panic(_reply) => panic!("fault injection: uacreg.debug_panic"),
             Command::Shutdown(unregister_within, reply) => {

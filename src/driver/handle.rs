@@ -5,14 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{DriverStats, WallClock};
-use crate::engine::{Removal, RemovalGuard};
+use crate::engine::{Removal, RemovalGuard, RowDialog};
 use crate::registration::record::Record;
-use crate::registration::{AlreadyExists, Attribute, ReloadSummary, Snapshot};
+use crate::registration::{AlreadyExists, Attribute, Continuation, ReloadSummary, Snapshot};
 use crate::store::StatusRow;
 
 /// Registrations per driver command when dumping (see [`DriverHandle::snapshots`]).
@@ -86,6 +86,22 @@ pub(super) enum Command {
         reply: Reply<Vec<StatusRow>>,
     },
     Stats(Reply<DriverStats>),
+    /// Clustered: newly held shards (with their deadlines) and their rows, with the dialogs
+    /// the previous owner left.
+    TakeShards {
+        shards: Vec<(u32, Instant)>,
+        rows: Vec<(Record, Option<Continuation>)>,
+        reply: Reply<usize>,
+    },
+    /// Clustered: shards no longer held; their rows' dialogs come back.
+    DropShards {
+        shards: Vec<u32>,
+        reply: Reply<Vec<RowDialog>>,
+    },
+    /// Clustered: renewed deadlines.
+    ExtendShards(Vec<(u32, Instant)>),
+    /// Clustered: every held row's dialog, for the database.
+    Dialogs(Reply<Vec<RowDialog>>),
     Shutdown(Option<Duration>, Reply<usize>),
     /// Test builds only: makes the driver task panic (the reply is never sent).
     #[cfg(feature = "fault-injection")]
@@ -260,6 +276,40 @@ impl DriverHandle {
 
     pub async fn stats(&self) -> Result<DriverStats, DriverGone> {
         self.ask(Command::Stats).await
+    }
+
+    /// Clustered: start running `shards` (until their deadlines) with these rows; returns how
+    /// many rows were added.
+    pub async fn take_shards(
+        &self,
+        shards: Vec<(u32, Instant)>,
+        rows: Vec<(Record, Option<Continuation>)>,
+    ) -> Result<usize, DriverGone> {
+        self.ask(|reply| Command::TakeShards {
+            shards,
+            rows,
+            reply,
+        })
+        .await
+    }
+
+    /// Clustered: stop running `shards` (no un-REGISTER); returns their rows' dialogs.
+    pub async fn drop_shards(&self, shards: Vec<u32>) -> Result<Vec<RowDialog>, DriverGone> {
+        self.ask(|reply| Command::DropShards { shards, reply })
+            .await
+    }
+
+    /// Clustered: held shards may send until these later deadlines.
+    pub async fn extend_shards(&self, renewed: Vec<(u32, Instant)>) -> Result<(), DriverGone> {
+        self.commands
+            .send(Command::ExtendShards(renewed))
+            .await
+            .map_err(|_| DriverGone)
+    }
+
+    /// Clustered: the dialog of every row held.
+    pub async fn dialogs(&self) -> Result<Vec<RowDialog>, DriverGone> {
+        self.ask(Command::Dialogs).await
     }
 
     /// Test builds only (cargo feature `fault-injection`): makes the driver task panic, so a

@@ -194,6 +194,9 @@ pub struct DriverConfig {
     pub inbound: InboundConfig,
     /// Connections peers may hold (`max_connections` already fitted to the descriptor limit).
     pub limits: ConnectionLimits,
+    /// Clustered with this many shards: the engine runs only the shards the cluster task
+    /// hands it. `None`: every row.
+    pub cluster_shards: Option<u32>,
 }
 
 /// Capacity of the driver's event channel (extra UDP sockets, accepted connections, DNS
@@ -315,7 +318,7 @@ impl Driver {
                 keepalive: config.keepalive,
                 outbound: config.outbound,
                 extra_udp: extra_udp.keys().copied().collect(),
-                cluster_shards: None,
+                cluster_shards: config.cluster_shards,
             },
             now,
             // The branches it writes keep strangers from answering our requests: OS-seeded.
