@@ -871,3 +871,276 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fixtures::temp_url;
+
+    const MINUTE_MS: i64 = 60_000;
+
+    fn node(id: &str) -> NodeInfo {
+        NodeInfo {
+            node_id: id.into(),
+            sip_addr: format!("{id}.example:5060"),
+            started_ms: 1,
+            leaving: false,
+        }
+    }
+
+    fn dialog(l_uuid: &str, shard: u32, cseq: i64) -> DialogRow {
+        DialogRow {
+            l_uuid: l_uuid.into(),
+            shard,
+            call_id: format!("call-{l_uuid}"),
+            from_tag: format!("tag-{l_uuid}"),
+            next_cseq: cseq,
+            binding_expires_ms: 5,
+            granted_expires: 3600,
+            contact: format!("sip:{l_uuid}@127.0.0.1:5062"),
+            node_id: "ignored".into(),
+            updated_ms: -1,
+        }
+    }
+
+    /// Two sessions on one fresh SQLite file, shards prepared.
+    fn two_stores(name: &str, shards: u32) -> (std::path::PathBuf, Store, Store) {
+        let (dir, url) = temp_url(name);
+        let mut a = Store::open(&url).unwrap();
+        let b = Store::open(&url).unwrap();
+        a.cluster_prepare(shards).unwrap();
+        (dir, a, b)
+    }
+
+    fn owner_of(store: &mut Store, shard: u32) -> ShardLease {
+        let view = store.cluster_view().unwrap();
+        view.shards.into_iter().find(|s| s.shard == shard).unwrap()
+    }
+
+    #[test]
+    fn prepare_is_idempotent_and_refuses_another_count() {
+        let (dir, mut a, mut b) = two_stores("cluster-prepare", 8);
+        b.cluster_prepare(8).unwrap();
+        let shards = a.cluster_view().unwrap().shards;
+        assert_eq!(shards.len(), 8);
+        assert!(shards.iter().enumerate().all(|(i, s)| s.shard == i as u32
+            && s.owner.is_none()
+            && s.epoch == 0
+            && s.expires_ms == 0));
+        for other in [4, 16] {
+            let err = b.cluster_prepare(other).unwrap_err();
+            assert!(
+                matches!(err, StoreError::ShardCountMismatch { in_database: 8, configured } if configured == other),
+                "{err}"
+            );
+        }
+        // The refusal changed nothing.
+        assert_eq!(a.cluster_view().unwrap().shards, shards);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_database_clock_is_unix_milliseconds() {
+        let (dir, mut a, _) = two_stores("cluster-clock", 1);
+        let local = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let db = a.cluster_view().unwrap().db_now_ms;
+        assert!((db - local).abs() < 5_000, "db {db} local {local}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_free_shard_is_won_once_and_its_epoch_bumped() {
+        let (dir, mut a, mut b) = two_stores("cluster-claim", 4);
+        let won = a.cluster_claim("a", &[1, 2, 2], MINUTE_MS).unwrap();
+        let now = a.cluster_view().unwrap().db_now_ms;
+        assert_eq!(won.len(), 2);
+        for (lease, shard) in won.iter().zip([1, 2]) {
+            assert_eq!(lease.shard, shard);
+            assert_eq!(lease.owner.as_deref(), Some("a"));
+            assert_eq!(lease.epoch, 1);
+            assert!(lease.expires_ms > now && lease.expires_ms <= now + MINUTE_MS);
+            assert_eq!(&owner_of(&mut b, shard), lease);
+        }
+        // Held and unexpired: neither the other node nor the holder wins it again.
+        assert_eq!(b.cluster_claim("b", &[1, 2], MINUTE_MS).unwrap(), vec![]);
+        assert_eq!(a.cluster_claim("a", &[1], MINUTE_MS).unwrap(), vec![]);
+        // A shard number with no row is not won.
+        assert_eq!(b.cluster_claim("b", &[99], MINUTE_MS).unwrap(), vec![]);
+        let won = b.cluster_claim("b", &[0, 1, 3], MINUTE_MS).unwrap();
+        let shards: Vec<u32> = won.iter().map(|l| l.shard).collect();
+        assert_eq!(shards, vec![0, 3]);
+        assert_eq!(owner_of(&mut a, 1).owner.as_deref(), Some("a"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_expired_lease_is_not_renewed_and_goes_to_the_next_claimer() {
+        let (dir, mut a, mut b) = two_stores("cluster-expiry", 2);
+        // A negative lease has run out the moment it is granted.
+        let won = a.cluster_claim("a", &[0], -1).unwrap();
+        assert_eq!(won.len(), 1);
+        let view = a.cluster_round(&node("a"), MINUTE_MS).unwrap();
+        let lease = &view.shards[0];
+        assert_eq!(lease.owner.as_deref(), Some("a"));
+        assert_eq!(lease.expires_ms, won[0].expires_ms, "not renewed");
+        assert!(lease.expires_ms <= view.db_now_ms);
+
+        let taken = b.cluster_claim("b", &[0], MINUTE_MS).unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].epoch, 2);
+        // The old owner's next round neither renews nor takes it back.
+        let view = a.cluster_round(&node("a"), MINUTE_MS).unwrap();
+        assert_eq!(view.shards[0], taken[0]);
+
+        // A live lease is extended by its owner's round.
+        let won = a.cluster_claim("a", &[1], 1_000).unwrap();
+        let view = a.cluster_round(&node("a"), MINUTE_MS).unwrap();
+        assert_eq!(view.shards[1].epoch, won[0].epoch);
+        assert!(view.shards[1].expires_ms >= view.db_now_ms + MINUTE_MS - 1);
+        assert!(view.shards[1].expires_ms > won[0].expires_ms);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_short_lease_runs_out_by_the_database_clock() {
+        let (dir, mut a, mut b) = two_stores("cluster-sleep", 1);
+        assert_eq!(a.cluster_claim("a", &[0], 50).unwrap().len(), 1);
+        assert_eq!(b.cluster_claim("b", &[0], MINUTE_MS).unwrap(), vec![]);
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        assert_eq!(b.cluster_claim("b", &[0], MINUTE_MS).unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn rounds_record_nodes_and_forget_removes_them() {
+        let (dir, mut a, mut b) = two_stores("cluster-nodes", 1);
+        let first = a.cluster_round(&node("a"), MINUTE_MS).unwrap();
+        let leaving = NodeInfo {
+            leaving: true,
+            ..node("b")
+        };
+        let view = b.cluster_round(&leaving, MINUTE_MS).unwrap();
+        let ids: Vec<&str> = view.nodes.iter().map(|n| n.node_id.as_str()).collect();
+        assert_eq!(ids, vec!["a", "b"]);
+        assert_eq!(view.nodes[0].seen_ms, first.db_now_ms);
+        assert_eq!(view.nodes[0].sip_addr, "a.example:5060");
+        assert!(!view.nodes[0].leaving);
+        assert!(view.nodes[1].leaving);
+        assert_eq!(view.nodes[1].seen_ms, view.db_now_ms);
+        // A second round updates the row in place.
+        let again = a.cluster_round(&node("a"), MINUTE_MS).unwrap();
+        assert_eq!(again.nodes.len(), 2);
+        assert!(again.nodes[0].seen_ms >= first.db_now_ms);
+        b.cluster_forget_node("b").unwrap();
+        let ids: Vec<String> = a
+            .cluster_view()
+            .unwrap()
+            .nodes
+            .into_iter()
+            .map(|n| n.node_id)
+            .collect();
+        assert_eq!(ids, vec!["a".to_string()]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn release_needs_the_owner_and_its_epoch() {
+        let (dir, mut a, mut b) = two_stores("cluster-release", 3);
+        let won = a.cluster_claim("a", &[0, 1, 2], MINUTE_MS).unwrap();
+        assert_eq!(won.len(), 3);
+        assert!(
+            a.cluster_release("a", &[(0, 2), (1, 0)])
+                .unwrap()
+                .is_empty()
+        );
+        assert!(b.cluster_release("b", &[(0, 1)]).unwrap().is_empty());
+        assert_eq!(owner_of(&mut b, 0), won[0]);
+        assert_eq!(
+            a.cluster_release("a", &[(0, 1), (2, 1)]).unwrap(),
+            vec![0, 2]
+        );
+        let freed = owner_of(&mut b, 0);
+        assert_eq!((freed.owner, freed.epoch, freed.expires_ms), (None, 1, 0));
+        // Free again: the next claim is the next epoch.
+        assert_eq!(b.cluster_claim("b", &[0], MINUTE_MS).unwrap()[0].epoch, 2);
+        assert_eq!(owner_of(&mut a, 1), won[1]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn dialog_writes_land_only_in_shards_held_at_their_epoch() {
+        let (dir, mut a, mut b) = two_stores("cluster-dialogs", 4);
+        let won = a.cluster_claim("a", &[0, 1], MINUTE_MS).unwrap();
+        b.cluster_claim("b", &[2], MINUTE_MS).unwrap();
+        a.cluster_claim("a", &[3], -1).unwrap();
+        let held: HashMap<u32, i64> = [(0, won[0].epoch), (1, won[1].epoch + 1), (2, 1), (3, 1)]
+            .into_iter()
+            .collect();
+        let rows = [
+            dialog("u0", 0, 2),
+            dialog("u1", 1, 2), // epoch not the one held
+            dialog("u2", 2, 2), // another node's shard
+            dialog("u3", 3, 2), // expired lease
+            dialog("u0b", 0, 7),
+        ];
+        let skipped = a.write_dialogs("a", &held, &rows, &[]).unwrap();
+        assert_eq!(skipped, 3);
+        let now = a.cluster_view().unwrap().db_now_ms;
+        let stored = b.read_dialogs(&[0, 1, 2, 3]).unwrap();
+        let keys: Vec<&str> = stored.iter().map(|r| r.l_uuid.as_str()).collect();
+        assert_eq!(keys, vec!["u0", "u0b"]);
+        for (got, sent) in stored.iter().zip([&rows[0], &rows[4]]) {
+            assert_eq!(got.node_id, "a");
+            assert!(got.updated_ms > 0 && got.updated_ms <= now);
+            let expect = DialogRow {
+                node_id: got.node_id.clone(),
+                updated_ms: got.updated_ms,
+                ..sent.clone()
+            };
+            assert_eq!(got, &expect);
+        }
+
+        // Updates replace the row; the last of one l_uuid in a batch wins.
+        let skipped = a
+            .write_dialogs(
+                "a",
+                &held,
+                &[dialog("u0", 0, 3), dialog("u0", 0, 4)],
+                &["u0b".into()],
+            )
+            .unwrap();
+        assert_eq!(skipped, 0);
+        let stored = b.read_dialogs(&[0]).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].next_cseq, 4);
+
+        // b writes its shard; a cannot delete it, nor write there.
+        let b_held: HashMap<u32, i64> = [(2, 1)].into_iter().collect();
+        assert_eq!(
+            b.write_dialogs("b", &b_held, &[dialog("u2", 2, 9)], &[])
+                .unwrap(),
+            0
+        );
+        let skipped = a
+            .write_dialogs("a", &held, &[dialog("u2", 2, 10)], &["u2".into()])
+            .unwrap();
+        assert_eq!(skipped, 1);
+        let stored = a.read_dialogs(&[2]).unwrap();
+        assert_eq!((stored.len(), stored[0].next_cseq), (1, 9));
+        assert_eq!(a.read_dialogs(&[1, 3]).unwrap(), vec![]);
+        assert_eq!(a.read_dialogs(&[0, 2]).unwrap().len(), 2);
+
+        // Once the shard changed hands, the old owner's write is refused.
+        a.cluster_release("a", &[(0, won[0].epoch)]).unwrap();
+        b.cluster_claim("b", &[0], MINUTE_MS).unwrap();
+        let skipped = a
+            .write_dialogs("a", &held, &[dialog("u0", 0, 99)], &["u0".into()])
+            .unwrap();
+        assert_eq!(skipped, 1);
+        assert_eq!(b.read_dialogs(&[0]).unwrap()[0].next_cseq, 4);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
