@@ -423,6 +423,19 @@ impl ClusterSql for SqliteConnection {
     shared_statements!();
 }
 
+/// Rows per PostgreSQL UNNEST upsert (arrays are one parameter each, so only memory bounds it).
+const PG_ARRAY_CHUNK: usize = 10_000;
+
+const PG_UPSERT_DIALOGS: &str = "INSERT INTO uacreg_dialog (l_uuid, shard, call_id, from_tag, \
+     next_cseq, binding_expires_ms, granted_expires, contact, node_id, updated_ms) \
+     SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::int8[], \
+     $6::int8[], $7::int4[], $8::text[], $9::text[], $10::int8[]) \
+     ON CONFLICT (l_uuid) DO UPDATE SET shard = EXCLUDED.shard, call_id = EXCLUDED.call_id, \
+     from_tag = EXCLUDED.from_tag, next_cseq = EXCLUDED.next_cseq, \
+     binding_expires_ms = EXCLUDED.binding_expires_ms, \
+     granted_expires = EXCLUDED.granted_expires, contact = EXCLUDED.contact, \
+     node_id = EXCLUDED.node_id, updated_ms = EXCLUDED.updated_ms";
+
 impl ClusterSql for AsyncConnectionWrapper<AsyncPgConnection> {
     fn in_transaction<T>(
         &mut self,
@@ -478,24 +491,31 @@ impl ClusterSql for AsyncConnectionWrapper<AsyncPgConnection> {
     }
 
     fn upsert_dialogs(&mut self, rows: &[DialogRecord]) -> QueryResult<()> {
-        use diesel::upsert::excluded;
-        use uacreg_dialog::*;
-        for chunk in rows.chunks(CHUNK) {
-            diesel::insert_into(table)
-                .values(chunk)
-                .on_conflict(l_uuid)
-                .do_update()
-                .set((
-                    shard.eq(excluded(shard)),
-                    call_id.eq(excluded(call_id)),
-                    from_tag.eq(excluded(from_tag)),
-                    next_cseq.eq(excluded(next_cseq)),
-                    binding_expires_ms.eq(excluded(binding_expires_ms)),
-                    granted_expires.eq(excluded(granted_expires)),
-                    contact.eq(excluded(contact)),
-                    node_id.eq(excluded(node_id)),
-                    updated_ms.eq(excluded(updated_ms)),
-                ))
+        // One array per column and UNNEST: ten parameters per statement whatever the row count,
+        // and the server plans one statement for thousands of rows.
+        use diesel::sql_types::{Array, Integer, Text};
+        for chunk in rows.chunks(PG_ARRAY_CHUNK) {
+            let column = |f: fn(&DialogRecord) -> &String| -> Vec<&str> {
+                chunk.iter().map(|r| f(r).as_str()).collect()
+            };
+            diesel::sql_query(PG_UPSERT_DIALOGS)
+                .bind::<Array<Text>, _>(column(|r| &r.l_uuid))
+                .bind::<Array<Integer>, _>(chunk.iter().map(|r| r.shard).collect::<Vec<_>>())
+                .bind::<Array<Text>, _>(column(|r| &r.call_id))
+                .bind::<Array<Text>, _>(column(|r| &r.from_tag))
+                .bind::<Array<BigInt>, _>(chunk.iter().map(|r| r.next_cseq).collect::<Vec<_>>())
+                .bind::<Array<BigInt>, _>(
+                    chunk
+                        .iter()
+                        .map(|r| r.binding_expires_ms)
+                        .collect::<Vec<_>>(),
+                )
+                .bind::<Array<Integer>, _>(
+                    chunk.iter().map(|r| r.granted_expires).collect::<Vec<_>>(),
+                )
+                .bind::<Array<Text>, _>(column(|r| &r.contact))
+                .bind::<Array<Text>, _>(column(|r| &r.node_id))
+                .bind::<Array<BigInt>, _>(chunk.iter().map(|r| r.updated_ms).collect::<Vec<_>>())
                 .execute(self)?;
         }
         Ok(())
