@@ -48,3 +48,33 @@ $$ LANGUAGE plpgsql;
 DROP TRIGGER IF EXISTS uacreg_notify_change ON uacreg;
 CREATE TRIGGER uacreg_notify_change AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON uacreg
     FOR EACH STATEMENT EXECUTE FUNCTION uacreg_notify_change();
+
+-- Cluster mode ([cluster] enabled): the nodes sharing this database, the shards of rows and
+-- the lease on each (owner, epoch, expiry in ms of the database's clock), and the SIP dialog of
+-- each registration, so that a node taking a shard over continues its REGISTER dialog.
+CREATE TABLE IF NOT EXISTS uacreg_cluster_node (
+    node_id VARCHAR(128) PRIMARY KEY NOT NULL,
+    sip_addr VARCHAR(255) DEFAULT '' NOT NULL,
+    started_ms BIGINT NOT NULL,
+    seen_ms BIGINT NOT NULL,
+    leaving SMALLINT DEFAULT 0 NOT NULL
+);
+CREATE TABLE IF NOT EXISTS uacreg_cluster_shard (
+    shard INTEGER PRIMARY KEY NOT NULL,
+    owner VARCHAR(128) NULL,
+    epoch BIGINT DEFAULT 0 NOT NULL,
+    expires_ms BIGINT DEFAULT 0 NOT NULL
+);
+CREATE TABLE IF NOT EXISTS uacreg_dialog (
+    l_uuid VARCHAR(64) PRIMARY KEY NOT NULL,
+    shard INTEGER NOT NULL,
+    call_id VARCHAR(128) NOT NULL,
+    from_tag VARCHAR(64) NOT NULL,
+    next_cseq BIGINT NOT NULL,
+    binding_expires_ms BIGINT DEFAULT 0 NOT NULL,
+    granted_expires INTEGER DEFAULT 0 NOT NULL,
+    contact VARCHAR(255) DEFAULT '' NOT NULL,
+    node_id VARCHAR(128) DEFAULT '' NOT NULL,
+    updated_ms BIGINT DEFAULT 0 NOT NULL
+);
+CREATE INDEX IF NOT EXISTS uacreg_dialog_shard_idx ON uacreg_dialog (shard);

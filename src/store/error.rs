@@ -41,6 +41,20 @@ pub enum StoreError {
         l_uuid: String,
         kamailio_version: Option<i32>,
     },
+    /// Cluster mode: the shard table describes a different number of shards than this node is
+    /// configured with. Nodes must agree, or two of them would map one row to different shards.
+    #[error(
+        "the cluster's shard table holds {in_database} shards but this node is configured with \
+         {configured} ([cluster] shards must be the same on every node)"
+    )]
+    ShardCountMismatch { in_database: i64, configured: u32 },
+    /// Cluster mode: a cluster table holds a value no node writes (a negative shard number).
+    #[error("cluster table {table}: {detail}")]
+    ClusterRow { table: &'static str, detail: String },
+    /// Cluster mode: a lease update changed another number of rows than the rows it had locked
+    /// promised; the transaction was rolled back.
+    #[error("lease update changed {updated} shard rows, expected {expected}; rolled back")]
+    LeaseRace { expected: usize, updated: usize },
 }
 
 impl StoreError {
@@ -48,7 +62,22 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         !matches!(
             self,
-            StoreError::Url(_) | StoreError::NoContactUserColumn { .. }
+            StoreError::Url(_)
+                | StoreError::NoContactUserColumn { .. }
+                | StoreError::ShardCountMismatch { .. }
+                | StoreError::ClusterRow { .. }
+        )
+    }
+
+    /// Errors about what the database holds or was asked to hold, not about the connection:
+    /// the session keeps its connection and does not retry (the same statement would fail the
+    /// same way).
+    pub fn is_about_the_data(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NoContactUserColumn { .. }
+                | StoreError::ShardCountMismatch { .. }
+                | StoreError::ClusterRow { .. }
         )
     }
 }

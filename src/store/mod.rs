@@ -15,6 +15,8 @@
 //! * [`session`] — [`Store`]: the connection, reconnecting, the outage and its back-off.
 //! * [`uacreg`] — reading, validating and writing `uacreg` rows.
 //! * [`status`] — [`StatusRow`] and the writes to `uacreg_status`.
+//! * [`cluster`] — cluster mode's tables: node rows, shard leases (compare-and-set on the
+//!   database's clock) and the fenced dialog rows.
 //! * [`error`] — [`StoreError`].
 //! * [`connection`] — the URL, the engine, one connection of any engine, migrations.
 //! * [`postgres`], [`mysql`] — connecting to a server: timeouts, TLS.
@@ -24,6 +26,7 @@
 //! * [`validate`](mod@validate) — [`RawRow`] → [`crate::registration::Record`] or a [`RowError`].
 //! * [`sqlite`] — the SQLite file and its settings.
 
+pub mod cluster;
 pub mod connection;
 pub mod error;
 pub mod layout;
@@ -40,6 +43,7 @@ pub mod validate;
 #[cfg(test)]
 mod fixtures;
 
+pub use cluster::{ClusterView, DialogRow, NodeInfo, NodeRow, ShardLease};
 pub use connection::{DbUrl, Engine, ServerTimeouts, redact};
 pub use error::StoreError;
 pub use layout::TableLayout;

@@ -1,6 +1,6 @@
-//! diesel's view of the `uacreg` table.
+//! diesel's view of the tables: `uacreg`, `uacreg_status` and the cluster's three.
 //!
-//! Text columns are declared nullable although Kamailio's DDL says `NOT NULL`: a table edited by
+//! `uacreg`'s text columns are declared nullable although Kamailio's DDL says `NOT NULL`: a table edited by
 //! hand may still hold a NULL, and one such row must not make the whole load fail. NULL reads as
 //! the empty string, which is what Kamailio assumes too.
 
@@ -39,5 +39,44 @@ diesel::table! {
         binding_expires -> BigInt,
         failures -> Integer,
         updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Cluster mode: one row per node sharing the database; `seen_ms` is the database's clock
+    /// at the node's last round, `leaving` 1 while it hands its shards over.
+    uacreg_cluster_node (node_id) {
+        node_id -> Text,
+        sip_addr -> Text,
+        started_ms -> BigInt,
+        seen_ms -> BigInt,
+        leaving -> SmallInt,
+    }
+}
+
+diesel::table! {
+    /// Cluster mode: one row per shard; the lease is `owner` until `expires_ms` (the database's
+    /// clock), and `epoch` grows by one with every claim.
+    uacreg_cluster_shard (shard) {
+        shard -> Integer,
+        owner -> Nullable<Text>,
+        epoch -> BigInt,
+        expires_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Cluster mode: the REGISTER dialog of each registration, written by the shard's owner.
+    uacreg_dialog (l_uuid) {
+        l_uuid -> Text,
+        shard -> Integer,
+        call_id -> Text,
+        from_tag -> Text,
+        next_cseq -> BigInt,
+        binding_expires_ms -> BigInt,
+        granted_expires -> Integer,
+        contact -> Text,
+        node_id -> Text,
+        updated_ms -> BigInt,
     }
 }

@@ -193,7 +193,7 @@ impl Store {
         };
         let first = self.run_on_session(&op);
         match first {
-            Err(err) if !fresh && !matches!(err, StoreError::NoContactUserColumn { .. }) => {
+            Err(err) if !fresh && !err.is_about_the_data() => {
                 warn!(db = %self.url, "database statement failed: {err}; reconnecting");
                 self.connect()?;
                 self.run_on_session(&op)
@@ -213,7 +213,7 @@ impl Store {
         let result = op(&mut session.connection, session.layout);
         drop(_entered);
         if let Err(err) = &result {
-            if !matches!(err, StoreError::NoContactUserColumn { .. }) {
+            if !err.is_about_the_data() {
                 self.session = None;
             }
         }
