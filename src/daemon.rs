@@ -57,6 +57,8 @@ pub enum DaemonError {
     },
     #[error("start-up task failed: {0}")]
     Task(String),
+    #[error("cannot start the cluster node: {0}")]
+    Cluster(crate::cluster_node::ClusterTaskError),
     #[error("TLS: {0}")]
     Tls(crate::transport::tls::TlsError),
     #[error("essential task {task} ended: {reason}")]
@@ -78,6 +80,8 @@ pub struct Daemon {
     /// aborted by [`Daemon::stop`].
     background: Vec<tokio::task::JoinHandle<()>>,
     config: Config,
+    /// The cluster task, when `[cluster]` is on.
+    cluster: Option<crate::cluster_node::ClusterHandle>,
     /// Outcome of the load done at start-up (None when the database could not be read then).
     pub initial_load: Option<ReloadReport>,
 }
@@ -141,10 +145,31 @@ impl Daemon {
             sockets: served,
         };
         let db_url = store.url().clone();
-        let gateway = Arc::new(
-            Gateway::new(driver, store, defaults, config.show_secrets)
-                .with_max_removed_share(config.database.max_removed_share),
-        );
+        let cluster = if config.cluster.enabled {
+            let params = crate::cluster_node::ClusterParams {
+                settings: config.cluster.clone(),
+                node_id: config.cluster.node_id(sip_addr.port()),
+                sip_addr: advertised.clone(),
+                db_url: config.db_url.clone(),
+                timeouts: config.database.timeouts(),
+                defaults: defaults.clone(),
+            };
+            let handle = crate::cluster_node::start(params, driver.clone())
+                .await
+                .map_err(DaemonError::Cluster)?;
+            info!(node_id = %handle.status().node_id, "cluster node started");
+            Some(handle)
+        } else {
+            None
+        };
+        let gateway = Arc::new({
+            let gateway = Gateway::new(driver, store, defaults, config.show_secrets)
+                .with_max_removed_share(config.database.max_removed_share);
+            match &cluster {
+                Some(cluster) => gateway.with_cluster(cluster.status_board()),
+                None => gateway,
+            }
+        });
 
         let mut background = Vec::new();
         let initial_load = match gateway.reload().await {
@@ -196,6 +221,7 @@ impl Daemon {
             listeners: tasks.listeners,
             background,
             config,
+            cluster,
             initial_load,
         })
     }
@@ -226,17 +252,31 @@ impl Daemon {
     pub async fn stop(self) {
         // Un-REGISTER first while the RPC still answers, so `uacregctl shutdown` (or anyone
         // polling uacreg.status) can follow the progress; then close the listeners.
-        let within = self
+        let mut within = self
             .config
             .unregister_on_shutdown
             .then_some(self.config.shutdown_timeout);
         for task in &self.background {
             task.abort();
         }
+        // A cluster node with live peers hands its shards over instead: the bindings live on
+        // (the others continue them); only the last node, or an explicit request, un-REGISTERs.
+        if let Some(cluster) = &self.cluster
+            && !self.gateway.shutdown().wants_unregister()
+            && cluster.hand_over().await
+        {
+            within = None;
+        }
+        if self.gateway.shutdown().wants_unregister() {
+            within = Some(self.config.shutdown_timeout);
+        }
         match self.gateway.driver.shutdown(within).await {
             Ok(0) => info!("stopped"),
             Ok(left) => warn!(left, "stopped with registrations unfinished"),
             Err(_) => warn!("driver already stopped"),
+        }
+        if let Some(cluster) = self.cluster {
+            cluster.finish().await;
         }
         if self.config.database.status_table {
             let now = self.gateway.driver.clock().unix(std::time::Instant::now());

@@ -51,6 +51,7 @@
 //! it, a packaged daemon can leave it out).
 
 mod backoff;
+mod cluster_node;
 mod config;
 mod daemon;
 mod descriptors;

@@ -28,6 +28,8 @@ pub struct Gateway {
     loader: RowLoader,
     health: Arc<HealthRecord>,
     shutdown: ShutdownSignal,
+    /// The cluster task's status, when clustered.
+    cluster: Option<Arc<std::sync::Mutex<crate::cluster_node::ClusterStatus>>>,
 }
 
 impl Gateway {
@@ -44,7 +46,23 @@ impl Gateway {
             show_secrets,
             health,
             shutdown: ShutdownSignal::default(),
+            cluster: None,
         }
+    }
+
+    /// Clustered: where `uacreg.cluster` reads the cluster task's status.
+    pub fn with_cluster(
+        mut self,
+        status: Arc<std::sync::Mutex<crate::cluster_node::ClusterStatus>>,
+    ) -> Gateway {
+        self.cluster = Some(status);
+        self
+    }
+
+    /// The cluster as this node last saw it (None: not clustered).
+    pub fn cluster_status(&self) -> Option<crate::cluster_node::ClusterStatus> {
+        let board = self.cluster.as_ref()?;
+        board.lock().ok().map(|status| status.clone())
     }
 
     /// Sets the share of running rows a reload may remove without being forced (default 0.5;

@@ -1,18 +1,34 @@
 //! The shutdown request `uacreg.shutdown` makes: the daemon's run loop waits on it beside the
 //! signals.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::sync::Notify;
 
 /// A one-shot request to shut down gracefully, as SIGTERM does.
 #[derive(Debug, Default)]
 pub struct ShutdownSignal {
     notify: Notify,
+    /// `uacregctl shutdown --unregister`: un-REGISTER every binding even where the daemon
+    /// would not (`unregister_on_shutdown = false`, or a cluster node handing over).
+    unregister: AtomicBool,
 }
 
 impl ShutdownSignal {
     /// Asks for the shutdown; a request made before anyone waits is kept.
     pub fn request(&self) {
         self.notify.notify_one();
+    }
+
+    /// Asks for the shutdown with every binding un-REGISTERed.
+    pub fn request_unregister(&self) {
+        self.unregister.store(true, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    /// Whether the shutdown asked for un-REGISTERs.
+    pub fn wants_unregister(&self) -> bool {
+        self.unregister.load(Ordering::SeqCst)
     }
 
     /// Completes once a shutdown was requested.

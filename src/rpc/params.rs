@@ -89,6 +89,17 @@ pub(super) fn attribute(params: &Params<'_>) -> Result<(Attribute, String), Erro
 /// `uac.reg_reload`: nothing (Kamailio's form), or `"force"` (ours): apply a reload that would
 /// remove more than `[database] max_removed_share` of the running rows. Returns whether forced.
 pub(super) fn reload_force(params: &Params<'_>) -> Result<bool, ErrorObjectOwned> {
+    one_optional_word(params, "force")
+}
+
+/// `uacreg.shutdown`: nothing, or `"unregister"` (un-REGISTER every binding even where the
+/// daemon would not: `unregister_on_shutdown = false`, or a cluster node with live peers).
+pub(super) fn shutdown_unregister(params: &Params<'_>) -> Result<bool, ErrorObjectOwned> {
+    one_optional_word(params, "unregister")
+}
+
+/// No parameter (false) or exactly `word` (true).
+fn one_optional_word(params: &Params<'_>, word: &str) -> Result<bool, ErrorObjectOwned> {
     if params.is_object() {
         return Err(fault(
             400,
@@ -101,10 +112,10 @@ pub(super) fn reload_force(params: &Params<'_>) -> Result<bool, ErrorObjectOwned
         .unwrap_or_default();
     match values.as_slice() {
         [] => Ok(false),
-        [Value::String(word)] if word == "force" => Ok(true),
+        [Value::String(given)] if given == word => Ok(true),
         _ => Err(fault(
             400,
-            "Invalid Parameters - expected nothing or \"force\"",
+            &format!("Invalid Parameters - expected nothing or \"{word}\""),
         )),
     }
 }
@@ -251,7 +262,8 @@ pub fn parse_params_for_fuzzing(
             };
             reg_add_record(&params, &defaults).map(drop)
         }
-        "uac.reg_dump" | "uacreg.shutdown" | "uacreg.status" | "uacreg.debug_panic" => Ok(()),
+        "uacreg.shutdown" => shutdown_unregister(&params).map(drop),
+        "uac.reg_dump" | "uacreg.status" | "uacreg.cluster" | "uacreg.debug_panic" => Ok(()),
         _ => Err(fault(-32601, "Method not found")),
     }
 }

@@ -238,15 +238,31 @@ fn register_all(
         })
     })?;
 
-    module.register_async_method("uacreg.shutdown", |_params, gw, _| async move {
+    module.register_async_method("uacreg.shutdown", |params, gw, _| async move {
+        let unregister = params::shutdown_unregister(&params)?;
         let counts = gw.driver.status_counts().await.map_err(internal)?;
-        gw.request_shutdown();
+        if unregister {
+            gw.shutdown().request_unregister();
+        } else {
+            gw.request_shutdown();
+        }
         // What will be un-registered; progress shows in uacreg.status → sip.leaving.
         let bound = counts.get("registered").copied().unwrap_or(0);
         Ok::<_, ErrorObjectOwned>(ShutdownStarted {
             stopping: true,
             registered: bound,
         })
+    })?;
+
+    // The cluster as this node saw it at its last round (an error when not clustered).
+    module.register_async_method("uacreg.cluster", |_params, gw, _| async move {
+        match gw.cluster_status() {
+            Some(status) => Ok::<_, ErrorObjectOwned>(status),
+            None => Err(fault(
+                404,
+                "Not clustered - [cluster] enabled = false on this node",
+            )),
+        }
     })?;
 
     // Test builds only (cargo feature `fault-injection`): makes the driver task panic, so a
