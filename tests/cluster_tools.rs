@@ -310,3 +310,67 @@ async fn two_unclustered_nodes_on_one_database_overlap_on_every_row() {
     tokio::task::block_in_place(|| nodes.stop_all(Duration::from_secs(10)));
     assert_eq!(registrar.unregisters(), 0, "unregister_on_shutdown is off");
 }
+
+/// A node can be paused (alive, silent), resumed, killed without a word, and started again on
+/// the same database link; a node whose link is refused keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_pauses_resumes_dies_and_comes_back() {
+    if !require_engine(Engine::Postgres) {
+        return;
+    }
+    let server = tokio::task::spawn_blocking(|| DbServer::start(Engine::Postgres))
+        .await
+        .expect("set-up ran")
+        .expect("PostgreSQL starts");
+    let mut nodes = tokio::task::block_in_place(|| Cluster::start(UACREGD, &server, &["", ""]))
+        .expect("two nodes start");
+    assert_eq!(nodes.len(), 2);
+    assert_ne!(nodes.db_url_of(0), nodes.db_url_of(1));
+    let answers = |nodes: &Cluster, i: usize| {
+        nodes
+            .node(i)
+            .daemon()
+            .call("uacreg.status", "")
+            .is_ok_and(|a| a.contains("\"result\""))
+    };
+
+    tokio::task::block_in_place(|| {
+        let pid = nodes.node(0).daemon().pid();
+        nodes.node_mut(0).daemon_mut().sigstop().expect("SIGSTOP");
+        eventually("the paused node is in state T", || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('T'))
+            })
+        });
+        assert!(!answers(&nodes, 0), "a paused node answered");
+        assert!(answers(&nodes, 1));
+        nodes.node_mut(0).daemon_mut().sigcont().expect("SIGCONT");
+        assert!(answers(&nodes, 0), "{}", nodes.logs(20));
+
+        nodes.node_mut(1).daemon_mut().kill9().expect("SIGKILL");
+        let died = nodes.node(1).daemon().exits_within(Duration::from_secs(5));
+        assert!(died.is_some(), "still running after SIGKILL");
+        assert!(
+            nodes.node_mut(1).daemon_mut().kill9().is_err(),
+            "signalled a dead node"
+        );
+        nodes.restart_node(1).expect("restarts");
+        assert!(answers(&nodes, 1), "{}", nodes.logs(20));
+
+        // Its database gone (refused), the node lives on and answers.
+        let before = nodes.node(0).db_link.stats();
+        nodes.node(0).db_link.cut(CutMode::Refuse);
+        assert!(answers(&nodes, 0));
+        assert!(!nodes.node(0).daemon().has_exited());
+        nodes.node(0).db_link.restore();
+        assert!(before.forwarded >= 1, "{before:?}");
+
+        // A paused node is still stopped cleanly.
+        nodes.node_mut(0).daemon_mut().sigstop().expect("SIGSTOP");
+        let status = nodes.stop_node(0, Duration::from_secs(10));
+        assert!(status.is_some_and(|s| s.success()), "{status:?}");
+        assert!(!nodes.node(0).is_started());
+        nodes.stop_all(Duration::from_secs(10));
+    });
+}
