@@ -4,7 +4,13 @@
 //! user list (with nonce lifetime and nonce-count replay checks), keeps bindings per RFC 3261
 //! §10.3 and answers 200 OK listing every binding of the address of record in one Contact line,
 //! as production registrars do. It records every REGISTER it saw so tests can assert on the
-//! wire behaviour, and can be told to misbehave ([`Behavior`]).
+//! wire behaviour, and can be told to misbehave ([`Behavior`]). Per address of record it keeps
+//! a journal of binding changes, the overlaps of two clients and the gaps without a binding
+//! (`journal.rs`).
+
+mod journal;
+
+pub use journal::{Binding, Change, Gap, JournalEntry, Origin, Overlap};
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -21,6 +27,8 @@ use tokio::sync::{oneshot, watch};
 use crate::sip::digest::{Algorithm, Authorization, SecretInput};
 use crate::sip::framing::{Frame, next_frame};
 use crate::sip::message::Request;
+
+use journal::{AddressOfRecord, Liveness};
 
 /// How the registrar answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,15 +99,6 @@ impl Default for RegistrarConfig {
     }
 }
 
-/// One stored binding.
-#[derive(Clone, Debug)]
-pub struct Binding {
-    pub contact: String,
-    pub expires_at: Instant,
-    pub call_id: String,
-    pub cseq: u32,
-}
-
 /// One REGISTER as received.
 #[derive(Clone, Debug)]
 pub struct SeenRequest {
@@ -116,6 +115,8 @@ pub struct SeenRequest {
     pub code: u16,
     /// `UDP`, `TCP` or `TLS`: how the request arrived.
     pub transport: &'static str,
+    /// The UDP source address, or the TCP/TLS peer.
+    pub source: SocketAddr,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -137,6 +138,9 @@ pub struct RegistrarStats {
     /// Refreshes that came too late: a REGISTER of a Call-ID whose binding had already expired
     /// (the registrar would have routed no calls to it in between).
     pub lapsed: u64,
+    /// Accepted REGISTERs asking to remove bindings (`Expires: 0`, a contact's `expires=0`,
+    /// `Contact: *`).
+    pub unregisters: u64,
 }
 
 struct NonceState {
@@ -146,7 +150,11 @@ struct NonceState {
 
 struct State {
     behavior: Behavior,
-    bindings: HashMap<String, Vec<Binding>>,
+    bindings: HashMap<String, AddressOfRecord>,
+    /// Every overlap so far, oldest first.
+    overlaps: Vec<Overlap>,
+    /// Gaps that have ended, in the order they ended.
+    closed_gaps: Vec<Gap>,
     seen: HashMap<String, Vec<SeenRequest>>,
     nonces: HashMap<String, NonceState>,
     /// When expired nonces were last removed.
@@ -197,6 +205,8 @@ impl TestRegistrar {
         let state = Arc::new(Mutex::new(State {
             behavior: Behavior::Normal,
             bindings: HashMap::new(),
+            overlaps: Vec::new(),
+            closed_gaps: Vec::new(),
             seen: HashMap::new(),
             nonces: HashMap::new(),
             nonces_swept: Instant::now(),
@@ -237,7 +247,7 @@ impl TestRegistrar {
                     _ = &mut stop_rx => return,
                     received = socket.recv_from(&mut buf) => {
                         let Ok((len, from)) = received else { continue };
-                        let answer = handle(&config, &task_state, &buf[..len], "UDP");
+                        let answer = handle(&config, &task_state, &buf[..len], "UDP", from);
                         if let Some(answer) = answer {
                             let _ = socket.send_to(answer.as_bytes(), from).await;
                         }
@@ -277,12 +287,7 @@ impl TestRegistrar {
         lock(&self.state)
             .bindings
             .get(user)
-            .map(|list| {
-                list.iter()
-                    .filter(|b| b.expires_at > now)
-                    .cloned()
-                    .collect()
-            })
+            .map(|aor| aor.live_bindings(now).cloned().collect())
             .unwrap_or_default()
     }
 
@@ -292,8 +297,64 @@ impl TestRegistrar {
         lock(&self.state)
             .bindings
             .values()
-            .map(|list| list.iter().filter(|b| b.expires_at > now).count())
+            .map(|aor| aor.live_bindings(now).count())
             .sum()
+    }
+
+    /// How many users hold at least one unexpired binding.
+    pub fn bound_users(&self) -> usize {
+        let now = Instant::now();
+        lock(&self.state)
+            .bindings
+            .values()
+            .filter(|aor| aor.liveness(now) == Liveness::Live)
+            .count()
+    }
+
+    /// Every time a REGISTER bound a contact of a user while a binding of another Call-ID was
+    /// live: one entry per such live binding, oldest first. Recorded in every mode.
+    pub fn overlaps(&self) -> Vec<Overlap> {
+        lock(&self.state).overlaps.clone()
+    }
+
+    /// Every interval during which a user that had been registered held no live binding:
+    /// those that ended (in the order they ended), then those still open (`end: None`).
+    /// Recorded in every mode.
+    pub fn gaps(&self) -> Vec<Gap> {
+        let now = Instant::now();
+        let state = lock(&self.state);
+        let mut gaps = state.closed_gaps.clone();
+        let mut open: Vec<Gap> = state
+            .bindings
+            .iter()
+            .filter_map(|(user, aor)| match aor.liveness(now) {
+                Liveness::DeadSince(start) => Some(Gap {
+                    user: user.clone(),
+                    start,
+                    end: None,
+                }),
+                Liveness::Live | Liveness::Never => None,
+            })
+            .collect();
+        open.sort_by(|a, b| a.start.cmp(&b.start).then_with(|| a.user.cmp(&b.user)));
+        gaps.extend(open);
+        gaps
+    }
+
+    /// Every change to the bindings of `user`, oldest first (empty unless `keep_history`).
+    /// Expiries that passed since its last REGISTER are included.
+    pub fn journal(&self, user: &str) -> Vec<JournalEntry> {
+        let now = Instant::now();
+        lock(&self.state)
+            .bindings
+            .get(user)
+            .map(|aor| aor.journal_at(now))
+            .unwrap_or_default()
+    }
+
+    /// Accepted REGISTERs that asked to remove bindings ([`RegistrarStats::unregisters`]).
+    pub fn unregisters(&self) -> u64 {
+        lock(&self.state).stats.unregisters
     }
 
     pub fn stats(&self) -> RegistrarStats {
@@ -340,7 +401,7 @@ async fn accept_loop(
 ) {
     let transport = if tls.is_some() { "TLS" } else { "TCP" };
     loop {
-        let Ok((tcp, _peer)) = listener.accept().await else {
+        let Ok((tcp, peer)) = listener.accept().await else {
             continue;
         };
         lock(&state).stats.connections += 1;
@@ -352,10 +413,10 @@ async fn accept_loop(
             match tls {
                 Some(acceptor) => {
                     if let Ok(stream) = acceptor.accept(tcp).await {
-                        serve_stream(stream, transport, config, state, closing).await;
+                        serve_stream(stream, transport, peer, config, state, closing).await;
                     }
                 }
-                None => serve_stream(tcp, transport, config, state, closing).await,
+                None => serve_stream(tcp, transport, peer, config, state, closing).await,
             }
         });
     }
@@ -365,6 +426,7 @@ async fn accept_loop(
 async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     transport: &'static str,
+    peer: SocketAddr,
     config: RegistrarConfig,
     state: Arc<Mutex<State>>,
     mut closing: watch::Receiver<u64>,
@@ -383,7 +445,7 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
             match next_frame(&buf) {
                 Frame::Message(len) => {
                     let message: Vec<u8> = buf.drain(..len).collect();
-                    if let Some(answer) = handle(&config, &state, &message, transport)
+                    if let Some(answer) = handle(&config, &state, &message, transport, peer)
                         && stream.write_all(answer.as_bytes()).await.is_err()
                     {
                         return;
@@ -408,6 +470,7 @@ fn handle(
     state: &Mutex<State>,
     datagram: &[u8],
     transport: &'static str,
+    source: SocketAddr,
 ) -> Option<String> {
     let mut state = lock(state);
     let request = match Request::parse(datagram) {
@@ -451,6 +514,7 @@ fn handle(
         authorization_valid: None,
         code: 0,
         transport,
+        source,
     };
 
     let answer = match behavior {
@@ -602,15 +666,14 @@ fn authorize_and_register(
             );
         }
     }
-    update_bindings(config, state, request, user, now);
+    update_bindings(config, state, request, user, seen.source, now);
     seen.code = 200;
     state.stats.ok += 1;
     let list: Vec<String> = state
         .bindings
         .get(user)
-        .map(|list| {
-            list.iter()
-                .filter(|b| b.expires_at > now)
+        .map(|aor| {
+            aor.live_bindings(now)
                 .map(|b| {
                     let left = b
                         .expires_at
@@ -670,59 +733,127 @@ fn check_credentials(
     Credential::Valid
 }
 
+/// Applies an accepted REGISTER to the user's bindings, journaling each change (with
+/// `keep_history`) and recording the overlaps it causes and the gap it closes.
 fn update_bindings(
     config: &RegistrarConfig,
     state: &mut State,
     request: &Request,
     user: &str,
+    source: SocketAddr,
     now: Instant,
 ) {
-    let list = state.bindings.entry(user.to_string()).or_default();
-    let lapsed = list
+    let keep_history = config.keep_history;
+    let State {
+        bindings,
+        overlaps,
+        closed_gaps,
+        stats,
+        ..
+    } = state;
+    let aor = bindings.entry(user.to_string()).or_default();
+    let before = aor.liveness(now);
+    let lapsed = aor
+        .bindings
         .iter()
         .any(|b| b.call_id == request.call_id && b.expires_at <= now);
     if lapsed && request.expires != Some(0) {
-        state.stats.lapsed += 1;
+        stats.lapsed += 1;
     }
-    list.retain(|b| b.expires_at > now);
+    aor.sweep(now, keep_history);
+    let origin = || Origin {
+        call_id: request.call_id.clone(),
+        cseq: request.cseq,
+        source,
+    };
+    let removed = |aor: &mut AddressOfRecord, binding: Binding| {
+        if keep_history {
+            aor.journal.push(JournalEntry {
+                at: now,
+                change: Change::Removed { by: origin() },
+                binding,
+            });
+        }
+    };
     if request.contact_star {
         if request.expires == Some(0) {
-            list.clear();
-            state.stats.removals += 1;
+            stats.unregisters += 1;
+            for binding in std::mem::take(&mut aor.bindings) {
+                removed(aor, binding);
+            }
+            stats.removals += 1;
         }
-        return;
+    } else {
+        let mut asked_removal = false;
+        for contact in &request.contacts {
+            let asked = contact.expires.or(request.expires).unwrap_or(3600);
+            let expires = config.max_expires.map_or(asked, |max| asked.min(max));
+            asked_removal |= asked == 0;
+            let same = |b: &Binding| {
+                crate::sip::message::UriParts::parse(&b.contact).is_ok_and(|u| {
+                    u.user == contact.uri.user
+                        && u.host.eq_ignore_ascii_case(&contact.uri.host)
+                        && u.port.unwrap_or(5060) == contact.uri.port.unwrap_or(5060)
+                })
+            };
+            let existing = aor.bindings.iter().position(same);
+            if expires == 0 {
+                if let Some(index) = existing {
+                    let binding = aor.bindings.remove(index);
+                    removed(aor, binding);
+                    stats.removals += 1;
+                }
+                continue;
+            }
+            let binding = Binding {
+                contact: contact.uri_text.clone(),
+                expires_at: now + Duration::from_secs(u64::from(expires)),
+                call_id: request.call_id.clone(),
+                cseq: request.cseq,
+                source,
+            };
+            let change = match existing {
+                Some(index) if aor.bindings[index].call_id == request.call_id => Change::Refreshed,
+                Some(index) => {
+                    // Another client's binding of the same contact is taken over, not joined.
+                    let replaced = aor.bindings.remove(index);
+                    removed(aor, replaced);
+                    Change::Added
+                }
+                None => Change::Added,
+            };
+            if change == Change::Added {
+                overlaps.extend(
+                    aor.bindings
+                        .iter()
+                        .filter(|live| live.call_id != request.call_id)
+                        .map(|live| Overlap {
+                            user: user.to_string(),
+                            at: now,
+                            arriving: binding.clone(),
+                            live: live.clone(),
+                        }),
+                );
+            }
+            if keep_history {
+                aor.journal.push(JournalEntry {
+                    at: now,
+                    change: change.clone(),
+                    binding: binding.clone(),
+                });
+            }
+            match (change, existing) {
+                (Change::Refreshed, Some(index)) => aor.bindings[index] = binding,
+                _ => aor.bindings.push(binding),
+            }
+        }
+        if asked_removal {
+            stats.unregisters += 1;
+        }
     }
-    let mut removals = 0;
-    for contact in &request.contacts {
-        let mut expires = contact.expires.or(request.expires).unwrap_or(3600);
-        if let Some(max) = config.max_expires {
-            expires = expires.min(max);
-        }
-        let same = |b: &Binding| {
-            crate::sip::message::UriParts::parse(&b.contact).is_ok_and(|u| {
-                u.user == contact.uri.user
-                    && u.host.eq_ignore_ascii_case(&contact.uri.host)
-                    && u.port.unwrap_or(5060) == contact.uri.port.unwrap_or(5060)
-            })
-        };
-        if expires == 0 {
-            let before = list.len();
-            list.retain(|b| !same(b));
-            removals += before - list.len();
-            continue;
-        }
-        let binding = Binding {
-            contact: contact.uri_text.clone(),
-            expires_at: now + Duration::from_secs(u64::from(expires)),
-            call_id: request.call_id.clone(),
-            cseq: request.cseq,
-        };
-        match list.iter_mut().find(|b| same(b)) {
-            Some(existing) => *existing = binding,
-            None => list.push(binding),
-        }
+    if let Some(gap) = aor.settle(user, before, now) {
+        closed_gaps.push(gap);
     }
-    state.stats.removals += removals as u64;
 }
 
 /// Who challenges: the registrar itself (401) or the authenticating proxy in front of it (407).
@@ -903,6 +1034,175 @@ mod tests {
         assert_eq!(seen.len(), 6);
         assert_eq!(seen[1].authorization_valid, Some(true));
         assert_eq!(seen[2].authorization_valid, Some(false));
+        registrar.stop().await;
+    }
+
+    /// One client: a socket of its own, a Call-ID and a contact.
+    struct Client {
+        socket: UdpSocket,
+        call_id: &'static str,
+        contact: &'static str,
+    }
+
+    impl Client {
+        async fn new(call_id: &'static str, contact: &'static str) -> Client {
+            Client {
+                socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+                call_id,
+                contact,
+            }
+        }
+
+        fn source(&self) -> SocketAddr {
+            self.socket.local_addr().unwrap()
+        }
+
+        /// Registers (challenge, then the answer with CSeq `cseq`); the final answer's code.
+        async fn register(&self, to: SocketAddr, cseq: u32, expires: u32) -> u16 {
+            let mut request = register(cseq - 1, expires);
+            request.call_id = self.call_id.into();
+            request.contact_uri = self.contact.into();
+            let challenge = exchange(&self.socket, to, &request).await;
+            assert_eq!(challenge.code, 401);
+            request.cseq = cseq;
+            answer(&challenge, "secret", &mut request);
+            exchange(&self.socket, to, &request).await.code
+        }
+    }
+
+    async fn alice_registrar() -> TestRegistrar {
+        TestRegistrar::start(RegistrarConfig {
+            users: HashMap::from([("alice".to_string(), "secret".to_string())]),
+            ..RegistrarConfig::default()
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn two_clients_with_their_own_call_ids_overlap_once() {
+        let registrar = alice_registrar().await;
+        let to = registrar.local_addr();
+        let first = Client::new("call-a", "sip:dev-a@127.0.0.1:5997").await;
+        let second = Client::new("call-b", "sip:dev-b@127.0.0.1:5998").await;
+        assert_eq!(first.register(to, 2, 600).await, 200);
+        assert!(registrar.overlaps().is_empty());
+        assert_eq!(second.register(to, 2, 600).await, 200);
+        // The first client refreshing alongside is the same overlap, not a new one.
+        assert_eq!(first.register(to, 4, 600).await, 200);
+
+        let overlaps = registrar.overlaps();
+        assert_eq!(overlaps.len(), 1, "{overlaps:?}");
+        let overlap = &overlaps[0];
+        assert_eq!(overlap.user, "alice");
+        assert_eq!(overlap.arriving.call_id, "call-b");
+        assert_eq!(overlap.arriving.source, second.source());
+        assert_eq!(overlap.arriving.contact, "sip:dev-b@127.0.0.1:5998");
+        assert_eq!(overlap.live.call_id, "call-a");
+        assert_eq!(overlap.live.source, first.source());
+        assert_eq!(registrar.bindings("alice").len(), 2);
+        assert_eq!(registrar.bound_users(), 1);
+        assert!(registrar.gaps().is_empty());
+        let changes: Vec<(Change, &str)> = registrar
+            .journal("alice")
+            .iter()
+            .map(|e| {
+                let who = if e.binding.call_id == "call-a" {
+                    "a"
+                } else {
+                    "b"
+                };
+                (e.change.clone(), who)
+            })
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                (Change::Added, "a"),
+                (Change::Added, "b"),
+                (Change::Refreshed, "a")
+            ]
+        );
+        registrar.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_client_refreshing_its_own_call_id_never_overlaps() {
+        let registrar = alice_registrar().await;
+        let to = registrar.local_addr();
+        let client = Client::new("call-a", "sip:dev-a@127.0.0.1:5997").await;
+        for cseq in [2, 4, 6] {
+            assert_eq!(client.register(to, cseq, 600).await, 200);
+        }
+        assert!(
+            registrar.overlaps().is_empty(),
+            "{:?}",
+            registrar.overlaps()
+        );
+        let journal = registrar.journal("alice");
+        let cseqs: Vec<(Change, u32)> = journal
+            .iter()
+            .map(|e| (e.change.clone(), e.binding.cseq))
+            .collect();
+        assert_eq!(
+            cseqs,
+            [
+                (Change::Added, 2),
+                (Change::Refreshed, 4),
+                (Change::Refreshed, 6)
+            ]
+        );
+        assert!(journal.iter().all(|e| e.binding.source == client.source()));
+        assert!(journal.windows(2).all(|w| w[0].at <= w[1].at));
+
+        // Removing it is an unregister, journaled with who asked, and opens a gap.
+        assert_eq!(registrar.unregisters(), 0);
+        assert_eq!(client.register(to, 8, 0).await, 200);
+        assert_eq!(registrar.unregisters(), 1);
+        let journal = registrar.journal("alice");
+        let last = journal.last().expect("entries");
+        let Change::Removed { by } = &last.change else {
+            panic!("not a removal: {last:?}");
+        };
+        assert_eq!((by.call_id.as_str(), by.cseq), ("call-a", 8));
+        assert_eq!(by.source, client.source());
+        let gaps = registrar.gaps();
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert_eq!((gaps[0].start, gaps[0].end), (last.at, None));
+        registrar.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_expiry_then_a_new_registration_is_one_gap_with_both_ends() {
+        let registrar = alice_registrar().await;
+        let to = registrar.local_addr();
+        let client = Client::new("call-a", "sip:dev-a@127.0.0.1:5997").await;
+        assert_eq!(client.register(to, 2, 1).await, 200);
+        let expiry = registrar.bindings("alice")[0].expires_at;
+        assert!(registrar.gaps().is_empty());
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+
+        let open = registrar.gaps();
+        assert_eq!(open.len(), 1, "{open:?}");
+        assert_eq!((open[0].start, open[0].end), (expiry, None));
+        let journal = registrar.journal("alice");
+        assert_eq!(journal.last().map(|e| &e.change), Some(&Change::Expired));
+
+        assert_eq!(client.register(to, 4, 600).await, 200);
+        let gaps = registrar.gaps();
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert_eq!(gaps[0].user, "alice");
+        assert_eq!(gaps[0].start, expiry);
+        let end = gaps[0].end.expect("the gap ended");
+        assert!(end >= expiry + Duration::from_millis(200), "{gaps:?}");
+        assert!(registrar.overlaps().is_empty());
+        assert_eq!(registrar.stats().lapsed, 1);
+        let changes: Vec<Change> = registrar
+            .journal("alice")
+            .into_iter()
+            .map(|e| e.change)
+            .collect();
+        assert_eq!(changes, [Change::Added, Change::Expired, Change::Added]);
         registrar.stop().await;
     }
 

@@ -9,6 +9,10 @@
 //!   the one way tests run it as a process.
 //! * [`stranger`] — what anyone on the network can send the SIP port: sockets on chosen
 //!   127.0.0.x addresses, bounded receives, forged requests and responses.
+//! * [`tcp_cut`] — a TCP forwarding proxy that can be cut (refuse, blackhole, freeze) and
+//!   restored, between a uacregd and its database server.
+//! * [`cluster`] — several uacregd processes on one database server, each through a
+//!   `tcp_cut` of its own; rows for the in-repo registrar, a wait until it holds them all.
 //! * [`process`] — what they all need: unique temp dirs, spare ports, bounded waits, a watchdog
 //!   that stops a server when the test process goes away.
 //!
@@ -20,9 +24,11 @@
 //! `allow(dead_code)`.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod dbserver;
 pub mod kamailio;
 pub mod process;
 pub mod sipp;
 pub mod stranger;
+pub mod tcp_cut;
 pub mod uacregd;

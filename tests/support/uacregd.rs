@@ -19,6 +19,8 @@ pub struct Uacregd {
     pub sip: SocketAddr,
     pub rpc: SocketAddr,
     log: PathBuf,
+    /// Sent SIGSTOP and not SIGCONT since.
+    paused: bool,
 }
 
 impl Uacregd {
@@ -55,6 +57,7 @@ impl Uacregd {
             sip,
             rpc,
             log,
+            paused: false,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while daemon.call("uacreg.status", "").is_err() {
@@ -114,9 +117,59 @@ impl Uacregd {
         None
     }
 
-    /// SIGTERM, then waits up to `limit`; the exit status (None if it had to be killed).
+    /// SIGTERM (after a SIGCONT if it was paused, so it can act on it), then waits up to
+    /// `limit`; the exit status (None if it had to be killed).
     pub fn stop(&mut self, limit: Duration) -> Option<ExitStatus> {
+        if self.paused {
+            let _ = self.sigcont();
+        }
         self.watched.stop(limit)
+    }
+
+    /// SIGKILL: the process ends at once, without a word to the registrar or the database
+    /// (a crash, an OOM kill, a power cut of its host).
+    pub fn kill9(&mut self) -> io::Result<()> {
+        self.signal(libc::SIGKILL)?;
+        self.paused = false;
+        Ok(())
+    }
+
+    /// SIGSTOP: the process stays alive and keeps its sockets and connections open but does
+    /// nothing (a hung node, a long GC-like pause, a VM frozen by its host).
+    pub fn sigstop(&mut self) -> io::Result<()> {
+        self.signal(libc::SIGSTOP)?;
+        self.paused = true;
+        Ok(())
+    }
+
+    /// SIGCONT: a process paused by [`sigstop`](Self::sigstop) carries on.
+    pub fn sigcont(&mut self) -> io::Result<()> {
+        self.signal(libc::SIGCONT)?;
+        self.paused = false;
+        Ok(())
+    }
+
+    /// Sends `signal` to the uacregd process itself (not its watchdog), if it is still the
+    /// process this started: its pid is checked to name a live `uacregd`, so a pid reused
+    /// after it exited is never signalled.
+    fn signal(&self, signal: libc::c_int) -> io::Result<()> {
+        let alive = !self.watched.has_exited()
+            && process::proc_stat(self.pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
+            && std::fs::read_to_string(format!("/proc/{}/comm", self.pid))
+                .is_ok_and(|comm| comm.trim() == "uacregd");
+        if !alive {
+            return Err(io::Error::other(format!(
+                "uacregd (pid {}) is not running",
+                self.pid
+            )));
+        }
+        let pid = libc::pid_t::try_from(self.pid).map_err(io::Error::other)?;
+        // SAFETY: kill(2) only sends a signal; the pid was just checked to be our uacregd.
+        if unsafe { libc::kill(pid, signal) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     /// One JSON-RPC call over plain HTTP (`params` is the JSON array's inside); the whole
