@@ -37,7 +37,8 @@ pub struct NodeInfo {
     pub node_id: String,
     /// Where its SIP transport listens (for operators; no node dials it).
     pub sip_addr: String,
-    /// When it started, in the database's milliseconds (0 when not known yet).
+    /// When it started, in ms since the Unix epoch as the node chooses to say it (the
+    /// `db_now_ms` of its first round is the one comparable with the other times here).
     pub started_ms: i64,
     /// It is stopping and handing its shards over.
     pub leaving: bool,
@@ -65,7 +66,9 @@ pub struct ShardLease {
     pub expires_ms: i64,
 }
 
-/// The cluster as the database saw it at `db_now_ms`.
+/// The cluster as the database saw it at `db_now_ms`. On MySQL/MariaDB (REPEATABLE READ) the
+/// other nodes' rows are as of the transaction's first read, milliseconds earlier; every lease
+/// decision itself is made on locked rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterView {
     pub db_now_ms: i64,
@@ -179,6 +182,36 @@ fn shard_number(stored: i32, table: &'static str) -> Result<u32, StoreError> {
         table,
         detail: format!("negative shard number {stored}"),
     })
+}
+
+/// Widths of the cluster tables' text columns (`VARCHAR(n)` in every engine's migration).
+const NODE_ID_WIDTH: usize = 128;
+const SIP_ADDR_WIDTH: usize = 255;
+const L_UUID_WIDTH: usize = 64;
+const CALL_ID_WIDTH: usize = 128;
+const FROM_TAG_WIDTH: usize = 64;
+const CONTACT_WIDTH: usize = 255;
+
+/// Refuses a value wider than its column before anything is written: PostgreSQL and strict
+/// MySQL would fail the whole batch with an engine-specific message, a non-strict MySQL would
+/// silently cut a Call-ID or contact that the next owner must repeat exactly.
+fn fits(table: &'static str, column: &str, value: &str, width: usize) -> Result<(), StoreError> {
+    let length = value.chars().count();
+    if length > width {
+        return Err(StoreError::ClusterRow {
+            table,
+            detail: format!("a {column} of {length} characters (the column holds {width})"),
+        });
+    }
+    Ok(())
+}
+
+fn dialog_fits(row: &DialogRow) -> Result<(), StoreError> {
+    let table = "uacreg_dialog";
+    fits(table, "l_uuid", &row.l_uuid, L_UUID_WIDTH)?;
+    fits(table, "call_id", &row.call_id, CALL_ID_WIDTH)?;
+    fits(table, "from_tag", &row.from_tag, FROM_TAG_WIDTH)?;
+    fits(table, "contact", &row.contact, CONTACT_WIDTH)
 }
 
 /// Shard numbers as stored, sorted and without repeats. A number beyond the column's range
@@ -617,7 +650,9 @@ fn prepare<C: ClusterSql>(conn: &mut C, shards: u32) -> Result<(), StoreError> {
         return Err(mismatch(i64::from(i32::MAX)));
     }
     conn.insert_shards(&missing)?;
-    // A node configured differently may have filled the table meanwhile.
+    // Checked again: on PostgreSQL (READ COMMITTED) this also sees a node configured
+    // differently that filled the table meanwhile; MySQL's REPEATABLE READ snapshot does not,
+    // and the next start of either node reports it.
     let after = conn.shard_numbers()?;
     let described = after.last().map_or(0, |&s| i64::from(s) + 1);
     if described != i64::from(shards) || after.len() as i64 != described {
@@ -809,6 +844,18 @@ impl Store {
         node: &NodeInfo,
         lease_ms: i64,
     ) -> Result<ClusterView, StoreError> {
+        fits(
+            "uacreg_cluster_node",
+            "node_id",
+            &node.node_id,
+            NODE_ID_WIDTH,
+        )?;
+        fits(
+            "uacreg_cluster_node",
+            "sip_addr",
+            &node.sip_addr,
+            SIP_ADDR_WIDTH,
+        )?;
         self.run(|connection, _| in_cluster_transaction!(connection, |c| round(c, node, lease_ms)))
     }
 
@@ -822,6 +869,7 @@ impl Store {
         shards: &[u32],
         lease_ms: i64,
     ) -> Result<Vec<ShardLease>, StoreError> {
+        fits("uacreg_cluster_shard", "owner", node_id, NODE_ID_WIDTH)?;
         self.run(|connection, _| {
             in_cluster_transaction!(connection, |c| claim(c, node_id, shards, lease_ms))
         })
@@ -865,6 +913,8 @@ impl Store {
     /// written only for shards it holds at that epoch, unexpired. Deletions are fenced the
     /// same way. `node_id` and `updated_ms` of each row are set here (the writer, the
     /// database's now). Returns how many upserts were skipped because the lease was not held.
+    /// A value wider than its column fails the call before anything is written
+    /// ([`StoreError::ClusterRow`]).
     pub fn write_dialogs(
         &mut self,
         node_id: &str,
@@ -872,6 +922,8 @@ impl Store {
         upserts: &[DialogRow],
         removed: &[String],
     ) -> Result<usize, StoreError> {
+        fits("uacreg_dialog", "node_id", node_id, NODE_ID_WIDTH)?;
+        upserts.iter().try_for_each(dialog_fits)?;
         self.run(|connection, _| {
             in_cluster_transaction!(connection, |c| write(c, node_id, held, upserts, removed))
         })
@@ -1031,6 +1083,37 @@ mod tests {
         assert_eq!(b.cluster_claim("b", &[0], MINUTE_MS).unwrap(), vec![]);
         std::thread::sleep(std::time::Duration::from_millis(120));
         assert_eq!(b.cluster_claim("b", &[0], MINUTE_MS).unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn values_wider_than_their_column_are_refused_before_writing() {
+        let (dir, mut a, _) = two_stores("cluster-width", 1);
+        let won = a.cluster_claim("a", &[0], MINUTE_MS).unwrap();
+        let held: HashMap<u32, i64> = [(0, won[0].epoch)].into_iter().collect();
+        let wide = DialogRow {
+            contact: format!("sip:{}@127.0.0.1", "x".repeat(260)),
+            ..dialog("w", 0, 1)
+        };
+        let err = a
+            .write_dialogs("a", &held, &[dialog("ok", 0, 1), wide], &[])
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::ClusterRow { table: "uacreg_dialog", detail } if detail.contains("contact")),
+            "{err}"
+        );
+        assert_eq!(a.read_dialogs(&[0]).unwrap(), vec![]);
+        let long_id = "n".repeat(129);
+        assert!(matches!(
+            a.cluster_claim(&long_id, &[0], MINUTE_MS),
+            Err(StoreError::ClusterRow { .. })
+        ));
+        assert!(matches!(
+            a.cluster_round(&node(&long_id), MINUTE_MS),
+            Err(StoreError::ClusterRow { .. })
+        ));
+        // The store keeps working.
+        assert_eq!(a.cluster_view().unwrap().shards[0], won[0]);
         let _ = std::fs::remove_dir_all(dir);
     }
 
