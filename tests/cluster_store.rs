@@ -1,6 +1,7 @@
 //! The cluster's leases and dialog rows on real PostgreSQL and MariaDB servers (started for the
 //! test by tests/support/dbserver.rs): the compare-and-set rules of `src/store/cluster.rs`, two
-//! sessions racing for the same shards from two threads, and a 100,000-row dialog batch.
+//! sessions racing for the same shards from two threads, an old owner writing dialog rows while
+//! another node takes its shard over, and a 100,000-row dialog batch.
 //!
 //! The SQLite unit tests in `src/store/cluster.rs` check the same rules on the one engine that
 //! has no row locks; here the locks and each server's clock expression are what is tested.
@@ -349,6 +350,52 @@ fn racing_claims(server: &DbServer) {
     }
 }
 
+/// The old owner keeps writing while its lease runs out and another node claims the shard:
+/// every write it was told had landed committed before the claim, so the new owner reads the
+/// last of them, and nothing it writes afterwards lands.
+fn writes_racing_a_takeover(server: &DbServer) {
+    reset(server);
+    let mut b = open(server);
+    b.cluster_prepare(1).unwrap();
+    let url = server.url();
+    let mut a = open(server);
+    let won = a.cluster_claim("a", &[0], 300).unwrap();
+    let held: HashMap<u32, i64> = [(0, won[0].epoch)].into_iter().collect();
+    let writer = std::thread::spawn(move || {
+        let mut a = Store::open(&url).expect("store opens");
+        let mut landed = Vec::new();
+        let mut refused = 0;
+        let mut cseq = 0;
+        while refused < 20 {
+            cseq += 1;
+            let skipped = a
+                .write_dialogs("a", &held, &[dialog("x", 0, cseq)], &[])
+                .unwrap();
+            if skipped == 0 {
+                assert_eq!(refused, 0, "a write landed after one was refused");
+                landed.push(cseq);
+            } else {
+                refused += 1;
+            }
+        }
+        landed
+    });
+    let taken = loop {
+        let won = b.cluster_claim("b", &[0], MINUTE_MS).unwrap();
+        if let Some(lease) = won.into_iter().next() {
+            break lease;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(taken.epoch, 2);
+    let seen_at_takeover = b.read_dialogs(&[0]).unwrap();
+    let landed = writer.join().expect("writer thread");
+    assert!(!landed.is_empty(), "the old owner never wrote");
+    assert_eq!(b.read_dialogs(&[0]).unwrap(), seen_at_takeover);
+    assert_eq!(seen_at_takeover.len(), 1);
+    assert_eq!(Some(&seen_at_takeover[0].next_cseq), landed.last());
+}
+
 fn whole_suite(engine: Engine) {
     let Some(server) = start(engine) else {
         return;
@@ -359,6 +406,7 @@ fn whole_suite(engine: Engine) {
     claims_and_expiry(&server);
     fenced_dialogs(&server);
     racing_claims(&server);
+    writes_racing_a_takeover(&server);
     large_dialog_batch(&server);
 }
 

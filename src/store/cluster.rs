@@ -15,21 +15,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use diesel::Connection as _;
-use diesel::dsl::sql;
-use diesel::prelude::*;
-use diesel::sql_types::BigInt;
-use diesel::sqlite::SqliteConnection;
-use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
-
+use super::cluster_sql::{ClusterSql, DialogRecord, NodeRecord, ShardRecord};
 use super::connection::with_connection;
-use super::schema::{uacreg_cluster_node, uacreg_cluster_shard, uacreg_dialog};
 use super::{Store, StoreError};
-
-/// Rows per statement (keys per `IN (…)` list, rows per multi-row insert): well under every
-/// engine's limit on bound parameters.
-const CHUNK: usize = 500;
 
 /// This node, as it announces itself each round.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,7 +25,8 @@ pub struct NodeInfo {
     pub node_id: String,
     /// Where its SIP transport listens (for operators; no node dials it).
     pub sip_addr: String,
-    /// When it started, in the database's milliseconds (0 when not known yet).
+    /// When it started, in ms since the Unix epoch as the node chooses to say it (the
+    /// `db_now_ms` of its first round is the one comparable with the other times here).
     pub started_ms: i64,
     /// It is stopping and handing its shards over.
     pub leaving: bool,
@@ -65,7 +54,9 @@ pub struct ShardLease {
     pub expires_ms: i64,
 }
 
-/// The cluster as the database saw it at `db_now_ms`.
+/// The cluster as the database saw it at `db_now_ms`. On MySQL/MariaDB (REPEATABLE READ) the
+/// other nodes' rows are as of the transaction's first read, milliseconds earlier; every lease
+/// decision itself is made on locked rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterView {
     pub db_now_ms: i64,
@@ -93,40 +84,6 @@ pub struct DialogRow {
     pub node_id: String,
     /// The database's clock when the row was written (set by [`Store::write_dialogs`]).
     pub updated_ms: i64,
-}
-
-#[derive(Insertable, Queryable, Selectable)]
-#[diesel(table_name = uacreg_cluster_node)]
-struct NodeRecord {
-    node_id: String,
-    sip_addr: String,
-    started_ms: i64,
-    seen_ms: i64,
-    leaving: i16,
-}
-
-#[derive(Queryable, Selectable)]
-#[diesel(table_name = uacreg_cluster_shard)]
-struct ShardRecord {
-    shard: i32,
-    owner: Option<String>,
-    epoch: i64,
-    expires_ms: i64,
-}
-
-#[derive(Clone, Insertable, Queryable, Selectable)]
-#[diesel(table_name = uacreg_dialog)]
-struct DialogRecord {
-    l_uuid: String,
-    shard: i32,
-    call_id: String,
-    from_tag: String,
-    next_cseq: i64,
-    binding_expires_ms: i64,
-    granted_expires: i32,
-    contact: String,
-    node_id: String,
-    updated_ms: i64,
 }
 
 impl ShardRecord {
@@ -181,6 +138,36 @@ fn shard_number(stored: i32, table: &'static str) -> Result<u32, StoreError> {
     })
 }
 
+/// Widths of the cluster tables' text columns (`VARCHAR(n)` in every engine's migration).
+const NODE_ID_WIDTH: usize = 128;
+const SIP_ADDR_WIDTH: usize = 255;
+const L_UUID_WIDTH: usize = 64;
+const CALL_ID_WIDTH: usize = 128;
+const FROM_TAG_WIDTH: usize = 64;
+const CONTACT_WIDTH: usize = 255;
+
+/// Refuses a value wider than its column before anything is written: PostgreSQL and strict
+/// MySQL would fail the whole batch with an engine-specific message, a non-strict MySQL would
+/// silently cut a Call-ID or contact that the next owner must repeat exactly.
+fn fits(table: &'static str, column: &str, value: &str, width: usize) -> Result<(), StoreError> {
+    let length = value.chars().count();
+    if length > width {
+        return Err(StoreError::ClusterRow {
+            table,
+            detail: format!("a {column} of {length} characters (the column holds {width})"),
+        });
+    }
+    Ok(())
+}
+
+fn dialog_fits(row: &DialogRow) -> Result<(), StoreError> {
+    let table = "uacreg_dialog";
+    fits(table, "l_uuid", &row.l_uuid, L_UUID_WIDTH)?;
+    fits(table, "call_id", &row.call_id, CALL_ID_WIDTH)?;
+    fits(table, "from_tag", &row.from_tag, FROM_TAG_WIDTH)?;
+    fits(table, "contact", &row.contact, CONTACT_WIDTH)
+}
+
 /// Shard numbers as stored, sorted and without repeats. A number beyond the column's range
 /// names no row, so it is left out (it can be neither claimed nor held).
 fn stored_shards(shards: impl IntoIterator<Item = u32>) -> Vec<i32> {
@@ -189,401 +176,6 @@ fn stored_shards(shards: impl IntoIterator<Item = u32>) -> Vec<i32> {
         .filter_map(|s| i32::try_from(s).ok())
         .collect();
     set.into_iter().collect()
-}
-
-/// The statements of the cluster tables on one engine's connection. What the engines share is
-/// written once (`shared_statements!`); each engine adds its transaction, its clock, its row
-/// locks and its upserts.
-trait ClusterSql: Sized {
-    /// One transaction; SQLite takes the write lock at once, so two writers never deadlock
-    /// upgrading a read lock.
-    fn in_transaction<T>(
-        &mut self,
-        f: impl FnOnce(&mut Self) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError>;
-    /// The database's clock, in ms since the Unix epoch.
-    fn db_now_ms(&mut self) -> QueryResult<i64>;
-    /// The rows of `shards` (sorted), locked until the transaction ends where the engine has
-    /// row locks.
-    fn lock_shards(&mut self, shards: &[i32]) -> QueryResult<Vec<ShardRecord>>;
-    /// Adds shard rows, leaving those that exist alone.
-    fn insert_shards(&mut self, shards: &[i32]) -> QueryResult<()>;
-    fn upsert_node(&mut self, node: &NodeRecord) -> QueryResult<()>;
-    fn upsert_dialogs(&mut self, rows: &[DialogRecord]) -> QueryResult<()>;
-
-    fn shard_numbers(&mut self) -> QueryResult<Vec<i32>>;
-    fn shards_owned_by(&mut self, node: &str) -> QueryResult<Vec<i32>>;
-    /// Extends `node`'s leases on `shards` that are unexpired at `now`; returns rows changed.
-    fn renew(&mut self, node: &str, shards: &[i32], now: i64, lease_ms: i64) -> QueryResult<usize>;
-    /// Takes `shards` for `node` where they are free at `now`; returns rows taken.
-    fn take(&mut self, node: &str, shards: &[i32], now: i64, lease_ms: i64) -> QueryResult<usize>;
-    /// Frees `node`'s leases on `shards`; returns rows freed.
-    fn give_back(&mut self, node: &str, shards: &[i32]) -> QueryResult<usize>;
-    fn delete_node(&mut self, node: &str) -> QueryResult<usize>;
-    fn all_nodes(&mut self) -> QueryResult<Vec<NodeRecord>>;
-    fn all_shards(&mut self) -> QueryResult<Vec<ShardRecord>>;
-    /// Deletes the dialog rows of `l_uuids` that lie in `shards`.
-    fn delete_dialogs(&mut self, l_uuids: &[String], shards: &[i32]) -> QueryResult<usize>;
-    fn dialogs_of(&mut self, shards: &[i32]) -> QueryResult<Vec<DialogRecord>>;
-}
-
-/// The part of [`ClusterSql`] every engine runs as written (expanded in each impl, so diesel
-/// checks it against each backend).
-macro_rules! shared_statements {
-    () => {
-        fn shard_numbers(&mut self) -> QueryResult<Vec<i32>> {
-            uacreg_cluster_shard::table
-                .select(uacreg_cluster_shard::shard)
-                .order(uacreg_cluster_shard::shard)
-                .load(self)
-        }
-
-        fn shards_owned_by(&mut self, node: &str) -> QueryResult<Vec<i32>> {
-            uacreg_cluster_shard::table
-                .select(uacreg_cluster_shard::shard)
-                .filter(uacreg_cluster_shard::owner.eq(node))
-                .order(uacreg_cluster_shard::shard)
-                .load(self)
-        }
-
-        fn renew(
-            &mut self,
-            node: &str,
-            shards: &[i32],
-            now: i64,
-            lease_ms: i64,
-        ) -> QueryResult<usize> {
-            use uacreg_cluster_shard::*;
-            let mut changed = 0;
-            for chunk in shards.chunks(CHUNK) {
-                changed += diesel::update(
-                    table
-                        .filter(shard.eq_any(chunk))
-                        .filter(owner.eq(node))
-                        .filter(expires_ms.gt(now)),
-                )
-                .set(expires_ms.eq(now.saturating_add(lease_ms)))
-                .execute(self)?;
-            }
-            Ok(changed)
-        }
-
-        fn take(
-            &mut self,
-            node: &str,
-            shards: &[i32],
-            now: i64,
-            lease_ms: i64,
-        ) -> QueryResult<usize> {
-            use uacreg_cluster_shard::*;
-            let mut taken = 0;
-            for chunk in shards.chunks(CHUNK) {
-                taken += diesel::update(
-                    table
-                        .filter(shard.eq_any(chunk))
-                        .filter(owner.is_null().or(expires_ms.le(now))),
-                )
-                .set((
-                    owner.eq(node),
-                    epoch.eq(epoch + 1),
-                    expires_ms.eq(now.saturating_add(lease_ms)),
-                ))
-                .execute(self)?;
-            }
-            Ok(taken)
-        }
-
-        fn give_back(&mut self, node: &str, shards: &[i32]) -> QueryResult<usize> {
-            use uacreg_cluster_shard::*;
-            let mut freed = 0;
-            for chunk in shards.chunks(CHUNK) {
-                freed += diesel::update(table.filter(shard.eq_any(chunk)).filter(owner.eq(node)))
-                    .set((owner.eq(None::<String>), expires_ms.eq(0i64)))
-                    .execute(self)?;
-            }
-            Ok(freed)
-        }
-
-        fn delete_node(&mut self, node: &str) -> QueryResult<usize> {
-            diesel::delete(uacreg_cluster_node::table.filter(uacreg_cluster_node::node_id.eq(node)))
-                .execute(self)
-        }
-
-        fn all_nodes(&mut self) -> QueryResult<Vec<NodeRecord>> {
-            uacreg_cluster_node::table
-                .select(NodeRecord::as_select())
-                .order(uacreg_cluster_node::node_id)
-                .load(self)
-        }
-
-        fn all_shards(&mut self) -> QueryResult<Vec<ShardRecord>> {
-            uacreg_cluster_shard::table
-                .select(ShardRecord::as_select())
-                .order(uacreg_cluster_shard::shard)
-                .load(self)
-        }
-
-        fn delete_dialogs(&mut self, l_uuids: &[String], shards: &[i32]) -> QueryResult<usize> {
-            use uacreg_dialog::*;
-            let mut deleted = 0;
-            if shards.is_empty() {
-                return Ok(0);
-            }
-            for chunk in l_uuids.chunks(CHUNK) {
-                deleted += diesel::delete(
-                    table
-                        .filter(l_uuid.eq_any(chunk))
-                        .filter(shard.eq_any(shards)),
-                )
-                .execute(self)?;
-            }
-            Ok(deleted)
-        }
-
-        fn dialogs_of(&mut self, shards: &[i32]) -> QueryResult<Vec<DialogRecord>> {
-            let mut rows = Vec::new();
-            for chunk in shards.chunks(CHUNK) {
-                rows.extend(
-                    uacreg_dialog::table
-                        .select(DialogRecord::as_select())
-                        .filter(uacreg_dialog::shard.eq_any(chunk))
-                        .order(uacreg_dialog::l_uuid)
-                        .load(self)?,
-                );
-            }
-            Ok(rows)
-        }
-    };
-}
-
-/// The database's clock in ms since the Unix epoch, per engine. MySQL's: UTC_TIMESTAMP does
-/// not depend on the session's time zone, so the hour repeated when daylight saving time ends
-/// does not make the clock run back (as `UNIX_TIMESTAMP(NOW(3))` would in such a zone).
-const SQLITE_NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
-const POSTGRES_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
-const MYSQL_NOW_MS: &str = "CAST(TIMESTAMPDIFF(MICROSECOND, TIMESTAMP('1970-01-01 00:00:00'), \
-                            UTC_TIMESTAMP(6)) DIV 1000 AS SIGNED)";
-
-impl ClusterSql for SqliteConnection {
-    fn in_transaction<T>(
-        &mut self,
-        f: impl FnOnce(&mut Self) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        self.immediate_transaction(f)
-    }
-
-    fn db_now_ms(&mut self) -> QueryResult<i64> {
-        diesel::select(sql::<BigInt>(SQLITE_NOW_MS)).get_result(self)
-    }
-
-    fn lock_shards(&mut self, shards: &[i32]) -> QueryResult<Vec<ShardRecord>> {
-        // No row locks: the immediate transaction already excludes every other writer.
-        let mut rows = Vec::new();
-        for chunk in shards.chunks(CHUNK) {
-            rows.extend(
-                uacreg_cluster_shard::table
-                    .select(ShardRecord::as_select())
-                    .filter(uacreg_cluster_shard::shard.eq_any(chunk))
-                    .order(uacreg_cluster_shard::shard)
-                    .load(self)?,
-            );
-        }
-        Ok(rows)
-    }
-
-    fn insert_shards(&mut self, shards: &[i32]) -> QueryResult<()> {
-        for chunk in shards.chunks(CHUNK) {
-            let rows: Vec<_> = chunk
-                .iter()
-                .map(|s| uacreg_cluster_shard::shard.eq(*s))
-                .collect();
-            diesel::insert_or_ignore_into(uacreg_cluster_shard::table)
-                .values(&rows)
-                .execute(self)?;
-        }
-        Ok(())
-    }
-
-    fn upsert_node(&mut self, node: &NodeRecord) -> QueryResult<()> {
-        diesel::replace_into(uacreg_cluster_node::table)
-            .values(node)
-            .execute(self)
-            .map(drop)
-    }
-
-    fn upsert_dialogs(&mut self, rows: &[DialogRecord]) -> QueryResult<()> {
-        for chunk in rows.chunks(CHUNK) {
-            diesel::replace_into(uacreg_dialog::table)
-                .values(chunk)
-                .execute(self)?;
-        }
-        Ok(())
-    }
-
-    shared_statements!();
-}
-
-/// Rows per PostgreSQL UNNEST upsert (arrays are one parameter each, so only memory bounds it).
-const PG_ARRAY_CHUNK: usize = 10_000;
-
-const PG_UPSERT_DIALOGS: &str = "INSERT INTO uacreg_dialog (l_uuid, shard, call_id, from_tag, \
-     next_cseq, binding_expires_ms, granted_expires, contact, node_id, updated_ms) \
-     SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::int8[], \
-     $6::int8[], $7::int4[], $8::text[], $9::text[], $10::int8[]) \
-     ON CONFLICT (l_uuid) DO UPDATE SET shard = EXCLUDED.shard, call_id = EXCLUDED.call_id, \
-     from_tag = EXCLUDED.from_tag, next_cseq = EXCLUDED.next_cseq, \
-     binding_expires_ms = EXCLUDED.binding_expires_ms, \
-     granted_expires = EXCLUDED.granted_expires, contact = EXCLUDED.contact, \
-     node_id = EXCLUDED.node_id, updated_ms = EXCLUDED.updated_ms";
-
-impl ClusterSql for AsyncConnectionWrapper<AsyncPgConnection> {
-    fn in_transaction<T>(
-        &mut self,
-        f: impl FnOnce(&mut Self) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        self.transaction(f)
-    }
-
-    fn db_now_ms(&mut self) -> QueryResult<i64> {
-        diesel::select(sql::<BigInt>(POSTGRES_NOW_MS)).get_result(self)
-    }
-
-    fn lock_shards(&mut self, shards: &[i32]) -> QueryResult<Vec<ShardRecord>> {
-        // One array parameter whatever the count; ORDER BY makes every transaction lock in the
-        // same order (PostgreSQL locks the rows as the sorted result emits them).
-        uacreg_cluster_shard::table
-            .select(ShardRecord::as_select())
-            .filter(uacreg_cluster_shard::shard.eq_any(shards))
-            .order(uacreg_cluster_shard::shard)
-            .for_update()
-            .load(self)
-    }
-
-    fn insert_shards(&mut self, shards: &[i32]) -> QueryResult<()> {
-        for chunk in shards.chunks(CHUNK) {
-            let rows: Vec<_> = chunk
-                .iter()
-                .map(|s| uacreg_cluster_shard::shard.eq(*s))
-                .collect();
-            diesel::insert_into(uacreg_cluster_shard::table)
-                .values(&rows)
-                .on_conflict_do_nothing()
-                .execute(self)?;
-        }
-        Ok(())
-    }
-
-    fn upsert_node(&mut self, node: &NodeRecord) -> QueryResult<()> {
-        use diesel::upsert::excluded;
-        use uacreg_cluster_node::*;
-        diesel::insert_into(table)
-            .values(node)
-            .on_conflict(node_id)
-            .do_update()
-            .set((
-                sip_addr.eq(excluded(sip_addr)),
-                started_ms.eq(excluded(started_ms)),
-                seen_ms.eq(excluded(seen_ms)),
-                leaving.eq(excluded(leaving)),
-            ))
-            .execute(self)
-            .map(drop)
-    }
-
-    fn upsert_dialogs(&mut self, rows: &[DialogRecord]) -> QueryResult<()> {
-        // One array per column and UNNEST: ten parameters per statement whatever the row count,
-        // and the server plans one statement for thousands of rows.
-        use diesel::sql_types::{Array, Integer, Text};
-        for chunk in rows.chunks(PG_ARRAY_CHUNK) {
-            let column = |f: fn(&DialogRecord) -> &String| -> Vec<&str> {
-                chunk.iter().map(|r| f(r).as_str()).collect()
-            };
-            diesel::sql_query(PG_UPSERT_DIALOGS)
-                .bind::<Array<Text>, _>(column(|r| &r.l_uuid))
-                .bind::<Array<Integer>, _>(chunk.iter().map(|r| r.shard).collect::<Vec<_>>())
-                .bind::<Array<Text>, _>(column(|r| &r.call_id))
-                .bind::<Array<Text>, _>(column(|r| &r.from_tag))
-                .bind::<Array<BigInt>, _>(chunk.iter().map(|r| r.next_cseq).collect::<Vec<_>>())
-                .bind::<Array<BigInt>, _>(
-                    chunk
-                        .iter()
-                        .map(|r| r.binding_expires_ms)
-                        .collect::<Vec<_>>(),
-                )
-                .bind::<Array<Integer>, _>(
-                    chunk.iter().map(|r| r.granted_expires).collect::<Vec<_>>(),
-                )
-                .bind::<Array<Text>, _>(column(|r| &r.contact))
-                .bind::<Array<Text>, _>(column(|r| &r.node_id))
-                .bind::<Array<BigInt>, _>(chunk.iter().map(|r| r.updated_ms).collect::<Vec<_>>())
-                .execute(self)?;
-        }
-        Ok(())
-    }
-
-    shared_statements!();
-}
-
-impl ClusterSql for AsyncConnectionWrapper<AsyncMysqlConnection> {
-    fn in_transaction<T>(
-        &mut self,
-        f: impl FnOnce(&mut Self) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        self.transaction(f)
-    }
-
-    fn db_now_ms(&mut self) -> QueryResult<i64> {
-        diesel::select(sql::<BigInt>(MYSQL_NOW_MS)).get_result(self)
-    }
-
-    fn lock_shards(&mut self, shards: &[i32]) -> QueryResult<Vec<ShardRecord>> {
-        // By primary key, so InnoDB locks exactly these rows (a scan would lock every row it
-        // passes under REPEATABLE READ), in ascending order in every transaction.
-        let mut rows = Vec::new();
-        for chunk in shards.chunks(CHUNK) {
-            rows.extend(
-                uacreg_cluster_shard::table
-                    .select(ShardRecord::as_select())
-                    .filter(uacreg_cluster_shard::shard.eq_any(chunk))
-                    .order(uacreg_cluster_shard::shard)
-                    .for_update()
-                    .load(self)?,
-            );
-        }
-        Ok(rows)
-    }
-
-    fn insert_shards(&mut self, shards: &[i32]) -> QueryResult<()> {
-        for chunk in shards.chunks(CHUNK) {
-            let rows: Vec<_> = chunk
-                .iter()
-                .map(|s| uacreg_cluster_shard::shard.eq(*s))
-                .collect();
-            diesel::insert_or_ignore_into(uacreg_cluster_shard::table)
-                .values(&rows)
-                .execute(self)?;
-        }
-        Ok(())
-    }
-
-    fn upsert_node(&mut self, node: &NodeRecord) -> QueryResult<()> {
-        diesel::replace_into(uacreg_cluster_node::table)
-            .values(node)
-            .execute(self)
-            .map(drop)
-    }
-
-    fn upsert_dialogs(&mut self, rows: &[DialogRecord]) -> QueryResult<()> {
-        // REPLACE: delete-and-insert by primary key in one statement per chunk.
-        for chunk in rows.chunks(CHUNK) {
-            diesel::replace_into(uacreg_dialog::table)
-                .values(chunk)
-                .execute(self)?;
-        }
-        Ok(())
-    }
-
-    shared_statements!();
 }
 
 /// Runs `$body` (a function of the concrete connection) in one cluster transaction.
@@ -617,7 +209,9 @@ fn prepare<C: ClusterSql>(conn: &mut C, shards: u32) -> Result<(), StoreError> {
         return Err(mismatch(i64::from(i32::MAX)));
     }
     conn.insert_shards(&missing)?;
-    // A node configured differently may have filled the table meanwhile.
+    // Checked again: on PostgreSQL (READ COMMITTED) this also sees a node configured
+    // differently that filled the table meanwhile; MySQL's REPEATABLE READ snapshot does not,
+    // and the next start of either node reports it.
     let after = conn.shard_numbers()?;
     let described = after.last().map_or(0, |&s| i64::from(s) + 1);
     if described != i64::from(shards) || after.len() as i64 != described {
@@ -809,6 +403,18 @@ impl Store {
         node: &NodeInfo,
         lease_ms: i64,
     ) -> Result<ClusterView, StoreError> {
+        fits(
+            "uacreg_cluster_node",
+            "node_id",
+            &node.node_id,
+            NODE_ID_WIDTH,
+        )?;
+        fits(
+            "uacreg_cluster_node",
+            "sip_addr",
+            &node.sip_addr,
+            SIP_ADDR_WIDTH,
+        )?;
         self.run(|connection, _| in_cluster_transaction!(connection, |c| round(c, node, lease_ms)))
     }
 
@@ -822,6 +428,7 @@ impl Store {
         shards: &[u32],
         lease_ms: i64,
     ) -> Result<Vec<ShardLease>, StoreError> {
+        fits("uacreg_cluster_shard", "owner", node_id, NODE_ID_WIDTH)?;
         self.run(|connection, _| {
             in_cluster_transaction!(connection, |c| claim(c, node_id, shards, lease_ms))
         })
@@ -865,6 +472,8 @@ impl Store {
     /// written only for shards it holds at that epoch, unexpired. Deletions are fenced the
     /// same way. `node_id` and `updated_ms` of each row are set here (the writer, the
     /// database's now). Returns how many upserts were skipped because the lease was not held.
+    /// A value wider than its column fails the call before anything is written
+    /// ([`StoreError::ClusterRow`]).
     pub fn write_dialogs(
         &mut self,
         node_id: &str,
@@ -872,6 +481,8 @@ impl Store {
         upserts: &[DialogRow],
         removed: &[String],
     ) -> Result<usize, StoreError> {
+        fits("uacreg_dialog", "node_id", node_id, NODE_ID_WIDTH)?;
+        upserts.iter().try_for_each(dialog_fits)?;
         self.run(|connection, _| {
             in_cluster_transaction!(connection, |c| write(c, node_id, held, upserts, removed))
         })
@@ -1031,6 +642,37 @@ mod tests {
         assert_eq!(b.cluster_claim("b", &[0], MINUTE_MS).unwrap(), vec![]);
         std::thread::sleep(std::time::Duration::from_millis(120));
         assert_eq!(b.cluster_claim("b", &[0], MINUTE_MS).unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn values_wider_than_their_column_are_refused_before_writing() {
+        let (dir, mut a, _) = two_stores("cluster-width", 1);
+        let won = a.cluster_claim("a", &[0], MINUTE_MS).unwrap();
+        let held: HashMap<u32, i64> = [(0, won[0].epoch)].into_iter().collect();
+        let wide = DialogRow {
+            contact: format!("sip:{}@127.0.0.1", "x".repeat(260)),
+            ..dialog("w", 0, 1)
+        };
+        let err = a
+            .write_dialogs("a", &held, &[dialog("ok", 0, 1), wide], &[])
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::ClusterRow { table: "uacreg_dialog", detail } if detail.contains("contact")),
+            "{err}"
+        );
+        assert_eq!(a.read_dialogs(&[0]).unwrap(), vec![]);
+        let long_id = "n".repeat(129);
+        assert!(matches!(
+            a.cluster_claim(&long_id, &[0], MINUTE_MS),
+            Err(StoreError::ClusterRow { .. })
+        ));
+        assert!(matches!(
+            a.cluster_round(&node(&long_id), MINUTE_MS),
+            Err(StoreError::ClusterRow { .. })
+        ));
+        // The store keeps working.
+        assert_eq!(a.cluster_view().unwrap().shards[0], won[0]);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -48,7 +48,8 @@ pub enum StoreError {
          {configured} ([cluster] shards must be the same on every node)"
     )]
     ShardCountMismatch { in_database: i64, configured: u32 },
-    /// Cluster mode: a cluster table holds a value no node writes (a negative shard number).
+    /// Cluster mode: a cluster table holds a value no node writes (a negative shard number), or
+    /// a value too wide for its column was to be written.
     #[error("cluster table {table}: {detail}")]
     ClusterRow { table: &'static str, detail: String },
     /// Cluster mode: a lease update changed another number of rows than the rows it had locked

@@ -16,7 +16,7 @@
 //! * [`uacreg`] — reading, validating and writing `uacreg` rows.
 //! * [`status`] — [`StatusRow`] and the writes to `uacreg_status`.
 //! * [`cluster`] — cluster mode's tables: node rows, shard leases (compare-and-set on the
-//!   database's clock) and the fenced dialog rows.
+//!   database's clock) and the fenced dialog rows; `cluster_sql`, their statements per engine.
 //! * [`error`] — [`StoreError`].
 //! * [`connection`] — the URL, the engine, one connection of any engine, migrations.
 //! * [`postgres`], [`mysql`] — connecting to a server: timeouts, TLS.
@@ -27,6 +27,7 @@
 //! * [`sqlite`] — the SQLite file and its settings.
 
 pub mod cluster;
+mod cluster_sql;
 pub mod connection;
 pub mod error;
 pub mod layout;

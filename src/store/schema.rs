@@ -1,8 +1,8 @@
 //! diesel's view of the tables: `uacreg`, `uacreg_status` and the cluster's three.
 //!
-//! `uacreg`'s text columns are declared nullable although Kamailio's DDL says `NOT NULL`: a table edited by
-//! hand may still hold a NULL, and one such row must not make the whole load fail. NULL reads as
-//! the empty string, which is what Kamailio assumes too.
+//! `uacreg`'s text columns are declared nullable although Kamailio's DDL says `NOT NULL`: a
+//! table edited by hand may still hold a NULL, and one such row must not make the whole load
+//! fail. NULL reads as the empty string, which is what Kamailio assumes too.
 
 diesel::table! {
     uacreg (id) {
