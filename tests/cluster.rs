@@ -1,0 +1,258 @@
+//! Several uacregd processes sharing one PostgreSQL or MariaDB database (issue 15): each row is
+//! registered by exactly one node, a dead node's rows move to the others with their dialogs, a
+//! paused or cut-off node stops sending before anyone takes its shards, and stopping hands
+//! rows over instead of un-REGISTERing. The registrar records every binding with its Call-ID and
+//! source, and reports any moment an AoR held two clients' bindings ("overlaps") or none
+//! ("gaps"); the tests fail on either.
+
+mod support;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::cluster::{self, Cluster};
+use support::dbserver::{DbServer, Engine, require_engine};
+use uacreg::testing::registrar::{RegistrarConfig, TestRegistrar};
+
+const UACREGD: &str = env!("CARGO_BIN_EXE_uacregd");
+const SHARDS: u32 = 256;
+const LEASE_SECS: u64 = 3;
+/// Short enough that every row refreshes during a test, long enough that a takeover (a lease
+/// and a round) fits well inside one grant.
+const EXPIRES: u32 = 30;
+
+fn node_config(name: &str) -> String {
+    format!(
+        "[cluster]\nenabled = true\nnode_id = \"{name}\"\nlease_secs = {LEASE_SECS}\n\
+         shards = {SHARDS}\n[retry]\nstart_spread_secs = 1\n"
+    )
+}
+
+/// A database server, the registrar and `rows` rows in the table.
+struct Setup {
+    server: DbServer,
+    registrar: TestRegistrar,
+    rows: usize,
+}
+
+impl Setup {
+    async fn start(engine: Engine, rows: usize) -> Option<Setup> {
+        if !require_engine(engine) {
+            return None;
+        }
+        let server = tokio::task::spawn_blocking(move || DbServer::start(engine))
+            .await
+            .expect("set-up ran")
+            .expect("the database server starts");
+        let registrar = TestRegistrar::start(RegistrarConfig {
+            users: cluster::accounts(rows),
+            ..RegistrarConfig::default()
+        })
+        .await
+        .expect("registrar starts");
+        let table = cluster::rows(rows, registrar.local_addr(), EXPIRES);
+        let url = server.url();
+        tokio::task::spawn_blocking(move || cluster::write_rows(&url, &table))
+            .await
+            .expect("set-up ran")
+            .expect("rows written");
+        Some(Setup {
+            server,
+            registrar,
+            rows,
+        })
+    }
+
+    fn start_nodes(&self, names: &[&str]) -> Cluster {
+        let configs: Vec<String> = names.iter().map(|n| node_config(n)).collect();
+        let configs: Vec<&str> = configs.iter().map(String::as_str).collect();
+        tokio::task::block_in_place(|| Cluster::start(UACREGD, &self.server, &configs))
+            .expect("the nodes start")
+    }
+
+    async fn all_bound(&self, nodes: &Cluster, limit: Duration) {
+        if let Err(why) = cluster::wait_all_bound(&self.registrar, self.rows, limit).await {
+            panic!("{why}\n{}", nodes.logs(40));
+        }
+    }
+
+    /// Neither two clients on one AoR nor an AoR without a binding, ever.
+    fn assert_clean(&self, nodes: &Cluster) {
+        let overlaps = self.registrar.overlaps();
+        assert!(
+            overlaps.is_empty(),
+            "{} overlaps, first {:?}\n{}",
+            overlaps.len(),
+            overlaps.first(),
+            nodes.logs(40)
+        );
+        let gaps = self.registrar.gaps();
+        assert!(
+            gaps.is_empty(),
+            "{} AoRs went without a binding, first {:?}\n{}",
+            gaps.len(),
+            gaps.first(),
+            nodes.logs(40)
+        );
+    }
+}
+
+/// `uacreg.cluster` of node `i`.
+fn cluster_status(nodes: &Cluster, i: usize) -> Value {
+    let text = nodes
+        .node(i)
+        .daemon()
+        .call("uacreg.cluster", "")
+        .expect("uacreg.cluster answers");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let answer: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+    answer["result"].clone()
+}
+
+fn held(nodes: &Cluster, i: usize) -> BTreeSet<u64> {
+    cluster_status(nodes, i)["held"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default()
+}
+
+/// Waits until the running nodes `among` hold every shard between them, each once, with no
+/// node above `max_each`; returns the shards of each.
+async fn wait_balanced(
+    nodes: &Cluster,
+    among: &[usize],
+    max_each: usize,
+    limit: Duration,
+) -> Vec<BTreeSet<u64>> {
+    let began = Instant::now();
+    loop {
+        let shares: Vec<BTreeSet<u64>> = among.iter().map(|i| held(nodes, *i)).collect();
+        let total: usize = shares.iter().map(BTreeSet::len).sum();
+        let union: BTreeSet<u64> = shares.iter().flatten().copied().collect();
+        if total == SHARDS as usize
+            && union.len() == SHARDS as usize
+            && shares.iter().all(|s| s.len() <= max_each)
+        {
+            return shares;
+        }
+        if began.elapsed() > limit {
+            let sizes: Vec<usize> = shares.iter().map(BTreeSet::len).collect();
+            panic!(
+                "not balanced after {limit:?}: {sizes:?} (union {})\n{}",
+                union.len(),
+                nodes.logs(40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The user (row) numbers whose shard is in `shards`.
+fn rows_of(shards: &BTreeSet<u64>, rows: usize) -> Vec<usize> {
+    (0..rows)
+        .filter(|i| {
+            let l_uuid = format!("uuid{i:06}");
+            shards.contains(&u64::from(uacreg::cluster::shard_of(&l_uuid, SHARDS)))
+        })
+        .collect()
+}
+
+/// Starting three nodes: every row registered once, by one node, shards balanced.
+async fn start_balanced(engine: Engine) {
+    let Some(setup) = Setup::start(engine, 3_000).await else {
+        return;
+    };
+    let mut nodes = setup.start_nodes(&["node-a", "node-b", "node-c"]);
+    let fair = (SHARDS as usize).div_ceil(3) + 2;
+    wait_balanced(&nodes, &[0, 1, 2], fair, Duration::from_secs(60)).await;
+    setup.all_bound(&nodes, Duration::from_secs(60)).await;
+    // Every row's binding comes from exactly the node that holds its shard.
+    let shares: Vec<BTreeSet<u64>> = (0..3).map(|i| held(&nodes, i)).collect();
+    for (i, share) in shares.iter().enumerate() {
+        let sip = nodes.node(i).sip();
+        for row in rows_of(share, setup.rows).into_iter().step_by(37) {
+            let bindings = setup.registrar.bindings(&cluster::user(row));
+            assert_eq!(bindings.len(), 1, "row {row}: {bindings:?}");
+            assert_eq!(bindings[0].source, sip, "row {row} is node {i}'s");
+        }
+    }
+    setup.assert_clean(&nodes);
+    tokio::task::block_in_place(|| nodes.stop_all(Duration::from_secs(20)));
+}
+
+/// `kill -9` of one node: the others take its shards once its leases lapse and continue its
+/// dialogs (same Call-ID, higher CSeq); no AoR ever without a binding or with two.
+async fn killed_node(engine: Engine) {
+    let Some(setup) = Setup::start(engine, 3_000).await else {
+        return;
+    };
+    let mut nodes = setup.start_nodes(&["node-a", "node-b", "node-c"]);
+    let fair = (SHARDS as usize).div_ceil(3) + 2;
+    let shares = wait_balanced(&nodes, &[0, 1, 2], fair, Duration::from_secs(60)).await;
+    setup.all_bound(&nodes, Duration::from_secs(60)).await;
+    let victim_rows = rows_of(&shares[0], setup.rows);
+    let victim_sip = nodes.node(0).sip();
+    // What the victim last sent for each of its rows.
+    let before: HashMap<usize, (String, u32)> = victim_rows
+        .iter()
+        .map(|row| {
+            let binding = setup.registrar.bindings(&cluster::user(*row))[0].clone();
+            (*row, (binding.call_id, binding.cseq))
+        })
+        .collect();
+
+    nodes.node_mut(0).daemon_mut().kill9().expect("kill -9");
+    let killed_at = Instant::now();
+    let limit = Duration::from_secs(LEASE_SECS + 5);
+    let taken = wait_balanced(
+        &nodes,
+        &[1, 2],
+        SHARDS as usize,
+        limit + Duration::from_secs(30),
+    )
+    .await;
+    let took = killed_at.elapsed();
+    assert!(
+        took <= limit,
+        "the shards moved after {took:?}, not within {limit:?}"
+    );
+    assert_eq!(
+        taken.iter().map(BTreeSet::len).sum::<usize>(),
+        SHARDS as usize
+    );
+
+    // Within a grant every moved row is refreshed by its new node, in the old dialog.
+    tokio::time::sleep(Duration::from_secs(u64::from(EXPIRES))).await;
+    let survivors: HashSet<SocketAddr> = [nodes.node(1).sip(), nodes.node(2).sip()].into();
+    for row in &victim_rows {
+        let journal = setup.registrar.journal(&cluster::user(*row));
+        let (call_id, cseq) = &before[row];
+        let after: Vec<_> = journal
+            .iter()
+            .filter(|e| e.binding.source != victim_sip)
+            .collect();
+        assert!(
+            !after.is_empty(),
+            "row {row} was not refreshed by another node"
+        );
+        for entry in after {
+            assert!(survivors.contains(&entry.binding.source));
+            assert_eq!(&entry.binding.call_id, call_id, "row {row} kept its dialog");
+            assert!(entry.binding.cseq > *cseq, "row {row}: CSeq went on");
+        }
+    }
+    setup.assert_clean(&nodes);
+    tokio::task::block_in_place(|| nodes.stop_all(Duration::from_secs(20)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_three_nodes_share_the_rows() {
+    start_balanced(Engine::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_killed_nodes_rows_move_with_their_dialogs() {
+    killed_node(Engine::Postgres).await;
+}
