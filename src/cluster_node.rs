@@ -48,8 +48,12 @@ pub struct ClusterStatus {
     pub node_id: String,
     pub shards: u32,
     pub lease_secs: u64,
-    /// Shards this node holds, and the rows it runs for them.
+    /// Shards this node may send for now (held, deadline not passed).
     pub held: Vec<u32>,
+    /// Each held shard's deadline; `held` is read from it at the moment of asking, so a
+    /// node whose database hangs shows its shards going as their deadlines pass.
+    #[serde(skip)]
+    deadlines: Vec<(u32, Instant)>,
     /// Database time (ms since the epoch) of the last successful round.
     pub last_round_ms: i64,
     /// The last round's failure, if the last round failed.
@@ -94,9 +98,23 @@ pub struct ClusterHandle {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl ClusterStatus {
+    /// The status with `held` as of `now`.
+    pub fn as_of(mut self, now: Instant) -> ClusterStatus {
+        self.held = self
+            .deadlines
+            .iter()
+            .filter(|(_, deadline)| *deadline > now)
+            .map(|(shard, _)| *shard)
+            .collect();
+        self
+    }
+}
+
 impl ClusterHandle {
     pub fn status(&self) -> ClusterStatus {
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+        let status = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+        status.as_of(Instant::now())
     }
 
     /// A shared view of the status for the RPC server.
@@ -179,7 +197,7 @@ pub async fn start(
     let (stop_tx, stop_rx) = mpsc::channel(4);
     let node = ClusterNode {
         membership,
-        store: Some(store),
+        store: Arc::new(Mutex::new(store)),
         driver,
         status: status.clone(),
         info: NodeInfo {
@@ -204,8 +222,8 @@ pub async fn start(
 
 struct ClusterNode {
     membership: Membership,
-    /// Taken out while a blocking call runs.
-    store: Option<Store>,
+    /// The task's own connection; locked by the blocking call that uses it.
+    store: Arc<Mutex<Store>>,
     driver: DriverHandle,
     status: Arc<Mutex<ClusterStatus>>,
     info: NodeInfo,
@@ -243,26 +261,37 @@ impl ClusterNode {
         }
     }
 
-    /// Runs `f` on the store off the async threads.
+    /// Runs `f` on the store off the async threads, giving up after a lease: a database that
+    /// hangs must not hold the task (the call itself finishes or fails on its own thread, and
+    /// until then further calls fail at once as busy).
     async fn with_store<T: Send + 'static>(
         &mut self,
         f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, ClusterTaskError> {
-        let Some(mut store) = self.store.take() else {
-            return Err(ClusterTaskError::Task("the cluster store is busy".into()));
-        };
-        let joined = tokio::task::spawn_blocking(move || {
-            let result = f(&mut store);
-            (store, result)
-        })
-        .await;
-        match joined {
-            Ok((store, result)) => {
-                self.store = Some(store);
-                Ok(result?)
-            }
-            Err(err) => Err(ClusterTaskError::Task(err.to_string())),
+        let store = self.store.clone();
+        let call = tokio::task::spawn_blocking(move || {
+            let Ok(mut store) = store.try_lock() else {
+                return Err(ClusterTaskError::Task(
+                    "an earlier database call has not returned".into(),
+                ));
+            };
+            Ok(f(&mut store)?)
+        });
+        match tokio::time::timeout(self.membership.config().lease, call).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(err)) => Err(ClusterTaskError::Task(err.to_string())),
+            Err(_) => Err(ClusterTaskError::Task(format!(
+                "no answer from the database within {:?}",
+                self.membership.config().lease
+            ))),
         }
+    }
+
+    /// Copies the held shards' deadlines to the status board.
+    fn publish_deadlines(&self) {
+        let deadlines: Vec<(u32, Instant)> =
+            self.membership.held().map(|(s, _, d)| (s, d)).collect();
+        self.update_status(|s| s.deadlines = deadlines);
     }
 
     fn update_status(&self, f: impl FnOnce(&mut ClusterStatus)) {
@@ -302,7 +331,9 @@ impl ClusterNode {
         }
         let round_view = to_round_view(&view);
         let plan = self.membership.handle_round(sent_at, &round_view);
+        self.publish_deadlines();
         self.apply_plan(&view, plan).await;
+        self.publish_deadlines();
         self.driver
             .extend_shards(self.membership.held().map(|(s, _, d)| (s, d)).collect())
             .await
@@ -365,6 +396,7 @@ impl ClusterNode {
             .await;
         // Released or not, they are not ours any more: what was not released lapses.
         self.membership.handle_released(&shards);
+        self.publish_deadlines();
         match released {
             Ok(done) => info!(shards = done.len(), rows, "shards handed over"),
             Err(err) => warn!("releasing shards failed ({err}); they lapse instead"),
@@ -395,6 +427,7 @@ impl ClusterNode {
         if new.is_empty() {
             return;
         }
+        self.publish_deadlines();
         let count = self.membership.config().shards;
         let defaults = self.defaults.clone();
         let wanted: HashSet<u32> = new.iter().copied().collect();
@@ -569,7 +602,6 @@ impl ClusterNode {
     }
 
     fn publish(&self, view: &ClusterView) {
-        let held: Vec<u32> = self.membership.held().map(|(s, _, _)| s).collect();
         let nodes = view
             .nodes
             .iter()
@@ -590,7 +622,6 @@ impl ClusterNode {
             })
             .collect();
         self.update_status(|s| {
-            s.held = held;
             s.last_round_ms = view.db_now_ms;
             s.last_error = None;
             s.nodes = nodes;

@@ -23,10 +23,12 @@ const LEASE_SECS: u64 = 3;
 /// and a round) fits well inside one grant.
 const EXPIRES: u32 = 30;
 
+/// Every node un-REGISTERs on shutdown as a single node would: a node with live peers must
+/// hand over instead, so the registrar seeing no un-REGISTER proves the handover.
 fn node_config(name: &str) -> String {
     format!(
-        "[cluster]\nenabled = true\nnode_id = \"{name}\"\nlease_secs = {LEASE_SECS}\n\
-         shards = {SHARDS}\n[retry]\nstart_spread_secs = 1\n"
+        "unregister_on_shutdown = true\n[cluster]\nenabled = true\nnode_id = \"{name}\"\n\
+         lease_secs = {LEASE_SECS}\nshards = {SHARDS}\n[retry]\nstart_spread_secs = 1\n"
     )
 }
 
@@ -245,6 +247,167 @@ async fn killed_node(engine: Engine) {
     }
     setup.assert_clean(&nodes);
     tokio::task::block_in_place(|| nodes.stop_all(Duration::from_secs(20)));
+}
+
+/// Node 0 is stopped (SIGSTOP) for three leases, then continued: it sends nothing once its
+/// deadlines passed, the others carry its rows meanwhile, and it rejoins.
+async fn paused_node(engine: Engine) {
+    let Some(setup) = Setup::start(engine, 3_000).await else {
+        return;
+    };
+    let mut nodes = setup.start_nodes(&["node-a", "node-b", "node-c"]);
+    let fair = (SHARDS as usize).div_ceil(3) + 2;
+    wait_balanced(&nodes, &[0, 1, 2], fair, Duration::from_secs(60)).await;
+    setup.all_bound(&nodes, Duration::from_secs(60)).await;
+    let paused_sip = nodes.node(0).sip();
+    nodes.node_mut(0).daemon_mut().sigstop().expect("SIGSTOP");
+    let paused_at = Instant::now();
+    wait_balanced(
+        &nodes,
+        &[1, 2],
+        SHARDS as usize,
+        Duration::from_secs(LEASE_SECS + 5),
+    )
+    .await;
+    tokio::time::sleep(
+        (paused_at + Duration::from_secs(3 * LEASE_SECS)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    nodes.node_mut(0).daemon_mut().sigcont().expect("SIGCONT");
+    let resumed_at = Instant::now();
+    // Its rows were taken while it slept; from its deadline on it sends nothing for them.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let late: Vec<(String, Instant)> = (0..setup.rows)
+        .flat_map(|row| {
+            setup
+                .registrar
+                .journal(&cluster::user(row))
+                .into_iter()
+                .filter(|e| e.binding.source == paused_sip && e.at >= resumed_at)
+                .map(move |e| (cluster::user(row), e.at))
+        })
+        .collect();
+    assert!(
+        late.is_empty(),
+        "sent after its deadline: {late:?}\n{}",
+        nodes.logs(40)
+    );
+    // It rejoins and gets its share back, gradually.
+    wait_balanced(&nodes, &[0, 1, 2], fair, Duration::from_secs(90)).await;
+    setup.assert_clean(&nodes);
+    tokio::task::block_in_place(|| nodes.stop_all(Duration::from_secs(20)));
+}
+
+/// Node 0's database link goes dark: the node stops sending before its leases can lapse, the
+/// others take over, and it rejoins when the link is back.
+async fn cut_off_node(engine: Engine) {
+    let Some(setup) = Setup::start(engine, 3_000).await else {
+        return;
+    };
+    let mut nodes = setup.start_nodes(&["node-a", "node-b", "node-c"]);
+    let fair = (SHARDS as usize).div_ceil(3) + 2;
+    wait_balanced(&nodes, &[0, 1, 2], fair, Duration::from_secs(60)).await;
+    setup.all_bound(&nodes, Duration::from_secs(60)).await;
+    nodes.node(0).db_link.cut(support::tcp_cut::CutMode::Freeze);
+    // The node itself says it holds nothing within a lease (its RPC still answers).
+    let began = Instant::now();
+    while !held(&nodes, 0).is_empty() {
+        assert!(
+            began.elapsed() < Duration::from_secs(LEASE_SECS + 2),
+            "node 0 still holds shards without its database\n{}",
+            nodes.logs(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_balanced(
+        &nodes,
+        &[1, 2],
+        SHARDS as usize,
+        Duration::from_secs(LEASE_SECS + 5),
+    )
+    .await;
+    nodes.node(0).db_link.restore();
+    wait_balanced(&nodes, &[0, 1, 2], fair, Duration::from_secs(120)).await;
+    let status = cluster_status(&nodes, 0);
+    assert!(status["shards_lapsed"].as_u64() > Some(0), "{status}");
+    setup.assert_clean(&nodes);
+    tokio::task::block_in_place(|| nodes.stop_all(Duration::from_secs(20)));
+}
+
+/// Every node restarted in turn (SIGTERM, start again): each hands its shards over on the way
+/// down, so no AoR is ever without a binding and nothing is un-REGISTERed; a fourth node then
+/// takes its share gradually; the last node standing un-REGISTERs everything.
+async fn rolling_restart_join_and_last_stop(engine: Engine) {
+    let Some(setup) = Setup::start(engine, 3_000).await else {
+        return;
+    };
+    let mut nodes = setup.start_nodes(&["node-a", "node-b", "node-c"]);
+    let fair3 = (SHARDS as usize).div_ceil(3) + 2;
+    wait_balanced(&nodes, &[0, 1, 2], fair3, Duration::from_secs(60)).await;
+    setup.all_bound(&nodes, Duration::from_secs(60)).await;
+    for i in 0..3 {
+        tokio::task::block_in_place(|| nodes.restart_node(i)).expect("restarts");
+        wait_balanced(&nodes, &[0, 1, 2], fair3, Duration::from_secs(90)).await;
+    }
+    assert_eq!(
+        setup.registrar.unregisters(),
+        0,
+        "handovers, not un-REGISTERs"
+    );
+    setup.assert_clean(&nodes);
+
+    // A fourth node: shares move a few shards per round, never a row registered twice.
+    tokio::task::block_in_place(|| nodes.add_node(&node_config("node-d"))).expect("starts");
+    let fair4 = (SHARDS as usize).div_ceil(4) + 2;
+    wait_balanced(&nodes, &[0, 1, 2, 3], fair4, Duration::from_secs(90)).await;
+    tokio::time::sleep(Duration::from_secs(u64::from(EXPIRES))).await;
+    setup.assert_clean(&nodes);
+    assert_eq!(setup.registrar.unregisters(), 0);
+
+    // Down to one node by handovers, then the last one un-REGISTERs as a single node does.
+    for i in 0..3 {
+        tokio::task::block_in_place(|| nodes.stop_node(i, Duration::from_secs(20)));
+    }
+    wait_balanced(&nodes, &[3], SHARDS as usize, Duration::from_secs(30)).await;
+    assert_eq!(setup.registrar.unregisters(), 0);
+    setup.assert_clean(&nodes);
+    tokio::task::block_in_place(|| nodes.stop_node(3, Duration::from_secs(30)));
+    assert_eq!(
+        setup.registrar.unregisters() as usize,
+        setup.rows,
+        "the last node takes every binding back"
+    );
+    assert_eq!(setup.registrar.bound_users(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_paused_node_sends_nothing_once_its_deadline_passed() {
+    paused_node(Engine::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_node_cut_from_the_database_fences_itself() {
+    cut_off_node(Engine::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rolling_restart_join_and_last_stop() {
+    rolling_restart_join_and_last_stop(Engine::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_three_nodes_share_the_rows() {
+    start_balanced(Engine::MariaDb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_a_killed_nodes_rows_move_with_their_dialogs() {
+    killed_node(Engine::MariaDb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_rolling_restart_join_and_last_stop() {
+    rolling_restart_join_and_last_stop(Engine::MariaDb).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,7 +62,8 @@ impl Gateway {
     /// The cluster as this node last saw it (None: not clustered).
     pub fn cluster_status(&self) -> Option<crate::cluster_node::ClusterStatus> {
         let board = self.cluster.as_ref()?;
-        board.lock().ok().map(|status| status.clone())
+        let status = board.lock().ok().map(|status| status.clone())?;
+        Some(status.as_of(std::time::Instant::now()))
     }
 
     /// Sets the share of running rows a reload may remove without being forced (default 0.5;

@@ -27,16 +27,22 @@ impl Uacregd {
     /// Starts `binary` (`env!("CARGO_BIN_EXE_uacregd")`) on `db_url` with loopback ports, no
     /// metrics endpoint, no un-REGISTER on stop, logging at `info` without colours,
     /// `extra_config` appended to its TOML file (sections such as `[limits]`), and waits until
-    /// its JSON-RPC answers.
+    /// its JSON-RPC answers. An `extra_config` that starts with its own
+    /// `unregister_on_shutdown = …` line sets that key instead of the default `false`.
     pub fn start(binary: &str, dir: &Path, db_url: &str, extra_config: &str) -> io::Result<Self> {
         let sip = process::spare_udp_port()?;
         let rpc = process::spare_tcp_port()?;
         let config = dir.join("uacregd.toml");
+        let unregister = if extra_config.starts_with("unregister_on_shutdown") {
+            ""
+        } else {
+            "unregister_on_shutdown = false\n"
+        };
         std::fs::write(
             &config,
             format!(
                 "db_url = \"{db_url}\"\nsip_listen = \"{}\"\nrpc_listen = \"{}\"\n\
-                 metrics_listen = \"\"\nunregister_on_shutdown = false\n{extra_config}\n",
+                 metrics_listen = \"\"\n{unregister}{extra_config}\n",
                 sip.addr(),
                 rpc.addr()
             ),
