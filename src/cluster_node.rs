@@ -474,6 +474,7 @@ impl ClusterNode {
                         from_tag: row.from_tag,
                         next_cseq,
                         binding,
+                        contact: row.contact,
                     },
                 );
             }
@@ -565,7 +566,7 @@ impl ClusterNode {
                     next_cseq: i64::from(d.dialog.next_cseq),
                     binding_expires_ms: expires_ms,
                     granted_expires: granted,
-                    contact: String::new(),
+                    contact: d.dialog.contact.clone(),
                     node_id: self.info.node_id.clone(),
                     updated_ms: db_now,
                 }

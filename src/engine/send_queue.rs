@@ -79,6 +79,7 @@ mod tests {
             key: RegKey(key),
             destination: Destination::udp("127.0.0.1", 5060),
             request: RegisterRequest {
+                retire_contact: None,
                 request_uri: "sip:example.test".into(),
                 aor: format!("sip:u{key}@example.test"),
                 from_tag: "tag".into(),

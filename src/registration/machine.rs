@@ -319,6 +319,8 @@ pub struct Continuation {
     pub next_cseq: u32,
     /// What the registrar granted last, with how much of it is left (None: no binding known).
     pub binding: Option<(u32, Duration)>,
+    /// The Contact URI the binding was made with (empty: unknown).
+    pub contact: String,
 }
 
 /// One row's registration.
@@ -372,6 +374,8 @@ pub struct Registration {
     last_registered: Option<Instant>,
     /// A binding may exist at the registrar (we sent a REGISTER that may have been accepted).
     maybe_bound: bool,
+    /// Taken over from another node whose contact differed: removed with the next REGISTER.
+    retire_contact: Option<Box<str>>,
     /// The row or the operator's wishes changed while a request was in flight.
     redo_after_flight: bool,
 }
@@ -410,6 +414,7 @@ impl Registration {
             registers_sent: 0,
             last_registered: None,
             maybe_bound: false,
+            retire_contact: None,
             redo_after_flight: false,
         }
     }
@@ -509,6 +514,10 @@ impl Registration {
             from_tag: self.ids.tag(),
             next_cseq: self.next_cseq,
             binding,
+            contact: self
+                .retire_contact
+                .as_deref()
+                .map_or_else(|| self.record.contact_uri(), str::to_owned),
         }
     }
 
@@ -531,6 +540,10 @@ impl Registration {
         };
         self.ids = ids;
         self.next_cseq = next_cseq.max(1);
+        // The previous node's contact (its own address) goes away with our first REGISTER.
+        if !from.contact.is_empty() && from.contact != self.record.contact_uri() {
+            self.retire_contact = Some(from.contact.as_str().into());
+        }
         let Some((granted, left)) = from.binding.filter(|(g, l)| *g > 0 && !l.is_zero()) else {
             self.start(ctx);
             return true;
@@ -657,6 +670,7 @@ impl Registration {
             cseq,
             contact_uri: self.record.contact_uri(),
             expires,
+            retire_contact: self.retire_contact.clone(),
             authorization,
             user_agent: ctx.user_agent.to_string(),
         };
@@ -772,6 +786,8 @@ impl Registration {
 
     fn on_success(&mut self, ctx: &mut Ctx<'_>, flight: &InFlight, response: &Response) {
         self.failures = 0;
+        // Any 2xx applied the whole request, the old contact's removal included.
+        self.retire_contact = None;
         self.offered_realm = None;
         if flight.purpose == Purpose::Unregister {
             self.maybe_bound = false;

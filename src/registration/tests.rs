@@ -982,6 +982,7 @@ fn calendar_follows_every_change_of_a_refresh_timer() {
 #[test]
 fn a_registration_fits_the_320_byte_allocator_class() {
     let size = std::mem::size_of::<Registration>();
+    eprintln!("Registration is {size} bytes");
     assert!(size <= 320, "Registration is {size} bytes");
 }
 
@@ -1424,6 +1425,7 @@ fn a_dialog_that_cannot_be_continued_starts_afresh() {
         from_tag: "abc".into(),
         next_cseq: 7,
         binding: Some((3600, Duration::from_secs(3000))),
+        contact: String::new(),
     };
     sim.table
         .add_continued(start, record(0), Some(&foreign))
@@ -1443,4 +1445,32 @@ fn a_dialog_that_cannot_be_continued_starts_afresh() {
         .add_continued(other.now, record(0), Some(&at_limit))
         .unwrap();
     assert_eq!(other.status("uuid000000"), Status::Pending);
+}
+
+#[test]
+fn a_takeover_from_a_node_with_another_contact_retires_that_contact_once() {
+    let (mut sim, _, _) = taken_over_with(600, |dialog| {
+        dialog.contact = "sip:uuid000000@192.0.2.99:5062".into();
+        dialog.binding = Some((3600, Duration::from_secs(100)));
+    });
+    sim.run_until(sim.now + Duration::from_secs(3600));
+    let first = &sim.sent[0].1;
+    assert_eq!(
+        first.retire_contact.as_deref(),
+        Some("sip:uuid000000@192.0.2.99:5062")
+    );
+    let mut encoded = Vec::new();
+    first.encode(
+        &crate::sip::register::Hop::plain("UDP", "127.0.0.1:5062", "z9hG4bKx"),
+        &mut encoded,
+    );
+    let text = String::from_utf8(encoded).unwrap();
+    assert!(
+        text.contains("Contact: <sip:uuid000000@192.0.2.99:5062>;expires=0\r\n"),
+        "{text}"
+    );
+    // Once a 2xx came back, later REGISTERs carry only our own contact.
+    let ok_at = sim.sent.iter().position(|(_, r)| !r.authorization.is_empty()).unwrap();
+    assert!(sim.sent[ok_at + 1..].iter().all(|(_, r)| r.retire_contact.is_none()));
+    assert!(sim.sent.len() > ok_at + 1, "refreshed afterwards");
 }

@@ -17,6 +17,10 @@ pub struct RegisterRequest {
     pub contact_uri: String,
     /// Value of the Expires header (0 removes the binding).
     pub expires: u32,
+    /// Another contact of this registration to remove in the same request (`;expires=0`):
+    /// the one another node registered before this one took the row over, so the registrar
+    /// holds one binding, not two.
+    pub retire_contact: Option<Box<str>>,
     /// `("Authorization" | "Proxy-Authorization", value)` for each challenge answered: an
     /// authenticating proxy and the registrar behind it each need theirs (RFC 3261 §22.3).
     pub authorization: Vec<(&'static str, String)>,
@@ -84,6 +88,13 @@ impl RegisterRequest {
             hop.contact_header_params,
             self.expires,
         );
+        if let Some(old) = &self.retire_contact {
+            let _ = write!(
+                out,
+                "Contact: <{old}{}>;expires=0\r\n",
+                hop.contact_uri_params
+            );
+        }
         if !hop.supported.is_empty() {
             let _ = write!(out, "Supported: {}\r\n", hop.supported);
         }
@@ -104,6 +115,7 @@ mod tests {
     #[test]
     fn encodes_like_the_kamailio_trace() {
         let request = RegisterRequest {
+            retire_contact: None,
             request_uri: "sip:registrar.test".into(),
             aor: "sip:user000000@registrar.test".into(),
             from_tag: "abc".into(),
@@ -132,6 +144,7 @@ mod tests {
     #[test]
     fn stream_and_outbound_hop_parameters() {
         let request = RegisterRequest {
+            retire_contact: None,
             request_uri: "sip:registrar.test".into(),
             aor: "sip:alice@registrar.test".into(),
             from_tag: "abc".into(),

@@ -785,10 +785,12 @@ fn update_bindings(
         }
     } else {
         let mut asked_removal = false;
+        let mut adds = false;
         for contact in &request.contacts {
             let asked = contact.expires.or(request.expires).unwrap_or(3600);
             let expires = config.max_expires.map_or(asked, |max| asked.min(max));
             asked_removal |= asked == 0;
+            adds |= asked > 0;
             let same = |b: &Binding| {
                 crate::sip::message::UriParts::parse(&b.contact).is_ok_and(|u| {
                     u.user == contact.uri.user
@@ -847,7 +849,9 @@ fn update_bindings(
                 _ => aor.bindings.push(binding),
             }
         }
-        if asked_removal {
+        // A REGISTER that also binds a contact (a node taking a row over and retiring the
+        // previous node's contact) leaves the AoR registered: not an un-REGISTER.
+        if asked_removal && !adds {
             stats.unregisters += 1;
         }
     }
@@ -963,6 +967,7 @@ mod tests {
 
     fn register(cseq: u32, expires: u32) -> RegisterRequest {
         RegisterRequest {
+            retire_contact: None,
             request_uri: "sip:registrar.test".into(),
             aor: "sip:alice@registrar.test".into(),
             from_tag: "t".into(),
