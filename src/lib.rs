@@ -30,6 +30,8 @@
 //!   the shutdown request, held together as the context RPC methods receive.
 //! * [`table_watch`] — reloads without being asked: periodically, or on PostgreSQL NOTIFY.
 //! * [`status_export`] — the optional `uacreg_status` table, written in batches.
+//! * [`cluster_node`] — the cluster task: rounds with the database for [`cluster`]'s
+//!   membership, shards handed to the driver and taken back.
 //! * [`metrics`] — Prometheus text on `GET /metrics`.
 //! * [`daemon`] — wires everything together for the `uacregd` binary, and ends the process when
 //!   a task it cannot live without ends.

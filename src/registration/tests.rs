@@ -1470,7 +1470,15 @@ fn a_takeover_from_a_node_with_another_contact_retires_that_contact_once() {
         "{text}"
     );
     // Once a 2xx came back, later REGISTERs carry only our own contact.
-    let ok_at = sim.sent.iter().position(|(_, r)| !r.authorization.is_empty()).unwrap();
-    assert!(sim.sent[ok_at + 1..].iter().all(|(_, r)| r.retire_contact.is_none()));
+    let ok_at = sim
+        .sent
+        .iter()
+        .position(|(_, r)| !r.authorization.is_empty())
+        .unwrap();
+    assert!(
+        sim.sent[ok_at + 1..]
+            .iter()
+            .all(|(_, r)| r.retire_contact.is_none())
+    );
     assert!(sim.sent.len() > ok_at + 1, "refreshed afterwards");
 }
