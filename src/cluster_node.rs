@@ -100,7 +100,7 @@ pub struct ClusterHandle {
 
 impl ClusterStatus {
     /// The status with `held` as of `now`.
-    pub fn as_of(mut self, now: Instant) -> ClusterStatus {
+    pub fn held_at(mut self, now: Instant) -> ClusterStatus {
         self.held = self
             .deadlines
             .iter()
@@ -114,7 +114,7 @@ impl ClusterStatus {
 impl ClusterHandle {
     pub fn status(&self) -> ClusterStatus {
         let status = self.status.lock().map(|s| s.clone()).unwrap_or_default();
-        status.as_of(Instant::now())
+        status.held_at(Instant::now())
     }
 
     /// A shared view of the status for the RPC server.

@@ -40,6 +40,7 @@ pub fn register(
     let local = socket.local_addr()?;
     let mut rng = rand::rng();
     let mut request = RegisterRequest {
+        retire_contact: None,
         request_uri: format!("sip:{}", account.domain),
         aor: format!("sip:{}@{}", account.user, account.domain),
         from_tag: format!("{:016x}", rng.random::<u64>()),

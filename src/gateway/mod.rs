@@ -63,7 +63,7 @@ impl Gateway {
     pub fn cluster_status(&self) -> Option<crate::cluster_node::ClusterStatus> {
         let board = self.cluster.as_ref()?;
         let status = board.lock().ok().map(|status| status.clone())?;
-        Some(status.as_of(std::time::Instant::now()))
+        Some(status.held_at(std::time::Instant::now()))
     }
 
     /// Sets the share of running rows a reload may remove without being forced (default 0.5;
