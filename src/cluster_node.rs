@@ -17,7 +17,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -43,7 +43,7 @@ pub enum ClusterTaskError {
 }
 
 /// What `uacreg.cluster` shows, kept up to date by the task.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ClusterStatus {
     pub node_id: String,
     pub shards: u32,
@@ -71,7 +71,7 @@ pub struct ClusterStatus {
 }
 
 /// One node as the last round saw it.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub node_id: String,
     pub sip_addr: String,

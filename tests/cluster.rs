@@ -35,7 +35,7 @@ fn node_config(name: &str) -> String {
 /// One scenario at a time: each runs a database server, a registrar and three or four daemons,
 /// and their timing (a takeover within a lease and 5 s) is what is tested, so they do not
 /// share two cores with each other.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A database server, the registrar and `rows` rows in the table.
 struct Setup {
@@ -43,7 +43,7 @@ struct Setup {
     registrar: TestRegistrar,
     rows: usize,
     /// Last, so the turn ends after the server and registrar are gone.
-    _turn: std::sync::MutexGuard<'static, ()>,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Setup {
@@ -51,9 +51,7 @@ impl Setup {
         if !require_engine(engine) {
             return None;
         }
-        let turn = ONE_AT_A_TIME
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let turn = ONE_AT_A_TIME.lock().await;
         let server = tokio::task::spawn_blocking(move || DbServer::start(engine))
             .await
             .expect("set-up ran")
@@ -192,6 +190,22 @@ async fn start_balanced(engine: Engine) {
         }
     }
     setup.assert_clean(&nodes);
+    // `uacregctl cluster` shows the three nodes, live, with their shares.
+    let rpc = format!("http://{}/RPC", nodes.node(0).daemon().rpc);
+    let shown = std::process::Command::new(env!("CARGO_BIN_EXE_uacregctl"))
+        .args(["--rpc", &rpc, "cluster"])
+        .output()
+        .expect("uacregctl runs");
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{text}");
+    assert!(text.starts_with("node node-a: "), "{text}");
+    for name in ["node-a", "node-b", "node-c"] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+        assert!(line.contains(" live "), "{line}");
+    }
     tokio::task::block_in_place(|| nodes.stop_all(Duration::from_secs(20)));
 }
 

@@ -41,6 +41,9 @@ pub fn registry(snapshot: &Snapshot) -> Registry {
     connections(&mut page, &snapshot.driver);
     inbound(&mut page, &snapshot.driver.inbound);
     database(&mut page, &snapshot.database);
+    if let Some(status) = &snapshot.cluster {
+        cluster(&mut page, status);
+    }
     page.registry
 }
 
@@ -385,5 +388,64 @@ fn database(page: &mut Page, health: &DatabaseHealth) {
         "uacreg_status_write_failures_total",
         "uacreg_status write rounds that failed",
         health.status_write_failures,
+    );
+}
+
+/// A cluster node's shards, leases and moves (only when `[cluster]` is on).
+fn cluster(page: &mut Page, status: &crate::cluster_node::ClusterStatus) {
+    page.gauge(
+        "uacreg_cluster_shards_held",
+        "Shards this node holds a lease on and may send for now",
+        status.held.len() as u64,
+    );
+    page.gauge(
+        "uacreg_cluster_nodes_live",
+        "Nodes whose last round is younger than a lease, this one included",
+        status.nodes.iter().filter(|n| n.live).count() as u64,
+    );
+    page.counter(
+        "uacreg_cluster_takeovers_total",
+        "Shards claimed by this node (free, lapsed or given up by another)",
+        status.takeovers,
+    );
+    page.counter(
+        "uacreg_cluster_rows_taken_total",
+        "Rows started on this node by taking a shard, most continuing the previous owner's dialog",
+        status.rows_taken,
+    );
+    page.counter(
+        "uacreg_cluster_handovers_total",
+        "Shards this node gave back (rebalancing or stopping), dialogs written first",
+        status.handovers,
+    );
+    page.counter(
+        "uacreg_cluster_rows_handed_over_total",
+        "Rows this node stopped running for a shard it gave back",
+        status.rows_handed_over,
+    );
+    page.counter(
+        "uacreg_cluster_shards_lost_total",
+        "Shards found taken by another node or lapsed at the database",
+        status.shards_lost,
+    );
+    page.counter(
+        "uacreg_cluster_shards_lapsed_total",
+        "Shards whose local deadline passed unrenewed: their rows stopped sending at once",
+        status.shards_lapsed,
+    );
+    page.counter(
+        "uacreg_cluster_dialogs_written_total",
+        "Dialog rows written to uacreg_dialog for the next owner",
+        status.dialogs_written,
+    );
+    page.counter(
+        "uacreg_cluster_dialog_writes_fenced_total",
+        "Dialog writes the database refused because this node no longer held the shard",
+        status.dialog_writes_fenced,
+    );
+    page.gauge(
+        "uacreg_cluster_round_failing",
+        "1 when this node's last round with the database failed",
+        u64::from(status.last_error.is_some()),
     );
 }

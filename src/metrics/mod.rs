@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub invalid_rows: usize,
     pub driver: DriverStats,
     pub database: DatabaseHealth,
+    /// This node's part in a cluster (None: not clustered).
+    pub cluster: Option<crate::cluster_node::ClusterStatus>,
 }
 
 /// Where a scrape gets its [`Snapshot`]: the running gateway, or a fixed one in tests.
@@ -49,6 +51,7 @@ impl SnapshotSource for Gateway {
             invalid_rows: self.invalid_rows().len(),
             driver,
             database: self.database_health(),
+            cluster: self.cluster_status(),
         })
     }
 }

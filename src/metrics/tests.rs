@@ -214,6 +214,7 @@ fn distinct_snapshot() -> Snapshot {
         invalid_rows: 1603,
         driver,
         database,
+        cluster: None,
     }
 }
 
@@ -499,4 +500,39 @@ async fn connections_beyond_the_bound_wait_for_a_free_slot() {
     drop(idle.pop());
     let answer = waiting.await.unwrap();
     assert_eq!(answer.status, "HTTP/1.1 200 OK");
+}
+
+#[tokio::test]
+async fn a_cluster_node_shows_its_shards_and_moves() {
+    let mut snapshot = distinct_snapshot();
+    let mut status = crate::cluster_node::ClusterStatus::default();
+    status.node_id = "gw1".into();
+    status.takeovers = 11;
+    status.rows_taken = 12;
+    status.handovers = 13;
+    status.rows_handed_over = 14;
+    status.shards_lost = 15;
+    status.shards_lapsed = 16;
+    status.dialogs_written = 17;
+    status.dialog_writes_fenced = 18;
+    status.held = vec![1, 2, 3];
+    snapshot.cluster = Some(status);
+    let page = scrape(start(Some(snapshot)).await).await;
+    for (name, value) in [
+        ("uacreg_cluster_shards_held", 3.0),
+        ("uacreg_cluster_takeovers_total", 11.0),
+        ("uacreg_cluster_rows_taken_total", 12.0),
+        ("uacreg_cluster_handovers_total", 13.0),
+        ("uacreg_cluster_rows_handed_over_total", 14.0),
+        ("uacreg_cluster_shards_lost_total", 15.0),
+        ("uacreg_cluster_shards_lapsed_total", 16.0),
+        ("uacreg_cluster_dialogs_written_total", 17.0),
+        ("uacreg_cluster_dialog_writes_fenced_total", 18.0),
+        ("uacreg_cluster_round_failing", 0.0),
+    ] {
+        assert_eq!(sum_of(&page, name), value, "{name}\n{page}");
+    }
+    // Not clustered: no cluster series at all.
+    let plain = scrape(start(Some(distinct_snapshot())).await).await;
+    assert!(!plain.contains("uacreg_cluster_"), "{plain}");
 }

@@ -15,6 +15,9 @@ use crate::driver::DriverStats;
 use crate::gateway::{DatabaseHealth, ReloadReport};
 use crate::registration::Status;
 
+/// `uacreg.cluster`: this node's shards and counters, and every node as its last round saw it.
+pub use crate::cluster_node::{ClusterStatus, NodeStatus};
+
 /// Kamailio's answer to a command on one record (`reg_enable`, `reg_remove`, …): `{}`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}

@@ -86,7 +86,14 @@ enum Command {
     /// Counts per state and SIP counters (uacreg.status).
     Status,
     /// Stop uacregd gracefully (uacreg.shutdown), with a progress bar while it un-registers.
-    Shutdown,
+    Shutdown {
+        /// Un-REGISTER every binding even where uacregd would not (unregister_on_shutdown =
+        /// false, or a cluster node that would hand its rows over to its peers).
+        #[arg(long)]
+        unregister: bool,
+    },
+    /// The cluster as this node sees it: nodes, their shards and last rounds (uacreg.cluster).
+    Cluster,
     /// `show registrations`: Asterisk-style list (name, server, username, status, expires, code).
     Show {
         #[arg(value_parser = ["registrations"])]
@@ -143,7 +150,15 @@ fn main() -> anyhow::Result<()> {
         Command::RegAdd { values } => ("uac.reg_add", values.clone()),
         Command::RegRemove { l_uuid } => ("uac.reg_remove", vec![l_uuid.clone()]),
         Command::Status => ("uacreg.status", vec![]),
-        Command::Shutdown => ("uacreg.shutdown", vec![]),
+        Command::Shutdown { unregister } => (
+            "uacreg.shutdown",
+            if *unregister {
+                vec!["unregister".to_string()]
+            } else {
+                vec![]
+            },
+        ),
+        Command::Cluster => ("uacreg.cluster", vec![]),
         Command::Show { .. } => ("uac.reg_dump", vec![]),
         Command::Watch { interval } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -197,7 +212,11 @@ fn main() -> anyhow::Result<()> {
             let rows: Vec<RecordView> = read(method, result)?;
             println!("{}", tables::registrations(&rows, now()));
         }
-        Command::Shutdown => {
+        Command::Cluster => {
+            let status: uacreg::answer::ClusterStatus = read(method, result)?;
+            println!("{}", tables::cluster(&status, now()));
+        }
+        Command::Shutdown { .. } => {
             let started: ShutdownStarted = read(method, result)?;
             runtime.block_on(follow::shutdown(&client, started))?;
         }

@@ -176,6 +176,53 @@ pub fn registrations(rows: &[RecordView], now: i64) -> String {
     format!("{}\nObjects found: {}", table.trim_fmt(), rows.len())
 }
 
+/// `cluster`: this node's line, then one line per node with its shards and last round.
+pub fn cluster(status: &uacreg::answer::ClusterStatus, now_unix: i64) -> String {
+    let mut out = format!(
+        "node {}: {} of {} shards held (lease {} s); taken {} ({} rows), handed over {} ({} rows), \
+         lost {}, lapsed {}",
+        status.node_id,
+        status.held.len(),
+        status.shards,
+        status.lease_secs,
+        status.takeovers,
+        status.rows_taken,
+        status.handovers,
+        status.rows_handed_over,
+        status.shards_lost,
+        status.shards_lapsed
+    );
+    if let Some(error) = &status.last_error {
+        out.push_str(&format!("\nlast round failed: {error}"));
+    }
+    let rows = status
+        .nodes
+        .iter()
+        .map(|node| {
+            let state = match (node.live, node.leaving) {
+                (_, true) => "leaving",
+                (true, false) => "live",
+                (false, false) => "gone",
+            };
+            vec![
+                node.node_id.clone(),
+                node.sip_addr.clone(),
+                state.to_string(),
+                node.shards.len().to_string(),
+                relative(Some(node.seen_ms / 1000), now_unix),
+            ]
+        })
+        .collect();
+    let mut table = borderless(
+        Some(&["NODE", "SIP", "STATE", "SHARDS", "LAST ROUND"]),
+        rows,
+    );
+    spaced(&mut table, 2);
+    out.push('\n');
+    out.push_str(&table.trim_fmt());
+    out
+}
+
 /// `reg_reload`: what changed, then each row that could not be used.
 pub fn reload(answer: &ReloadAnswer) -> String {
     let mut out = format!(
