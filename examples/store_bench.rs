@@ -14,7 +14,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::dbserver::{DbServer, Engine, engine_available};
-use uacreg::store::{RawRow, RowDefaults, StatusRow, Store};
+use uacreg::store::{RawRow, RowDefaults, StatusRow, StatusScope, Store};
 
 fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     let start = Instant::now();
@@ -33,6 +33,7 @@ fn status_row(i: usize, state: &str) -> StatusRow {
         binding_expires: 1_700_003_600,
         failures: 0,
         updated_at: 1_700_000_000,
+        node_id: String::new(),
     }
 }
 
@@ -57,17 +58,17 @@ fn measure(name: &str, url: &str, rows: usize) -> Result<(), String> {
     let loaded = loaded.map_err(|e| e.to_string())?;
     assert_eq!(loaded.records.len(), rows);
     let all: Vec<StatusRow> = (0..rows).map(|i| status_row(i, "registering")).collect();
-    let (r, status_all) = timed(|| store.write_status(&all, &[]));
+    let (r, status_all) = timed(|| store.write_status(&all, &[], StatusScope::Everything));
     r.map_err(|e| e.to_string())?;
     let some: Vec<StatusRow> = (0..rows / 100)
         .map(|i| status_row(i, "registered"))
         .collect();
-    let (r, status_some) = timed(|| store.write_status(&some, &[]));
+    let (r, status_some) = timed(|| store.write_status(&some, &[], StatusScope::Everything));
     r.map_err(|e| e.to_string())?;
     let gone: Vec<String> = (rows - rows / 100..rows)
         .map(|i| format!("uuid{i:07}"))
         .collect();
-    let (r, status_gone) = timed(|| store.write_status(&[], &gone));
+    let (r, status_gone) = timed(|| store.write_status(&[], &gone, StatusScope::Everything));
     r.map_err(|e| e.to_string())?;
     let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
     println!(

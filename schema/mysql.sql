@@ -67,3 +67,5 @@ CREATE TABLE IF NOT EXISTS `uacreg_dialog` (
     `updated_ms` BIGINT DEFAULT 0 NOT NULL,
     INDEX `uacreg_dialog_shard_idx` (`shard`)
 ) ENGINE=InnoDB;
+-- Which node last wrote each status row: a cluster node deletes, clears and marks only its own.
+ALTER TABLE `uacreg_status` ADD COLUMN `node_id` VARCHAR(128) DEFAULT '' NOT NULL;

@@ -68,3 +68,5 @@ CREATE TABLE IF NOT EXISTS uacreg_dialog (
     updated_ms BIGINT DEFAULT 0 NOT NULL
 );
 CREATE INDEX IF NOT EXISTS uacreg_dialog_shard_idx ON uacreg_dialog (shard);
+-- Which node last wrote each status row: a cluster node deletes, clears and marks only its own.
+ALTER TABLE uacreg_status ADD COLUMN node_id VARCHAR(128) DEFAULT '' NOT NULL;

@@ -148,7 +148,6 @@ pub struct ClusterParams {
     pub node_id: String,
     pub sip_addr: String,
     pub db_url: String,
-    pub timeouts: ServerTimeouts,
     pub defaults: RowDefaults,
 }
 
@@ -172,7 +171,9 @@ pub async fn start(
 ) -> Result<ClusterHandle, ClusterTaskError> {
     let shards = params.settings.shards;
     let mut store = Store::unconnected(&params.db_url)?;
-    store.set_timeouts(params.timeouts);
+    // The cluster's connection is bounded by the lease, not by [database]'s timeouts (made for
+    // loading 100,000 rows): see ServerTimeouts::for_cluster.
+    store.set_timeouts(ServerTimeouts::for_cluster(params.settings.lease));
     let store = tokio::task::spawn_blocking(move || {
         store.connect()?;
         store.cluster_prepare(shards)?;

@@ -84,10 +84,41 @@ pub struct Daemon {
     cluster: Option<crate::cluster_node::ClusterHandle>,
     /// Outcome of the load done at start-up (None when the database could not be read then).
     pub initial_load: Option<ReloadReport>,
+    /// SIGTERM and SIGHUP, caught from the first moment of [`Daemon::start`]: a stop asked for
+    /// while the rows load is kept for [`Daemon::run_until_signal`] instead of killing the
+    /// process with the default action half-way through start-up.
+    signals: Signals,
+}
+
+/// The signals the daemon acts on, registered once.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn register() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let term = signal(SignalKind::terminate())
+                .inspect_err(|err| error!("cannot catch SIGTERM: {err}"))
+                .ok();
+            let hup = signal(SignalKind::hangup())
+                .inspect_err(|err| error!("cannot catch SIGHUP: {err}"))
+                .ok();
+            Signals { term, hup }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
 }
 
 impl Daemon {
     pub async fn start(config: Config) -> Result<Daemon, DaemonError> {
+        let signals = Signals::register();
         #[cfg(feature = "fault-injection")]
         warn!("built with fault-injection: uacreg.debug_panic can crash this daemon (tests only)");
         let limits = connection_limits(&config);
@@ -151,7 +182,6 @@ impl Daemon {
                 node_id: config.cluster.node_id(sip_addr.port()),
                 sip_addr: advertised.clone(),
                 db_url: config.db_url.clone(),
-                timeouts: config.database.timeouts(),
                 defaults: defaults.clone(),
             };
             let handle = crate::cluster_node::start(params, driver.clone())
@@ -223,6 +253,7 @@ impl Daemon {
             config,
             cluster,
             initial_load,
+            signals,
         })
     }
 
@@ -259,6 +290,7 @@ impl Daemon {
         for task in &self.background {
             task.abort();
         }
+        let mut handed_over = false;
         // A cluster node with live peers hands its shards over instead: the bindings live on
         // (the others continue them); only the last node, or an explicit request, un-REGISTERs.
         if let Some(cluster) = &self.cluster
@@ -266,6 +298,7 @@ impl Daemon {
             && cluster.hand_over().await
         {
             within = None;
+            handed_over = true;
         }
         if self.gateway.shutdown().wants_unregister() {
             within = Some(self.config.shutdown_timeout);
@@ -278,12 +311,19 @@ impl Daemon {
         if let Some(cluster) = self.cluster {
             cluster.finish().await;
         }
-        if self.config.database.status_table {
+        // A node that handed its rows over leaves their status to the new owners; otherwise its
+        // own rows (all of them, for a single node) say `stopped`.
+        if self.config.database.status_table && !handed_over {
             let now = self.gateway.driver.clock().unix(std::time::Instant::now());
+            let node_id = self.gateway.cluster_status().map(|status| status.node_id);
             let marked = tokio::time::timeout(
                 Duration::from_secs(5),
-                self.gateway
-                    .with_store(move |store| store.mark_status_stopped(now)),
+                self.gateway.with_store(move |store| {
+                    store.mark_status_stopped(
+                        now,
+                        crate::status_export::scope_of(node_id.as_deref()),
+                    )
+                }),
             )
             .await;
             if !matches!(marked, Ok(Ok(Ok(())))) {
@@ -317,7 +357,7 @@ impl Daemon {
                 self.rpc_unix.clone(),
             );
             tokio::pin!(essential);
-            wait_for_signal(&self.gateway, essential).await
+            wait_for_signal(&self.gateway, &mut self.signals, essential).await
         };
         let Some(ended) = ended else {
             self.stop().await;
@@ -352,28 +392,30 @@ struct Ended {
 /// SIGHUP reloads the table meanwhile.
 async fn wait_for_signal(
     gateway: &Gateway,
+    signals: &mut Signals,
     mut essential: std::pin::Pin<&mut impl std::future::Future<Output = Ended>>,
 ) -> Option<Ended> {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
-            error!("cannot install signal handlers");
-            return None;
-        };
+        /// A signal that could not be caught never arrives.
+        async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
         loop {
             tokio::select! {
                 ended = &mut essential => return Some(ended),
                 _ = tokio::signal::ctrl_c() => return None,
-                _ = term.recv() => return None,
+                _ = next(&mut signals.term) => return None,
                 _ = gateway.shutdown_requested() => {
                     info!("shutdown requested over RPC");
                     return None;
                 }
-                _ = hup.recv() => {
+                _ = next(&mut signals.hup) => {
                     info!("SIGHUP: reloading");
                     let _ = gateway.reload().await;
                 }
@@ -382,6 +424,7 @@ async fn wait_for_signal(
     }
     #[cfg(not(unix))]
     {
+        let _ = signals;
         tokio::select! {
             ended = &mut essential => Some(ended),
             _ = tokio::signal::ctrl_c() => None,

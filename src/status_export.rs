@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::driver::WallClock;
 use crate::gateway::Gateway;
 use crate::registration::RegistrationTable;
-use crate::store::StatusRow;
+use crate::store::{StatusRow, StatusScope};
 use crate::store::status::{REASON_COLUMN, column_text};
 
 /// What was last written, by l_uuid.
@@ -27,6 +27,9 @@ pub struct StatusExport {
     written: HashMap<String, StatusRow>,
     /// The table still holds rows of an earlier run; the first round empties it.
     cleared: bool,
+    /// A cluster node's id: its rows say who wrote them, and it deletes only those (the other
+    /// nodes' rows, and rows that moved away from it and were rewritten, are theirs).
+    node_id: Option<String>,
 }
 
 /// One round's work: rows to (re)write and l_uuids to delete.
@@ -60,12 +63,21 @@ pub fn current_rows(table: &RegistrationTable, clock: &WallClock, now: Instant) 
                 binding_expires: unix(r.binding_expires()),
                 failures: i32::try_from(r.failures()).unwrap_or(i32::MAX),
                 updated_at: written_at,
+                node_id: String::new(),
             }
         })
         .collect()
 }
 
 impl StatusExport {
+    /// The writer of a single node (`None`) or of the cluster node `node_id`.
+    pub fn new(node_id: Option<String>) -> StatusExport {
+        StatusExport {
+            node_id,
+            ..StatusExport::default()
+        }
+    }
+
     /// What differs between `current` and what was last written.
     pub fn changes(&self, current: Vec<StatusRow>) -> StatusChanges {
         let seen: HashSet<&str> = current.iter().map(|row| row.l_uuid.as_str()).collect();
@@ -101,27 +113,36 @@ impl StatusExport {
     /// or deleted.
     pub async fn round(&mut self, gateway: &Gateway) -> Result<usize, String> {
         if !self.cleared {
+            let node_id = self.node_id.clone();
             gateway
-                .with_store(|store| store.clear_status())
+                .with_store(move |store| {
+                    store.clear_status(scope_of(node_id.as_deref()))
+                })
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
             self.cleared = true;
         }
-        let current = gateway
+        let mut current = gateway
             .driver
             .status_rows()
             .await
             .map_err(|e| e.to_string())?;
+        if let Some(node_id) = &self.node_id {
+            for row in &mut current {
+                row.node_id.clone_from(node_id);
+            }
+        }
         let changes = self.changes(current);
         if changes.is_empty() {
             return Ok(0);
         }
         let count = changes.upserts.len() + changes.removed.len();
+        let node_id = self.node_id.clone();
         let result = gateway
             .with_store(move |store| {
                 store
-                    .write_status(&changes.upserts, &changes.removed)
+                    .write_status(&changes.upserts, &changes.removed, scope_of(node_id.as_deref()))
                     .map(|()| changes)
             })
             .await
@@ -132,9 +153,14 @@ impl StatusExport {
     }
 }
 
+/// The rows a writer may delete: a cluster node's own, or all of them.
+pub fn scope_of(node_id: Option<&str>) -> StatusScope<'_> {
+    node_id.map_or(StatusScope::Everything, StatusScope::WrittenBy)
+}
+
 /// Runs the writer until the task is aborted.
 pub async fn run(gateway: Arc<Gateway>, interval: Duration) {
-    let mut export = StatusExport::default();
+    let mut export = StatusExport::new(gateway.cluster_status().map(|status| status.node_id));
     let mut failing = false;
     loop {
         tokio::time::sleep(interval).await;
@@ -172,6 +198,7 @@ mod tests {
             binding_expires: 0,
             failures: 0,
             updated_at: at,
+            node_id: String::new(),
         }
     }
 

@@ -28,7 +28,8 @@ const EXPIRES: u32 = 30;
 fn node_config(name: &str) -> String {
     format!(
         "unregister_on_shutdown = true\n[cluster]\nenabled = true\nnode_id = \"{name}\"\n\
-         lease_secs = {LEASE_SECS}\nshards = {SHARDS}\n[retry]\nstart_spread_secs = 1\n"
+         lease_secs = {LEASE_SECS}\nshards = {SHARDS}\n[retry]\nstart_spread_secs = 1\n\
+         [database]\nstatus_table = true\nstatus_interval_secs = 1\n"
     )
 }
 
@@ -110,16 +111,58 @@ impl Setup {
     }
 }
 
-/// `uacreg.cluster` of node `i`.
-fn cluster_status(nodes: &Cluster, i: usize) -> Value {
+/// The result of `method` on node `i`.
+fn call(nodes: &Cluster, i: usize, method: &str) -> Value {
     let text = nodes
         .node(i)
         .daemon()
-        .call("uacreg.cluster", "")
-        .expect("uacreg.cluster answers");
+        .call(method, "")
+        .unwrap_or_else(|e| panic!("{method} does not answer: {e}"));
     let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
     let answer: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
     answer["result"].clone()
+}
+
+/// `uacreg.cluster` of node `i`.
+fn cluster_status(nodes: &Cluster, i: usize) -> Value {
+    call(nodes, i, "uacreg.cluster")
+}
+
+/// Prints a measured figure where `cargo test -- --nocapture` shows it (the README's cluster
+/// figures come from these lines).
+fn figure(what: &str, value: impl std::fmt::Display) {
+    eprintln!("cluster figure: {what}: {value}");
+}
+
+/// For each row, the REGISTERs `from` any of `senders` after `since`, up to and including the
+/// first one the registrar accepted: what a move of the row cost on the wire.
+fn registers_until_bound(
+    registrar: &TestRegistrar,
+    rows: &[usize],
+    senders: &HashSet<SocketAddr>,
+    since: Instant,
+) -> Vec<usize> {
+    rows.iter()
+        .filter_map(|row| {
+            let sent: Vec<_> = registrar
+                .requests_for(&cluster::user(*row))
+                .into_iter()
+                .filter(|r| r.at >= since && senders.contains(&r.source))
+                .collect();
+            let first_ok = sent.iter().position(|r| r.code == 200)?;
+            Some(first_ok + 1)
+        })
+        .collect()
+}
+
+fn mean_and_max(counts: &[usize]) -> String {
+    let total: usize = counts.iter().sum();
+    let max = counts.iter().max().copied().unwrap_or(0);
+    format!(
+        "{:.2} mean, {max} max over {} rows",
+        total as f64 / counts.len().max(1) as f64,
+        counts.len()
+    )
 }
 
 fn held(nodes: &Cluster, i: usize) -> BTreeSet<u64> {
@@ -206,6 +249,51 @@ async fn start_balanced(engine: Engine) {
             .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
         assert!(line.contains(" live "), "{line}");
     }
+    // Each node's reg_dump lists its own rows, each naming it.
+    let names = ["node-a", "node-b", "node-c"];
+    for (i, share) in shares.iter().enumerate() {
+        let dump = call(&nodes, i, "uac.reg_dump");
+        let rows = dump.as_array().expect("a list");
+        assert_eq!(rows.len(), rows_of(share, setup.rows).len());
+        assert!(rows.iter().all(|r| r["node"] == names[i]), "node {i}");
+    }
+    // Any node lists the whole cluster from the database, each row with the node that runs it
+    // (once every node has written its states: one status interval).
+    let began = Instant::now();
+    loop {
+        let dump = call(&nodes, 1, "uacreg.cluster_dump");
+        let rows = dump.as_array().expect("a list");
+        assert_eq!(rows.len(), setup.rows);
+        let settled = rows.iter().all(|r| {
+            let l_uuid = r["l_uuid"].as_str().unwrap_or("");
+            let shard = u64::from(uacreg::cluster::shard_of(l_uuid, SHARDS));
+            let runner = shares.iter().position(|share| share.contains(&shard));
+            r["state"] == "registered" && runner.is_some_and(|i| r["node"] == names[i])
+        });
+        if settled {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(15),
+            "cluster_dump does not show every row registered by its node: {}",
+            rows.iter()
+                .find(|r| r["state"] != "registered")
+                .map_or(String::new(), Value::to_string)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let shown = std::process::Command::new(env!("CARGO_BIN_EXE_uacregctl"))
+        .args(["--rpc", &rpc, "reg_dump", "--cluster"])
+        .output()
+        .expect("uacregctl runs");
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("{} records: registered {}", setup.rows, setup.rows)),
+        "{text}"
+    );
+    let by_node = text.lines().last().unwrap_or("");
+    assert!(by_node.starts_with("by node: node-a "), "{by_node}");
     tokio::task::block_in_place(|| nodes.stop_all(Duration::from_secs(20)));
 }
 
@@ -245,6 +333,10 @@ async fn killed_node(engine: Engine) {
         took <= limit,
         "the shards moved after {took:?}, not within {limit:?}"
     );
+    figure(
+        &format!("kill -9: shards held by the survivors (lease {LEASE_SECS} s) after"),
+        format!("{:.1} s", took.as_secs_f64()),
+    );
     assert_eq!(
         taken.iter().map(BTreeSet::len).sum::<usize>(),
         SHARDS as usize
@@ -253,6 +345,15 @@ async fn killed_node(engine: Engine) {
     // Within a grant every moved row is refreshed by its new node, in the old dialog.
     tokio::time::sleep(Duration::from_secs(u64::from(EXPIRES))).await;
     let survivors: HashSet<SocketAddr> = [nodes.node(1).sip(), nodes.node(2).sip()].into();
+    figure(
+        "kill -9: REGISTERs per moved row until its binding was confirmed",
+        mean_and_max(&registers_until_bound(
+            &setup.registrar,
+            &victim_rows,
+            &survivors,
+            killed_at,
+        )),
+    );
     for row in &victim_rows {
         let journal = setup.registrar.journal(&cluster::user(*row));
         let (call_id, cseq) = &before[row];
@@ -375,8 +476,31 @@ async fn rolling_restart_join_and_last_stop(engine: Engine) {
     wait_balanced(&nodes, &[0, 1, 2], fair3, Duration::from_secs(60)).await;
     setup.all_bound(&nodes, Duration::from_secs(60)).await;
     for i in 0..3 {
+        let before = held(&nodes, i);
+        let others: HashSet<SocketAddr> = (0..3)
+            .filter(|&j| j != i)
+            .map(|j| nodes.node(j).sip())
+            .collect();
+        let stopped_at = Instant::now();
         tokio::task::block_in_place(|| nodes.restart_node(i)).expect("restarts");
-        wait_balanced(&nodes, &[0, 1, 2], fair3, Duration::from_secs(90)).await;
+        let balanced = wait_balanced(&nodes, &[0, 1, 2], fair3, Duration::from_secs(90)).await;
+        if i == 0 {
+            figure(
+                "rolling restart: stop, start and rebalance of one node",
+                format!("{:.1} s", stopped_at.elapsed().as_secs_f64()),
+            );
+            let handed = rows_of(&before, setup.rows);
+            figure(
+                "rolling restart: REGISTERs per handed-over row until confirmed",
+                mean_and_max(&registers_until_bound(
+                    &setup.registrar,
+                    &handed,
+                    &others,
+                    stopped_at,
+                )),
+            );
+            figure("rolling restart: shards back on the restarted node", balanced[i].len());
+        }
     }
     assert_eq!(
         setup.registrar.unregisters(),
@@ -386,9 +510,18 @@ async fn rolling_restart_join_and_last_stop(engine: Engine) {
     setup.assert_clean(&nodes);
 
     // A fourth node: shares move a few shards per round, never a row registered twice.
+    let joined_at = Instant::now();
     tokio::task::block_in_place(|| nodes.add_node(&node_config("node-d"))).expect("starts");
     let fair4 = (SHARDS as usize).div_ceil(4) + 2;
-    wait_balanced(&nodes, &[0, 1, 2, 3], fair4, Duration::from_secs(90)).await;
+    let shares4 = wait_balanced(&nodes, &[0, 1, 2, 3], fair4, Duration::from_secs(90)).await;
+    figure(
+        "fourth node: shards moved to it, and time until balanced",
+        format!(
+            "{} shards in {:.1} s",
+            shares4[3].len(),
+            joined_at.elapsed().as_secs_f64()
+        ),
+    );
     tokio::time::sleep(Duration::from_secs(u64::from(EXPIRES))).await;
     setup.assert_clean(&nodes);
     assert_eq!(setup.registrar.unregisters(), 0);
@@ -447,4 +580,14 @@ async fn postgres_three_nodes_share_the_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_killed_nodes_rows_move_with_their_dialogs() {
     killed_node(Engine::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_a_paused_node_sends_nothing_once_its_deadline_passed() {
+    paused_node(Engine::MariaDb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_a_node_cut_from_the_database_fences_itself() {
+    cut_off_node(Engine::MariaDb).await;
 }

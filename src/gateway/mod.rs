@@ -66,6 +66,12 @@ impl Gateway {
         Some(status.held_at(std::time::Instant::now()))
     }
 
+    /// This node's id in the cluster (None: not clustered).
+    pub fn node_id(&self) -> Option<String> {
+        let board = self.cluster.as_ref()?;
+        board.lock().ok().map(|status| status.node_id.clone())
+    }
+
     /// Sets the share of running rows a reload may remove without being forced (default 0.5;
     /// 1.0 lets every reload through).
     pub fn with_max_removed_share(mut self, share: f64) -> Gateway {

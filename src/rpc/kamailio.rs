@@ -37,6 +37,20 @@ pub fn flags(snapshot: &Snapshot) -> i32 {
     flags
 }
 
+/// The bitmask for a row known only by its state name, as `uacreg_status` stores it (the
+/// cluster-wide dump): in flight, authentication sent and the operator's switch are not
+/// stored, so they are read from the state alone.
+pub fn flags_of_state(state: &str) -> i32 {
+    match state {
+        "registered" => flag::ONLINE | flag::INIT,
+        "registering" | "unregistering" => flag::ONGOING | flag::INIT,
+        "authenticating" => flag::ONGOING | flag::AUTHSENT | flag::INIT,
+        "disabled" => flag::DISABLED | flag::INIT,
+        "retry_wait" | "failed" | "auth_failed" | "realm_mismatch" | "unregistered" => flag::INIT,
+        _ => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +97,16 @@ mod tests {
         snap.status = Status::Authenticating;
         snap.in_flight = true;
         assert_eq!(flags(&snap), flag::ONGOING | flag::AUTHSENT | flag::INIT);
+    }
+
+    /// A stored state gives the bits a live row in that state would show at rest.
+    #[test]
+    fn stored_states_map_to_the_same_bits() {
+        assert_eq!(flags_of_state("registered"), 20);
+        assert_eq!(flags_of_state("authenticating"), 26);
+        assert_eq!(flags_of_state("disabled") & flag::DISABLED, flag::DISABLED);
+        assert_eq!(flags_of_state("retry_wait"), flag::INIT);
+        assert_eq!(flags_of_state("unreported"), 0);
+        assert_eq!(flags_of_state("pending"), 0);
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod answer;
 pub mod client;
+mod cluster_dump;
 pub mod kamailio;
 mod params;
 pub mod server;

@@ -5,6 +5,7 @@
 //! point at uacreg instead. jsonrpsee serves any POST path, so `/RPC` (Kamailio's usual path) and
 //! `/` both work.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,6 +15,7 @@ use super::answer::{
 };
 use super::params::{self, LookupKey, fault};
 use super::token::TokenLayer;
+use super::cluster_dump::ClusterDump;
 use super::view::RecordView;
 use crate::gateway::Gateway;
 use crate::registration::{Attribute, Snapshot};
@@ -38,12 +40,16 @@ fn now_unix() -> i64 {
 
 /// One record as a JSON value: a single answer (reg_info) owns what it returns.
 fn render(gateway: &Gateway, snapshot: &Snapshot) -> serde_json::Value {
-    let view = RecordView::from_snapshot(
-        snapshot,
-        &gateway.driver.clock(),
-        now_unix(),
-        gateway.show_secrets,
-    );
+    let node = gateway.node_id();
+    let view = RecordView {
+        node: node.as_deref().map(Cow::Borrowed),
+        ..RecordView::from_snapshot(
+            snapshot,
+            &gateway.driver.clock(),
+            now_unix(),
+            gateway.show_secrets,
+        )
+    };
     serde_json::to_value(view).unwrap_or(serde_json::Value::Null)
 }
 
@@ -60,6 +66,8 @@ struct DumpAnswer {
     clock: crate::driver::WallClock,
     now_unix: i64,
     show_secrets: bool,
+    /// Cluster mode: this node, which runs every live row it lists.
+    node: Option<Arc<str>>,
 }
 
 impl serde::Serialize for DumpAnswer {
@@ -67,12 +75,15 @@ impl serde::Serialize for DumpAnswer {
         use serde::ser::SerializeSeq;
         let mut seq = serializer.serialize_seq(Some(self.snapshots.len() + self.invalid.len()))?;
         for snapshot in self.snapshots.iter() {
-            seq.serialize_element(&RecordView::from_snapshot(
-                snapshot,
-                &self.clock,
-                self.now_unix,
-                self.show_secrets,
-            ))?;
+            seq.serialize_element(&RecordView {
+                node: self.node.as_deref().map(Cow::Borrowed),
+                ..RecordView::from_snapshot(
+                    snapshot,
+                    &self.clock,
+                    self.now_unix,
+                    self.show_secrets,
+                )
+            })?;
         }
         for bad in self.invalid.iter() {
             seq.serialize_element(&RecordView::from_invalid(
@@ -116,6 +127,7 @@ fn register_all(
             clock: gw.driver.clock(),
             now_unix: now_unix(),
             show_secrets: gw.show_secrets,
+            node: gw.node_id().map(Arc::from),
         })
     })?;
 
@@ -263,6 +275,20 @@ fn register_all(
                 "Not clustered - [cluster] enabled = false on this node",
             )),
         }
+    })?;
+
+    // Every row of the cluster with the node running it, from the database (any node answers;
+    // an error when not clustered).
+    module.register_async_method("uacreg.cluster_dump", |_params, gw, _| async move {
+        if gw.node_id().is_none() {
+            return Err(fault(
+                404,
+                "Not clustered - [cluster] enabled = false on this node",
+            ));
+        }
+        ClusterDump::read(&gw, now_unix())
+            .await
+            .map_err(|err| fault(500, &format!("cannot read the cluster's rows: {err}")))
     })?;
 
     // Test builds only (cargo feature `fault-injection`): makes the driver task panic, so a

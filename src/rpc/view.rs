@@ -13,13 +13,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::driver::WallClock;
 use crate::registration::{Record, Secret, Snapshot};
-use crate::store::RawRow;
+use crate::store::{RawRow, StatusRow};
 
 /// What a masked secret shows instead of its value.
 pub const MASK: &str = "********";
 
 /// The state of a row that failed validation (not a registration state: it never runs).
 pub const INVALID: &str = "invalid";
+
+/// `uacreg.cluster_dump`: a row no node has written a status for (yet, or `status_table` is
+/// off).
+pub const UNREPORTED: &str = "unreported";
 
 /// One record in Kamailio's shape plus our extra fields. Built borrowing from a snapshot for
 /// the server; read back owned (`RecordView<'static>`) by clients.
@@ -77,6 +81,10 @@ pub struct RecordView<'a> {
     /// Why the row is not used (state `invalid`); null otherwise.
     #[serde(default)]
     pub error: Option<Cow<'a, str>>,
+    /// Cluster mode: the node that runs the row (null in `uacreg.cluster_dump` while no node
+    /// holds its shard). Absent on a single node, whose answers keep their usual shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Cow<'a, str>>,
 }
 
 fn show_secret<'a>(secret: Secret<&'a str>, show: bool, empty: &'static str) -> Cow<'a, str> {
@@ -152,6 +160,7 @@ impl<'a> RecordView<'a> {
             failures: s.failures,
             registers_sent: s.registers_sent,
             error: None,
+            node: None,
         }
     }
 
@@ -188,6 +197,67 @@ impl<'a> RecordView<'a> {
             failures: 0,
             registers_sent: 0,
             error: Some(Cow::Owned(error)),
+            node: None,
+        }
+    }
+
+    /// A row as the database tells it (`uacreg.cluster_dump`): its columns, the state the node
+    /// running it last wrote to `uacreg_status` (`unreported` without one), and that node.
+    pub fn from_stored(
+        r: &'a Record,
+        status: Option<&'a StatusRow>,
+        node: Option<&'a str>,
+        now_unix: i64,
+        show_secrets: bool,
+    ) -> RecordView<'a> {
+        let set = |unix: i64| (unix > 0).then_some(unix);
+        let state = status.map_or(UNREPORTED, |s| s.state.as_str());
+        let next_refresh = status.and_then(|s| set(s.next_refresh));
+        let binding_expires = status.and_then(|s| set(s.binding_expires));
+        let timer_expires = if state == "registered" {
+            binding_expires.or(next_refresh)
+        } else {
+            next_refresh.or(binding_expires)
+        }
+        .unwrap_or(0);
+        RecordView {
+            l_uuid: Cow::Borrowed(r.l_uuid()),
+            l_username: Cow::Borrowed(r.l_username()),
+            l_domain: Cow::Borrowed(r.l_domain()),
+            r_username: Cow::Borrowed(r.r_username()),
+            r_domain: Cow::Borrowed(r.r_domain()),
+            realm: null_if_empty(r.realm()),
+            auth_username: Cow::Borrowed(r.auth_username()),
+            auth_password: show_secret(r.auth_password(), show_secrets, "none"),
+            auth_ha1: show_secret(r.auth_ha1(), show_secrets, "none"),
+            auth_proxy: none_if_empty(r.auth_proxy()),
+            expires: i64::from(r.expires),
+            flags: i64::from(super::kamailio::flags_of_state(state)),
+            diff_expires: if timer_expires == 0 {
+                0
+            } else {
+                timer_expires - now_unix
+            },
+            timer_expires,
+            reg_init: 0,
+            reg_delay: i64::from(r.reg_delay),
+            contact_addr: none_if_empty(r.contact_addr()),
+            socket: null_if_empty(r.socket()),
+            state: Cow::Borrowed(state),
+            last_code: status
+                .and_then(|s| u16::try_from(s.last_code).ok())
+                .filter(|&code| code > 0),
+            last_reason: Cow::Borrowed(status.map_or("", |s| s.last_reason.as_str())),
+            expected_realm: None,
+            offered_realm: None,
+            next_refresh,
+            binding_expires,
+            granted_expires: None,
+            last_success: status.and_then(|s| set(s.last_success)),
+            failures: status.map_or(0, |s| u32::try_from(s.failures).unwrap_or(0)),
+            registers_sent: 0,
+            error: None,
+            node: node.map(Cow::Borrowed),
         }
     }
 }
@@ -229,6 +299,7 @@ mod tests {
             failures: 0,
             registers_sent: 2,
             error: None,
+            node: None,
         }
     }
 

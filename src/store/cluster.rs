@@ -274,7 +274,9 @@ fn claim<C: ClusterSql>(
     lease_ms: i64,
 ) -> Result<Vec<ShardLease>, StoreError> {
     let wanted = stored_shards(shards.iter().copied());
-    let locked = conn.lock_shards(&wanted)?;
+    // A shard still locked by another transaction (its holder renewing it, or stuck in the
+    // middle of a round until the server ends that session) is not waited for.
+    let locked = conn.lock_shards_unless_locked(&wanted)?;
     let now = conn.db_now_ms()?;
     let free: Vec<ShardRecord> = locked
         .into_iter()

@@ -74,6 +74,9 @@ pub(super) trait ClusterSql: Sized {
     /// The rows of `shards` (sorted), locked until the transaction ends where the engine has
     /// row locks.
     fn lock_shards(&mut self, shards: &[i32]) -> QueryResult<Vec<ShardRecord>>;
+    /// Like `lock_shards`, but rows another transaction has locked are left out instead of
+    /// waited for (claims: a shard whose holder is stuck mid-transaction is tried next round).
+    fn lock_shards_unless_locked(&mut self, shards: &[i32]) -> QueryResult<Vec<ShardRecord>>;
     /// Adds shard rows, leaving those that exist alone.
     fn insert_shards(&mut self, shards: &[i32]) -> QueryResult<()>;
     fn upsert_node(&mut self, node: &NodeRecord) -> QueryResult<()>;
@@ -259,6 +262,10 @@ impl ClusterSql for SqliteConnection {
         Ok(rows)
     }
 
+    fn lock_shards_unless_locked(&mut self, shards: &[i32]) -> QueryResult<Vec<ShardRecord>> {
+        self.lock_shards(shards)
+    }
+
     fn insert_shards(&mut self, shards: &[i32]) -> QueryResult<()> {
         for chunk in shards.chunks(CHUNK) {
             let rows: Vec<_> = chunk
@@ -324,6 +331,16 @@ impl ClusterSql for AsyncConnectionWrapper<AsyncPgConnection> {
             .filter(uacreg_cluster_shard::shard.eq_any(shards))
             .order(uacreg_cluster_shard::shard)
             .for_update()
+            .load(self)
+    }
+
+    fn lock_shards_unless_locked(&mut self, shards: &[i32]) -> QueryResult<Vec<ShardRecord>> {
+        uacreg_cluster_shard::table
+            .select(ShardRecord::as_select())
+            .filter(uacreg_cluster_shard::shard.eq_any(shards))
+            .order(uacreg_cluster_shard::shard)
+            .for_update()
+            .skip_locked()
             .load(self)
     }
 
@@ -415,6 +432,22 @@ impl ClusterSql for AsyncConnectionWrapper<AsyncMysqlConnection> {
                     .filter(uacreg_cluster_shard::shard.eq_any(chunk))
                     .order(uacreg_cluster_shard::shard)
                     .for_update()
+                    .load(self)?,
+            );
+        }
+        Ok(rows)
+    }
+
+    fn lock_shards_unless_locked(&mut self, shards: &[i32]) -> QueryResult<Vec<ShardRecord>> {
+        let mut rows = Vec::new();
+        for chunk in shards.chunks(CHUNK) {
+            rows.extend(
+                uacreg_cluster_shard::table
+                    .select(ShardRecord::as_select())
+                    .filter(uacreg_cluster_shard::shard.eq_any(chunk))
+                    .order(uacreg_cluster_shard::shard)
+                    .for_update()
+                    .skip_locked()
                     .load(self)?,
             );
         }

@@ -172,6 +172,25 @@ pub struct ServerTimeouts {
     pub lock: std::time::Duration,
 }
 
+impl ServerTimeouts {
+    /// A cluster node's own connection, bounded by its lease: a lock wait gives up within a
+    /// quarter lease and a statement within half of one, so one round never outlives the lease
+    /// it renews; and the server ends a transaction left idle for a lease (a node paused or cut
+    /// off in the middle of one), so the shard rows it had locked come free for the others.
+    pub fn for_cluster(lease: std::time::Duration) -> ServerTimeouts {
+        let at_least_a_second = |d: std::time::Duration| d.max(std::time::Duration::from_secs(1));
+        ServerTimeouts {
+            statement: at_least_a_second(lease / 2),
+            lock: (lease / 4).max(std::time::Duration::from_millis(250)),
+        }
+    }
+
+    /// How long the server lets a transaction sit idle before it ends the session.
+    pub fn idle_in_transaction(&self) -> std::time::Duration {
+        self.statement.saturating_mul(2)
+    }
+}
+
 impl Default for ServerTimeouts {
     fn default() -> Self {
         ServerTimeouts {

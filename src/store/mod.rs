@@ -50,6 +50,6 @@ pub use error::StoreError;
 pub use layout::TableLayout;
 pub use row::RawRow;
 pub use session::Store;
-pub use status::StatusRow;
+pub use status::{StatusRow, StatusScope};
 pub use uacreg::{InvalidRow, LoadedRows};
 pub use validate::{RowDefaults, RowError, validate};

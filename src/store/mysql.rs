@@ -36,7 +36,8 @@ pub fn split_ca(url: &str) -> (String, Option<std::path::PathBuf>) {
 
 /// Opens a connection with `timeouts` set for the session: MariaDB's `max_statement_time`
 /// (seconds) or, where that is unknown, MySQL's `max_execution_time` (milliseconds, SELECTs
-/// only), and `innodb_lock_wait_timeout` / `lock_wait_timeout` for row and metadata locks.
+/// only), `innodb_lock_wait_timeout` / `lock_wait_timeout` for row and metadata locks, and
+/// MariaDB's `idle_transaction_timeout`.
 pub async fn connect(
     url: &DbUrl,
     timeouts: ServerTimeouts,
@@ -58,6 +59,13 @@ pub async fn connect(
     ))
     .await
     .map_err(|e| StoreError::Open(format!("cannot set lock timeouts: {e}")))?;
+    // MariaDB ends a session whose transaction sits idle this long (a client paused or cut off
+    // while holding row locks); MySQL has no such setting and keeps the locks until its
+    // wait_timeout.
+    let idle = timeouts.idle_in_transaction().as_secs().max(1);
+    let _ = conn
+        .batch_execute(&format!("SET SESSION idle_transaction_timeout = {idle}"))
+        .await;
     Ok(conn)
 }
 

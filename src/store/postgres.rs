@@ -84,7 +84,7 @@ pub fn session_settings(timeouts: ServerTimeouts) -> String {
          SET idle_in_transaction_session_timeout = {}",
         timeouts.statement.as_millis(),
         timeouts.lock.as_millis(),
-        timeouts.statement.as_millis().saturating_mul(2),
+        timeouts.idle_in_transaction().as_millis(),
     )
 }
 

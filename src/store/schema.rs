@@ -39,6 +39,7 @@ diesel::table! {
         binding_expires -> BigInt,
         failures -> Integer,
         updated_at -> BigInt,
+        node_id -> Text,
     }
 }
 

@@ -32,6 +32,17 @@ pub struct StatusRow {
     pub failures: i32,
     /// When this row was written.
     pub updated_at: i64,
+    /// The cluster node that wrote it (empty for a single node).
+    pub node_id: String,
+}
+
+/// Which `uacreg_status` rows a writer may delete, clear or mark stopped: all of them (a single
+/// node owns the table), or only the ones it wrote (a cluster node: a row another node wrote
+/// since is that node's, even if this one ran the registration a moment ago).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusScope<'a> {
+    Everything,
+    WrittenBy(&'a str),
 }
 
 /// Width of `uacreg_status.last_reason` (`VARCHAR(255)` in every engine's migration).
@@ -66,11 +77,13 @@ impl StatusRow {
 }
 
 impl Store {
-    /// Writes status rows and removes those of registrations that are gone, in one transaction.
+    /// Writes status rows and removes those of registrations that are gone (within `scope`),
+    /// in one transaction.
     pub fn write_status(
         &mut self,
         upserts: &[StatusRow],
         removed: &[String],
+        scope: StatusScope<'_>,
     ) -> Result<(), StoreError> {
         self.run(|connection, _| {
             // PostgreSQL: INSERT … ON CONFLICT DO UPDATE (a delete-then-insert made it scan the
@@ -79,10 +92,14 @@ impl Store {
             macro_rules! delete_removed {
                 ($conn:expr) => {{
                     for chunk in removed.chunks(500) {
-                        diesel::delete(
-                            uacreg_status::table.filter(uacreg_status::l_uuid.eq_any(chunk)),
-                        )
-                        .execute($conn)?;
+                        let keys = uacreg_status::table.filter(uacreg_status::l_uuid.eq_any(chunk));
+                        match scope {
+                            StatusScope::Everything => diesel::delete(keys).execute($conn)?,
+                            StatusScope::WrittenBy(node) => diesel::delete(
+                                keys.filter(uacreg_status::node_id.eq(node)),
+                            )
+                            .execute($conn)?,
+                        };
                     }
                     Ok::<_, diesel::result::Error>(())
                 }};
@@ -106,6 +123,7 @@ impl Store {
                                     binding_expires.eq(excluded(binding_expires)),
                                     failures.eq(excluded(failures)),
                                     updated_at.eq(excluded(updated_at)),
+                                    node_id.eq(excluded(node_id)),
                                 ))
                                 .execute(conn)?;
                         }
@@ -139,17 +157,33 @@ impl Store {
         })
     }
 
-    /// Shutdown: every status row says `stopped`, so a dashboard does not show bindings that
-    /// the daemon no longer refreshes as registered.
-    pub fn mark_status_stopped(&mut self, now_unix: i64) -> Result<(), StoreError> {
+    /// Shutdown: every status row in `scope` says `stopped`, so a dashboard does not show
+    /// bindings that the daemon no longer refreshes as registered.
+    pub fn mark_status_stopped(
+        &mut self,
+        now_unix: i64,
+        scope: StatusScope<'_>,
+    ) -> Result<(), StoreError> {
+        let changes = (
+            uacreg_status::state.eq("stopped"),
+            uacreg_status::next_refresh.eq(0i64),
+            uacreg_status::updated_at.eq(now_unix),
+        );
         self.run(|connection, _| {
-            with_connection!(connection, conn => diesel::update(uacreg_status::table)
-                .set((
-                    uacreg_status::state.eq("stopped"),
-                    uacreg_status::next_refresh.eq(0i64),
-                    uacreg_status::updated_at.eq(now_unix),
-                ))
-                .execute(conn)?);
+            match scope {
+                StatusScope::Everything => {
+                    with_connection!(connection, conn => diesel::update(uacreg_status::table)
+                        .set(changes)
+                        .execute(conn)?)
+                }
+                StatusScope::WrittenBy(node) => {
+                    with_connection!(connection, conn => diesel::update(
+                        uacreg_status::table.filter(uacreg_status::node_id.eq(node)),
+                    )
+                    .set(changes)
+                    .execute(conn)?)
+                }
+            };
             Ok(())
         })
     }
@@ -165,11 +199,22 @@ impl Store {
         })
     }
 
-    /// Empties `uacreg_status` (start-up: rows of a previous run may name registrations that no
-    /// longer exist).
-    pub fn clear_status(&mut self) -> Result<(), StoreError> {
+    /// Empties `uacreg_status` within `scope` (start-up: rows of a previous run may name
+    /// registrations that no longer exist).
+    pub fn clear_status(&mut self, scope: StatusScope<'_>) -> Result<(), StoreError> {
         self.run(|connection, _| {
-            with_connection!(connection, conn => diesel::delete(uacreg_status::table).execute(conn)?);
+            match scope {
+                StatusScope::Everything => {
+                    with_connection!(connection, conn => diesel::delete(uacreg_status::table)
+                        .execute(conn)?)
+                }
+                StatusScope::WrittenBy(node) => {
+                    with_connection!(connection, conn => diesel::delete(
+                        uacreg_status::table.filter(uacreg_status::node_id.eq(node)),
+                    )
+                    .execute(conn)?)
+                }
+            };
             Ok(())
         })
     }
@@ -211,14 +256,69 @@ mod store_tests {
             binding_expires: 3,
             failures: 0,
             updated_at: 4,
+            node_id: String::new(),
         };
         store
-            .write_status(&[row("a", "registering"), row("b", "registered")], &[])
+            .write_status(
+                &[row("a", "registering"), row("b", "registered")],
+                &[],
+                StatusScope::Everything,
+            )
             .unwrap();
         store
-            .write_status(&[row("a", "registered")], &["b".to_string()])
+            .write_status(
+                &[row("a", "registered")],
+                &["b".to_string()],
+                StatusScope::Everything,
+            )
             .unwrap();
         assert_eq!(store.read_status().unwrap(), vec![row("a", "registered")]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Cluster nodes: each deletes, clears and marks only the rows it wrote last, so a node
+    /// that lost a row (or starts, or stops) never erases what the row's new owner wrote.
+    #[test]
+    fn a_cluster_node_touches_only_the_rows_it_wrote() {
+        let (dir, url) = temp_url("status-scope");
+        let mut store = Store::open(&url).unwrap();
+        let row = |id: &str, node: &str| StatusRow {
+            l_uuid: id.into(),
+            state: "registered".into(),
+            last_code: 200,
+            last_reason: "OK".into(),
+            last_success: 1,
+            next_refresh: 2,
+            binding_expires: 3,
+            failures: 0,
+            updated_at: 4,
+            node_id: node.into(),
+        };
+        let one = StatusScope::WrittenBy("one");
+        let two = StatusScope::WrittenBy("two");
+        store
+            .write_status(&[row("a", "one"), row("b", "one"), row("c", "two")], &[], one)
+            .unwrap();
+        // "b" moved to node two, which wrote it; node one then forgets it: two's row stays.
+        store.write_status(&[row("b", "two")], &[], two).unwrap();
+        store.write_status(&[], &["b".to_string()], one).unwrap();
+        let ids = |store: &mut Store| -> Vec<(String, String, String)> {
+            store
+                .read_status()
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.l_uuid, r.node_id, r.state))
+                .collect()
+        };
+        let reg = |id: &str, node: &str| (id.to_string(), node.to_string(), "registered".into());
+        assert_eq!(ids(&mut store), vec![reg("a", "one"), reg("b", "two"), reg("c", "two")]);
+        store.mark_status_stopped(9, two).unwrap();
+        let stopped = |id: &str| (id.to_string(), "two".to_string(), "stopped".to_string());
+        assert_eq!(ids(&mut store), vec![reg("a", "one"), stopped("b"), stopped("c")]);
+        store.clear_status(one).unwrap();
+        assert_eq!(ids(&mut store), vec![stopped("b"), stopped("c")]);
+        store.clear_status(StatusScope::Everything).unwrap();
+        assert!(ids(&mut store).is_empty());
         let _ = std::fs::remove_dir_all(dir);
     }
 }

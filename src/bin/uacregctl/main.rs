@@ -37,7 +37,12 @@ struct Cli {
 enum Command {
     /// All registrations (uac.reg_dump).
     #[command(name = "reg_dump", alias = "dump")]
-    RegDump,
+    RegDump {
+        /// Every row of the cluster with the node running it, read from the database by the
+        /// node asked (uacreg.cluster_dump; states as of the last uacreg_status write).
+        #[arg(long)]
+        cluster: bool,
+    },
     /// One registration (uac.reg_info ATTR VALUE); ATTR: l_uuid, l_username, r_username, auth_username.
     #[command(name = "reg_info", alias = "info")]
     RegInfo { attr: String, value: String },
@@ -124,7 +129,8 @@ fn main() -> anyhow::Result<()> {
     default_sigpipe();
     let cli = Cli::parse();
     let (method, params): (&str, Vec<String>) = match &cli.command {
-        Command::RegDump => ("uac.reg_dump", vec![]),
+        Command::RegDump { cluster: false } => ("uac.reg_dump", vec![]),
+        Command::RegDump { cluster: true } => ("uacreg.cluster_dump", vec![]),
         Command::RegInfo { attr, value } => ("uac.reg_info", vec![attr.clone(), value.clone()]),
         Command::RegReload { force, .. } => (
             "uac.reg_reload",
@@ -193,7 +199,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     match &cli.command {
-        Command::RegDump => {
+        Command::RegDump { .. } => {
             let rows: Vec<RecordView> = read(method, result)?;
             println!("{}", tables::records(&rows, now()));
         }

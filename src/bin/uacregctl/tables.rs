@@ -77,15 +77,17 @@ fn detail(record: &RecordView) -> String {
     record.last_reason.to_string()
 }
 
-/// `reg_dump`: one line per record, then the count per state.
+/// `reg_dump`: one line per record, then the count per state (and, in a cluster, per node).
 pub fn records(rows: &[RecordView], now: i64) -> String {
-    let header = [
-        "L_UUID", "AOR", "STATE", "CODE", "EXPIRES", "NEXT", "DETAIL",
-    ];
+    let clustered = rows.iter().any(|r| r.node.is_some());
+    let mut header = vec!["L_UUID", "AOR", "STATE", "CODE", "EXPIRES", "NEXT", "DETAIL"];
+    if clustered {
+        header.insert(3, "NODE");
+    }
     let lines = rows
         .iter()
         .map(|r| {
-            vec![
+            let mut line = vec![
                 r.l_uuid.to_string(),
                 aor(r),
                 r.state.to_string(),
@@ -93,22 +95,35 @@ pub fn records(rows: &[RecordView], now: i64) -> String {
                 relative(r.binding_expires, now),
                 relative(r.next_refresh, now),
                 detail(r),
-            ]
+            ];
+            if clustered {
+                line.insert(3, r.node.as_deref().unwrap_or("-").to_string());
+            }
+            line
         })
         .collect();
     let mut table = borderless(Some(&header), lines);
     spaced(&mut table, 2);
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
     for r in rows {
         *counts.entry(&r.state).or_default() += 1;
+        if clustered {
+            *per_node.entry(r.node.as_deref().unwrap_or("none")).or_default() += 1;
+        }
     }
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    format!(
+    let mut text = format!(
         "{}\n{} records: {}",
         table.trim_fmt(),
         rows.len(),
         summary.join(", ")
-    )
+    );
+    if clustered {
+        let nodes: Vec<String> = per_node.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        text.push_str(&format!("\nby node: {}", nodes.join(", ")));
+    }
+    text
 }
 
 /// `reg_info`: every field of the record under its name on the wire, one per line.
