@@ -206,6 +206,11 @@ pub async fn start(
             sip_addr: params.sip_addr,
             started_ms: 0,
             leaving: false,
+            // Tells this process from another started under the same node_id (thread_rng is
+            // a CSPRNG seeded by the OS).
+            instance: i64::try_from(rand::random::<u64>() >> 1)
+                .unwrap_or(1)
+                .max(1),
         },
         defaults: params.defaults,
         clock: None,
@@ -317,6 +322,10 @@ impl ClusterNode {
             .await
         {
             Ok(view) => view,
+            Err(ClusterTaskError::Store(err @ StoreError::NodeIdInUse { .. })) => {
+                self.step_aside(&err).await;
+                return;
+            }
             Err(err) => {
                 warn!("cluster round failed: {err}; leases run on until their deadlines");
                 self.update_status(|s| s.last_error = Some(err.to_string()));
@@ -341,6 +350,31 @@ impl ClusterNode {
             .ok();
         self.write_dialogs().await;
         self.publish(&view);
+    }
+
+    /// Another process runs under this node_id: whatever this one believed it held, it stops
+    /// sending for now (the leases are the other's as much as its own), and it claims nothing
+    /// until the other is gone.
+    async fn step_aside(&mut self, err: &StoreError) {
+        let held: Vec<u32> = self.membership.held().map(|(s, _, _)| s).collect();
+        if !held.is_empty() {
+            let _ = self.driver.drop_shards(held.clone()).await;
+            self.membership.handle_released(&held);
+            self.publish_deadlines();
+            self.update_status(|s| s.shards_lost += held.len() as u64);
+        }
+        let first = self
+            .status
+            .lock()
+            .map(|s| s.last_error.as_deref() != Some(&err.to_string()))
+            .unwrap_or(true);
+        if first {
+            tracing::error!(
+                dropped = held.len(),
+                "{err}; holding no shards until it stops"
+            );
+        }
+        self.update_status(|s| s.last_error = Some(err.to_string()));
     }
 
     async fn apply_plan(&mut self, view: &ClusterView, plan: RoundPlan) {

@@ -18,8 +18,8 @@ use tracing::{info, warn};
 use crate::driver::WallClock;
 use crate::gateway::Gateway;
 use crate::registration::RegistrationTable;
-use crate::store::{StatusRow, StatusScope};
 use crate::store::status::{REASON_COLUMN, column_text};
+use crate::store::{StatusRow, StatusScope};
 
 /// What was last written, by l_uuid.
 #[derive(Default)]
@@ -115,9 +115,7 @@ impl StatusExport {
         if !self.cleared {
             let node_id = self.node_id.clone();
             gateway
-                .with_store(move |store| {
-                    store.clear_status(scope_of(node_id.as_deref()))
-                })
+                .with_store(move |store| store.clear_status(scope_of(node_id.as_deref())))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
@@ -142,7 +140,11 @@ impl StatusExport {
         let result = gateway
             .with_store(move |store| {
                 store
-                    .write_status(&changes.upserts, &changes.removed, scope_of(node_id.as_deref()))
+                    .write_status(
+                        &changes.upserts,
+                        &changes.removed,
+                        scope_of(node_id.as_deref()),
+                    )
                     .map(|()| changes)
             })
             .await

@@ -45,6 +45,7 @@ fn node(id: &str) -> NodeInfo {
         sip_addr: format!("{id}.example:5060"),
         started_ms: 1,
         leaving: false,
+        instance: 1,
     }
 }
 

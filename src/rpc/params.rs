@@ -263,7 +263,10 @@ pub fn parse_params_for_fuzzing(
             reg_add_record(&params, &defaults).map(drop)
         }
         "uacreg.shutdown" => shutdown_unregister(&params).map(drop),
-        "uac.reg_dump" | "uacreg.status" | "uacreg.cluster" | "uacreg.cluster_dump"
+        "uac.reg_dump"
+        | "uacreg.status"
+        | "uacreg.cluster"
+        | "uacreg.cluster_dump"
         | "uacreg.debug_panic" => Ok(()),
         _ => Err(fault(-32601, "Method not found")),
     }

@@ -13,9 +13,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::answer::{
     ActiveModes, Empty, Lookup, ReloadAnswer, ShutdownStarted, StatusAnswer, state_counts,
 };
+use super::cluster_dump::ClusterDump;
 use super::params::{self, LookupKey, fault};
 use super::token::TokenLayer;
-use super::cluster_dump::ClusterDump;
 use super::view::RecordView;
 use crate::gateway::Gateway;
 use crate::registration::{Attribute, Snapshot};
@@ -77,12 +77,7 @@ impl serde::Serialize for DumpAnswer {
         for snapshot in self.snapshots.iter() {
             seq.serialize_element(&RecordView {
                 node: self.node.as_deref().map(Cow::Borrowed),
-                ..RecordView::from_snapshot(
-                    snapshot,
-                    &self.clock,
-                    self.now_unix,
-                    self.show_secrets,
-                )
+                ..RecordView::from_snapshot(snapshot, &self.clock, self.now_unix, self.show_secrets)
             })?;
         }
         for bad in self.invalid.iter() {

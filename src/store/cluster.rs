@@ -30,6 +30,8 @@ pub struct NodeInfo {
     pub started_ms: i64,
     /// It is stopping and handing its shards over.
     pub leaving: bool,
+    /// Drawn at random when the process starts: two processes under one node_id differ here.
+    pub instance: i64,
 }
 
 /// A node's row as stored.
@@ -41,6 +43,7 @@ pub struct NodeRow {
     /// The database's clock at the node's last round.
     pub seen_ms: i64,
     pub leaving: bool,
+    pub instance: i64,
 }
 
 /// One shard's lease. `owner` None: nobody holds it; a lease whose `expires_ms` is not after the
@@ -110,6 +113,7 @@ impl NodeRecord {
             started_ms: self.started_ms,
             seen_ms: self.seen_ms,
             leaving: self.leaving != 0,
+            instance: self.instance,
         }
     }
 }
@@ -242,6 +246,17 @@ fn round<C: ClusterSql>(
     let mine = conn.shards_owned_by(&node.node_id)?;
     let locked = conn.lock_shards(&mine)?;
     let now = conn.db_now_ms()?;
+    // Another process under this name that has renewed within a lease holds these leases as
+    // much as this one does: nothing is renewed or announced until its row has gone quiet.
+    if let Some(row) = conn.node_row(&node.node_id)?
+        && row.instance != node.instance
+        && now.saturating_sub(row.seen_ms) < lease_ms
+    {
+        return Err(StoreError::NodeIdInUse {
+            node_id: node.node_id.clone(),
+            seen_ms_ago: now.saturating_sub(row.seen_ms),
+        });
+    }
     // Judged while the rows are locked: a lease that has run out stays out, even if nobody
     // has claimed it yet.
     let live: Vec<i32> = locked
@@ -263,6 +278,7 @@ fn round<C: ClusterSql>(
         started_ms: node.started_ms,
         seen_ms: now,
         leaving: i16::from(node.leaving),
+        instance: node.instance,
     })?;
     view(conn, now)
 }
@@ -518,6 +534,7 @@ mod tests {
             sip_addr: format!("{id}.example:5060"),
             started_ms: 1,
             leaving: false,
+            instance: 1,
         }
     }
 
@@ -634,6 +651,36 @@ mod tests {
         assert_eq!(view.shards[1].epoch, won[0].epoch);
         assert!(view.shards[1].expires_ms >= view.db_now_ms + MINUTE_MS - 1);
         assert!(view.shards[1].expires_ms > won[0].expires_ms);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A second process under a live node's name is refused (it renews nothing and is not
+    /// announced) until the first has been quiet for a lease; the first goes on meanwhile.
+    #[test]
+    fn a_second_process_under_one_node_id_waits_for_the_first_to_go_quiet() {
+        let (dir, mut a, mut b) = two_stores("cluster-twin", 1);
+        let first = node("a");
+        let twin = NodeInfo {
+            instance: 2,
+            ..node("a")
+        };
+        a.cluster_round(&first, 100).unwrap();
+        let err = b.cluster_round(&twin, 100).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::NodeIdInUse { node_id, .. } if node_id == "a"),
+            "{err}"
+        );
+        assert!(err.is_about_the_data(), "no reconnect-and-retry");
+        a.cluster_round(&first, 100).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let view = b.cluster_round(&twin, 100).unwrap();
+        assert_eq!(view.nodes.len(), 1);
+        assert_eq!(view.nodes[0].instance, 2);
+        // Now the first is the one refused.
+        assert!(matches!(
+            a.cluster_round(&first, 100),
+            Err(StoreError::NodeIdInUse { .. })
+        ));
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -31,6 +31,7 @@ pub(super) struct NodeRecord {
     pub(super) started_ms: i64,
     pub(super) seen_ms: i64,
     pub(super) leaving: i16,
+    pub(super) instance: i64,
 }
 
 /// `uacreg_cluster_shard` as stored.
@@ -91,6 +92,7 @@ pub(super) trait ClusterSql: Sized {
     /// Frees `node`'s leases on `shards`; returns rows freed.
     fn give_back(&mut self, node: &str, shards: &[i32]) -> QueryResult<usize>;
     fn delete_node(&mut self, node: &str) -> QueryResult<usize>;
+    fn node_row(&mut self, node: &str) -> QueryResult<Option<NodeRecord>>;
     fn all_nodes(&mut self) -> QueryResult<Vec<NodeRecord>>;
     fn all_shards(&mut self) -> QueryResult<Vec<ShardRecord>>;
     /// Deletes the dialog rows of `l_uuids` that lie in `shards`.
@@ -178,6 +180,14 @@ macro_rules! shared_statements {
         fn delete_node(&mut self, node: &str) -> QueryResult<usize> {
             diesel::delete(uacreg_cluster_node::table.filter(uacreg_cluster_node::node_id.eq(node)))
                 .execute(self)
+        }
+
+        fn node_row(&mut self, node: &str) -> QueryResult<Option<NodeRecord>> {
+            uacreg_cluster_node::table
+                .select(NodeRecord::as_select())
+                .filter(uacreg_cluster_node::node_id.eq(node))
+                .first(self)
+                .optional()
         }
 
         fn all_nodes(&mut self) -> QueryResult<Vec<NodeRecord>> {
@@ -370,6 +380,7 @@ impl ClusterSql for AsyncConnectionWrapper<AsyncPgConnection> {
                 started_ms.eq(excluded(started_ms)),
                 seen_ms.eq(excluded(seen_ms)),
                 leaving.eq(excluded(leaving)),
+                instance.eq(excluded(instance)),
             ))
             .execute(self)
             .map(drop)

@@ -52,6 +52,14 @@ pub enum StoreError {
     /// a value too wide for its column was to be written.
     #[error("cluster table {table}: {detail}")]
     ClusterRow { table: &'static str, detail: String },
+    /// Cluster mode: another running process renews this node_id (its row changed within the
+    /// last lease under another instance number). Two processes under one name would both
+    /// believe they hold its shards, so this one holds nothing until the other is gone.
+    #[error(
+        "node_id {node_id} is in use by another running uacregd (its last round was \
+         {seen_ms_ago} ms ago): give every node its own [cluster] node_id"
+    )]
+    NodeIdInUse { node_id: String, seen_ms_ago: i64 },
     /// Cluster mode: a lease update changed another number of rows than the rows it had locked
     /// promised; the transaction was rolled back.
     #[error("lease update changed {updated} shard rows, expected {expected}; rolled back")]
@@ -79,6 +87,7 @@ impl StoreError {
             StoreError::NoContactUserColumn { .. }
                 | StoreError::ShardCountMismatch { .. }
                 | StoreError::ClusterRow { .. }
+                | StoreError::NodeIdInUse { .. }
         )
     }
 }

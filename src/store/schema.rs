@@ -52,6 +52,7 @@ diesel::table! {
         started_ms -> BigInt,
         seen_ms -> BigInt,
         leaving -> SmallInt,
+        instance -> BigInt,
     }
 }
 

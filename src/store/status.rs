@@ -95,10 +95,10 @@ impl Store {
                         let keys = uacreg_status::table.filter(uacreg_status::l_uuid.eq_any(chunk));
                         match scope {
                             StatusScope::Everything => diesel::delete(keys).execute($conn)?,
-                            StatusScope::WrittenBy(node) => diesel::delete(
-                                keys.filter(uacreg_status::node_id.eq(node)),
-                            )
-                            .execute($conn)?,
+                            StatusScope::WrittenBy(node) => {
+                                diesel::delete(keys.filter(uacreg_status::node_id.eq(node)))
+                                    .execute($conn)?
+                            }
                         };
                     }
                     Ok::<_, diesel::result::Error>(())
@@ -297,7 +297,11 @@ mod store_tests {
         let one = StatusScope::WrittenBy("one");
         let two = StatusScope::WrittenBy("two");
         store
-            .write_status(&[row("a", "one"), row("b", "one"), row("c", "two")], &[], one)
+            .write_status(
+                &[row("a", "one"), row("b", "one"), row("c", "two")],
+                &[],
+                one,
+            )
             .unwrap();
         // "b" moved to node two, which wrote it; node one then forgets it: two's row stays.
         store.write_status(&[row("b", "two")], &[], two).unwrap();
@@ -311,10 +315,16 @@ mod store_tests {
                 .collect()
         };
         let reg = |id: &str, node: &str| (id.to_string(), node.to_string(), "registered".into());
-        assert_eq!(ids(&mut store), vec![reg("a", "one"), reg("b", "two"), reg("c", "two")]);
+        assert_eq!(
+            ids(&mut store),
+            vec![reg("a", "one"), reg("b", "two"), reg("c", "two")]
+        );
         store.mark_status_stopped(9, two).unwrap();
         let stopped = |id: &str| (id.to_string(), "two".to_string(), "stopped".to_string());
-        assert_eq!(ids(&mut store), vec![reg("a", "one"), stopped("b"), stopped("c")]);
+        assert_eq!(
+            ids(&mut store),
+            vec![reg("a", "one"), stopped("b"), stopped("c")]
+        );
         store.clear_status(one).unwrap();
         assert_eq!(ids(&mut store), vec![stopped("b"), stopped("c")]);
         store.clear_status(StatusScope::Everything).unwrap();

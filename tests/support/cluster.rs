@@ -176,9 +176,17 @@ impl Cluster {
 
 /// A database URL for the test server's database and user, at `addr` (the server, or a
 /// [`TcpCut`] in front of it).
+///
+/// MySQL URLs say `prefer_socket=false`: the client library otherwise asks a loopback server
+/// for its Unix socket and moves the connection there, past the proxy.
 pub fn db_url_via(scheme: &str, addr: SocketAddr) -> String {
+    let tcp_only = if scheme == "mysql" {
+        "?prefer_socket=false"
+    } else {
+        ""
+    };
     format!(
-        "{scheme}://{}:{}@{addr}/{}",
+        "{scheme}://{}:{}@{addr}/{}{tcp_only}",
         dbserver::USER,
         dbserver::PASSWORD,
         dbserver::DATABASE

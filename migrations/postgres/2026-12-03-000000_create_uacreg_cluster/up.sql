@@ -3,7 +3,8 @@ CREATE TABLE IF NOT EXISTS uacreg_cluster_node (
     sip_addr VARCHAR(255) DEFAULT '' NOT NULL,
     started_ms BIGINT NOT NULL,
     seen_ms BIGINT NOT NULL,
-    leaving SMALLINT DEFAULT 0 NOT NULL
+    leaving SMALLINT DEFAULT 0 NOT NULL,
+    instance BIGINT DEFAULT 0 NOT NULL
 );
 CREATE TABLE IF NOT EXISTS uacreg_cluster_shard (
     shard INTEGER PRIMARY KEY NOT NULL,

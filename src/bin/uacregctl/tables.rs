@@ -80,7 +80,9 @@ fn detail(record: &RecordView) -> String {
 /// `reg_dump`: one line per record, then the count per state (and, in a cluster, per node).
 pub fn records(rows: &[RecordView], now: i64) -> String {
     let clustered = rows.iter().any(|r| r.node.is_some());
-    let mut header = vec!["L_UUID", "AOR", "STATE", "CODE", "EXPIRES", "NEXT", "DETAIL"];
+    let mut header = vec![
+        "L_UUID", "AOR", "STATE", "CODE", "EXPIRES", "NEXT", "DETAIL",
+    ];
     if clustered {
         header.insert(3, "NODE");
     }
@@ -109,7 +111,9 @@ pub fn records(rows: &[RecordView], now: i64) -> String {
     for r in rows {
         *counts.entry(&r.state).or_default() += 1;
         if clustered {
-            *per_node.entry(r.node.as_deref().unwrap_or("none")).or_default() += 1;
+            *per_node
+                .entry(r.node.as_deref().unwrap_or("none"))
+                .or_default() += 1;
         }
     }
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
