@@ -143,6 +143,11 @@ pub struct DriverStats {
     /// a reload) shows up here as delayed refreshes.
     pub timer_lateness: LatencyHistogram,
     pub core: crate::registration::CoreCounters,
+    /// Clustered: rows started in the previous owner's dialog after taking their shard.
+    pub rows_continued: u64,
+    /// Clustered: rows stopped because their shard's deadline passed without a renewal (each
+    /// a row this node stopped sending for before another node could take it).
+    pub rows_fenced: u64,
 }
 
 impl DriverStats {
@@ -171,6 +176,8 @@ impl DriverStats {
         self.latency = engine.latency;
         self.timer_lateness = engine.timer_lateness;
         self.core = engine.core;
+        self.rows_continued = engine.rows_continued;
+        self.rows_fenced = engine.rows_fenced;
     }
 }
 

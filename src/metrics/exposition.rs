@@ -42,7 +42,7 @@ pub fn registry(snapshot: &Snapshot) -> Registry {
     inbound(&mut page, &snapshot.driver.inbound);
     database(&mut page, &snapshot.database);
     if let Some(status) = &snapshot.cluster {
-        cluster(&mut page, status);
+        cluster(&mut page, status, snapshot);
     }
     page.registry
 }
@@ -392,11 +392,27 @@ fn database(page: &mut Page, health: &DatabaseHealth) {
 }
 
 /// A cluster node's shards, leases and moves (only when `[cluster]` is on).
-fn cluster(page: &mut Page, status: &crate::cluster_node::ClusterStatus) {
+fn cluster(page: &mut Page, status: &crate::cluster_node::ClusterStatus, snapshot: &Snapshot) {
     page.gauge(
         "uacreg_cluster_shards_held",
         "Shards this node holds a lease on and may send for now",
         status.held.len() as u64,
+    );
+    page.gauge(
+        "uacreg_cluster_rows_owned",
+        "Rows this node runs (those of the shards it holds)",
+        snapshot.registrations.values().sum::<usize>() as u64,
+    );
+    page.counter(
+        "uacreg_cluster_rows_continued_total",
+        "Rows started in the previous owner's dialog (same Call-ID, higher CSeq)",
+        snapshot.driver.rows_continued,
+    );
+    page.counter(
+        "uacreg_cluster_rows_fenced_total",
+        "Rows stopped at their shard's deadline without a renewal: sends this node held back \
+         before another node could take the shard",
+        snapshot.driver.rows_fenced,
     );
     page.gauge(
         "uacreg_cluster_nodes_live",

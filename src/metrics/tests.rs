@@ -191,6 +191,8 @@ fn distinct_snapshot() -> Snapshot {
             gave_up: 1039,
             registered: 1040,
         },
+        rows_continued: 1041,
+        rows_fenced: 1042,
     };
     let database = DatabaseHealth {
         engine: "postgresql".into(),
@@ -296,7 +298,9 @@ fn assert_all_on_page(what: &str, value: &serde_json::Value, skip: &[&str], page
 
 #[tokio::test]
 async fn every_value_the_driver_and_the_database_keep_is_on_the_page() {
-    let snapshot = distinct_snapshot();
+    // Clustered, so the engine's cluster counters (shown only then) are on the page too.
+    let mut snapshot = distinct_snapshot();
+    snapshot.cluster = Some(crate::cluster_node::ClusterStatus::default());
     let addr = start(Some(snapshot.clone())).await;
     let page = scrape(addr).await;
 
@@ -520,6 +524,9 @@ async fn a_cluster_node_shows_its_shards_and_moves() {
     let page = scrape(start(Some(snapshot)).await).await;
     for (name, value) in [
         ("uacreg_cluster_shards_held", 3.0),
+        ("uacreg_cluster_rows_owned", 1601.0 + 1602.0),
+        ("uacreg_cluster_rows_continued_total", 1041.0),
+        ("uacreg_cluster_rows_fenced_total", 1042.0),
         ("uacreg_cluster_takeovers_total", 11.0),
         ("uacreg_cluster_rows_taken_total", 12.0),
         ("uacreg_cluster_handovers_total", 13.0),
