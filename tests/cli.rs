@@ -162,3 +162,39 @@ fn uacregctl_says_when_the_daemon_is_not_reachable() {
     assert!(!ok);
     assert!(text.contains("cannot reach uacregd at"), "{text}");
 }
+
+/// The man pages and completion scripts in `contrib/` are what the binaries generate now (else:
+/// `scripts/gen-docs`), and the man pages read as man pages.
+#[test]
+fn man_pages_and_completions_in_contrib_are_current() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
+    let files = [
+        (UACREGD, "man", "man/uacregd.8"),
+        (UACREGCTL, "man", "man/uacregctl.1"),
+        (UACREGD, "bash", "completions/uacregd.bash"),
+        (UACREGCTL, "bash", "completions/uacregctl.bash"),
+        (UACREGD, "zsh", "completions/_uacregd"),
+        (UACREGCTL, "zsh", "completions/_uacregctl"),
+        (UACREGD, "fish", "completions/uacregd.fish"),
+        (UACREGCTL, "fish", "completions/uacregctl.fish"),
+    ];
+    for (binary, what, path) in files {
+        let out = Command::new(binary)
+            .args(["generate", what])
+            .output()
+            .expect("the binary runs");
+        assert!(out.status.success(), "{binary} generate {what}");
+        let committed = std::fs::read(root.join(path)).unwrap_or_default();
+        assert!(
+            out.stdout == committed,
+            "contrib/{path} is not what {binary} generates now: run scripts/gen-docs"
+        );
+    }
+    let daemon = std::fs::read_to_string(root.join("man/uacregd.8")).unwrap();
+    assert!(daemon.contains(".TH uacregd 8"), "{daemon}");
+    assert!(daemon.contains("\\-\\-config"), "{daemon}");
+    let tool = std::fs::read_to_string(root.join("man/uacregctl.1")).unwrap();
+    assert!(tool.contains(".TH uacregctl 1"), "{tool}");
+    assert!(tool.contains("reg_dump"), "{tool}");
+    assert!(!tool.contains("generate"), "the hidden subcommand stays out of the page");
+}

@@ -4,6 +4,9 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[cfg(feature = "demo")]
+#[path = "shared/generate.rs"]
+mod generate;
+
 use clap::Args;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
@@ -50,8 +53,15 @@ fn tune_allocator() {
 
 #[derive(Parser)]
 #[command(
+    name = "uacregd",
     version,
-    about = "Keeps a SIP registration alive for every row of the uacreg table"
+    about = "Keeps a SIP registration alive for every row of the uacreg table",
+    long_about = "Keeps a SIP registration alive for every row of the uacreg table (the table \
+        Kamailio's uac module uses) in SQLite, PostgreSQL or MySQL/MariaDB: registers each row \
+        with its registrar, answers digest challenges, refreshes bindings before they expire and \
+        retries failures with back-off. Steered over Kamailio-compatible JSON-RPC (uacregctl), \
+        watched over Prometheus metrics. SIGTERM or SIGINT stop it (un-REGISTERing unless \
+        configured otherwise, or handing rows over to cluster peers); SIGHUP reloads the table."
 )]
 struct Cli {
     /// TOML configuration file.
@@ -99,6 +109,12 @@ struct Cli {
 enum Command {
     /// Run the gateway (the default).
     Run,
+    /// Print the man page or a shell completion script (for packagers: scripts/gen-docs).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: generate::Generated,
+    },
     /// Self-contained demo: a test registrar on loopback, N rows in a fresh SQLite file, the
     /// gateway registering them, and the resulting table.
     #[cfg(feature = "demo")]
@@ -193,6 +209,10 @@ fn run() -> anyhow::Result<()> {
         rpc_token: cli.rpc_token.clone(),
     };
     match cli.command {
+        Some(Command::Generate { what }) => {
+            use clap::CommandFactory;
+            generate::print(Cli::command(), what, "8")
+        }
         None | Some(Command::Run) => {
             init_logging(&cli.log, cli.log_format);
             let config = Config::load(cli.config.as_deref(), &overrides)?;

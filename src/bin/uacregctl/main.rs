@@ -5,6 +5,8 @@
 //! (`uacreg::answer`, `RecordView`), so the tool and the daemon share one definition of
 //! each shape.
 
+#[path = "../shared/generate.rs"]
+mod generate;
 mod follow;
 mod progress;
 mod tables;
@@ -18,7 +20,15 @@ use uacreg::answer::{ReloadAnswer, ShutdownStarted};
 use uacreg::{RecordView, RpcClient};
 
 #[derive(Parser)]
-#[command(version, about = "Inspect and steer uacregd over JSON-RPC")]
+#[command(
+    name = "uacregctl",
+    version,
+    about = "Inspect and steer uacregd over JSON-RPC",
+    long_about = "Inspect and steer uacregd over its Kamailio-compatible JSON-RPC: list and look up \
+        registrations, reload the table, enable, disable, refresh or add rows, follow states \
+        live, and stop the daemon. Exit status 1: the daemon answered with an error; 2: it \
+        could not be reached."
+)]
 struct Cli {
     /// JSON-RPC endpoint of uacregd.
     #[arg(long, env = "UACREG_RPC", default_value = "http://127.0.0.1:5063/RPC")]
@@ -112,6 +122,12 @@ enum Command {
     },
     /// Any method with positional string parameters.
     Call { method: String, params: Vec<String> },
+    /// Print the man page or a shell completion script (for packagers: scripts/gen-docs).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: generate::Generated,
+    },
 }
 
 /// Rust ignores SIGPIPE, so printing to a closed pipe panics; a command-line tool should simply
@@ -174,6 +190,10 @@ fn main() -> anyhow::Result<()> {
             return runtime.block_on(follow::watch(&client, &cli.rpc, *interval));
         }
         Command::Call { method, params } => (method.as_str(), params.clone()),
+        Command::Generate { what } => {
+            use clap::CommandFactory;
+            return generate::print(Cli::command(), *what, "1");
+        }
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
