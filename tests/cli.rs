@@ -196,5 +196,49 @@ fn man_pages_and_completions_in_contrib_are_current() {
     let tool = std::fs::read_to_string(root.join("man/uacregctl.1")).unwrap();
     assert!(tool.contains(".TH uacregctl 1"), "{tool}");
     assert!(tool.contains("reg_dump"), "{tool}");
-    assert!(!tool.contains("generate"), "the hidden subcommand stays out of the page");
+    assert!(
+        !tool.contains("generate"),
+        "the hidden subcommand stays out of the page"
+    );
+}
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`): uacregd says READY=1 on the notify socket once
+/// started, then pings WATCHDOG=1 while its driver answers. The socket is ours, as systemd's
+/// would be.
+#[test]
+fn systemd_hears_ready_and_watchdog_pings() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("cli-notify");
+    let socket_path = dir.0.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let rpc_port = free_port();
+    let child = Command::new(UACREGD)
+        .args(["--db", &dir.db_url(), "--sip-listen", "127.0.0.1:0"])
+        .args(["--rpc-listen", &format!("127.0.0.1:{rpc_port}")])
+        .args(["--metrics-listen", ""])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "600000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start uacregd");
+    let guard = KillOnDrop(child);
+    let mut heard = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // READY, then at least two watchdog pings (every 0.3 s), within the read timeout.
+    while heard
+        .iter()
+        .filter(|m: &&String| m.contains("WATCHDOG=1"))
+        .count()
+        < 2
+    {
+        let n = socket.recv(&mut buffer).expect("uacregd notifies");
+        heard.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+    }
+    assert!(heard[0].contains("READY=1"), "{heard:?}");
+    assert!(heard[0].contains("STATUS=SIP on 127.0.0.1:"), "{heard:?}");
+    drop(guard);
 }

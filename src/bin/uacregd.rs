@@ -218,6 +218,7 @@ fn run() -> anyhow::Result<()> {
             let config = Config::load(cli.config.as_deref(), &overrides)?;
             let outcome = runtime.block_on(async {
                 let daemon = Daemon::start(config).await?;
+                tell_systemd(&daemon);
                 daemon.run_until_signal().await?;
                 anyhow::Ok(())
             });
@@ -257,6 +258,38 @@ fn run() -> anyhow::Result<()> {
             runtime.block_on(uacreg::demo::run(config, options))
         }
     }
+}
+
+/// Under systemd (`Type=notify`): says the daemon is ready once it has started (listeners
+/// bound, the table loaded or its retry scheduled), and, when the unit sets `WatchdogSec`,
+/// pings the watchdog while the driver task answers, so that a driver that hangs gets the
+/// service restarted. Outside systemd (`NOTIFY_SOCKET` unset) this does nothing.
+fn tell_systemd(daemon: &Daemon) {
+    use sd_notify::NotifyState;
+    let status = format!(
+        "SIP on {}, JSON-RPC on {}",
+        daemon.sip_addr(),
+        daemon.rpc_addr()
+    );
+    if let Err(err) = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]) {
+        tracing::warn!("cannot tell systemd the service is ready: {err}");
+    }
+    let Some(every) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let gateway = daemon.gateway().clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every / 2);
+        loop {
+            ticks.tick().await;
+            let probe = tokio::time::timeout(every / 2, gateway.driver.status_counts()).await;
+            if matches!(probe, Ok(Ok(_))) {
+                let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+            } else {
+                tracing::warn!("the driver did not answer the watchdog probe; not pinging systemd");
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -710,6 +710,27 @@ mod tests {
         );
     }
 
+    /// The packaged /etc/uacreg/uacreg.toml is accepted, and every key it comments out is
+    /// still a key the file would accept (uncommented, each section's defaults hold).
+    #[test]
+    fn the_packaged_config_is_a_valid_file() {
+        let packaged = include_str!("../../contrib/uacreg.toml");
+        let config = Config::from_toml(packaged, "contrib/uacreg.toml")
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(config.pacing, Config::default().pacing);
+        assert!(!config.cluster.enabled);
+        let uncommented: String = packaged
+            .lines()
+            .map(|line| line.strip_prefix('#').unwrap_or(line))
+            .filter(|line| !line.starts_with(' ') && !line.starts_with('/'))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let every_key = Config::from_toml(&uncommented, "contrib/uacreg.toml, uncommented")
+            .unwrap_or_else(|err| panic!("{err}\n{uncommented}"));
+        assert_eq!(every_key.pacing, Config::default().pacing);
+        assert_eq!(every_key.retry, Config::default().retry);
+    }
+
     #[test]
     fn a_cluster_section_is_read_and_checked() {
         let config = Config::from_toml(

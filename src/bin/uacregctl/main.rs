@@ -5,9 +5,9 @@
 //! (`uacreg::answer`, `RecordView`), so the tool and the daemon share one definition of
 //! each shape.
 
+mod follow;
 #[path = "../shared/generate.rs"]
 mod generate;
-mod follow;
 mod progress;
 mod tables;
 
