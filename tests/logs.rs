@@ -121,3 +121,60 @@ fn json_logs_are_one_object_a_line_with_the_events_fields() {
         .unwrap_or_else(|| panic!("no open-files line in:\n{all}"));
     assert!(limit["open_files"].is_u64(), "{limit:?}");
 }
+
+/// Under systemd, stderr is the journal's stream (`JOURNAL_STREAM` names its device and inode):
+/// each line starts with the syslog priority journald turns into the entry's level, without a
+/// timestamp of its own. Here the stream is a file whose device and inode we pass the same way;
+/// the same variable with another stream's numbers changes nothing.
+#[test]
+fn lines_for_the_journal_carry_their_level() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = std::env::temp_dir().join(format!("uacreg-journal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |name: &str, stream_of: Option<&std::path::Path>| -> String {
+        let path = dir.join(name);
+        let file = std::fs::File::create(&path).unwrap();
+        let meta = std::fs::metadata(stream_of.unwrap_or(&path)).unwrap();
+        let db = format!("postgres://uacreg:{PASSWORD}@127.0.0.1:1/uacreg");
+        let child = Command::new(UACREGD)
+            .args(["--db", &db, "--log", "info"])
+            .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+            .env_remove("RUST_LOG")
+            .env_remove("UACREG_LOG_FORMAT")
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("uacregd starts");
+        let _running = Running(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.contains("database not available at start-up") {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "nothing logged:\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let journal = run("journal.log", None);
+    let lines: Vec<&str> = journal.lines().collect();
+    let limit = lines
+        .iter()
+        .find(|l| l.contains("open-files limit"))
+        .unwrap_or_else(|| panic!("{journal}"));
+    assert!(limit.starts_with("<6> INFO open-files limit"), "{limit}");
+    let attempt = lines
+        .iter()
+        .find(|l| l.contains("database not available"))
+        .unwrap();
+    assert!(attempt.starts_with("<3>ERROR "), "{attempt}");
+    assert!(!journal.contains(PASSWORD), "password logged:\n{journal}");
+    // Another stream's numbers (a shell that inherited the variable): ordinary text lines.
+    let elsewhere = run("plain.log", Some(&dir.join("journal.log")));
+    let first = elsewhere.lines().next().unwrap_or("");
+    assert!(!first.starts_with('<'), "{first}");
+    assert!(first.starts_with("20"), "a timestamp first: {first}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

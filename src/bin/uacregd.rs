@@ -154,6 +154,14 @@ fn init_logging(filter: &str, format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
+        LogFormat::Text if stderr_is_the_journal() => logs
+            .event_format(JournalLine(
+                tracing_subscriber::fmt::format()
+                    .with_target(false)
+                    .without_time()
+                    .with_ansi(false),
+            ))
+            .init(),
         LogFormat::Text => logs.with_target(false).with_ansi(colour_on_stderr()).init(),
         LogFormat::Json => logs
             .json()
@@ -167,6 +175,66 @@ fn init_logging(filter: &str, format: LogFormat) {
 
 /// Colour codes are for a person at a terminal: a file, a pipe or the journal would keep them
 /// as `\x1b[…m` noise. `NO_COLOR` (any non-empty value) switches them off on a terminal too.
+/// Whether stderr is connected to journald: systemd sets `JOURNAL_STREAM` to the `device:inode`
+/// of the stream it gives the service, and a child whose stderr was redirected elsewhere must
+/// not take the variable for its own (hence the comparison with stderr itself).
+fn stderr_is_the_journal() -> bool {
+    #[cfg(unix)]
+    {
+        let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+            return false;
+        };
+        let Some((device, inode)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+            return false;
+        };
+        let (Ok(device), Ok(inode)) = (device.parse::<u64>(), inode.parse::<u64>()) else {
+            return false;
+        };
+        use std::os::fd::AsRawFd;
+        let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fstat writes a `stat` for a valid descriptor (stderr's) into the buffer we own;
+        // it is read only when fstat reports success.
+        let stat = unsafe {
+            if libc::fstat(std::io::stderr().as_raw_fd(), stat.as_mut_ptr()) != 0 {
+                return false;
+            }
+            stat.assume_init()
+        };
+        #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+        let same = stat.st_dev as u64 == device && stat.st_ino as u64 == inode;
+        same
+    }
+    #[cfg(not(unix))]
+    false
+}
+
+/// A text line for journald: the `<N>` syslog priority prefix it turns into the entry's level
+/// (`journalctl -p warning` works), and no timestamp (the journal keeps its own).
+struct JournalLine<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournalLine<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
 fn colour_on_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
