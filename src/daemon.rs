@@ -230,6 +230,17 @@ impl Daemon {
             ),
             _ => None,
         };
+        #[cfg(unix)]
+        if let Some(setting) = &config.ctl_socket {
+            let path = crate::rpc::ctl::socket_path(setting);
+            let task = crate::rpc::ctl::serve(&path, crate::rpc::server::methods(gateway.clone()))
+                .await
+                .map_err(|source| DaemonError::RpcSocket {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            background.push(task);
+        }
         let metrics = match config.metrics_listen {
             Some(addr) => Some(
                 crate::metrics::serve(addr, gateway.clone())

@@ -102,6 +102,9 @@ pub struct Config {
     /// Also serve JSON-RPC on this Unix socket (mode 0660).
     #[serde(deserialize_with = "value::optional_path")]
     pub rpc_socket: Option<PathBuf>,
+    /// Kamailio's control socket for `kamcmd` (BINRPC): `unix:/run/uacreg/kamailio_ctl`.
+    #[serde(deserialize_with = "value::optional_text")]
+    pub ctl_socket: Option<String>,
     /// Send Expires: 0 for every binding on shutdown.
     pub unregister_on_shutdown: bool,
     /// How long shutdown waits for those un-REGISTERs (`shutdown_timeout_secs`).
@@ -132,6 +135,7 @@ impl Default for Config {
             show_secrets: false,
             rpc_token: None,
             rpc_socket: None,
+            ctl_socket: None,
             unregister_on_shutdown: true,
             shutdown_timeout: Duration::from_secs(5),
             pacing: PacingSettings::default(),

@@ -6,8 +6,11 @@
 //! with `show_secrets`.
 
 pub mod answer;
+#[doc(hidden)]
+pub mod binrpc;
 pub mod client;
 mod cluster_dump;
+pub mod ctl;
 pub mod kamailio;
 mod params;
 pub mod server;

@@ -305,6 +305,7 @@ fn register_all(
             sip: stats,
         })
     })?;
+    register_core(module)?;
     Ok(())
 }
 
@@ -328,6 +329,43 @@ fn token_layer(
     token: Option<String>,
 ) -> tower::ServiceBuilder<tower::layer::util::Stack<TokenLayer, tower::layer::util::Identity>> {
     tower::ServiceBuilder::new().layer(TokenLayer::new(token))
+}
+
+/// The introspection methods Kamailio's own tools call (`kamcmd` completes method names with
+/// `system.listMethods`; scripts check `core.version` and `core.uptime`).
+fn register_core(
+    module: &mut RpcModule<Gateway>,
+) -> Result<(), jsonrpsee::core::RegisterMethodError> {
+    let started = SystemTime::now();
+    let started_text = httpdate::fmt_http_date(started);
+    module.register_method("core.version", |_params, _gw, _| {
+        format!("uacreg {}", env!("CARGO_PKG_VERSION"))
+    })?;
+    module.register_method("core.uptime", move |_params, _gw, _| {
+        let now = SystemTime::now();
+        serde_json::json!({
+            "now": httpdate::fmt_http_date(now),
+            "up_since": started_text,
+            "uptime": now.duration_since(started).map_or(0, |d| d.as_secs()),
+        })
+    })?;
+    let mut names: Vec<String> = module.method_names().map(str::to_string).collect();
+    names.extend([
+        "system.listMethods".to_string(),
+        "system.methodHelp".to_string(),
+    ]);
+    names.sort();
+    let listed = names.clone();
+    module.register_method("system.listMethods", move |_params, _gw, _| listed.clone())?;
+    module.register_method("system.methodHelp", move |params, _gw, _| {
+        let name: String = params.one().unwrap_or_default();
+        if names.contains(&name) {
+            Ok(format!("{name}: see uacregctl --help and the README"))
+        } else {
+            Err(fault(500, "command not found"))
+        }
+    })?;
+    Ok(())
 }
 
 /// Starts the HTTP server on `addr`; with `token`, every request must carry it.

@@ -1,0 +1,243 @@
+//! Kamailio's control socket (`ctl_socket`): BINRPC over a Unix stream socket, so `kamcmd -s
+//! unix:/run/uacreg/kamailio_ctl uac.reg_dump` and the scripts built on it work unchanged.
+//!
+//! Why it calls the JSON-RPC methods: every method, its parameter checks, its answer and its
+//! faults exist once (`server.rs`); a request here is decoded ([`super::binrpc`]), run on the
+//! same [`RpcModule`] in-process, and its JSON answer written back as Kamailio writes the same
+//! answer in BINRPC: a top-level list becomes one value per element (each `uac.reg_dump`
+//! record a struct, as `kamcmd` prints them), an object a struct, a null an empty string.
+//!
+//! The socket file is the access control (mode 0660, as Kamailio's); connections at once are
+//! bounded, each request is framed by [`super::binrpc::packet_len`] under its size limit, and a
+//! connection that sends nothing whole within [`IDLE`] is closed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonrpsee::RpcModule;
+use jsonrpsee::core::params::ArrayParams;
+use jsonrpsee::core::server::MethodsError;
+use jsonrpsee::types::error::METHOD_NOT_FOUND_CODE as METHOD_NOT_FOUND;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use super::binrpc::{self, Kind, Packet, Value};
+use crate::gateway::Gateway;
+
+/// Connections served at once; more wait for a place.
+pub const MAX_CONNECTIONS: usize = 16;
+/// A connection without a whole request for this long is closed.
+pub const IDLE: Duration = Duration::from_secs(30);
+
+/// Where `ctl_socket` points: `unix:/path` (Kamailio's spelling) or a bare path.
+pub fn socket_path(setting: &str) -> PathBuf {
+    PathBuf::from(setting.strip_prefix("unix:").unwrap_or(setting))
+}
+
+/// Serves BINRPC on the Unix socket at `path` until the returned task is aborted. A stale
+/// socket file from an earlier run is replaced.
+#[cfg(unix)]
+pub async fn serve(
+    path: &Path,
+    module: RpcModule<Gateway>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        std::fs::remove_file(path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    let module = Arc::new(module);
+    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    Ok(tokio::spawn(async move {
+        let mut backoff = crate::transport::admission::AcceptBackoff::new();
+        loop {
+            let Ok(place) = places.clone().acquire_owned().await else {
+                return;
+            };
+            let (socket, _) = backoff
+                .accept("ctl socket", || listener.accept(), || {})
+                .await;
+            let module = module.clone();
+            tokio::spawn(async move {
+                if let Err(err) = connection(socket, &module).await {
+                    debug!("ctl connection ended: {err}");
+                }
+                drop(place);
+            });
+        }
+    }))
+}
+
+/// Requests on one connection, one after another, until the peer closes it.
+async fn connection(
+    mut socket: tokio::net::UnixStream,
+    module: &RpcModule<Gateway>,
+) -> std::io::Result<()> {
+    let mut buffer = Vec::with_capacity(1024);
+    loop {
+        let len = loop {
+            match binrpc::packet_len(&buffer) {
+                Ok(Some(len)) if buffer.len() >= len => break len,
+                Ok(_) => {}
+                Err(err) => {
+                    warn!("ctl socket: {err}; closing the connection");
+                    return Ok(());
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let read = tokio::time::timeout(IDLE, socket.read(&mut chunk))
+                .await
+                .map_err(|_| std::io::Error::other("idle"))??;
+            if read == 0 {
+                return Ok(());
+            }
+            buffer.extend_from_slice(&chunk[..read]);
+        };
+        let request: Vec<u8> = buffer.drain(..len).collect();
+        let reply = match binrpc::decode(&request) {
+            Ok(packet) => answer(module, packet).await,
+            Err(err) => {
+                warn!("ctl socket: {err}; closing the connection");
+                return Ok(());
+            }
+        };
+        let bytes = binrpc::encode(&reply).map_err(std::io::Error::other)?;
+        socket.write_all(&bytes).await?;
+    }
+}
+
+/// Runs the request's method and builds the reply (or fault) packet.
+async fn answer(module: &RpcModule<Gateway>, request: Packet) -> Packet {
+    let fault = |code: i32, message: &str| Packet {
+        kind: Kind::Fault,
+        cookie: request.cookie,
+        values: vec![Value::Int(code), Value::Str(message.to_string())],
+    };
+    if request.kind != Kind::Request {
+        return fault(400, "Not a request");
+    }
+    let mut values = request.values.iter();
+    let Some(Value::Str(method)) = values.next() else {
+        return fault(400, "No method name");
+    };
+    let mut params = ArrayParams::new();
+    for value in values {
+        if params.insert(to_json(value)).is_err() {
+            return fault(400, "Invalid Parameters");
+        }
+    }
+    match module.call::<_, serde_json::Value>(method, params).await {
+        Ok(result) => Packet {
+            kind: Kind::Reply,
+            cookie: request.cookie,
+            values: match result {
+                serde_json::Value::Array(items) => items.into_iter().map(from_json).collect(),
+                // Kamailio's enable, disable, refresh … add nothing to their reply.
+                serde_json::Value::Object(members) if members.is_empty() => Vec::new(),
+                other => vec![from_json(other)],
+            },
+        },
+        // Kamailio's own text for a method it does not know.
+        Err(MethodsError::JsonRpc(err)) if err.code() == METHOD_NOT_FOUND => {
+            fault(500, "command not found")
+        }
+        Err(MethodsError::JsonRpc(err)) => fault(err.code(), err.message()),
+        Err(err) => fault(500, &err.to_string()),
+    }
+}
+
+fn to_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Int(i) => serde_json::Value::from(*i),
+        Value::Double(d) => serde_json::Value::from(*d),
+        Value::Str(s) => serde_json::Value::from(s.as_str()),
+        Value::Bytes(b) => serde_json::Value::from(String::from_utf8_lossy(b).into_owned()),
+        Value::Array(items) => serde_json::Value::Array(items.iter().map(to_json).collect()),
+        Value::Struct(members) => serde_json::Value::Object(
+            members
+                .iter()
+                .map(|(name, value)| (name.clone(), to_json(value)))
+                .collect(),
+        ),
+    }
+}
+
+/// A JSON answer as Kamailio writes the same answer in BINRPC.
+fn from_json(value: serde_json::Value) -> Value {
+    convert(value, false)
+}
+
+/// Kamailio's BINRPC has no arrays inside structs (`kamcmd` refuses the packet): a list that is
+/// a member is written as a struct keyed by position ("0", "1", …), which `kamcmd` prints.
+fn convert(value: serde_json::Value, in_struct: bool) -> Value {
+    match value {
+        serde_json::Value::Null => Value::Str(String::new()),
+        serde_json::Value::Bool(b) => Value::Int(i32::from(b)),
+        serde_json::Value::Number(n) => match n.as_i64().map(i32::try_from) {
+            Some(Ok(i)) => Value::Int(i),
+            // Wider than BINRPC's integers (a Unix time in ms, a large counter): as text,
+            // exactly, rather than wrapped.
+            Some(Err(_)) => Value::Str(n.to_string()),
+            None => match n.as_f64() {
+                Some(f) if n.is_f64() => Value::Double(f),
+                _ => Value::Str(n.to_string()),
+            },
+        },
+        serde_json::Value::String(s) => Value::Str(s),
+        serde_json::Value::Array(items) if in_struct => Value::Struct(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| (i.to_string(), convert(item, true)))
+                .collect(),
+        ),
+        serde_json::Value::Array(items) => {
+            Value::Array(items.into_iter().map(|item| convert(item, false)).collect())
+        }
+        serde_json::Value::Object(members) => Value::Struct(
+            members
+                .into_iter()
+                .map(|(name, value)| (name, convert(value, true)))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_take_kamailios_binrpc_shapes() {
+        let record = serde_json::json!({"l_uuid": "t1", "realm": null, "flags": 20,
+            "last_success": 1_796_299_072_000_i64, "ok": true});
+        assert_eq!(
+            from_json(record),
+            Value::Struct(vec![
+                ("l_uuid".into(), Value::Str("t1".into())),
+                ("realm".into(), Value::Str(String::new())),
+                ("flags".into(), Value::Int(20)),
+                ("last_success".into(), Value::Str("1796299072000".into())),
+                ("ok".into(), Value::Int(1)),
+            ])
+        );
+        assert_eq!(
+            from_json(serde_json::json!({"invalid": [], "codes": [200, 401]})),
+            Value::Struct(vec![
+                ("invalid".into(), Value::Struct(Vec::new())),
+                (
+                    "codes".into(),
+                    Value::Struct(vec![
+                        ("0".into(), Value::Int(200)),
+                        ("1".into(), Value::Int(401)),
+                    ])
+                ),
+            ])
+        );
+        assert_eq!(socket_path("unix:/run/x/ctl"), PathBuf::from("/run/x/ctl"));
+        assert_eq!(socket_path("/run/x/ctl"), PathBuf::from("/run/x/ctl"));
+    }
+}
