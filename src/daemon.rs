@@ -241,6 +241,19 @@ impl Daemon {
                 })?;
             background.push(task);
         }
+        #[cfg(unix)]
+        if let Some(path) = &config.rpc_fifo {
+            let task = crate::rpc::serve_fifo(
+                path,
+                config.rpc_fifo_reply_dir.clone(),
+                crate::rpc::server::methods(gateway.clone()),
+            )
+            .map_err(|source| DaemonError::RpcSocket {
+                path: path.display().to_string(),
+                source,
+            })?;
+            background.push(task);
+        }
         let metrics = match config.metrics_listen {
             Some(addr) => Some(
                 crate::metrics::serve(addr, gateway.clone())

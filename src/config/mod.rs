@@ -105,6 +105,12 @@ pub struct Config {
     /// Kamailio's control socket for `kamcmd` (BINRPC): `unix:/run/uacreg/kamailio_ctl`.
     #[serde(deserialize_with = "value::optional_text")]
     pub ctl_socket: Option<String>,
+    /// Kamailio's JSON-RPC FIFO for `kamctl rpc` (jsonrpcs' convention); answers go to the
+    /// FIFO each request names in `rpc_fifo_reply_dir`.
+    #[serde(deserialize_with = "value::optional_path")]
+    pub rpc_fifo: Option<PathBuf>,
+    /// Where the FIFOs `kamctl` reads answers from are (jsonrpcs' `fifo_reply_dir`).
+    pub rpc_fifo_reply_dir: PathBuf,
     /// Send Expires: 0 for every binding on shutdown.
     pub unregister_on_shutdown: bool,
     /// How long shutdown waits for those un-REGISTERs (`shutdown_timeout_secs`).
@@ -136,6 +142,8 @@ impl Default for Config {
             rpc_token: None,
             rpc_socket: None,
             ctl_socket: None,
+            rpc_fifo: None,
+            rpc_fifo_reply_dir: PathBuf::from("/tmp"),
             unregister_on_shutdown: true,
             shutdown_timeout: Duration::from_secs(5),
             pacing: PacingSettings::default(),

@@ -11,6 +11,8 @@ pub mod binrpc;
 pub mod client;
 mod cluster_dump;
 pub mod ctl;
+mod fifo;
+pub use fifo::serve as serve_fifo;
 pub mod kamailio;
 mod params;
 pub mod server;
