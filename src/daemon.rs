@@ -230,8 +230,26 @@ impl Daemon {
             ),
             _ => None,
         };
+        if let Some(Some(addr)) = config.ctl_socket.as_deref().map(crate::rpc::ctl::tcp_addr) {
+            let addr = addr.map_err(|why| DaemonError::RpcSocket {
+                path: config.ctl_socket.clone().unwrap_or_default(),
+                source: std::io::Error::other(why),
+            })?;
+            let (_, task) =
+                crate::rpc::ctl::serve_tcp(addr, crate::rpc::server::methods(gateway.clone()))
+                    .await
+                    .map_err(|source| DaemonError::RpcSocket {
+                        path: addr.to_string(),
+                        source,
+                    })?;
+            background.push(task);
+        }
         #[cfg(unix)]
-        if let Some(setting) = &config.ctl_socket {
+        if let Some(setting) = config
+            .ctl_socket
+            .as_ref()
+            .filter(|s| crate::rpc::ctl::tcp_addr(s).is_none())
+        {
             let path = crate::rpc::ctl::socket_path(setting);
             let task = crate::rpc::ctl::serve(&path, crate::rpc::server::methods(gateway.clone()))
                 .await

@@ -136,3 +136,43 @@ async fn kamcmd_runs_the_uac_commands_against_uacregd() {
     assert!(ok && again.starts_with("uacreg "), "{again}");
     daemon.stop().await;
 }
+
+/// `ctl_socket = "tcp:127.0.0.1:PORT"`: kamcmd over TCP on loopback; any other address is
+/// refused at start (BINRPC has no authentication).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kamcmd_over_tcp_on_loopback_and_nowhere_else() {
+    let Some(kamcmd) = kamcmd() else {
+        return;
+    };
+    let dir = TempDir::new("kamcmd-tcp");
+    write_rows(&dir.db_url(), &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = test_config(&dir.db_url());
+    config.ctl_socket = Some(format!("tcp:127.0.0.1:{port}"));
+    let daemon = uacreg::Daemon::start(config).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&kamcmd)
+            .arg("-s")
+            .arg(format!("tcp:127.0.0.1:{port}"))
+            .arg("core.version")
+            .output()
+            .expect("kamcmd runs")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.starts_with("uacreg "),
+        "{text}"
+    );
+    daemon.stop().await;
+
+    let mut open = test_config(&dir.db_url());
+    open.ctl_socket = Some("tcp:0.0.0.0:2049".into());
+    let refused = uacreg::Daemon::start(open).await.err().expect("refused");
+    assert!(refused.to_string().contains("loopback"), "{refused}");
+}

@@ -36,6 +36,52 @@ pub fn socket_path(setting: &str) -> PathBuf {
     PathBuf::from(setting.strip_prefix("unix:").unwrap_or(setting))
 }
 
+/// `tcp:127.0.0.1:2049` (Kamailio's spelling): a loopback address to serve on instead of a Unix
+/// socket. `None` for a Unix socket; an error for TCP on any other address, because BINRPC
+/// carries no credentials and only the local machine may steer the daemon this way.
+pub fn tcp_addr(setting: &str) -> Option<Result<std::net::SocketAddr, String>> {
+    let addr = setting.strip_prefix("tcp:")?;
+    Some(match addr.parse::<std::net::SocketAddr>() {
+        Ok(addr) if addr.ip().is_loopback() => Ok(addr),
+        Ok(addr) => Err(format!(
+            "ctl_socket tcp:{addr}: only a loopback address (BINRPC has no authentication)"
+        )),
+        Err(err) => Err(format!("ctl_socket {setting}: {err}")),
+    })
+}
+
+/// Serves BINRPC on TCP at the loopback `addr` until the returned task is aborted.
+pub async fn serve_tcp(
+    addr: std::net::SocketAddr,
+    module: RpcModule<Gateway>,
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let module = Arc::new(module);
+    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    Ok((
+        local,
+        tokio::spawn(async move {
+            let mut backoff = crate::transport::admission::AcceptBackoff::new();
+            loop {
+                let Ok(place) = places.clone().acquire_owned().await else {
+                    return;
+                };
+                let (socket, _) = backoff
+                    .accept("ctl socket", || listener.accept(), || {})
+                    .await;
+                let module = module.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = connection(socket, &module).await {
+                        debug!("ctl connection ended: {err}");
+                    }
+                    drop(place);
+                });
+            }
+        }),
+    ))
+}
+
 /// Serves BINRPC on the Unix socket at `path` until the returned task is aborted. A stale
 /// socket file from an earlier run is replaced.
 #[cfg(unix)]
@@ -73,7 +119,7 @@ pub async fn serve(
 
 /// Requests on one connection, one after another, until the peer closes it.
 async fn connection(
-    mut socket: tokio::net::UnixStream,
+    mut socket: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     module: &RpcModule<Gateway>,
 ) -> std::io::Result<()> {
     let mut buffer = Vec::with_capacity(1024);
@@ -239,5 +285,11 @@ mod tests {
         );
         assert_eq!(socket_path("unix:/run/x/ctl"), PathBuf::from("/run/x/ctl"));
         assert_eq!(socket_path("/run/x/ctl"), PathBuf::from("/run/x/ctl"));
+        assert_eq!(tcp_addr("unix:/run/x/ctl"), None);
+        assert_eq!(
+            tcp_addr("tcp:127.0.0.1:2049"),
+            Some(Ok("127.0.0.1:2049".parse().unwrap()))
+        );
+        assert!(matches!(tcp_addr("tcp:0.0.0.0:2049"), Some(Err(e)) if e.contains("loopback")));
     }
 }
