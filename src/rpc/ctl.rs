@@ -57,29 +57,7 @@ pub async fn serve_tcp(
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let module = Arc::new(module);
-    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    Ok((
-        local,
-        tokio::spawn(async move {
-            let mut backoff = crate::transport::admission::AcceptBackoff::new();
-            loop {
-                let Ok(place) = places.clone().acquire_owned().await else {
-                    return;
-                };
-                let (socket, _) = backoff
-                    .accept("ctl socket", || listener.accept(), || {})
-                    .await;
-                let module = module.clone();
-                tokio::spawn(async move {
-                    if let Err(err) = connection(socket, &module).await {
-                        debug!("ctl connection ended: {err}");
-                    }
-                    drop(place);
-                });
-            }
-        }),
-    ))
+    Ok((local, spawn_accepting(listener, module)))
 }
 
 /// Serves BINRPC on the Unix socket at `path` until the returned task is aborted. A stale
@@ -95,16 +73,48 @@ pub async fn serve(
     }
     let listener = tokio::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(spawn_accepting(listener, module))
+}
+
+/// A listener of the control socket: Unix or TCP.
+trait CtlListener: Send + Sync + 'static {
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn accept_stream(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+#[cfg(unix)]
+impl CtlListener for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_stream(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+impl CtlListener for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_stream(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+/// Accepts connections while fewer than [`MAX_CONNECTIONS`] are open, each served by
+/// [`connection`], until the returned task is aborted.
+fn spawn_accepting(
+    listener: impl CtlListener,
+    module: RpcModule<Gateway>,
+) -> tokio::task::JoinHandle<()> {
     let module = Arc::new(module);
     let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    Ok(tokio::spawn(async move {
+    tokio::spawn(async move {
         let mut backoff = crate::transport::admission::AcceptBackoff::new();
         loop {
             let Ok(place) = places.clone().acquire_owned().await else {
                 return;
             };
-            let (socket, _) = backoff
-                .accept("ctl socket", || listener.accept(), || {})
+            let socket = backoff
+                .accept("ctl socket", || listener.accept_stream(), || {})
                 .await;
             let module = module.clone();
             tokio::spawn(async move {
@@ -114,7 +124,7 @@ pub async fn serve(
                 drop(place);
             });
         }
-    }))
+    })
 }
 
 /// Requests on one connection, one after another, until the peer closes it.
