@@ -399,10 +399,13 @@ fn write<C: ClusterSql>(
             updated_ms: now,
         });
     }
-    records.reverse();
+    // Key order: every writer locks dialog rows in one order.
+    records.sort_unstable_by(|a, b| a.l_uuid.cmp(&b.l_uuid));
     conn.upsert_dialogs(&records)?;
     let fenced_in: Vec<i32> = fenced_in.into_iter().collect();
-    conn.delete_dialogs(removed, &fenced_in)?;
+    let mut removed = removed.to_vec();
+    removed.sort_unstable();
+    conn.delete_dialogs(&removed, &fenced_in)?;
     Ok(skipped)
 }
 

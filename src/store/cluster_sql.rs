@@ -10,12 +10,13 @@
 use diesel::Connection as _;
 use diesel::dsl::sql;
 use diesel::prelude::*;
-use diesel::sql_types::BigInt;
+use diesel::sql_types::{BigInt, Integer, SmallInt, Text};
 use diesel::sqlite::SqliteConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
 
 use super::StoreError;
+use super::mysql::new_value;
 use super::schema::{uacreg_cluster_node, uacreg_cluster_shard, uacreg_dialog};
 
 /// Rows per statement (keys per `IN (…)` list, rows per multi-row insert): well under every
@@ -389,7 +390,7 @@ impl ClusterSql for AsyncConnectionWrapper<AsyncPgConnection> {
     fn upsert_dialogs(&mut self, rows: &[DialogRecord]) -> QueryResult<()> {
         // One array per column and UNNEST: ten parameters per statement whatever the row count,
         // and the server plans one statement for thousands of rows.
-        use diesel::sql_types::{Array, Integer, Text};
+        use diesel::sql_types::Array;
         for chunk in rows.chunks(PG_ARRAY_CHUNK) {
             let column = |f: fn(&DialogRecord) -> &String| -> Vec<&str> {
                 chunk.iter().map(|r| f(r).as_str()).collect()
@@ -479,17 +480,44 @@ impl ClusterSql for AsyncConnectionWrapper<AsyncMysqlConnection> {
     }
 
     fn upsert_node(&mut self, node: &NodeRecord) -> QueryResult<()> {
-        diesel::replace_into(uacreg_cluster_node::table)
+        // INSERT … ON DUPLICATE KEY UPDATE, not REPLACE: REPLACE deletes and re-inserts, taking
+        // next-key locks on the neighbouring node rows, and two nodes' rounds deadlocked on them.
+        use uacreg_cluster_node::*;
+        diesel::insert_into(table)
             .values(node)
+            .on_conflict(diesel::dsl::DuplicatedKeys)
+            .do_update()
+            .set((
+                sip_addr.eq(new_value::<Text>("sip_addr")),
+                started_ms.eq(new_value::<BigInt>("started_ms")),
+                seen_ms.eq(new_value::<BigInt>("seen_ms")),
+                leaving.eq(new_value::<SmallInt>("leaving")),
+                instance.eq(new_value::<BigInt>("instance")),
+            ))
             .execute(self)
             .map(drop)
     }
 
     fn upsert_dialogs(&mut self, rows: &[DialogRecord]) -> QueryResult<()> {
-        // REPLACE: delete-and-insert by primary key in one statement per chunk.
+        // Upserts in key order (the caller sorts), for the same reason as `upsert_node`: every
+        // writer then takes its row locks in one order, and none waits on a neighbour's gap.
+        use uacreg_dialog::*;
         for chunk in rows.chunks(CHUNK) {
-            diesel::replace_into(uacreg_dialog::table)
+            diesel::insert_into(table)
                 .values(chunk)
+                .on_conflict(diesel::dsl::DuplicatedKeys)
+                .do_update()
+                .set((
+                    shard.eq(new_value::<Integer>("shard")),
+                    call_id.eq(new_value::<Text>("call_id")),
+                    from_tag.eq(new_value::<Text>("from_tag")),
+                    next_cseq.eq(new_value::<BigInt>("next_cseq")),
+                    binding_expires_ms.eq(new_value::<BigInt>("binding_expires_ms")),
+                    granted_expires.eq(new_value::<Integer>("granted_expires")),
+                    contact.eq(new_value::<Text>("contact")),
+                    node_id.eq(new_value::<Text>("node_id")),
+                    updated_ms.eq(new_value::<BigInt>("updated_ms")),
+                ))
                 .execute(self)?;
         }
         Ok(())

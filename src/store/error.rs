@@ -78,6 +78,28 @@ impl StoreError {
         )
     }
 
+    /// The server chose this transaction as the victim of a deadlock (or, on PostgreSQL, of a
+    /// serialization conflict) and rolled it back: running it again at once on the same
+    /// connection is the cure the servers document, not a reconnect. The drivers do not pass
+    /// the error codes through diesel, so the servers' fixed messages are recognised instead
+    /// (MySQL/MariaDB 1213 "Deadlock found when trying to get lock; try restarting transaction",
+    /// PostgreSQL 40P01 "deadlock detected"). A lock *wait timeout* is not one of these: it
+    /// means another session holds the rows for long, and waiting again would only double it.
+    pub fn is_deadlock(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self {
+            StoreError::Query(Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _)) => {
+                true
+            }
+            StoreError::Query(Error::DatabaseError(_, info)) => {
+                let message = info.message();
+                message.starts_with("Deadlock found when trying to get lock")
+                    || message.starts_with("deadlock detected")
+            }
+            _ => false,
+        }
+    }
+
     /// Errors about what the database holds or was asked to hold, not about the connection:
     /// the session keeps its connection and does not retry (the same statement would fail the
     /// same way).
@@ -89,5 +111,33 @@ impl StoreError {
                 | StoreError::ClusterRow { .. }
                 | StoreError::NodeIdInUse { .. }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::{DatabaseErrorKind, Error};
+
+    fn server_says(kind: DatabaseErrorKind, message: &str) -> StoreError {
+        StoreError::Query(Error::DatabaseError(kind, Box::new(message.to_string())))
+    }
+
+    #[test]
+    fn deadlock_victims_are_told_from_other_failures() {
+        let mysql = "Deadlock found when trying to get lock; try restarting transaction";
+        assert!(server_says(DatabaseErrorKind::Unknown, mysql).is_deadlock());
+        assert!(server_says(DatabaseErrorKind::Unknown, "deadlock detected").is_deadlock());
+        assert!(
+            server_says(
+                DatabaseErrorKind::SerializationFailure,
+                "could not serialize"
+            )
+            .is_deadlock()
+        );
+        let waited = "Lock wait timeout exceeded; try restarting transaction";
+        assert!(!server_says(DatabaseErrorKind::Unknown, waited).is_deadlock());
+        assert!(!server_says(DatabaseErrorKind::UniqueViolation, "Duplicate entry").is_deadlock());
+        assert!(!StoreError::Open("refused".into()).is_deadlock());
     }
 }

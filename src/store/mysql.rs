@@ -11,6 +11,15 @@ use mysql_async::{Opts, OptsBuilder};
 use super::StoreError;
 use super::connection::{DbUrl, ServerTimeouts, clean_error};
 
+/// `VALUES(column)` in an `INSERT … ON DUPLICATE KEY UPDATE`: the value the row would have
+/// been inserted with (diesel's `excluded` is PostgreSQL's and SQLite's only). MariaDB knows
+/// no other spelling; MySQL 8 still accepts it. `column` is always one of our own names.
+pub(super) fn new_value<T: diesel::sql_types::SingleValue>(
+    column: &'static str,
+) -> diesel::expression::SqlLiteral<T> {
+    diesel::dsl::sql::<T>(&format!("VALUES({column})"))
+}
+
 /// The URL without `ssl_ca`, and the CA file if one was named.
 pub fn split_ca(url: &str) -> (String, Option<std::path::PathBuf>) {
     let Some((base, query)) = url.split_once('?') else {
@@ -62,6 +71,13 @@ pub async fn connect(
     // MariaDB ends a session whose transaction sits idle this long (a client paused or cut off
     // while holding row locks); MySQL has no such setting and keeps the locks until its
     // wait_timeout.
+    // READ COMMITTED: no gap locks. Under InnoDB's default REPEATABLE READ every DELETE or
+    // upsert also locks the gaps next to its keys, and cluster nodes writing interleaved
+    // l_uuids (their shards' rows) deadlocked on each other's gaps every few rounds. Nothing
+    // here relies on repeatable reads: leases are judged on rows locked FOR UPDATE.
+    conn.batch_execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .await
+        .map_err(|e| StoreError::Open(format!("cannot set the isolation level: {e}")))?;
     let idle = timeouts.idle_in_transaction().as_secs().max(1);
     let _ = conn
         .batch_execute(&format!("SET SESSION idle_transaction_timeout = {idle}"))

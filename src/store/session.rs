@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::StoreError;
 use super::connection::{self, Connection, DbUrl, ServerTimeouts};
@@ -18,6 +18,11 @@ use crate::backoff::Backoff;
 /// Spacing of connection attempts while the database is unreachable (jittered by [`Backoff`]).
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
+/// How often a transaction the server rolled back as a deadlock victim is run again before the
+/// failure counts as the statement's, and the pauses before each (jittered by [`Backoff`]).
+const DEADLOCK_RETRIES: u32 = 3;
+const DEADLOCK_FIRST_PAUSE: Duration = Duration::from_millis(5);
+const DEADLOCK_MAX_PAUSE: Duration = Duration::from_millis(50);
 
 /// A connection and what was learnt when it opened. Field order matters: the connection is
 /// dropped before the runtime it may need.
@@ -54,6 +59,8 @@ pub struct Store {
     outage: Option<Outage>,
     /// When the next connection attempt of an outage may be made.
     reconnect: Backoff,
+    /// Pauses before running a deadlock victim's transaction again.
+    deadlock_pause: Backoff,
 }
 
 impl Store {
@@ -74,6 +81,7 @@ impl Store {
             session: None,
             outage: None,
             reconnect: Backoff::new(FIRST_RETRY, MAX_RETRY),
+            deadlock_pause: Backoff::new(DEADLOCK_FIRST_PAUSE, DEADLOCK_MAX_PAUSE),
         })
     }
 
@@ -191,9 +199,20 @@ impl Store {
         } else {
             false
         };
-        let first = self.run_on_session(&op);
+        let mut first = self.run_on_session(&op);
+        // A deadlock victim was rolled back whole and the connection is fine: run it again on
+        // the same connection, after a short jittered pause so the two parties do not meet
+        // again in step.
+        let mut victim = 0;
+        while first.as_ref().is_err_and(StoreError::is_deadlock) && victim < DEADLOCK_RETRIES {
+            victim += 1;
+            debug!(db = %self.url, attempt = victim, "deadlock victim; running the transaction again");
+            std::thread::sleep(self.deadlock_pause.next_delay());
+            first = self.run_on_session(&op);
+        }
+        self.deadlock_pause.reset();
         match first {
-            Err(err) if !fresh && !err.is_about_the_data() => {
+            Err(err) if !fresh && !err.is_about_the_data() && !err.is_deadlock() => {
                 warn!(db = %self.url, "database statement failed: {err}; reconnecting");
                 self.connect()?;
                 self.run_on_session(&op)
@@ -213,7 +232,7 @@ impl Store {
         let result = op(&mut session.connection, session.layout);
         drop(_entered);
         if let Err(err) = &result {
-            if !err.is_about_the_data() {
+            if !err.is_about_the_data() && !err.is_deadlock() {
                 self.session = None;
             }
         }

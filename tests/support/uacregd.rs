@@ -30,6 +30,21 @@ impl Uacregd {
     /// its JSON-RPC answers. An `extra_config` that starts with its own
     /// `unregister_on_shutdown = …` line sets that key instead of the default `false`.
     pub fn start(binary: &str, dir: &Path, db_url: &str, extra_config: &str) -> io::Result<Self> {
+        // A port free when probed can be taken before uacregd binds it by any socket that asks
+        // the kernel for an ephemeral port (a database client, another daemon's resolver):
+        // then it is started again on new ports.
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(binary, dir, db_url, extra_config) {
+                Err(e) if attempt < 3 && e.to_string().contains("Address already in use") => {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(binary: &str, dir: &Path, db_url: &str, extra_config: &str) -> io::Result<Self> {
         let sip = process::spare_udp_port()?;
         let rpc = process::spare_tcp_port()?;
         let config = dir.join("uacregd.toml");
