@@ -117,7 +117,7 @@ async fn kamcmd_runs_the_uac_commands_against_uacregd() {
     assert!(ok && uptime.contains("\tuptime: "), "{uptime}");
     let (_, unknown) = kam(&["no.such.method"]).await;
     assert!(
-        unknown.contains("error: 500 - command not found"),
+        unknown.contains("error: 500 - command no.such.method not found"),
         "{unknown}"
     );
 

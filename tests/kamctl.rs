@@ -29,9 +29,10 @@ fn rpc(kamctl: &Path, fifo: &Path, args: &[String]) -> serde_json::Value {
         .output()
         .expect("kamctl runs");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The answer is pretty-printed over several lines, as jsonrpcs prints it.
     let json = text
-        .lines()
-        .find(|line| line.starts_with('{'))
+        .find('{')
+        .map(|start| &text[start..])
         .unwrap_or_else(|| {
             panic!(
                 "kamctl printed no answer: {text}{}",

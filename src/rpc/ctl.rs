@@ -196,9 +196,10 @@ async fn answer(module: &RpcModule<Gateway>, request: Packet) -> Packet {
                 other => vec![from_json(other)],
             },
         },
-        // Kamailio's own text for a method it does not know.
+        // Kamailio's own text for a method it does not know (the name goes back only to the
+        // client that sent it).
         Err(MethodsError::JsonRpc(err)) if err.code() == METHOD_NOT_FOUND => {
-            fault(500, "command not found")
+            fault(500, &format!("command {method} not found"))
         }
         Err(MethodsError::JsonRpc(err)) => fault(err.code(), err.message()),
         Err(err) => fault(500, &err.to_string()),
@@ -221,6 +222,9 @@ fn to_json(value: &Value) -> serde_json::Value {
     }
 }
 
+/// What Kamailio's `ctl` module writes for a string that is not there (JSON's `null`).
+const NULL_STRING: &str = "<null string>";
+
 /// A JSON answer as Kamailio writes the same answer in BINRPC.
 fn from_json(value: serde_json::Value) -> Value {
     convert(value, false)
@@ -230,7 +234,8 @@ fn from_json(value: serde_json::Value) -> Value {
 /// a member is written as a struct keyed by position ("0", "1", …), which `kamcmd` prints.
 fn convert(value: serde_json::Value, in_struct: bool) -> Value {
     match value {
-        serde_json::Value::Null => Value::Str(String::new()),
+        // Kamailio's ctl module sends a NULL string as this text, and kamcmd prints it.
+        serde_json::Value::Null => Value::Str(NULL_STRING.into()),
         serde_json::Value::Bool(b) => Value::Int(i32::from(b)),
         serde_json::Value::Number(n) => match n.as_i64().map(i32::try_from) {
             Some(Ok(i)) => Value::Int(i),
@@ -274,7 +279,7 @@ mod tests {
             from_json(record),
             Value::Struct(vec![
                 ("l_uuid".into(), Value::Str("t1".into())),
-                ("realm".into(), Value::Str(String::new())),
+                ("realm".into(), Value::Str("<null string>".into())),
                 ("flags".into(), Value::Int(20)),
                 ("last_success".into(), Value::Str("1796299072000".into())),
                 ("ok".into(), Value::Int(1)),

@@ -7,6 +7,11 @@
 //! name (no `/`, no leading dot), the file must already be a FIFO with a reader (we never create
 //! or follow anything else; a symlink is refused), a line may be 64 KiB, and a reader that does
 //! not take the answer within [`REPLY_TIMEOUT`] loses it.
+//!
+//! Answers are printed the way jsonrpcs prints them (its default `pretty_format`): one member a
+//! line, tab-indented, `"name":<TAB>value`, arrays on one line. kamctl's own commands read the
+//! answer line by line (`kamctl uptime` greps for `uptime`), so a one-line answer would break
+//! them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,6 +19,7 @@ use std::time::Duration;
 use jsonrpsee::RpcModule;
 use jsonrpsee::core::params::ArrayParams;
 use jsonrpsee::core::server::MethodsError;
+use jsonrpsee::types::error::METHOD_NOT_FOUND_CODE;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
@@ -82,9 +88,9 @@ async fn handle_line(line: &[u8], reply_dir: &Path, module: &RpcModule<Gateway>)
         warn!("rpc FIFO: a request without a usable reply_name, dropped");
         return;
     };
-    let answer = answer(&request, module).await;
+    let answer = kamailio_pretty(&answer(&request, module).await);
     let target = reply_dir.join(reply_name);
-    if let Err(err) = reply(&target, answer.to_string()).await {
+    if let Err(err) = reply(&target, answer).await {
         debug!("rpc FIFO: no answer to {}: {err}", target.display());
     }
 }
@@ -119,6 +125,10 @@ async fn answer(request: &serde_json::Value, module: &RpcModule<Gateway>) -> ser
     }
     match module.call::<_, serde_json::Value>(method, params).await {
         Ok(result) => serde_json::json!({"jsonrpc": "2.0", "result": result, "id": id}),
+        // jsonrpcs' own answer to a method it does not know.
+        Err(MethodsError::JsonRpc(err)) if err.code() == METHOD_NOT_FOUND_CODE => {
+            error(500, "Method Not Found")
+        }
         Err(MethodsError::JsonRpc(err)) => error(err.code(), err.message()),
         Err(err) => error(500, &err.to_string()),
     }
@@ -148,17 +158,142 @@ async fn reply(path: &Path, text: String) -> std::io::Result<()> {
             Err(err) => return Err(err),
         }
     };
-    tokio::time::timeout(REPLY_TIMEOUT, async {
-        sender.write_all(text.as_bytes()).await?;
-        sender.write_all(b"\n").await
-    })
-    .await
-    .map_err(|_| std::io::Error::other("the reader did not take the answer"))?
+    // No newline after the answer: jsonrpcs writes none.
+    tokio::time::timeout(REPLY_TIMEOUT, sender.write_all(text.as_bytes()))
+        .await
+        .map_err(|_| std::io::Error::other("the reader did not take the answer"))?
+}
+
+/// `value` as jsonrpcs prints it.
+fn kamailio_pretty(value: &serde_json::Value) -> String {
+    let mut out = Vec::new();
+    let mut serializer =
+        serde_json::Serializer::with_formatter(&mut out, JsonrpcsFormatter::default());
+    // Writing a Value into a Vec cannot fail.
+    let _ = serde::Serialize::serialize(value, &mut serializer);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// jsonrpcs' pretty printing (srjson's): an object opens with `{` and a newline, each member on
+/// a line of its own indented one tab deeper than the object, `"name":<TAB>value`, members
+/// separated by `,` and a newline, the closing `}` on a line at the object's own depth (an
+/// empty object is `{`, newline, `}`); an array is one line, `[a, b]`, its items one level
+/// deeper than the array.
+#[derive(Default)]
+struct JsonrpcsFormatter {
+    depth: usize,
+    /// For each open object: whether it has had a member.
+    has_members: Vec<bool>,
+}
+
+impl JsonrpcsFormatter {
+    fn indent<W: ?Sized + std::io::Write>(
+        &self,
+        writer: &mut W,
+        depth: usize,
+    ) -> std::io::Result<()> {
+        for _ in 0..depth {
+            writer.write_all(b"\t")?;
+        }
+        Ok(())
+    }
+}
+
+impl serde_json::ser::Formatter for JsonrpcsFormatter {
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.depth += 1;
+        writer.write_all(b"[")
+    }
+
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.depth = self.depth.saturating_sub(1);
+        writer.write_all(b"]")
+    }
+
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.depth += 1;
+        self.has_members.push(false);
+        writer.write_all(b"{\n")
+    }
+
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.depth = self.depth.saturating_sub(1);
+        if self.has_members.pop().unwrap_or(false) {
+            writer.write_all(b"\n")?;
+        }
+        self.indent(writer, self.depth)?;
+        writer.write_all(b"}")
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if let Some(has) = self.has_members.last_mut() {
+            *has = true;
+        }
+        if !first {
+            writer.write_all(b",\n")?;
+        }
+        self.indent(writer, self.depth)
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b":\t")
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Byte for byte what Kamailio 5.6's jsonrpcs wrote for these answers (captured from
+    /// `uac.reg_dump`, `uac.reg_reload` and a fault).
+    #[test]
+    fn answers_print_as_jsonrpcs_prints_them() {
+        let dump = serde_json::json!({"jsonrpc": "2.0", "result": [
+            {"l_uuid": "uuid000001", "expires": 3600, "socket": null},
+            {"l_uuid": "uuid000002", "expires": 3600, "socket": null}], "id": 7});
+        assert_eq!(
+            kamailio_pretty(&dump),
+            "{\n\t\"jsonrpc\":\t\"2.0\",\n\t\"result\":\t[{\n\t\t\t\"l_uuid\":\t\"uuid000001\",\n\
+             \t\t\t\"expires\":\t3600,\n\t\t\t\"socket\":\tnull\n\t\t}, {\n\t\t\t\"l_uuid\":\t\
+             \"uuid000002\",\n\t\t\t\"expires\":\t3600,\n\t\t\t\"socket\":\tnull\n\t\t}],\n\t\"id\":\t7\n}"
+        );
+        let reload = serde_json::json!({"jsonrpc": "2.0", "result": {}, "id": 7});
+        assert_eq!(
+            kamailio_pretty(&reload),
+            "{\n\t\"jsonrpc\":\t\"2.0\",\n\t\"result\":\t{\n\t},\n\t\"id\":\t7\n}"
+        );
+        let fault = serde_json::json!({"jsonrpc": "2.0",
+            "error": {"code": 404, "message": "Record not found"}, "id": 7});
+        assert_eq!(
+            kamailio_pretty(&fault),
+            "{\n\t\"jsonrpc\":\t\"2.0\",\n\t\"error\":\t{\n\t\t\"code\":\t404,\n\t\t\"message\":\t\
+             \"Record not found\"\n\t},\n\t\"id\":\t7\n}"
+        );
+        let methods = serde_json::json!({"jsonrpc": "2.0", "result": ["a.b", "c.d"], "id": 7});
+        assert_eq!(
+            kamailio_pretty(&methods),
+            "{\n\t\"jsonrpc\":\t\"2.0\",\n\t\"result\":\t[\"a.b\", \"c.d\"],\n\t\"id\":\t7\n}"
+        );
+    }
 
     #[test]
     fn reply_names_are_bare_file_names() {

@@ -331,20 +331,38 @@ fn token_layer(
     tower::ServiceBuilder::new().layer(TokenLayer::new(token))
 }
 
+/// `at` as C's `ctime()` prints it ("Thu Dec  3 23:10:34 2026"), which is how Kamailio's
+/// `core.uptime` shows its times; in UTC, where Kamailio uses the host's time zone.
+fn ctime_utc(at: SystemTime) -> String {
+    // "Thu, 03 Dec 2026 23:10:34 GMT", rearranged.
+    let http = httpdate::fmt_http_date(at);
+    let parts: Vec<&str> = http.split(' ').collect();
+    match parts.as_slice() {
+        [weekday, day, month, year, time, _zone] => {
+            let day: u32 = day.parse().unwrap_or(0);
+            format!(
+                "{} {month} {day:>2} {time} {year}",
+                weekday.trim_end_matches(',')
+            )
+        }
+        _ => http,
+    }
+}
+
 /// The introspection methods Kamailio's own tools call (`kamcmd` completes method names with
 /// `system.listMethods`; scripts check `core.version` and `core.uptime`).
 fn register_core(
     module: &mut RpcModule<Gateway>,
 ) -> Result<(), jsonrpsee::core::RegisterMethodError> {
     let started = SystemTime::now();
-    let started_text = httpdate::fmt_http_date(started);
+    let started_text = ctime_utc(started);
     module.register_method("core.version", |_params, _gw, _| {
         format!("uacreg {}", env!("CARGO_PKG_VERSION"))
     })?;
     module.register_method("core.uptime", move |_params, _gw, _| {
         let now = SystemTime::now();
         serde_json::json!({
-            "now": httpdate::fmt_http_date(now),
+            "now": ctime_utc(now),
             "up_since": started_text,
             "uptime": now.duration_since(started).map_or(0, |d| d.as_secs()),
         })
@@ -420,4 +438,18 @@ pub async fn serve_unix(
         }
     });
     Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn times_print_as_ctime_does() {
+        // 2026-12-03 23:10:34 UTC and 2026-12-13 01:02:03 UTC.
+        let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
+        assert_eq!(ctime_utc(at(1_796_339_434)), "Thu Dec  3 23:10:34 2026");
+        assert_eq!(ctime_utc(at(1_797_123_723)), "Sun Dec 13 01:02:03 2026");
+    }
 }

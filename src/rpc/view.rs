@@ -102,6 +102,16 @@ fn null_if_empty(value: &str) -> Option<Cow<'_, str>> {
     (!value.is_empty()).then_some(Cow::Borrowed(value))
 }
 
+/// The address in the row's Contact, as Kamailio shows it: the row's `contact_addr`, or where
+/// that is empty the one the gateway put there instead (Kamailio shows its `reg_contact_addr`).
+fn contact_addr(r: &Record) -> Cow<'_, str> {
+    if r.contact_addr().is_empty() {
+        Cow::Borrowed(r.contact_host_port())
+    } else {
+        Cow::Borrowed(r.contact_addr())
+    }
+}
+
 /// Kamailio's rendering of an empty string column that it prints as "none".
 fn none_if_empty(value: &str) -> Cow<'_, str> {
     if value.is_empty() {
@@ -146,7 +156,7 @@ impl<'a> RecordView<'a> {
             timer_expires,
             reg_init: s.reg_init.map(|at| clock.unix(at)).unwrap_or(0),
             reg_delay: i64::from(r.reg_delay),
-            contact_addr: none_if_empty(r.contact_addr()),
+            contact_addr: contact_addr(r),
             socket: null_if_empty(r.socket()),
             state: Cow::Borrowed(s.status.name()),
             last_code: s.last_code,
@@ -241,7 +251,7 @@ impl<'a> RecordView<'a> {
             timer_expires,
             reg_init: 0,
             reg_delay: i64::from(r.reg_delay),
-            contact_addr: none_if_empty(r.contact_addr()),
+            contact_addr: contact_addr(r),
             socket: null_if_empty(r.socket()),
             state: Cow::Borrowed(state),
             last_code: status

@@ -2,6 +2,8 @@
 //! for one test.
 //!
 //! * [`kamailio`] — a real Kamailio registrar (digest auth, usrloc) on a spare loopback port.
+//! * [`kamailio_uac`] — Kamailio running its own `uac` module, with `ctl` and jsonrpcs, to compare
+//!   Kamailio's tools against.
 //! * [`sipp`] — runs a sipp scenario as a UAC against a loopback target.
 //! * [`dbserver`] — a throwaway PostgreSQL or MariaDB server (fresh data dir, database and
 //!   user `uacreg`) on a spare loopback TCP port, which can be stopped and restarted.
@@ -27,6 +29,7 @@
 pub mod cluster;
 pub mod dbserver;
 pub mod kamailio;
+pub mod kamailio_uac;
 pub mod process;
 pub mod sipp;
 pub mod stranger;
