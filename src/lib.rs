@@ -90,4 +90,8 @@ pub use transport::admission::ConnectionLimits;
 pub mod fuzzing {
     pub use crate::rpc::binrpc;
     pub use crate::rpc::parse_params_for_fuzzing;
+    /// The `rpc_fifo` line parser and its answer printer.
+    pub mod fifo {
+        pub use crate::rpc::fifo::{is_bare_name, kamailio_pretty, parse_line};
+    }
 }

@@ -5,11 +5,14 @@
 //! faults exist once (`server.rs`); a request here is decoded ([`super::binrpc`]), run on the
 //! same [`RpcModule`] in-process, and its JSON answer written back as Kamailio writes the same
 //! answer in BINRPC: a top-level list becomes one value per element (each `uac.reg_dump`
-//! record a struct, as `kamcmd` prints them), an object a struct, a null an empty string.
+//! record a struct, as `kamcmd` prints them), an object a struct, a null the text Kamailio's
+//! `ctl` sends for a NULL string.
 //!
 //! The socket file is the access control (mode 0660, as Kamailio's); connections at once are
-//! bounded, each request is framed by [`super::binrpc::packet_len`] under its size limit, and a
-//! connection that sends nothing whole within [`IDLE`] is closed.
+//! bounded, each request is framed by [`super::binrpc::packet_len`] under its size limit, a
+//! connection whose next request is not whole within [`IDLE`] (however it trickles in) is
+//! closed, and so is one that does not take its answer within [`WRITE_LIMIT`]: a client cannot
+//! hold one of the places for longer than that.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +33,8 @@ use crate::gateway::Gateway;
 pub const MAX_CONNECTIONS: usize = 16;
 /// A connection without a whole request for this long is closed.
 pub const IDLE: Duration = Duration::from_secs(30);
+/// A connection that has not taken its whole answer after this long is closed.
+pub const WRITE_LIMIT: Duration = Duration::from_secs(30);
 
 /// Where `ctl_socket` points: `unix:/path` (Kamailio's spelling) or a bare path.
 pub fn socket_path(setting: &str) -> PathBuf {
@@ -128,12 +133,15 @@ fn spawn_accepting(
 }
 
 /// Requests on one connection, one after another, until the peer closes it.
-async fn connection(
+async fn connection<C: Send + Sync + 'static>(
     mut socket: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    module: &RpcModule<Gateway>,
+    module: &RpcModule<C>,
 ) -> std::io::Result<()> {
     let mut buffer = Vec::with_capacity(1024);
     loop {
+        // One deadline for the whole request, not one per read: a byte every few seconds
+        // does not keep the connection.
+        let deadline = tokio::time::Instant::now() + IDLE;
         let len = loop {
             match binrpc::packet_len(&buffer) {
                 Ok(Some(len)) if buffer.len() >= len => break len,
@@ -144,9 +152,9 @@ async fn connection(
                 }
             }
             let mut chunk = [0u8; 4096];
-            let read = tokio::time::timeout(IDLE, socket.read(&mut chunk))
+            let read = tokio::time::timeout_at(deadline, socket.read(&mut chunk))
                 .await
-                .map_err(|_| std::io::Error::other("idle"))??;
+                .map_err(|_| std::io::Error::other("no whole request in time"))??;
             if read == 0 {
                 return Ok(());
             }
@@ -161,12 +169,14 @@ async fn connection(
             }
         };
         let bytes = binrpc::encode(&reply).map_err(std::io::Error::other)?;
-        socket.write_all(&bytes).await?;
+        tokio::time::timeout(WRITE_LIMIT, socket.write_all(&bytes))
+            .await
+            .map_err(|_| std::io::Error::other("the answer was not taken in time"))??;
     }
 }
 
 /// Runs the request's method and builds the reply (or fault) packet.
-async fn answer(module: &RpcModule<Gateway>, request: Packet) -> Packet {
+async fn answer<C: Send + Sync + 'static>(module: &RpcModule<C>, request: Packet) -> Packet {
     let fault = |code: i32, message: &str| Packet {
         kind: Kind::Fault,
         cookie: request.cookie,
@@ -270,6 +280,60 @@ fn convert(value: serde_json::Value, in_struct: bool) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `kamcmd method` as bytes, for a method name of `len` characters.
+    fn request(method: &str) -> Vec<u8> {
+        binrpc::encode(&Packet {
+            kind: Kind::Request,
+            cookie: 7,
+            values: vec![Value::Str(method.into())],
+        })
+        .unwrap()
+    }
+
+    /// A request that trickles in a byte every 10 s never becomes whole: the connection is
+    /// closed when the request's own deadline passes, not kept alive by each byte.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickling_request_loses_its_place() {
+        let module = RpcModule::new(());
+        let (mut client, server) = tokio::io::duplex(4096);
+        let started = tokio::time::Instant::now();
+        let served = tokio::spawn(async move {
+            let ended = connection(server, &module).await;
+            (ended, started.elapsed())
+        });
+        let bytes = request(&"m".repeat(200));
+        client.write_all(&bytes[..8]).await.unwrap();
+        for byte in &bytes[8..] {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            if client.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+        }
+        let (ended, held) = served.await.unwrap();
+        assert!(ended.is_err(), "{ended:?}");
+        assert!(
+            held >= IDLE && held < IDLE + Duration::from_secs(1),
+            "{held:?}"
+        );
+    }
+
+    /// A client that asks and never reads its (large) answer is let go after WRITE_LIMIT.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_nobody_takes_frees_the_place() {
+        let mut module = RpcModule::new(());
+        module
+            .register_method("big", |_, _, _| "x".repeat(200_000))
+            .unwrap();
+        let (mut client, server) = tokio::io::duplex(1024);
+        let served = tokio::spawn(async move { connection(server, &module).await });
+        client.write_all(&request("big")).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let ended = served.await.unwrap();
+        assert!(ended.is_err(), "{ended:?}");
+        assert!(started.elapsed() >= WRITE_LIMIT, "{:?}", started.elapsed());
+        drop(client);
+    }
 
     #[test]
     fn answers_take_kamailios_binrpc_shapes() {

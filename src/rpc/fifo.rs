@@ -79,15 +79,36 @@ pub fn serve(
     }))
 }
 
+/// Why a FIFO line is dropped without an answer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FifoLineError {
+    #[error("a line that is not JSON")]
+    NotJson,
+    #[error("a request without a usable reply_name")]
+    NoReplyName,
+}
+
+/// One FIFO line: the JSON-RPC request, and the bare file name its answer goes to.
+pub fn parse_line(line: &[u8]) -> Result<(serde_json::Value, String), FifoLineError> {
+    let request =
+        serde_json::from_slice::<serde_json::Value>(line).map_err(|_| FifoLineError::NotJson)?;
+    let reply_name = request["reply_name"]
+        .as_str()
+        .filter(|n| is_bare_name(n))
+        .ok_or(FifoLineError::NoReplyName)?
+        .to_string();
+    Ok((request, reply_name))
+}
+
 async fn handle_line(line: &[u8], reply_dir: &Path, module: &RpcModule<Gateway>) {
-    let Ok(request) = serde_json::from_slice::<serde_json::Value>(line) else {
-        warn!("rpc FIFO: a line that is not JSON, dropped");
-        return;
+    let (request, reply_name) = match parse_line(line) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            warn!("rpc FIFO: {err}, dropped");
+            return;
+        }
     };
-    let Some(reply_name) = request["reply_name"].as_str().filter(|n| is_bare_name(n)) else {
-        warn!("rpc FIFO: a request without a usable reply_name, dropped");
-        return;
-    };
+    let reply_name = reply_name.as_str();
     let answer = kamailio_pretty(&answer(&request, module).await);
     let target = reply_dir.join(reply_name);
     if let Err(err) = reply(&target, answer).await {
@@ -96,7 +117,7 @@ async fn handle_line(line: &[u8], reply_dir: &Path, module: &RpcModule<Gateway>)
 }
 
 /// A file name in the reply directory, nothing more.
-fn is_bare_name(name: &str) -> bool {
+pub fn is_bare_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && !name.starts_with('.')
@@ -165,7 +186,7 @@ async fn reply(path: &Path, text: String) -> std::io::Result<()> {
 }
 
 /// `value` as jsonrpcs prints it.
-fn kamailio_pretty(value: &serde_json::Value) -> String {
+pub fn kamailio_pretty(value: &serde_json::Value) -> String {
     let mut out = Vec::new();
     let mut serializer =
         serde_json::Serializer::with_formatter(&mut out, JsonrpcsFormatter::default());

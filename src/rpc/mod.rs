@@ -11,7 +11,7 @@ pub mod binrpc;
 pub mod client;
 mod cluster_dump;
 pub mod ctl;
-mod fifo;
+pub(crate) mod fifo;
 pub use fifo::serve as serve_fifo;
 pub mod kamailio;
 mod params;
