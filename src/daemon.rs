@@ -72,6 +72,8 @@ pub struct Daemon {
     rpc: jsonrpsee::server::ServerHandle,
     metrics: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     rpc_unix: Option<jsonrpsee::server::ServerHandle>,
+    /// `[web] listen`: the console and JSON-RPC on an address of their own.
+    web: Option<(SocketAddr, jsonrpsee::server::ServerHandle)>,
     /// None once it has ended.
     driver_task: Option<tokio::task::JoinHandle<()>>,
     /// The SIP listeners, by name.
@@ -211,13 +213,30 @@ impl Daemon {
             }
         };
 
-        let (rpc_addr, rpc) =
-            crate::rpc::serve(config.rpc_listen, gateway.clone(), config.rpc_token.clone())
-                .await
-                .map_err(|source| DaemonError::RpcBind {
-                    addr: config.rpc_listen,
-                    source,
-                })?;
+        let (rpc_addr, rpc) = crate::rpc::serve(
+            config.rpc_listen,
+            gateway.clone(),
+            config.rpc_token.clone(),
+            config.web.enabled,
+        )
+        .await
+        .map_err(|source| DaemonError::RpcBind {
+            addr: config.rpc_listen,
+            source,
+        })?;
+        // The console's own listener, if it has one: the same methods and token.
+        let web = match config.web.listen.filter(|_| config.web.enabled) {
+            Some(addr) => Some(
+                crate::rpc::serve(addr, gateway.clone(), config.rpc_token.clone(), true)
+                    .await
+                    .map_err(|source| DaemonError::RpcBind { addr, source })?,
+            ),
+            None => None,
+        };
+        if config.web.enabled {
+            let sampler = gateway.clone();
+            background.push(tokio::spawn(async move { sampler.sample_forever().await }));
+        }
         let rpc_unix = match &config.rpc_socket {
             #[cfg(unix)]
             Some(path) => Some(
@@ -289,6 +308,7 @@ impl Daemon {
             rpc,
             metrics,
             rpc_unix,
+            web,
             driver_task: Some(tasks.driver),
             listeners: tasks.listeners,
             background,
@@ -305,6 +325,11 @@ impl Daemon {
 
     pub fn rpc_addr(&self) -> SocketAddr {
         self.rpc_addr
+    }
+
+    /// Where `[web] listen` serves the console, when it is set.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web.as_ref().map(|(addr, _)| *addr)
     }
 
     /// `http://addr/RPC` for clients.
@@ -375,6 +400,9 @@ impl Daemon {
         let _ = self.rpc.stop();
         if let Some(unix) = &self.rpc_unix {
             let _ = unix.stop();
+        }
+        if let Some((_, web)) = &self.web {
+            let _ = web.stop();
         }
         if let Some((_, task)) = &self.metrics {
             task.abort();

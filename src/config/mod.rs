@@ -26,7 +26,7 @@ use crate::registration::RetryPolicy;
 use crate::transport::admission::ConnectionLimits;
 pub use sections::{
     ClusterSettings, DatabaseSettings, InboundSettings, PacingSettings, RetrySettings, SipSettings,
-    TlsSettings,
+    TlsSettings, WebSettings,
 };
 
 #[derive(Debug, Error)]
@@ -127,6 +127,8 @@ pub struct Config {
     pub limits: ConnectionLimits,
     /// Sharing the rows with other nodes on one database.
     pub cluster: ClusterSettings,
+    /// The web console.
+    pub web: WebSettings,
 }
 
 impl Default for Config {
@@ -154,6 +156,7 @@ impl Default for Config {
             database: DatabaseSettings::default(),
             cluster: ClusterSettings::default(),
             limits: ConnectionLimits::default(),
+            web: WebSettings::default(),
         }
     }
 }

@@ -332,6 +332,27 @@ impl DatabaseSettings {
     }
 }
 
+/// `[web]`: the web console (`/ui`), served with the JSON-RPC it uses.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSettings {
+    /// Serve the console at all.
+    pub enabled: bool,
+    /// Serve it (with the JSON-RPC, same token) on this address as well as on `rpc_listen`
+    /// (None: only on `rpc_listen`).
+    #[serde(deserialize_with = "value::optional_socket_addr")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        WebSettings {
+            enabled: true,
+            listen: None,
+        }
+    }
+}
+
 /// `[cluster]`: several nodes sharing the rows of one PostgreSQL or MySQL/MariaDB database.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]

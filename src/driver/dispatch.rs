@@ -248,6 +248,13 @@ impl Driver {
             Command::StatusCounts(reply) => {
                 let _ = reply.send(engine.status_counts());
             }
+            Command::Transitions {
+                l_uuid,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(engine.table().transitions_of(&l_uuid, limit));
+            }
             Command::StatusRows { clock, reply } => {
                 let rows = crate::status_export::current_rows(engine.table(), &clock, now);
                 let _ = reply.send(rows);

@@ -80,6 +80,12 @@ pub(super) enum Command {
         reply: Reply<bool>,
     },
     StatusCounts(Reply<BTreeMap<&'static str, usize>>),
+    /// A row's latest state changes, oldest first.
+    Transitions {
+        l_uuid: String,
+        limit: usize,
+        reply: Reply<Vec<crate::registration::Transition>>,
+    },
     /// Every row as `uacreg_status` stores it, times on `clock`.
     StatusRows {
         clock: WallClock,
@@ -266,6 +272,21 @@ impl DriverHandle {
 
     pub async fn status_counts(&self) -> Result<BTreeMap<&'static str, usize>, DriverGone> {
         self.ask(Command::StatusCounts).await
+    }
+
+    /// `l_uuid`'s latest state changes the table remembers (at most `limit`), oldest first.
+    pub async fn transitions(
+        &self,
+        l_uuid: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::registration::Transition>, DriverGone> {
+        let l_uuid = l_uuid.to_string();
+        self.ask(|reply| Command::Transitions {
+            l_uuid,
+            limit,
+            reply,
+        })
+        .await
     }
 
     /// Every row as `uacreg_status` stores it.

@@ -5,12 +5,14 @@
 //!   `uac.reg_refresh`), the max_removed_share guard, the rows that failed validation.
 //! * [`health`] — [`HealthRecord`]: the database as `uacreg.status` and the metrics show it.
 //! * [`shutdown`] — [`ShutdownSignal`]: `uacreg.shutdown`'s request to the daemon.
+//! * [`history`] — [`History`]: the web console's last hour, sampled every few seconds.
 //!
 //! [`Gateway`] is the context every RPC method, the table watchers, the status writer and the
 //! metrics scrape receive: it holds the three beside the driver handle and answers for them, so
 //! none of its users needs to know which part owns what.
 
 pub mod health;
+pub mod history;
 pub mod loader;
 pub mod shutdown;
 
@@ -19,6 +21,7 @@ use std::sync::Arc;
 use crate::driver::DriverHandle;
 use crate::store::{InvalidRow, RowDefaults, Store};
 pub use health::{DatabaseHealth, HealthRecord};
+pub use history::{History, Sample};
 pub use loader::{RefreshError, ReloadCause, ReloadError, ReloadReport, RowLoader};
 pub use shutdown::ShutdownSignal;
 
@@ -30,6 +33,8 @@ pub struct Gateway {
     shutdown: ShutdownSignal,
     /// The cluster task's status, when clustered.
     cluster: Option<Arc<std::sync::Mutex<crate::cluster_node::ClusterStatus>>>,
+    /// The console's last hour (see [`Gateway::sample_forever`]).
+    history: std::sync::Mutex<History>,
 }
 
 impl Gateway {
@@ -47,6 +52,7 @@ impl Gateway {
             health,
             shutdown: ShutdownSignal::default(),
             cluster: None,
+            history: std::sync::Mutex::new(History::default()),
         }
     }
 
@@ -131,6 +137,35 @@ impl Gateway {
         f: impl FnOnce(&mut Store) -> T + Send + 'static,
     ) -> Result<T, ReloadError> {
         self.loader.with_store(f).await
+    }
+
+    /// The console's samples of the last hour, oldest first.
+    pub fn history(&self) -> Vec<Sample> {
+        self.history
+            .lock()
+            .map(|history| history.samples())
+            .unwrap_or_default()
+    }
+
+    /// Takes a sample for the console every [`history::SAMPLE_EVERY`] until the driver is gone.
+    pub async fn sample_forever(&self) {
+        let mut every = tokio::time::interval(history::SAMPLE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let (Ok(counts), Ok(stats)) =
+                (self.driver.status_counts().await, self.driver.stats().await)
+            else {
+                return;
+            };
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let sample = Sample::new(at, &counts, stats.registers_sent, &stats.responses);
+            if let Ok(mut history) = self.history.lock() {
+                history.push(sample);
+            }
+        }
     }
 
     /// The database's state for `uacreg.status`.

@@ -425,6 +425,10 @@ impl Registration {
     pub fn record(&self) -> &Record {
         &self.record
     }
+    pub fn last_code(&self) -> Option<u16> {
+        self.last_code
+    }
+
     pub fn status(&self) -> Status {
         self.status
     }

@@ -28,6 +28,7 @@ pub use record::{
 };
 pub use table::{
     AlreadyExists, Attribute, CoreConfig, CoreCounters, RegistrationTable, ReloadSummary,
+    TRANSITIONS_KEPT, Transition,
 };
 
 #[cfg(test)]

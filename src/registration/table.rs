@@ -6,7 +6,7 @@
 //! their binding untouched — no REGISTER is sent for them.
 
 use std::collections::hash_map::{Entry, RandomState};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::time::Instant;
 
@@ -115,10 +115,29 @@ pub struct RegistrationTable {
     /// Spread refresh timers per second (see [`RetryPolicy::max_refresh_share`]), counted in
     /// and out as registrations arm and drop them.
     calendar: RefreshCalendar,
+    /// The last [`TRANSITIONS_KEPT`] state changes, oldest first.
+    transitions: VecDeque<Transition>,
 }
 
 /// Room for queued actions the table keeps between calls.
 const ACTIONS_KEPT: usize = 1024;
+
+/// State changes remembered for the console's row history, across all rows (32 bytes each, so
+/// 2 MiB). One ring for the table rather than a few per row: a row's `Registration` is kept
+/// within its allocator class (see the size test), and what an operator looks at is recent
+/// trouble, which a ring keeps; on a large table a quiet row's old changes give way.
+pub const TRANSITIONS_KEPT: usize = 65_536;
+
+/// One change of a registration's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub at: Instant,
+    pub key: RegKey,
+    pub from: Status,
+    pub to: Status,
+    /// The last final response code when it changed.
+    pub code: Option<u16>,
+}
 
 /// `uac.reg_add` on an l_uuid that exists.
 #[derive(Debug, PartialEq, Eq)]
@@ -141,6 +160,7 @@ impl RegistrationTable {
             counters: CoreCounters::default(),
             status_counts: [0; Status::ALL.len()],
             calendar: RefreshCalendar::default(),
+            transitions: VecDeque::new(),
         }
     }
 
@@ -174,6 +194,7 @@ impl RegistrationTable {
         let before = registration.timer();
         let second_before = registration.refresh_second();
         let counted_before = Self::counted(registration);
+        let status_before = registration.status();
         let mut ctx = Ctx {
             now,
             rng: &mut self.rng,
@@ -198,6 +219,20 @@ impl RegistrationTable {
             if let Some(second) = second_after {
                 self.calendar.add(second);
             }
+        }
+        let status_after = registration.status();
+        if status_after != status_before {
+            let code = registration.last_code();
+            if self.transitions.len() == TRANSITIONS_KEPT {
+                self.transitions.pop_front();
+            }
+            self.transitions.push_back(Transition {
+                at: now,
+                key,
+                from: status_before,
+                to: status_after,
+                code,
+            });
         }
         let finished = registration.is_finished();
         let counted_after = if finished {
@@ -498,6 +533,24 @@ impl RegistrationTable {
             .take(limit)
             .map(|r| r.snapshot())
             .collect()
+    }
+
+    /// The remembered state changes of the current registration of `l_uuid`, oldest first, at
+    /// most `limit` (the latest).
+    pub fn transitions_of(&self, l_uuid: &str, limit: usize) -> Vec<Transition> {
+        let Some(&key) = self.by_uuid.get(l_uuid) else {
+            return Vec::new();
+        };
+        let mut found: Vec<Transition> = self
+            .transitions
+            .iter()
+            .rev()
+            .filter(|t| t.key == key)
+            .take(limit)
+            .copied()
+            .collect();
+        found.reverse();
+        found
     }
 
     /// Number of current registrations in each status.

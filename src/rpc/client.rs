@@ -43,6 +43,20 @@ impl RpcClient {
         self.request(method, params).await
     }
 
+    /// Calls `method` with named parameters (the members of `params`, a JSON object) and
+    /// returns the raw result.
+    pub async fn call_named(
+        &self,
+        method: &str,
+        params: serde_json::Map<String, Value>,
+    ) -> Result<Value, RpcError> {
+        let mut named = jsonrpsee::core::params::ObjectParams::new();
+        for (name, value) in params {
+            named.insert(&name, value)?;
+        }
+        self.inner.request(method, named).await
+    }
+
     /// Calls `method` and reads the result as a `T`; an answer of another shape is an error
     /// (`RpcError::ParseError`).
     pub async fn request<T: DeserializeOwned>(

@@ -2,6 +2,9 @@
 //! parameters, the record view and the other answers they render (types the client reads back),
 //! and the small client `uacregctl` uses.
 //!
+//! The web console (`web.rs`, its page in `web/`) is served in front of the same methods, and
+//! reads the gateway through the console's own methods (`console.rs`).
+//!
 //! Secrets (`auth_password`, `auth_ha1`) are masked in every answer unless the daemon was started
 //! with `show_secrets`.
 
@@ -10,6 +13,7 @@ pub mod answer;
 pub mod binrpc;
 pub mod client;
 mod cluster_dump;
+mod console;
 pub mod ctl;
 pub(crate) mod fifo;
 pub use fifo::serve as serve_fifo;
@@ -18,6 +22,7 @@ mod params;
 pub mod server;
 pub mod token;
 pub mod view;
+pub mod web;
 
 pub use client::{RpcClient, RpcError};
 #[doc(hidden)]

@@ -27,11 +27,11 @@ fn not_found() -> ErrorObjectOwned {
     fault(404, "Record not found")
 }
 
-fn internal(message: impl std::fmt::Display) -> ErrorObjectOwned {
+pub(super) fn internal(message: impl std::fmt::Display) -> ErrorObjectOwned {
     fault(500, &message.to_string())
 }
 
-fn now_unix() -> i64 {
+pub(super) fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -39,7 +39,7 @@ fn now_unix() -> i64 {
 }
 
 /// One record as a JSON value: a single answer (reg_info) owns what it returns.
-fn render(gateway: &Gateway, snapshot: &Snapshot) -> serde_json::Value {
+pub(super) fn render(gateway: &Gateway, snapshot: &Snapshot) -> serde_json::Value {
     let node = gateway.node_id();
     let view = RecordView {
         node: node.as_deref().map(Cow::Borrowed),
@@ -305,6 +305,7 @@ fn register_all(
             sip: stats,
         })
     })?;
+    super::console::register(module)?;
     register_core(module)?;
     Ok(())
 }
@@ -325,10 +326,19 @@ fn server_config() -> jsonrpsee::server::ServerConfig {
         .build()
 }
 
-fn token_layer(
-    token: Option<String>,
-) -> tower::ServiceBuilder<tower::layer::util::Stack<TokenLayer, tower::layer::util::Identity>> {
-    tower::ServiceBuilder::new().layer(TokenLayer::new(token))
+/// The HTTP middleware in front of the methods: the console's files (which need no token),
+/// then the token check.
+type HttpLayers = tower::ServiceBuilder<
+    tower::layer::util::Stack<
+        TokenLayer,
+        tower::layer::util::Stack<super::web::ConsoleLayer, tower::layer::util::Identity>,
+    >,
+>;
+
+fn http_layers(token: Option<String>, console: bool) -> HttpLayers {
+    tower::ServiceBuilder::new()
+        .layer(super::web::ConsoleLayer::new(console))
+        .layer(TokenLayer::new(token))
 }
 
 /// `at` as C's `ctime()` prints it ("Thu Dec  3 23:10:34 2026"), which is how Kamailio's
@@ -391,10 +401,11 @@ pub async fn serve(
     addr: SocketAddr,
     gateway: Arc<Gateway>,
     token: Option<String>,
+    console: bool,
 ) -> std::io::Result<(SocketAddr, ServerHandle)> {
     let server = Server::builder()
         .set_config(server_config())
-        .set_http_middleware(token_layer(token))
+        .set_http_middleware(http_layers(token, console))
         .build(addr)
         .await?;
     let local = server.local_addr()?;
@@ -419,7 +430,7 @@ pub async fn serve_unix(
     let (stop, handle) = jsonrpsee::server::stop_channel();
     let builder = Server::builder()
         .set_config(server_config())
-        .set_http_middleware(token_layer(token))
+        .set_http_middleware(http_layers(token, false))
         .to_service_builder();
     let methods: jsonrpsee::server::Methods = methods(gateway).into();
     tokio::spawn(async move {
