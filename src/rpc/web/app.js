@@ -175,14 +175,16 @@ function drawHistory(samples, every) {
       x(i).toFixed(1) + "," + (top + (H - top - bottom) * (1 - v / scale)).toFixed(1)).join(" "));
     svg.append(line);
   }
-  const label = (content, y) => {
+  const label = (content, x, y, anchor) => {
     const t = document.createElementNS(NS, "text");
-    t.setAttribute("x", 4); t.setAttribute("y", y);
+    t.setAttribute("x", x); t.setAttribute("y", y);
+    if (anchor) t.setAttribute("text-anchor", anchor);
     t.textContent = content;
     svg.append(t);
   };
-  label(number(rows) + " rows / " + rates.toFixed(1) + " per s", 12);
-  label(Math.round(n * every / 60) + " min", H - 4);
+  label("top: " + number(rows) + " rows, " + rates.toFixed(1) + " per s", 4, 12);
+  label("−60 min", 4, H - 4);
+  label(Math.max(1, Math.round(n * every / 60)) + " min sampled · now", W - 4, H - 4, "end");
   text($("history-now"), "Now: " + number(series[0][1][n - 1]) + " registered, "
     + number(series[1][1][n - 1]) + " failing, " + series[2][1][n - 1].toFixed(1)
     + " REGISTERs/s, " + series[3][1][n - 1].toFixed(1) + " responses/s.");
