@@ -487,17 +487,11 @@ async fn wait_detail_state(browser: &Browser, state: &str, limit: Duration) {
         .await;
 }
 
+/// The row as `uac.reg_info` shows it (its `state`, `expected_realm`, `offered_realm`).
 async fn rpc_state(rpc: &uacreg::RpcClient, l_uuid: &str) -> Value {
-    let info = rpc
-        .call("uac.reg_info", &["l_uuid".into(), l_uuid.into()])
+    rpc.call("uac.reg_info", &["l_uuid".into(), l_uuid.into()])
         .await
-        .expect("uac.reg_info answers");
-    // Kamailio's shape: the record itself, or wrapped in `uac`.
-    if info.get("state").is_some() {
-        info
-    } else {
-        info["uac"].clone()
-    }
+        .expect("uac.reg_info answers")
 }
 
 /// The state filter shows only the realm-mismatch rows; one opened shows both realms.
@@ -524,7 +518,10 @@ async fn realm_mismatch_detail(browser: &Browser, rpc: &uacreg::RpcClient, misma
     )
     .await;
     for row in &rows {
-        assert_eq!(row["realm"], json!(WRONG_REALM), "td.realm of {row}");
+        assert!(
+            row["realm"].as_str().unwrap_or("").contains(WRONG_REALM),
+            "td.realm of {row}"
+        );
     }
     let l_uuid = rows[0]["l_uuid"].as_str().unwrap().to_string();
     browser
