@@ -13,8 +13,8 @@
 //! * `select#state-filter` down to the realm-mismatch rows, one opened: the expected and the
 //!   offered realm are shown, and differ;
 //! * search by AoR narrows the table to that row; disabling it from its detail asks first
-//!   (`dialog#confirm`), and the detail and the table cell turn `disabled` without a reload;
-//!   enabling brings it back to `registered`;
+//!   (`dialog#confirm`), and the detail, the table cell and `#count-disabled` follow without a
+//!   reload; enabling brings it back to `registered`;
 //! * paging moves `#page-info[data-offset]` by 50 and shows other rows;
 //! * keyboard only: Tab reaches `#search`, Enter applies it, Tab reaches a row, Enter opens it;
 //! * a 400 px wide window still shows the counts and the table, and the page does not scroll
@@ -373,6 +373,19 @@ async fn counts(browser: &Browser, rpc: &uacreg::RpcClient, registered: usize, m
         .await;
 }
 
+/// Waits until `#count-<state>` shows `n` (the overview follows without a reload).
+async fn wait_count(browser: &Browser, state: &str, n: u64) {
+    browser
+        .wait_js(
+            &format!("#count-{state}[data-count={n}]"),
+            LIVE,
+            "const e = document.getElementById('count-' + arguments[0]);
+             return !!e && e.getAttribute('data-count') === arguments[1];",
+            vec![json!(state), json!(n.to_string())],
+        )
+        .await;
+}
+
 /// Whether `text` names `state` (`realm_mismatch` also as "realm mismatch").
 fn names_state(text: &str, state: &str) -> bool {
     let text = text.to_lowercase();
@@ -402,48 +415,44 @@ fn has_number(text: &str, n: u64) -> bool {
     numbers.iter().any(|s| s.parse::<u64>().ok() == Some(n))
 }
 
-/// The rows on the table's current page: l_uuid, and the text of each contract cell.
-async fn table_rows(browser: &Browser) -> Vec<Value> {
-    let rows = browser
+/// `#page-info`'s `data-offset`, `data-limit` and `data-total`.
+type PageInfo = (Option<u64>, Option<u64>, Option<u64>);
+
+/// The rows on the table's current page (l_uuid, and the text of each contract cell) and
+/// `#page-info`, read in one script so that both come from the same moment.
+async fn table_page(browser: &Browser) -> (Vec<Value>, PageInfo) {
+    let page = browser
         .js(
-            "return Array.from(document.querySelectorAll('table#rows > tbody > tr[data-l-uuid]'))
+            "const rows = Array.from(
+               document.querySelectorAll('table#rows > tbody > tr[data-l-uuid]'))
                .map((tr) => {
                  const cell = (c) => { const td = tr.querySelector('td.' + c);
                                        return td ? td.textContent.trim() : null; };
                  return { l_uuid: tr.getAttribute('data-l-uuid'), state: cell('state'),
                           aor: cell('aor'), realm: cell('realm'), code: cell('code'),
                           next: cell('next'), failures: cell('failures') };
-               });",
+               });
+             const e = document.querySelector('#page-info');
+             const info = e ? [e.getAttribute('data-offset'), e.getAttribute('data-limit'),
+                               e.getAttribute('data-total')] : [null, null, null];
+             return { rows, info };",
             vec![],
         )
         .await;
-    rows.as_array().cloned().unwrap_or_default()
-}
-
-async fn page_info(browser: &Browser) -> (Option<u64>, Option<u64>, Option<u64>) {
-    let info = browser
-        .js(
-            "const e = document.querySelector('#page-info');
-             if (!e) return null;
-             return [e.getAttribute('data-offset'), e.getAttribute('data-limit'),
-                     e.getAttribute('data-total')];",
-            vec![],
-        )
-        .await;
-    let num = |i: usize| info[i].as_str().and_then(|s| s.parse().ok());
-    (num(0), num(1), num(2))
+    let num = |i: usize| page["info"][i].as_str().and_then(|s| s.parse().ok());
+    let rows = page["rows"].as_array().cloned().unwrap_or_default();
+    (rows, (num(0), num(1), num(2)))
 }
 
 /// Waits until the table's page satisfies `check` (the page polls and debounces).
 async fn wait_rows(
     browser: &Browser,
     what: &str,
-    check: impl Fn(&[Value], (Option<u64>, Option<u64>, Option<u64>)) -> bool,
+    check: impl Fn(&[Value], PageInfo) -> bool,
 ) -> Vec<Value> {
     let deadline = Instant::now() + LIVE;
     loop {
-        let rows = table_rows(browser).await;
-        let info = page_info(browser).await;
+        let (rows, info) = table_page(browser).await;
         if check(&rows, info) {
             return rows;
         }
@@ -646,6 +655,7 @@ async fn search_disable_enable(browser: &Browser, rpc: &uacreg::RpcClient, index
     })
     .await;
     assert_eq!(rpc_state(rpc, &l_uuid).await["state"], json!("disabled"));
+    wait_count(browser, "disabled", 1).await;
 
     browser
         .click("section#detail button[data-action=\"enable\"]")
@@ -656,6 +666,7 @@ async fn search_disable_enable(browser: &Browser, rpc: &uacreg::RpcClient, index
     })
     .await;
     assert_eq!(rpc_state(rpc, &l_uuid).await["state"], json!("registered"));
+    wait_count(browser, "disabled", 0).await;
     let marker = browser
         .js("return window.__uacregNoReload || null;", vec![])
         .await;
