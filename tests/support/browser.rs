@@ -78,10 +78,20 @@ pub fn require_browser() -> Option<BrowserPrograms> {
     if go { usable } else { None }
 }
 
-/// Where [`Browser::screenshot`] writes: `target/web-screenshots/` of this build.
+/// Where [`Browser::screenshot`] writes: `web-screenshots/` in this build's target dir.
+/// (`CARGO_TARGET_TMPDIR` is `<target>/tmp`, set for tests and benches; examples that include
+/// this module go by `CARGO_TARGET_DIR` or `./target`.)
 pub fn screenshot_dir() -> PathBuf {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    tmp.parent().unwrap_or(tmp).join("web-screenshots")
+    let target = match option_env!("CARGO_TARGET_TMPDIR") {
+        Some(tmp) => Path::new(tmp)
+            .parent()
+            .unwrap_or(Path::new(tmp))
+            .to_path_buf(),
+        None => std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target")),
+    };
+    target.join("web-screenshots")
 }
 
 /// One chromedriver and one WebDriver session in headless Chromium.
