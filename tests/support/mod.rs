@@ -15,6 +15,9 @@
 //!   restored, between a uacregd and its database server.
 //! * [`cluster`] — several uacregd processes on one database server, each through a
 //!   `tcp_cut` of its own; rows for the in-repo registrar, a wait until it holds them all.
+//! * [`browser`] — headless Chromium through chromedriver (WebDriver, fantoccini) on a spare
+//!   loopback port, kept off the network; bounded waits on the page, screenshots under
+//!   `target/web-screenshots/`, a narrow window.
 //! * [`process`] — what they all need: unique temp dirs, spare ports, bounded waits, a watchdog
 //!   that stops a server when the test process goes away.
 //!
@@ -26,6 +29,7 @@
 //! `allow(dead_code)`.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod dbserver;
 pub mod kamailio;
