@@ -199,3 +199,32 @@ async fn the_console_reads_the_gateway_through_its_own_methods() {
     assert!(missing.is_err());
     daemon.stop().await;
 }
+
+/// `[web] listen` serves the console and its JSON-RPC on an address of its own; `[web] enabled =
+/// false` serves no page anywhere (the JSON-RPC stays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_has_its_own_address_or_none() {
+    let dir = TempDir::new("console-listen");
+    write_rows(&dir.db_url(), &[]);
+    let mut config = test_config(&dir.db_url());
+    config.web.listen = Some("127.0.0.1:0".parse().unwrap());
+    let daemon = uacreg::Daemon::start(config).await.unwrap();
+    let web = daemon.web_addr().expect("a console address");
+    assert_ne!(web, daemon.rpc_addr());
+    assert!(get(web, "/ui").await.starts_with("HTTP/1.1 200"));
+    let rpc = RpcClient::new(&format!("http://{web}/RPC")).unwrap();
+    assert_eq!(rpc.call("uacreg.overview", &[]).await.unwrap()["total"], 0);
+    daemon.stop().await;
+
+    let mut off = test_config(&dir.db_url());
+    off.web.enabled = false;
+    off.web.listen = Some("127.0.0.1:0".parse().unwrap());
+    let daemon = uacreg::Daemon::start(off).await.unwrap();
+    assert_eq!(daemon.web_addr(), None);
+    assert!(
+        !get(daemon.rpc_addr(), "/ui")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    daemon.stop().await;
+}

@@ -190,6 +190,13 @@ impl Driver {
     fn handle_command(&mut self, now: Instant, command: Command) {
         let engine = &mut self.engine;
         match command {
+            Command::SnapshotPage {
+                offset,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(engine.table().snapshot_page(offset, limit));
+            }
             Command::Snapshots { after, reply } => {
                 let _ = reply.send(engine.snapshots_after(after.as_deref(), super::SNAPSHOT_SLICE));
             }

@@ -27,6 +27,12 @@ pub(super) enum Command {
         after: Option<String>,
         reply: Reply<Vec<Snapshot>>,
     },
+    /// One page of registrations in l_uuid order, and how many there are.
+    SnapshotPage {
+        offset: usize,
+        limit: usize,
+        reply: Reply<(Vec<Snapshot>, usize)>,
+    },
     Find {
         attribute: Attribute,
         value: String,
@@ -160,6 +166,22 @@ impl DriverHandle {
                 return Ok(all);
             }
         }
+    }
+
+    /// The `limit` registrations from position `offset` in l_uuid order (at most
+    /// [`SNAPSHOT_SLICE`]), and how many there are.
+    pub async fn snapshot_page(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<Snapshot>, usize), DriverGone> {
+        let limit = limit.min(SNAPSHOT_SLICE);
+        self.ask(|reply| Command::SnapshotPage {
+            offset,
+            limit,
+            reply,
+        })
+        .await
     }
 
     pub async fn find(

@@ -519,6 +519,20 @@ impl RegistrationTable {
         self.iter().map(Registration::snapshot).collect()
     }
 
+    /// The `limit` snapshots from position `offset` in l_uuid order, and how many current
+    /// registrations there are: one page of the console's table without copying the others.
+    pub fn snapshot_page(&self, offset: usize, limit: usize) -> (Vec<Snapshot>, usize) {
+        let page = self
+            .by_uuid
+            .values()
+            .skip(offset)
+            .take(limit)
+            .filter_map(|key| self.registrations.get(key))
+            .map(|r| r.snapshot())
+            .collect();
+        (page, self.by_uuid.len())
+    }
+
     /// Up to `limit` snapshots in l_uuid order, starting after `after` (None: from the start):
     /// a dump taken in slices, so the driver never stops for the whole table at once.
     pub fn snapshots_after(&self, after: Option<&str>, limit: usize) -> Vec<Snapshot> {
