@@ -208,7 +208,10 @@ async function refreshRows() {
     tr.append(el("td", "aor", row.aor));
     tr.append(el("td", "realm wide", row.offered_realm
       ? row.realm + " (offered " + row.offered_realm + ")" : row.realm));
-    const code = el("td", "code", row.last_code ? row.last_code : "");
+    // The last answer: its code and reason (the reason cut short on screen, whole on hover).
+    const code = el("td", "code");
+    if (row.last_code) code.append(el("span", "", row.last_code));
+    if (row.last_reason) code.append(el("span", "reason", " " + row.last_reason));
     code.title = row.last_reason || "";
     tr.append(code);
     tr.append(el("td", "next wide", from_now(row.next_refresh)));
