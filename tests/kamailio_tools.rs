@@ -257,7 +257,7 @@ fn kamailio_rows(rows: &[uacreg::store::RawRow]) -> Vec<UacRow> {
             auth_username: r.auth_username.clone(),
             auth_password: r.auth_password.expose().to_string(),
             auth_proxy: r.auth_proxy.clone(),
-            expires: r.expires,
+            expires: u32::try_from(r.expires).expect("demo rows expire within u32"),
         })
         .collect()
 }

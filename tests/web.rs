@@ -702,12 +702,7 @@ async fn paging(browser: &Browser) {
             .collect()
     };
     let first = uuids(&first);
-    let prev_enabled = browser
-        .js(
-            "const b = document.querySelector('button#prev-page'); return b ? !b.disabled : null;",
-            vec![],
-        )
-        .await;
+    let prev_enabled = prev_page_enabled(browser).await;
     assert_eq!(
         prev_enabled,
         json!(false),
@@ -722,12 +717,7 @@ async fn paging(browser: &Browser) {
     let second = uuids(&second);
     let shared: Vec<&String> = second.iter().filter(|u| first.contains(u)).collect();
     assert!(shared.is_empty(), "rows on both pages: {shared:?}");
-    let prev_enabled = browser
-        .js(
-            "const b = document.querySelector('button#prev-page'); return b ? !b.disabled : null;",
-            vec![],
-        )
-        .await;
+    let prev_enabled = prev_page_enabled(browser).await;
     assert_eq!(
         prev_enabled,
         json!(true),
@@ -739,6 +729,16 @@ async fn paging(browser: &Browser) {
         offset == Some(0) && rows.len() == PAGE as usize
     })
     .await;
+}
+
+/// Whether `button#prev-page` can be pressed (null if there is none).
+async fn prev_page_enabled(browser: &Browser) -> Value {
+    browser
+        .js(
+            "const b = document.querySelector('button#prev-page'); return b ? !b.disabled : null;",
+            vec![],
+        )
+        .await
 }
 
 /// Presses Tab (at most 60 times) until the focused element matches `css`.

@@ -47,6 +47,7 @@ use crate::rows::{DOMAIN, LoadRow};
 use crate::support::kamailio::{
     Installation, Launched, Memory, launch, processes_in_group, run_sqlite, sql_quote,
 };
+use crate::support::kamailio_uac::create_uacreg;
 use crate::support::process::{
     PortReservation, TempDir, Watched, find_program, read_lossy, run_with_input, tail,
 };
@@ -914,19 +915,6 @@ fn log_tail(log_path: &Path) -> String {
     )
 }
 
-/// Kamailio's DDL files, concatenated, for a `sqlite3` script.
-fn ddl(install: &Installation, files: &[&str]) -> io::Result<String> {
-    let mut sql = String::new();
-    for file in files {
-        let path = install.ddl_dir.join(file);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", path.display())))?;
-        sql.push_str(&text);
-        sql.push('\n');
-    }
-    Ok(sql)
-}
-
 /// The registrar's database: Kamailio's `version` and `subscriber` tables, one row per user in
 /// realm [`DOMAIN`], plaintext password, in one transaction.
 fn create_subscribers(
@@ -935,10 +923,7 @@ fn create_subscribers(
     users: &[(String, String)],
 ) -> io::Result<()> {
     let mut sql = String::from("BEGIN;\n");
-    sql.push_str(&ddl(
-        install,
-        &["standard-create.sql", "auth_db-create.sql"],
-    )?);
+    sql.push_str(&install.ddl(&["standard-create.sql", "auth_db-create.sql"])?);
     let domain = sql_quote(DOMAIN);
     for (username, password) in users {
         let _ = writeln!(
@@ -946,34 +931,6 @@ fn create_subscribers(
             "INSERT INTO subscriber (username, domain, password) VALUES ({}, {domain}, {});",
             sql_quote(username),
             sql_quote(password)
-        );
-    }
-    sql.push_str("COMMIT;\n");
-    run_sqlite(&install.sqlite3, db, &[], &sql).map(drop)
-}
-
-/// The gateway's database: Kamailio's `version` and `uacreg` tables holding `rows`, in one
-/// transaction. Columns the rows do not set keep the DDL's defaults: `flags` 0, `reg_delay`
-/// 0, empty `auth_ha1`, `contact_addr` (so `reg_contact_addr` is used) and `socket`.
-fn create_uacreg(install: &Installation, db: &Path, rows: &[LoadRow]) -> io::Result<()> {
-    let mut sql = String::from("BEGIN;\n");
-    sql.push_str(&ddl(install, &["standard-create.sql", "uac-create.sql"])?);
-    for row in rows {
-        let _ = writeln!(
-            sql,
-            "INSERT INTO uacreg (l_uuid, l_username, l_domain, r_username, r_domain, realm, \
-             auth_username, auth_password, auth_proxy, expires) \
-             VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}, {});",
-            sql_quote(&row.l_uuid),
-            sql_quote(&row.l_username),
-            sql_quote(&row.l_domain),
-            sql_quote(&row.r_username),
-            sql_quote(&row.r_domain),
-            sql_quote(&row.realm),
-            sql_quote(&row.auth_username),
-            sql_quote(&row.auth_password),
-            sql_quote(&row.auth_proxy),
-            row.expires
         );
     }
     sql.push_str("COMMIT;\n");

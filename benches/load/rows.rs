@@ -9,21 +9,9 @@ use std::net::SocketAddr;
 /// Domain and digest realm of every load row.
 pub const DOMAIN: &str = "load.test";
 
-/// One uacreg row, in the columns both gateways read.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LoadRow {
-    pub l_uuid: String,
-    pub l_username: String,
-    pub l_domain: String,
-    pub r_username: String,
-    pub r_domain: String,
-    pub realm: String,
-    pub auth_username: String,
-    pub auth_password: String,
-    /// `sip:127.0.0.1:5060`: where the REGISTER goes.
-    pub auth_proxy: String,
-    pub expires: u32,
-}
+/// One uacreg row, in the columns both gateways read: the row type of the tests' Kamailio uac
+/// harness, which writes Kamailio's table from it.
+pub type LoadRow = crate::support::kamailio_uac::UacRow;
 
 impl LoadRow {
     pub fn new(i: usize, registrar: SocketAddr, expires: u32) -> LoadRow {

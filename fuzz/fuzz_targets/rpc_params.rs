@@ -3,14 +3,14 @@
 //!
 //! Input: one control byte, then the `params` text (UTF-8; other inputs are skipped). The
 //! server only passes on text that parsed as JSON; any text is more than that. The byte picks
-//! the method (low four bits) and, with bit 7, sends no `params` at all.
+//! the method (low seven bits, modulo the list) and, with bit 7, sends no `params` at all.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use uacreg_fuzz::{Unstructured, control};
 
-const METHODS: [&str; 16] = [
+const METHODS: [&str; 19] = [
     "uac.reg_info",
     "uac.reg_enable",
     "uac.reg_disable",
@@ -27,6 +27,9 @@ const METHODS: [&str; 16] = [
     "uacreg.status",
     "uacreg.shutdown",
     "uac.no_such_method",
+    "uacreg.rows",
+    "uacreg.row",
+    "uacreg.overview",
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -35,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(params) = std::str::from_utf8(u.take_rest()) else {
         return;
     };
-    let method = METHODS[usize::from(choice & 15)];
+    let method = METHODS[usize::from(choice & 0x7f) % METHODS.len()];
     let params = (choice & 0x80 == 0).then_some(params);
     let _ = uacreg::fuzzing::parse_params_for_fuzzing(method, params);
 });

@@ -115,19 +115,79 @@ fn registrar(auth_proxy: &str, r_domain: &str) -> String {
     }
 }
 
+/// How rows are compared for `sort`.
+type RowOrder = fn(&RowLine, &RowLine) -> Ordering;
+
+/// A `uacreg.rows` query whose values have been checked: every bound and name is known good.
+pub struct CheckedQuery {
+    query: RowsQuery,
+    limit: usize,
+    by: RowOrder,
+    descending: bool,
+}
+
+impl RowsQuery {
+    /// Refuses what no page can answer: a limit outside 1 to [`MAX_PAGE`], an over-long search,
+    /// an unknown state, sort column or order.
+    pub fn check(self) -> Result<CheckedQuery, ErrorObjectOwned> {
+        let limit = self.limit.unwrap_or(50);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(fault(400, &format!("limit must be 1 to {MAX_PAGE}")));
+        }
+        if self.search.len() > MAX_SEARCH {
+            return Err(fault(400, "search text too long"));
+        }
+        let state = self.state.as_str();
+        if !state.is_empty() && state != "invalid" && !Status::ALL.iter().any(|s| s.name() == state)
+        {
+            return Err(fault(400, "unknown state"));
+        }
+        let by: RowOrder = match self.sort.as_str() {
+            "" | "l_uuid" => |a, b| a.l_uuid.cmp(&b.l_uuid),
+            "state" => |a, b| urgency(a.state).cmp(&urgency(b.state)),
+            "aor" => |a, b| a.aor.cmp(&b.aor),
+            "registrar" => |a, b| a.registrar.cmp(&b.registrar),
+            "realm" => |a, b| a.realm.cmp(&b.realm),
+            "code" => |a, b| a.last_code.cmp(&b.last_code),
+            "next_refresh" => |a, b| a.next_refresh.cmp(&b.next_refresh),
+            "failures" => |a, b| a.failures.cmp(&b.failures),
+            _ => return Err(fault(400, "unknown sort column")),
+        };
+        let descending = match self.order.as_str() {
+            "" | "asc" => false,
+            "desc" => true,
+            _ => return Err(fault(400, "order is asc or desc")),
+        };
+        Ok(CheckedQuery {
+            query: self,
+            limit,
+            by,
+            descending,
+        })
+    }
+}
+
+impl CheckedQuery {
+    /// Every row in l_uuid order: the page the console opens on, which the registration
+    /// table answers without copying the other rows.
+    fn is_plain(&self) -> bool {
+        let q = &self.query;
+        q.state.is_empty()
+            && q.search.trim().is_empty()
+            && matches!(q.sort.as_str(), "" | "l_uuid")
+            && !self.descending
+    }
+}
+
 /// The matching rows of `lines`, sorted and cut to the page `query` asks for.
-pub fn page(mut lines: Vec<RowLine>, query: &RowsQuery) -> Result<RowsPage, ErrorObjectOwned> {
-    let limit = query.limit.unwrap_or(50);
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(fault(400, &format!("limit must be 1 to {MAX_PAGE}")));
-    }
-    if query.search.len() > MAX_SEARCH {
-        return Err(fault(400, "search text too long"));
-    }
+pub fn page(mut lines: Vec<RowLine>, query: &CheckedQuery) -> RowsPage {
+    let CheckedQuery {
+        query,
+        limit,
+        by,
+        descending,
+    } = query;
     let state = query.state.as_str();
-    if !state.is_empty() && state != "invalid" && !Status::ALL.iter().any(|s| s.name() == state) {
-        return Err(fault(400, "unknown state"));
-    }
     let needle = query.search.trim().to_lowercase();
     lines.retain(|line| {
         (state.is_empty() || line.state == state)
@@ -136,34 +196,18 @@ pub fn page(mut lines: Vec<RowLine>, query: &RowsQuery) -> Result<RowsPage, Erro
                     .iter()
                     .any(|text| contains_ignoring_case(text, &needle)))
     });
-    let by: fn(&RowLine, &RowLine) -> Ordering = match query.sort.as_str() {
-        "" | "l_uuid" => |a, b| a.l_uuid.cmp(&b.l_uuid),
-        "state" => |a, b| urgency(a.state).cmp(&urgency(b.state)),
-        "aor" => |a, b| a.aor.cmp(&b.aor),
-        "registrar" => |a, b| a.registrar.cmp(&b.registrar),
-        "realm" => |a, b| a.realm.cmp(&b.realm),
-        "code" => |a, b| a.last_code.cmp(&b.last_code),
-        "next_refresh" => |a, b| a.next_refresh.cmp(&b.next_refresh),
-        "failures" => |a, b| a.failures.cmp(&b.failures),
-        _ => return Err(fault(400, "unknown sort column")),
-    };
-    let descending = match query.order.as_str() {
-        "" | "asc" => false,
-        "desc" => true,
-        _ => return Err(fault(400, "order is asc or desc")),
-    };
     lines.sort_by(|a, b| {
-        let primary = if descending { by(b, a) } else { by(a, b) };
+        let primary = if *descending { by(b, a) } else { by(a, b) };
         primary.then_with(|| a.l_uuid.cmp(&b.l_uuid))
     });
     let total = lines.len();
-    let rows = lines.into_iter().skip(query.offset).take(limit).collect();
-    Ok(RowsPage {
+    let rows = lines.into_iter().skip(query.offset).take(*limit).collect();
+    RowsPage {
         total,
         offset: query.offset,
-        limit,
+        limit: *limit,
         rows,
-    })
+    }
 }
 
 /// Where a state sorts (`sort: "state"`, ascending): the ones that need someone first, then
@@ -229,37 +273,22 @@ pub fn register(
     })?;
 
     module.register_async_method("uacreg.rows", |params, gw, _| async move {
-        let query: RowsQuery = if params.as_str().is_none() {
-            RowsQuery::default()
-        } else {
-            params
-                .parse()
-                .map_err(|e| fault(400, &format!("invalid parameters: {e}")))?
-        };
+        let query = super::params::rows_query(&params)?;
         let clock = gw.driver.clock();
         let invalid_rows = gw.invalid_rows();
-        // The page the console opens on (every row, in l_uuid order) straight from the table:
-        // only its 50 rows are copied, not 100,000. Refused rows would have to be merged in
-        // l_uuid order, so with any of them the general path below is taken.
-        let plain = query.state.is_empty()
-            && query.search.trim().is_empty()
-            && matches!(query.sort.as_str(), "" | "l_uuid")
-            && matches!(query.order.as_str(), "" | "asc")
-            && invalid_rows.is_empty();
-        if plain {
-            let limit = query.limit.unwrap_or(50);
-            if limit == 0 || limit > MAX_PAGE {
-                return Err(fault(400, &format!("limit must be 1 to {MAX_PAGE}")));
-            }
+        // The page the console opens on straight from the table: only its 50 rows are copied,
+        // not 100,000. Refused rows would have to be merged in l_uuid order, so with any of
+        // them the general path below is taken.
+        if query.is_plain() && invalid_rows.is_empty() {
             let (snapshots, total) = gw
                 .driver
-                .snapshot_page(query.offset, limit)
+                .snapshot_page(query.query.offset, query.limit)
                 .await
                 .map_err(internal)?;
             return Ok(RowsPage {
                 total,
-                offset: query.offset,
-                limit,
+                offset: query.query.offset,
+                limit: query.limit,
                 rows: snapshots.iter().map(|s| line_of(s, &clock)).collect(),
             });
         }
@@ -277,18 +306,11 @@ pub fn register(
         let mut lines: Vec<RowLine> = snapshots.iter().map(|s| line_of(s, &clock)).collect();
         drop(snapshots);
         lines.extend(invalid);
-        page(lines, &query)
+        Ok::<_, ErrorObjectOwned>(page(lines, &query))
     })?;
 
     module.register_async_method("uacreg.row", |params, gw, _| async move {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct One {
-            l_uuid: String,
-        }
-        let One { l_uuid } = params
-            .parse()
-            .map_err(|e| fault(400, &format!("invalid parameters: {e}")))?;
+        let l_uuid = super::params::named_l_uuid(&params)?;
         let clock = gw.driver.clock();
         if let Some(snapshot) = gw
             .driver
@@ -374,7 +396,7 @@ mod tests {
 
     #[test]
     fn pages_filters_and_sorts() {
-        let first = page(table(), &RowsQuery::default()).unwrap();
+        let first = page(table(), &RowsQuery::default().check().unwrap());
         assert_eq!((first.total, first.rows.len()), (120, 50));
         assert_eq!(first.rows[0].l_uuid, "trunk000");
         let last = page(
@@ -382,18 +404,20 @@ mod tests {
             &RowsQuery {
                 offset: 100,
                 ..RowsQuery::default()
-            },
-        )
-        .unwrap();
+            }
+            .check()
+            .unwrap(),
+        );
         assert_eq!(last.rows.len(), 20);
         let mismatched = page(
             table(),
             &RowsQuery {
                 state: "realm_mismatch".into(),
                 ..RowsQuery::default()
-            },
-        )
-        .unwrap();
+            }
+            .check()
+            .unwrap(),
+        );
         assert_eq!(mismatched.total, 12);
         assert!(mismatched.rows.iter().all(|r| r.state == "realm_mismatch"));
         let found = page(
@@ -401,9 +425,10 @@ mod tests {
             &RowsQuery {
                 search: "TRUNK042@REGISTRAR".into(),
                 ..RowsQuery::default()
-            },
-        )
-        .unwrap();
+            }
+            .check()
+            .unwrap(),
+        );
         assert_eq!(found.total, 1);
         assert_eq!(found.rows[0].l_uuid, "trunk042");
         let worst = page(
@@ -413,9 +438,10 @@ mod tests {
                 order: "desc".into(),
                 limit: Some(3),
                 ..RowsQuery::default()
-            },
-        )
-        .unwrap();
+            }
+            .check()
+            .unwrap(),
+        );
         assert!(
             worst.rows.iter().all(|r| r.failures == 6),
             "{:?}",
@@ -448,7 +474,8 @@ mod tests {
                 ..RowsQuery::default()
             },
         ] {
-            assert!(page(table(), &query).is_err(), "{query:?}");
+            let shown = format!("{query:?}");
+            assert!(query.check().is_err(), "{shown}");
         }
     }
 }

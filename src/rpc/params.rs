@@ -243,6 +243,33 @@ pub(super) fn lookup_key(params: &Params<'_>) -> Result<LookupKey, ErrorObjectOw
 /// private functions otherwise; it calls the very functions the server's methods call. Not part
 /// of the library's interface.
 #[doc(hidden)]
+/// `uacreg.rows`' named parameters, checked (no parameters: the first page of every row).
+pub(super) fn rows_query(
+    params: &Params<'_>,
+) -> Result<super::console::CheckedQuery, ErrorObjectOwned> {
+    let query: super::console::RowsQuery = if params.as_str().is_none() {
+        super::console::RowsQuery::default()
+    } else {
+        params
+            .parse()
+            .map_err(|e| fault(400, &format!("invalid parameters: {e}")))?
+    };
+    query.check()
+}
+
+/// `uacreg.row`'s one named parameter, `{"l_uuid": "…"}`.
+pub(super) fn named_l_uuid(params: &Params<'_>) -> Result<String, ErrorObjectOwned> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct One {
+        l_uuid: String,
+    }
+    params
+        .parse::<One>()
+        .map(|one| one.l_uuid)
+        .map_err(|e| fault(400, &format!("invalid parameters: {e}")))
+}
+
 pub fn parse_params_for_fuzzing(
     method: &str,
     params: Option<&str>,
@@ -263,11 +290,14 @@ pub fn parse_params_for_fuzzing(
             reg_add_record(&params, &defaults).map(drop)
         }
         "uacreg.shutdown" => shutdown_unregister(&params).map(drop),
+        "uacreg.rows" => rows_query(&params).map(drop),
+        "uacreg.row" => named_l_uuid(&params).map(drop),
         "uac.reg_dump"
         | "uacreg.status"
         | "uacreg.cluster"
         | "uacreg.cluster_dump"
-        | "uacreg.debug_panic" => Ok(()),
+        | "uacreg.debug_panic"
+        | "uacreg.overview" => Ok(()),
         _ => Err(fault(-32601, "Method not found")),
     }
 }

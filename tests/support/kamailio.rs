@@ -126,6 +126,23 @@ impl Installation {
     }
 }
 
+impl Installation {
+    /// Kamailio's SQLite DDL `files` (e.g. `standard-create.sql`), concatenated for one
+    /// `sqlite3` script.
+    pub fn ddl(&self, files: &[&str]) -> io::Result<String> {
+        let mut sql = String::new();
+        for file in files {
+            let path = self.ddl_dir.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))
+            })?;
+            sql.push_str(&text);
+            sql.push('\n');
+        }
+        Ok(sql)
+    }
+}
+
 /// True when Kamailio, its SQLite modules and the `sqlite3` CLI are all installed.
 pub fn kamailio_available() -> bool {
     Installation::find().is_ok()
@@ -439,17 +456,11 @@ fn create_database(
     users: &[(String, String)],
 ) -> io::Result<()> {
     let mut sql = String::from("PRAGMA journal_mode=WAL;\nBEGIN;\n");
-    for file in [
+    sql.push_str(&install.ddl(&[
         "standard-create.sql",
         "auth_db-create.sql",
         "usrloc-create.sql",
-    ] {
-        let path = install.ddl_dir.join(file);
-        let ddl = std::fs::read_to_string(&path)
-            .map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", path.display())))?;
-        sql.push_str(&ddl);
-        sql.push('\n');
-    }
+    ])?);
     for (username, password) in users {
         let _ = writeln!(
             sql,

@@ -24,7 +24,8 @@ const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 const MODULES: &[&str] = &["uac", "ctl", "kex", "jsonrpcs"];
 
 /// One `uacreg` row as Kamailio's table holds it (the other columns keep the DDL's defaults).
-#[derive(Clone, Debug)]
+/// The load tool's rows are these too, written for uacregd and for Kamailio alike.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UacRow {
     pub l_uuid: String,
     pub l_username: String,
@@ -35,7 +36,7 @@ pub struct UacRow {
     pub auth_username: String,
     pub auth_password: String,
     pub auth_proxy: String,
-    pub expires: i64,
+    pub expires: u32,
 }
 
 /// A running Kamailio uac gateway. Dropping it stops Kamailio and removes its dir.
@@ -119,15 +120,11 @@ impl Drop for KamailioUac {
 }
 
 /// Kamailio's `version` and `uacreg` tables (its own DDL) holding `rows`, in one transaction.
-fn create_uacreg(install: &Installation, db: &Path, rows: &[UacRow]) -> io::Result<()> {
+/// Columns the rows do not set keep the DDL's defaults: `flags` 0, `reg_delay` 0, empty
+/// `auth_ha1`, `contact_addr` (so `reg_contact_addr` is used) and `socket`.
+pub fn create_uacreg(install: &Installation, db: &Path, rows: &[UacRow]) -> io::Result<()> {
     let mut sql = String::from("BEGIN;\n");
-    for file in ["standard-create.sql", "uac-create.sql"] {
-        let path = install.ddl_dir.join(file);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", path.display())))?;
-        sql.push_str(&text);
-        sql.push('\n');
-    }
+    sql.push_str(&install.ddl(&["standard-create.sql", "uac-create.sql"])?);
     for row in rows {
         let _ = writeln!(
             sql,
