@@ -270,7 +270,13 @@ impl Engine {
         }
         for key in members {
             if let Some(bound) = self.bindings.bound_of(key) {
-                self.bindings.bind(key, Bound { flow: None, ..bound });
+                self.bindings.bind(
+                    key,
+                    Bound {
+                        flow: None,
+                        ..bound
+                    },
+                );
             }
             self.bindings.schedule_rebind(now, key);
         }

@@ -11,12 +11,15 @@
 //! * [`table`] — all registrations, the timer queue, reload diffs, operator commands.
 //! * [`policy`] — refresh timing and failure back-off.
 //! * [`calendar`] — refreshes scheduled per second, so bunched refreshes spread out.
+//! * `timer_queue` — every armed timer in firing order, in 16-byte entries.
 
+mod by_key;
 pub mod calendar;
 pub mod machine;
 pub mod policy;
 pub mod record;
 pub mod table;
+mod timer_queue;
 
 pub use machine::{
     Action, CONTINUED_CSEQ_STEP, Continuation, RegKey, Registration, Snapshot, Status,
