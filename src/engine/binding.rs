@@ -85,14 +85,15 @@ impl Places {
         number
     }
 
-    /// One user fewer of place `number`; the last one frees it.
-    fn release(&mut self, number: u32) {
+    /// One user fewer of place `number`, which it returns; the last one frees it.
+    fn release(&mut self, number: u32) -> Bound {
         let slot = &mut self.slots[number as usize];
         slot.users -= 1;
         if slot.users == 0 {
             self.numbers.remove(&slot.bound);
             self.free.push(number);
         }
+        slot.bound
     }
 }
 
@@ -134,16 +135,12 @@ impl Bindings {
     fn bind(&mut self, key: RegKey, bound: Bound) -> Option<Bound> {
         let number = self.places.acquire(bound);
         let old = self.bound.insert(key, number)?;
-        let before = self.places.get(old);
-        self.places.release(old);
-        Some(before)
+        Some(self.places.release(old))
     }
 
     fn unbind(&mut self, key: RegKey) -> Option<Bound> {
         let old = self.bound.remove(&key)?;
-        let before = self.places.get(old);
-        self.places.release(old);
-        Some(before)
+        Some(self.places.release(old))
     }
 
     pub(crate) fn next_rebind(&self) -> Option<Instant> {

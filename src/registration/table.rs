@@ -286,6 +286,7 @@ impl RegistrationTable {
     }
 
     /// Adds `key`'s row to the local-URI index.
+    ///
     /// Every key in it is a current registration's: rows are taken out ([`Self::unindex`])
     /// before they leave or change, which is what lets the table rehash from the rows.
     fn index(&mut self, key: RegKey) {
@@ -297,21 +298,14 @@ impl RegistrationTable {
         }
         let (registrations, hasher) = (&self.registrations, &self.local_uri_hasher);
         self.by_local_uri.insert_unique(hash, key, |k| {
-            let hash = registrations
-                .get(k)
-                .map(|r| local_uri_hash(hasher, r.record().l_username(), r.record().l_domain()));
+            let hash = row_local_uri_hash(registrations, hasher, *k);
             debug_assert!(hash.is_some(), "{k:?} is indexed but not in the table");
             hash.unwrap_or_default()
         });
     }
 
     fn local_uri_hash_of(&self, key: RegKey) -> Option<u64> {
-        let record = self.registrations.get(&key)?.record();
-        Some(local_uri_hash(
-            &self.local_uri_hasher,
-            record.l_username(),
-            record.l_domain(),
-        ))
+        row_local_uri_hash(&self.registrations, &self.local_uri_hasher, key)
     }
 
     /// Takes `key`'s row out of the local-URI index (before it leaves or changes).
@@ -808,6 +802,20 @@ impl RegistrationTable {
         }
         self.registrations.len()
     }
+}
+
+/// The local-URI hash of registration `key`'s row.
+fn row_local_uri_hash(
+    registrations: &Registrations,
+    hasher: &RandomState,
+    key: RegKey,
+) -> Option<u64> {
+    let record = registrations.get(&key)?.record();
+    Some(local_uri_hash(
+        hasher,
+        record.l_username(),
+        record.l_domain(),
+    ))
 }
 
 /// The index's hash of a local URI: the user exactly, the domain in any letter case.
