@@ -254,13 +254,12 @@ impl Daemon {
                 path: config.ctl_socket.clone().unwrap_or_default(),
                 source: std::io::Error::other(why),
             })?;
-            let (_, task) =
-                crate::rpc::ctl::serve_tcp(addr, crate::rpc::server::methods(gateway.clone()))
-                    .await
-                    .map_err(|source| DaemonError::RpcSocket {
-                        path: addr.to_string(),
-                        source,
-                    })?;
+            let (_, task) = crate::rpc::ctl::serve_tcp(addr, gateway.clone())
+                .await
+                .map_err(|source| DaemonError::RpcSocket {
+                    path: addr.to_string(),
+                    source,
+                })?;
             background.push(task);
         }
         #[cfg(unix)]
@@ -270,7 +269,7 @@ impl Daemon {
             .filter(|s| crate::rpc::ctl::tcp_addr(s).is_none())
         {
             let path = crate::rpc::ctl::socket_path(setting);
-            let task = crate::rpc::ctl::serve(&path, crate::rpc::server::methods(gateway.clone()))
+            let task = crate::rpc::ctl::serve(&path, gateway.clone())
                 .await
                 .map_err(|source| DaemonError::RpcSocket {
                     path: path.display().to_string(),
@@ -280,15 +279,12 @@ impl Daemon {
         }
         #[cfg(unix)]
         if let Some(path) = &config.rpc_fifo {
-            let task = crate::rpc::serve_fifo(
-                path,
-                config.rpc_fifo_reply_dir.clone(),
-                crate::rpc::server::methods(gateway.clone()),
-            )
-            .map_err(|source| DaemonError::RpcSocket {
-                path: path.display().to_string(),
-                source,
-            })?;
+            let task =
+                crate::rpc::serve_fifo(path, config.rpc_fifo_reply_dir.clone(), gateway.clone())
+                    .map_err(|source| DaemonError::RpcSocket {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
             background.push(task);
         }
         let metrics = match config.metrics_listen {

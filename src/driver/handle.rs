@@ -168,6 +168,13 @@ impl DriverHandle {
         }
     }
 
+    /// Up to [`SNAPSHOT_SLICE`] registrations in l_uuid order after `after` (None: from the
+    /// start); fewer means the table ends there. One driver command: a dump that streams its
+    /// answer asks for the next slice only when the previous one is written.
+    pub async fn snapshot_slice(&self, after: Option<String>) -> Result<Vec<Snapshot>, DriverGone> {
+        self.ask(|reply| Command::Snapshots { after, reply }).await
+    }
+
     /// The `limit` registrations from position `offset` in l_uuid order (at most
     /// [`SNAPSHOT_SLICE`]), and how many there are.
     pub async fn snapshot_page(

@@ -80,8 +80,8 @@ pub enum BinrpcError {
     NotBinrpc(u8),
     #[error("unknown packet type {0}")]
     UnknownKind(u8),
-    #[error("packet of {0} bytes is over the limit of {MAX_REQUEST}")]
-    TooLarge(usize),
+    #[error("packet of {0} bytes is over the limit of {1}")]
+    TooLarge(usize, usize),
     #[error("packet ends inside a record")]
     Truncated,
     #[error("record of unknown type {0}")]
@@ -105,6 +105,12 @@ pub enum BinrpcError {
 /// How long the packet at the start of `bytes` is, once its header is complete: `Ok(None)`
 /// means more bytes are needed. A stream reader calls this to frame packets.
 pub fn packet_len(bytes: &[u8]) -> Result<Option<usize>, BinrpcError> {
+    packet_len_within(bytes, MAX_REQUEST)
+}
+
+/// [`packet_len`] with another limit than a request's: a client reading a reply (a dump of
+/// every row) chooses how much it takes.
+pub fn packet_len_within(bytes: &[u8], limit: usize) -> Result<Option<usize>, BinrpcError> {
     let Some(&first) = bytes.first() else {
         return Ok(None);
     };
@@ -125,16 +131,21 @@ pub fn packet_len(bytes: &[u8]) -> Result<Option<usize>, BinrpcError> {
         .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
     let total = header
         .checked_add(body)
-        .ok_or(BinrpcError::TooLarge(usize::MAX))?;
-    if total > MAX_REQUEST {
-        return Err(BinrpcError::TooLarge(total));
+        .ok_or(BinrpcError::TooLarge(usize::MAX, limit))?;
+    if total > limit {
+        return Err(BinrpcError::TooLarge(total, limit));
     }
     Ok(Some(total))
 }
 
 /// Decodes one whole packet (exactly `bytes`, as [`packet_len`] framed it).
 pub fn decode(bytes: &[u8]) -> Result<Packet, BinrpcError> {
-    let total = packet_len(bytes)?.ok_or(BinrpcError::Truncated)?;
+    decode_within(bytes, MAX_REQUEST)
+}
+
+/// [`decode`] with another size limit (see [`packet_len_within`]).
+pub fn decode_within(bytes: &[u8], limit: usize) -> Result<Packet, BinrpcError> {
+    let total = packet_len_within(bytes, limit)?.ok_or(BinrpcError::Truncated)?;
     if bytes.len() < total {
         return Err(BinrpcError::Truncated);
     }
@@ -307,20 +318,25 @@ impl Reader<'_> {
 pub fn encode(packet: &Packet) -> Result<Vec<u8>, BinrpcError> {
     let mut body = Vec::new();
     for value in &packet.values {
-        write_value(&mut body, value);
+        encode_value(&mut body, value);
     }
-    let body_len = u32::try_from(body.len()).map_err(|_| BinrpcError::BodyTooLarge(body.len()))?;
+    let mut out = header(packet.kind, packet.cookie, body.len())?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// The header of a packet whose body of `body_len` bytes is written separately (a reply too
+/// large to hold in memory, spooled to a file value by value with [`encode_value`]).
+pub fn header(kind: Kind, cookie: u32, body_len: usize) -> Result<Vec<u8>, BinrpcError> {
+    let body_len = u32::try_from(body_len).map_err(|_| BinrpcError::BodyTooLarge(body_len))?;
     let len_bytes = minimal_be(body_len).max(1);
-    let cookie_bytes = minimal_be(packet.cookie).max(1);
-    let mut out = Vec::with_capacity(2 + len_bytes + cookie_bytes + body.len());
+    let cookie_bytes = minimal_be(cookie).max(1);
+    let mut out = Vec::with_capacity(2 + len_bytes + cookie_bytes);
     out.push((MAGIC << 4) | VERSION);
     // Both widths are 1..=4, so each fits its two bits after the minus one.
-    out.push(
-        (packet.kind.code() << 4) | (((len_bytes - 1) as u8) << 2) | ((cookie_bytes - 1) as u8),
-    );
+    out.push((kind.code() << 4) | (((len_bytes - 1) as u8) << 2) | ((cookie_bytes - 1) as u8));
     out.extend_from_slice(&body_len.to_be_bytes()[4 - len_bytes..]);
-    out.extend_from_slice(&packet.cookie.to_be_bytes()[4 - cookie_bytes..]);
-    out.extend_from_slice(&body);
+    out.extend_from_slice(&cookie.to_be_bytes()[4 - cookie_bytes..]);
     Ok(out)
 }
 
@@ -353,7 +369,8 @@ fn write_text(out: &mut Vec<u8>, kind: u8, bytes: &[u8], nul: bool) {
     }
 }
 
-fn write_value(out: &mut Vec<u8>, value: &Value) {
+/// Appends `value` as a packet body holds it.
+pub fn encode_value(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::Int(i) => write_int(out, T_INT, *i),
         Value::Double(f) => {
@@ -367,7 +384,7 @@ fn write_value(out: &mut Vec<u8>, value: &Value) {
         Value::Array(items) => {
             out.push(T_ARRAY);
             for item in items {
-                write_value(out, item);
+                encode_value(out, item);
             }
             out.push(0x80 | T_ARRAY);
         }
@@ -375,7 +392,7 @@ fn write_value(out: &mut Vec<u8>, value: &Value) {
             out.push(T_STRUCT);
             for (name, member) in members {
                 write_text(out, T_AVP, name.as_bytes(), true);
-                write_value(out, member);
+                encode_value(out, member);
             }
             out.push(0x80 | T_STRUCT);
         }
@@ -422,7 +439,7 @@ mod tests {
     fn records_are_written_as_kamailio_writes_them() {
         let body = |value: Value| {
             let mut out = Vec::new();
-            write_value(&mut out, &value);
+            encode_value(&mut out, &value);
             out
         };
         assert_eq!(body(Value::Int(0x1234)), [0x20, 0x12, 0x34]);
@@ -465,7 +482,10 @@ mod tests {
         let bytes = encode(&packet).unwrap();
         assert_eq!(bytes[0], 0xA1);
         // Decoding is for requests, which are bounded; a reply this large is refused.
-        assert_eq!(packet_len(&bytes), Err(BinrpcError::TooLarge(bytes.len())));
+        assert_eq!(
+            packet_len(&bytes),
+            Err(BinrpcError::TooLarge(bytes.len(), MAX_REQUEST))
+        );
         let small = Packet {
             values: packet.values[..1].to_vec(),
             ..packet
@@ -523,7 +543,7 @@ mod tests {
         // A header promising more than the limit.
         assert_eq!(
             packet_len(&[0xA1, 0x0c, 0xff, 0xff, 0xff, 0xff, 0x01]),
-            Err(BinrpcError::TooLarge(7 + 0xffff_ffff))
+            Err(BinrpcError::TooLarge(7 + 0xffff_ffff, MAX_REQUEST))
         );
         assert_eq!(packet_len(&[0x41]), Err(BinrpcError::NotBinrpc(0x41)));
         assert_eq!(packet_len(&[0xA1]), Ok(None));

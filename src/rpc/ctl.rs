@@ -6,7 +6,9 @@
 //! same [`RpcModule`] in-process, and its JSON answer written back as Kamailio writes the same
 //! answer in BINRPC: a top-level list becomes one value per element (each `uac.reg_dump`
 //! record a struct, as `kamcmd` prints them), an object a struct, a null the text Kamailio's
-//! `ctl` sends for a NULL string.
+//! `ctl` sends for a NULL string. `uac.reg_dump` is the exception to "run on the module": its
+//! reply at a million rows is hundreds of megabytes and BINRPC puts the body's length first, so
+//! it is written a slice of rows at a time to an unnamed temporary file and sent from there.
 //!
 //! The socket file is the access control (mode 0660, as Kamailio's); connections at once are
 //! bounded, each request is framed by [`super::binrpc::packet_len`] under its size limit, a
@@ -22,7 +24,7 @@ use jsonrpsee::RpcModule;
 use jsonrpsee::core::params::ArrayParams;
 use jsonrpsee::core::server::MethodsError;
 use jsonrpsee::types::error::METHOD_NOT_FOUND_CODE as METHOD_NOT_FOUND;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
@@ -58,11 +60,11 @@ pub fn tcp_addr(setting: &str) -> Option<Result<std::net::SocketAddr, String>> {
 /// Serves BINRPC on TCP at the loopback `addr` until the returned task is aborted.
 pub async fn serve_tcp(
     addr: std::net::SocketAddr,
-    module: RpcModule<Gateway>,
+    gateway: Arc<Gateway>,
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    Ok((local, spawn_accepting(listener, module)))
+    Ok((local, spawn_accepting(listener, gateway)))
 }
 
 /// Serves BINRPC on the Unix socket at `path` until the returned task is aborted. A stale
@@ -70,7 +72,7 @@ pub async fn serve_tcp(
 #[cfg(unix)]
 pub async fn serve(
     path: &Path,
-    module: RpcModule<Gateway>,
+    gateway: Arc<Gateway>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
@@ -78,7 +80,7 @@ pub async fn serve(
     }
     let listener = tokio::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    Ok(spawn_accepting(listener, module))
+    Ok(spawn_accepting(listener, gateway))
 }
 
 /// A listener of the control socket: Unix or TCP.
@@ -108,9 +110,9 @@ impl CtlListener for tokio::net::TcpListener {
 /// [`connection`], until the returned task is aborted.
 fn spawn_accepting(
     listener: impl CtlListener,
-    module: RpcModule<Gateway>,
+    gateway: Arc<Gateway>,
 ) -> tokio::task::JoinHandle<()> {
-    let module = Arc::new(module);
+    let module = Arc::new(super::server::methods(gateway.clone()));
     let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         let mut backoff = crate::transport::admission::AcceptBackoff::new();
@@ -122,8 +124,9 @@ fn spawn_accepting(
                 .accept("ctl socket", || listener.accept_stream(), || {})
                 .await;
             let module = module.clone();
+            let gateway = gateway.clone();
             tokio::spawn(async move {
-                if let Err(err) = connection(socket, &module).await {
+                if let Err(err) = connection(socket, &module, Some(&gateway)).await {
                     debug!("ctl connection ended: {err}");
                 }
                 drop(place);
@@ -132,10 +135,12 @@ fn spawn_accepting(
     })
 }
 
-/// Requests on one connection, one after another, until the peer closes it.
+/// Requests on one connection, one after another, until the peer closes it. With `dumps`,
+/// `uac.reg_dump` is spooled ([`spool_dump`]) rather than answered through `module` whole.
 async fn connection<C: Send + Sync + 'static>(
     mut socket: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     module: &RpcModule<C>,
+    dumps: Option<&Arc<Gateway>>,
 ) -> std::io::Result<()> {
     let mut buffer = Vec::with_capacity(1024);
     loop {
@@ -161,17 +166,108 @@ async fn connection<C: Send + Sync + 'static>(
             buffer.extend_from_slice(&chunk[..read]);
         };
         let request: Vec<u8> = buffer.drain(..len).collect();
-        let reply = match binrpc::decode(&request) {
-            Ok(packet) => answer(module, packet).await,
+        let packet = match binrpc::decode(&request) {
+            Ok(packet) => packet,
             Err(err) => {
                 warn!("ctl socket: {err}; closing the connection");
                 return Ok(());
             }
         };
+        if let Some(gateway) = dumps.filter(|_| is_reg_dump(&packet)) {
+            match spool_dump(gateway.clone(), packet.cookie).await {
+                Ok(spooled) => {
+                    send_spooled(&mut socket, spooled).await?;
+                    continue;
+                }
+                Err(err) => {
+                    warn!("ctl socket: uac.reg_dump: {err}");
+                    let fault = Packet {
+                        kind: Kind::Fault,
+                        cookie: packet.cookie,
+                        values: vec![Value::Int(500), Value::Str(err.to_string())],
+                    };
+                    let bytes = binrpc::encode(&fault).map_err(std::io::Error::other)?;
+                    write_within(&mut socket, &bytes).await?;
+                    continue;
+                }
+            }
+        }
+        let reply = answer(module, packet).await;
         let bytes = binrpc::encode(&reply).map_err(std::io::Error::other)?;
-        tokio::time::timeout(WRITE_LIMIT, socket.write_all(&bytes))
-            .await
-            .map_err(|_| std::io::Error::other("the answer was not taken in time"))??;
+        write_within(&mut socket, &bytes).await?;
+    }
+}
+
+async fn write_within(
+    socket: &mut (impl tokio::io::AsyncWrite + Unpin),
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    tokio::time::timeout(WRITE_LIMIT, socket.write_all(bytes))
+        .await
+        .map_err(|_| std::io::Error::other("the answer was not taken in time"))?
+}
+
+/// A request for `uac.reg_dump` without parameters.
+fn is_reg_dump(packet: &Packet) -> bool {
+    packet.kind == Kind::Request
+        && matches!(packet.values.as_slice(), [Value::Str(method)] if method == "uac.reg_dump")
+}
+
+/// Why a dump could not be spooled.
+#[derive(Debug, thiserror::Error)]
+enum SpoolError {
+    #[error("the driver is gone")]
+    DriverGone,
+    #[error("spooling the answer to a temporary file: {0}")]
+    File(#[from] std::io::Error),
+    #[error(transparent)]
+    Packet(#[from] binrpc::BinrpcError),
+}
+
+/// A reply written to an unnamed temporary file: its header, and the body to copy after it.
+struct Spooled {
+    header: Vec<u8>,
+    body: tokio::fs::File,
+}
+
+/// `uac.reg_dump` as a BINRPC reply, one value per record, written to a temporary file a slice
+/// at a time. Why a file: the header carries the body's length, which is known only at the end,
+/// and at a million rows the body is hundreds of megabytes the daemon should not hold.
+async fn spool_dump(gateway: Arc<Gateway>, cookie: u32) -> Result<Spooled, SpoolError> {
+    let mut file = tokio::fs::File::from_std(tempfile::tempfile()?);
+    let mut cursor = super::dump::DumpCursor::new(gateway);
+    let mut body_len = 0usize;
+    let mut buffer = Vec::new();
+    while let Some(slice) = cursor.next().await.map_err(|_| SpoolError::DriverGone)? {
+        buffer.clear();
+        for view in cursor.views(&slice) {
+            let json = serde_json::to_value(&view).map_err(std::io::Error::other)?;
+            binrpc::encode_value(&mut buffer, &from_json(json));
+        }
+        file.write_all(&buffer).await?;
+        body_len = body_len.saturating_add(buffer.len());
+    }
+    file.flush().await?;
+    file.seek(std::io::SeekFrom::Start(0)).await?;
+    Ok(Spooled {
+        header: binrpc::header(Kind::Reply, cookie, body_len)?,
+        body: file,
+    })
+}
+
+/// Writes a spooled reply; each piece must be taken within [`WRITE_LIMIT`].
+async fn send_spooled(
+    socket: &mut (impl tokio::io::AsyncWrite + Unpin),
+    mut spooled: Spooled,
+) -> std::io::Result<()> {
+    write_within(socket, &spooled.header).await?;
+    let mut piece = vec![0u8; 256 * 1024];
+    loop {
+        let read = spooled.body.read(&mut piece).await?;
+        if read == 0 {
+            return Ok(());
+        }
+        write_within(socket, &piece[..read]).await?;
     }
 }
 
@@ -299,7 +395,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(4096);
         let started = tokio::time::Instant::now();
         let served = tokio::spawn(async move {
-            let ended = connection(server, &module).await;
+            let ended = connection(server, &module, None).await;
             (ended, started.elapsed())
         });
         let bytes = request(&"m".repeat(200));
@@ -326,7 +422,7 @@ mod tests {
             .register_method("big", |_, _, _| "x".repeat(200_000))
             .unwrap();
         let (mut client, server) = tokio::io::duplex(1024);
-        let served = tokio::spawn(async move { connection(server, &module).await });
+        let served = tokio::spawn(async move { connection(server, &module, None).await });
         client.write_all(&request("big")).await.unwrap();
         let started = tokio::time::Instant::now();
         let ended = served.await.unwrap();

@@ -11,9 +11,11 @@
 //! Answers are printed the way jsonrpcs prints them (its default `pretty_format`): one member a
 //! line, tab-indented, `"name":<TAB>value`, arrays on one line. kamctl's own commands read the
 //! answer line by line (`kamctl uptime` greps for `uptime`), so a one-line answer would break
-//! them.
+//! them. `uac.reg_dump` is written to the reply FIFO a slice of rows at a time in that same
+//! format, never built whole.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonrpsee::RpcModule;
@@ -27,7 +29,7 @@ use crate::gateway::Gateway;
 
 /// Longest request line.
 pub const MAX_LINE: usize = 64 * 1024;
-/// How long an answer waits for its reader.
+/// How long an answer (or, for a streamed dump, each part of it) waits for its reader.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Creates the FIFO at `path` (mode 0660; a stale FIFO is replaced) and serves it until the
@@ -36,8 +38,9 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn serve(
     path: &Path,
     reply_dir: PathBuf,
-    module: RpcModule<Gateway>,
+    gateway: Arc<Gateway>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let module = super::server::methods(gateway.clone());
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_fifo()) {
@@ -69,7 +72,7 @@ pub fn serve(
             pending.extend_from_slice(&chunk[..read]);
             while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
-                handle_line(&line, &reply_dir, &module).await;
+                handle_line(&line, &reply_dir, &module, &gateway).await;
             }
             if pending.len() > MAX_LINE {
                 warn!("rpc FIFO: a request line over {MAX_LINE} bytes, dropped");
@@ -100,7 +103,12 @@ pub fn parse_line(line: &[u8]) -> Result<(serde_json::Value, String), FifoLineEr
     Ok((request, reply_name))
 }
 
-async fn handle_line(line: &[u8], reply_dir: &Path, module: &RpcModule<Gateway>) {
+async fn handle_line(
+    line: &[u8],
+    reply_dir: &Path,
+    module: &RpcModule<Gateway>,
+    gateway: &Arc<Gateway>,
+) {
     let (request, reply_name) = match parse_line(line) {
         Ok(parsed) => parsed,
         Err(err) => {
@@ -108,12 +116,80 @@ async fn handle_line(line: &[u8], reply_dir: &Path, module: &RpcModule<Gateway>)
             return;
         }
     };
-    let reply_name = reply_name.as_str();
-    let answer = kamailio_pretty(&answer(&request, module).await);
-    let target = reply_dir.join(reply_name);
-    if let Err(err) = reply(&target, answer).await {
+    let target = reply_dir.join(reply_name.as_str());
+    let sent = if is_reg_dump(&request) {
+        stream_dump(&target, &request, gateway.clone()).await
+    } else {
+        let answer = kamailio_pretty(&answer(&request, module).await);
+        match open_reply(&target).await {
+            Ok(mut sender) => write_within(&mut sender, answer.as_bytes()).await,
+            Err(err) => Err(err),
+        }
+    };
+    if let Err(err) = sent {
         debug!("rpc FIFO: no answer to {}: {err}", target.display());
     }
+}
+
+/// A `uac.reg_dump` call without parameters.
+fn is_reg_dump(request: &serde_json::Value) -> bool {
+    request["method"].as_str() == Some("uac.reg_dump")
+        && match &request["params"] {
+            serde_json::Value::Null => true,
+            serde_json::Value::Array(items) => items.is_empty(),
+            _ => false,
+        }
+}
+
+/// `uac.reg_dump` written to the reply FIFO a slice of registrations at a time, in jsonrpcs'
+/// pretty format: at a million rows the answer is far too large to build first. If the driver
+/// goes away mid-answer the answer stops there (incomplete JSON, not a wrong complete one).
+async fn stream_dump(
+    target: &Path,
+    request: &serde_json::Value,
+    gateway: Arc<Gateway>,
+) -> std::io::Result<()> {
+    let id = request
+        .get("id")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    let mut sender = open_reply(target).await?;
+    let mut cursor = super::dump::DumpCursor::new(gateway);
+    let mut out = DUMP_HEAD.as_bytes().to_vec();
+    let mut first = true;
+    while let Some(slice) = cursor
+        .next()
+        .await
+        .map_err(|_| std::io::Error::other("the driver is gone"))?
+    {
+        for view in cursor.views(&slice) {
+            if !first {
+                out.extend_from_slice(b", ");
+            }
+            first = false;
+            pretty_record(&mut out, &view);
+        }
+        write_within(&mut sender, &out).await?;
+        out.clear();
+    }
+    out.extend_from_slice(b"],\n\t\"id\":\t");
+    out.extend_from_slice(kamailio_pretty(&id).as_bytes());
+    out.extend_from_slice(b"\n}");
+    write_within(&mut sender, &out).await
+}
+
+/// What jsonrpcs writes before the first record of a `result` array.
+const DUMP_HEAD: &str = "{\n\t\"jsonrpc\":\t\"2.0\",\n\t\"result\":\t[";
+
+/// One record as jsonrpcs prints an element of the top-level `result` array (two levels deep).
+fn pretty_record(out: &mut Vec<u8>, record: &impl serde::Serialize) {
+    let formatter = JsonrpcsFormatter {
+        depth: 2,
+        has_members: Vec::new(),
+    };
+    let mut serializer = serde_json::Serializer::with_formatter(out, formatter);
+    // Writing into a Vec cannot fail, and a record has no map with non-string keys.
+    let _ = record.serialize(&mut serializer);
 }
 
 /// A file name in the reply directory, nothing more.
@@ -155,8 +231,8 @@ async fn answer(request: &serde_json::Value, module: &RpcModule<Gateway>) -> ser
     }
 }
 
-/// Writes `text` to the FIFO at `path` if it is one and has a reader.
-async fn reply(path: &Path, text: String) -> std::io::Result<()> {
+/// Opens the FIFO at `path` for the answer, if it is one and has a reader.
+async fn open_reply(path: &Path) -> std::io::Result<tokio::net::unix::pipe::Sender> {
     let meta = std::fs::symlink_metadata(path)?;
     #[cfg(unix)]
     {
@@ -169,18 +245,25 @@ async fn reply(path: &Path, text: String) -> std::io::Result<()> {
     // background just before it writes the request, so the reader may not be there yet: tried
     // again for up to a second, as jsonrpcs does.
     let mut tries = 0;
-    let mut sender = loop {
+    loop {
         match tokio::net::unix::pipe::OpenOptions::new().open_sender(path) {
-            Ok(sender) => break sender,
+            Ok(sender) => return Ok(sender),
             Err(err) if err.raw_os_error() == Some(libc::ENXIO) && tries < 100 => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err(err) => return Err(err),
         }
-    };
-    // No newline after the answer: jsonrpcs writes none.
-    tokio::time::timeout(REPLY_TIMEOUT, sender.write_all(text.as_bytes()))
+    }
+}
+
+/// Writes `bytes` (no newline after an answer: jsonrpcs writes none); a reader that does not
+/// take them within [`REPLY_TIMEOUT`] loses the answer.
+async fn write_within(
+    sender: &mut tokio::net::unix::pipe::Sender,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    tokio::time::timeout(REPLY_TIMEOUT, sender.write_all(bytes))
         .await
         .map_err(|_| std::io::Error::other("the reader did not take the answer"))?
 }
@@ -314,6 +397,43 @@ mod tests {
             kamailio_pretty(&methods),
             "{\n\t\"jsonrpc\":\t\"2.0\",\n\t\"result\":\t[\"a.b\", \"c.d\"],\n\t\"id\":\t7\n}"
         );
+    }
+
+    /// The streamed dump's pieces put together are what the whole answer prints as.
+    #[test]
+    fn a_streamed_dump_prints_as_the_whole_answer() {
+        let records = [
+            serde_json::json!({"l_uuid": "uuid000001", "expires": 3600, "socket": null,
+                "nested": {"a": [1, 2]}}),
+            serde_json::json!({"l_uuid": "uuid000002", "expires": 3600, "socket": null}),
+        ];
+        for count in 0..=records.len() {
+            let mut streamed = DUMP_HEAD.as_bytes().to_vec();
+            for (i, record) in records[..count].iter().enumerate() {
+                if i > 0 {
+                    streamed.extend_from_slice(b", ");
+                }
+                pretty_record(&mut streamed, record);
+            }
+            streamed.extend_from_slice(b"],\n\t\"id\":\t");
+            streamed.extend_from_slice(kamailio_pretty(&serde_json::json!(7)).as_bytes());
+            streamed.extend_from_slice(b"\n}");
+            let whole = serde_json::json!({"jsonrpc": "2.0", "result": records[..count], "id": 7});
+            assert_eq!(
+                String::from_utf8(streamed).unwrap(),
+                kamailio_pretty(&whole)
+            );
+        }
+        assert!(is_reg_dump(
+            &serde_json::json!({"method": "uac.reg_dump", "params": []})
+        ));
+        assert!(is_reg_dump(&serde_json::json!({"method": "uac.reg_dump"})));
+        assert!(!is_reg_dump(
+            &serde_json::json!({"method": "uac.reg_dump", "params": ["x"]})
+        ));
+        assert!(!is_reg_dump(
+            &serde_json::json!({"method": "uac.reg_info", "params": []})
+        ));
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub mod client;
 mod cluster_dump;
 mod console;
 pub mod ctl;
+mod dump;
+mod dump_http;
 pub(crate) mod fifo;
 pub use fifo::serve as serve_fifo;
 pub mod kamailio;

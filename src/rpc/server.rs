@@ -14,6 +14,8 @@ use super::answer::{
     ActiveModes, Empty, Lookup, ReloadAnswer, ShutdownStarted, StatusAnswer, state_counts,
 };
 use super::cluster_dump::ClusterDump;
+use super::dump::DumpCursor;
+use super::dump_http::StreamDumpLayer;
 use super::params::{self, LookupKey, fault};
 use super::token::TokenLayer;
 use super::view::RecordView;
@@ -53,39 +55,21 @@ pub(super) fn render(gateway: &Gateway, snapshot: &Snapshot) -> serde_json::Valu
     serde_json::to_value(view).unwrap_or(serde_json::Value::Null)
 }
 
-/// The `uac.reg_dump` answer, rendered while it is serialised.
-///
-/// At 100,000 rows, building every record's view first (copies of all its strings) and then
-/// serialising the lot cost more than the snapshots themselves; here each view borrows from its
-/// snapshot and lives only while its own JSON is written.
+/// The `uac.reg_dump` answer as one value, for callers that take answers whole (a batch
+/// request, an in-process call). The HTTP server streams a single call instead
+/// ([`super::dump_http`]); both render through one [`DumpCursor`], so they show the same.
 #[derive(Clone)]
-struct DumpAnswer {
-    snapshots: Arc<Vec<Snapshot>>,
-    /// Rows that failed validation and have no live registration under their l_uuid.
-    invalid: Arc<Vec<crate::store::InvalidRow>>,
-    clock: crate::driver::WallClock,
-    now_unix: i64,
-    show_secrets: bool,
-    /// Cluster mode: this node, which runs every live row it lists.
-    node: Option<Arc<str>>,
-}
+struct DumpAnswer(Arc<(DumpCursor, Vec<super::dump::Slice>)>);
 
 impl serde::Serialize for DumpAnswer {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
-        let mut seq = serializer.serialize_seq(Some(self.snapshots.len() + self.invalid.len()))?;
-        for snapshot in self.snapshots.iter() {
-            seq.serialize_element(&RecordView {
-                node: self.node.as_deref().map(Cow::Borrowed),
-                ..RecordView::from_snapshot(snapshot, &self.clock, self.now_unix, self.show_secrets)
-            })?;
-        }
-        for bad in self.invalid.iter() {
-            seq.serialize_element(&RecordView::from_invalid(
-                &bad.row,
-                bad.error.to_string(),
-                self.show_secrets,
-            ))?;
+        let (cursor, slices) = &*self.0;
+        let mut seq = serializer.serialize_seq(None)?;
+        for slice in slices {
+            for view in cursor.views(slice) {
+                seq.serialize_element(&view)?;
+            }
         }
         seq.end()
     }
@@ -103,27 +87,12 @@ fn register_all(
     module: &mut RpcModule<Gateway>,
 ) -> Result<(), jsonrpsee::core::RegisterMethodError> {
     module.register_async_method("uac.reg_dump", |_params, gw, _| async move {
-        let snapshots = gw.driver.snapshots().await.map_err(internal)?;
-        // Snapshots come in l_uuid order: a binary search says whether a bad row's l_uuid is
-        // live, without a scan per bad row or a set of 100,000 l_uuids per dump.
-        let live = |l_uuid: &str| {
-            snapshots
-                .binary_search_by(|s| s.record.l_uuid().cmp(l_uuid))
-                .is_ok()
-        };
-        let invalid: Vec<_> = gw
-            .invalid_rows()
-            .into_iter()
-            .filter(|bad| !bad.row.l_uuid.is_empty() && !live(&bad.row.l_uuid))
-            .collect();
-        Ok::<_, ErrorObjectOwned>(DumpAnswer {
-            snapshots: Arc::new(snapshots),
-            invalid: Arc::new(invalid),
-            clock: gw.driver.clock(),
-            now_unix: now_unix(),
-            show_secrets: gw.show_secrets,
-            node: gw.node_id().map(Arc::from),
-        })
+        let mut cursor = DumpCursor::new(gw);
+        let mut slices = Vec::new();
+        while let Some(slice) = cursor.next().await.map_err(internal)? {
+            slices.push(slice);
+        }
+        Ok::<_, ErrorObjectOwned>(DumpAnswer(Arc::new((cursor, slices))))
     })?;
 
     module.register_async_method("uac.reg_info", |params, gw, _| async move {
@@ -327,18 +296,22 @@ fn server_config() -> jsonrpsee::server::ServerConfig {
 }
 
 /// The HTTP middleware in front of the methods: the console's files (which need no token),
-/// then the token check.
+/// then the token check, then the streamed `uac.reg_dump`.
 type HttpLayers = tower::ServiceBuilder<
     tower::layer::util::Stack<
-        TokenLayer,
-        tower::layer::util::Stack<super::web::ConsoleLayer, tower::layer::util::Identity>,
+        StreamDumpLayer,
+        tower::layer::util::Stack<
+            TokenLayer,
+            tower::layer::util::Stack<super::web::ConsoleLayer, tower::layer::util::Identity>,
+        >,
     >,
 >;
 
-fn http_layers(token: Option<String>, console: bool) -> HttpLayers {
+fn http_layers(gateway: Arc<Gateway>, token: Option<String>, console: bool) -> HttpLayers {
     tower::ServiceBuilder::new()
         .layer(super::web::ConsoleLayer::new(console))
         .layer(TokenLayer::new(token))
+        .layer(StreamDumpLayer::new(gateway))
 }
 
 /// `at` as C's `ctime()` prints it ("Thu Dec  3 23:10:34 2026"), which is how Kamailio's
@@ -405,7 +378,7 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, ServerHandle)> {
     let server = Server::builder()
         .set_config(server_config())
-        .set_http_middleware(http_layers(token, console))
+        .set_http_middleware(http_layers(gateway.clone(), token, console))
         .build(addr)
         .await?;
     let local = server.local_addr()?;
@@ -430,7 +403,7 @@ pub async fn serve_unix(
     let (stop, handle) = jsonrpsee::server::stop_channel();
     let builder = Server::builder()
         .set_config(server_config())
-        .set_http_middleware(http_layers(token, false))
+        .set_http_middleware(http_layers(gateway.clone(), token, false))
         .to_service_builder();
     let methods: jsonrpsee::server::Methods = methods(gateway).into();
     tokio::spawn(async move {
