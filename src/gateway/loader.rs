@@ -146,7 +146,12 @@ impl RowLoader {
         let defaults = self.defaults.clone();
         let mut guard = store.lock_owned().await;
         let (loaded, layout) = tokio::task::spawn_blocking(move || {
-            let loaded = guard.load(&defaults);
+            let mut loaded = guard.load(&defaults);
+            if let Ok(loaded) = &mut loaded {
+                // Here, not on the driver task: the diff walks sorted records (see
+                // RegistrationTable::reload).
+                crate::registration::sort_by_l_uuid(&mut loaded.records);
+            }
             (loaded, guard.layout())
         })
         .await

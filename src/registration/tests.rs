@@ -548,6 +548,35 @@ fn reload_diff_touches_only_changed_rows() {
     assert_eq!(sim.status("uuid000100"), Status::Registered);
 }
 
+/// The diff does not depend on the order rows come in: shuffled, with a duplicate (the first
+/// one read wins) and rows removed at both ends and in the middle, it counts and keeps exactly
+/// what a sorted table would.
+#[test]
+fn reload_in_any_order_keeps_the_first_of_duplicates_and_removes_the_gone() {
+    let mut sim = Sim::new(Mode::Normal);
+    let start = sim.now;
+    sim.table.reload(start, (0..50).rev().map(record).collect());
+    assert_eq!(sim.table.len(), 50);
+    let mut next: Vec<Record> = (1..49).filter(|i| *i != 25).map(record).collect();
+    next.reverse();
+    next.swap(3, 30);
+    let first = changed(&record(10), |f| f.reg_delay = 7);
+    next.insert(5, first);
+    next.push(changed(&record(10), |f| f.reg_delay = 9));
+    next.push(record(77));
+    assert_eq!(sim.table.removed_by(&next), 3);
+    let summary = sim.table.reload(sim.now, next);
+    assert_eq!(
+        (summary.added, summary.changed, summary.removed, summary.unchanged),
+        (1, 1, 3, 46)
+    );
+    assert_eq!(sim.table.len(), 48);
+    for gone in ["uuid000000", "uuid000025", "uuid000049"] {
+        assert!(sim.table.get(gone).is_none(), "{gone}");
+    }
+    assert_eq!(sim.table.get("uuid000010").unwrap().record().reg_delay, 7);
+}
+
 #[test]
 fn disable_unregisters_and_enable_registers_again() {
     let mut sim = Sim::new(Mode::Normal);
