@@ -567,7 +567,12 @@ fn reload_in_any_order_keeps_the_first_of_duplicates_and_removes_the_gone() {
     assert_eq!(sim.table.removed_by(&next), 3);
     let summary = sim.table.reload(sim.now, next);
     assert_eq!(
-        (summary.added, summary.changed, summary.removed, summary.unchanged),
+        (
+            summary.added,
+            summary.changed,
+            summary.removed,
+            summary.unchanged
+        ),
         (1, 1, 3, 46)
     );
     assert_eq!(sim.table.len(), 48);
