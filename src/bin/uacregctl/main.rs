@@ -281,6 +281,10 @@ fn streaming_failed(url: &str, err: StreamingCallError) -> anyhow::Result<()> {
             eprintln!("cannot reach uacregd at {url}: {err}");
             std::process::exit(2);
         }
+        err @ StreamingCallError::Status { .. } => {
+            eprintln!("uacregd at {url} refused the request: {err}");
+            std::process::exit(2);
+        }
         err => {
             eprintln!("no whole answer from uacregd at {url}: {err}");
             std::process::exit(2);
