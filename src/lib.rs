@@ -48,7 +48,8 @@
 //! the simulation bench drive directly, and the `uacreg` table ([`store`]), which tools and
 //! tests write rows into. Everything else — the driver, transports, RPC server, gateway,
 //! metrics — is reached through the few types re-exported here: a [`Daemon`] started from a
-//! [`Config`], steered with an [`RpcClient`] whose answers are the types in [`answer`].
+//! [`Config`], steered with an [`RpcClient`] whose answers are the types in [`answer`], and a
+//! [`StreamingClient`] that hands out the records of a large `uac.reg_dump` one by one.
 //! `testing` and `demo` exist only with the `demo` feature (on by default; `uacregd demo` needs
 //! it, a packaged daemon can leave it out).
 
@@ -82,7 +83,7 @@ pub use daemon::{Daemon, DaemonError};
 pub use descriptors::raise_open_files_limit;
 pub use driver::{DriverStats, InboundStats, LATENCY_BOUNDS_MS};
 pub use rpc::answer;
-pub use rpc::{RecordView, RpcClient, RpcError};
+pub use rpc::{Fault, RecordView, RpcClient, RpcError, StreamingCallError, StreamingClient};
 pub use transport::admission::ConnectionLimits;
 
 /// What the fuzz targets feed untrusted bytes to, beyond the public modules.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use uacreg::RpcError;
 use uacreg::answer::{ShutdownStarted, StatusAnswer};
 use uacreg::registration::Status;
-use uacreg::{RecordView, RpcClient};
+use uacreg::{RecordView, RpcClient, StreamingClient};
 
 use crate::progress::Progress;
 use crate::tables;
@@ -19,6 +19,8 @@ const POLL: Duration = Duration::from_millis(250);
 
 /// States on the way to registered.
 const IN_PROGRESS: [Status; 3] = [Status::Pending, Status::Registering, Status::Authenticating];
+/// The rows not registered that a `watch` round keeps and shows; past them it counts.
+const WATCH_KEPT: usize = 1000;
 /// States that ended in a failure the operator should look at.
 const FAILED: [Status; 3] = [Status::Failed, Status::AuthFailed, Status::RealmMismatch];
 
@@ -90,17 +92,48 @@ pub async fn shutdown(client: &RpcClient, started: ShutdownStarted) -> anyhow::R
     }
 }
 
-/// Live view: counts per state, then every row that is not registered. Runs until Ctrl-C.
+/// The rows of one `watch` round that are not registered: the first [`WATCH_KEPT`], and how
+/// many more. The dump streams past; nothing else of it is kept.
+#[derive(Default)]
+struct Troubled {
+    kept: Vec<RecordView<'static>>,
+    more: u64,
+}
+
+impl Troubled {
+    fn add(&mut self, record: RecordView<'static>) {
+        if !tables::troubled(&record) {
+            return;
+        }
+        if self.kept.len() < WATCH_KEPT {
+            self.kept.push(record);
+        } else {
+            self.more += 1;
+        }
+    }
+}
+
+/// Live view: counts per state, then the rows that are not registered (the first
+/// [`WATCH_KEPT`]). Runs until Ctrl-C.
 ///
 /// On a terminal each round redraws the screen; into a pipe or file the rounds follow one
 /// another, each after a blank line, with no escape codes.
-pub async fn watch(client: &RpcClient, url: &str, every: u64) -> anyhow::Result<()> {
+pub async fn watch(
+    client: &RpcClient,
+    streaming: &StreamingClient,
+    url: &str,
+    every: u64,
+) -> anyhow::Result<()> {
     let every = Duration::from_secs(every.max(1));
     let redraw = std::io::stdout().is_terminal();
     loop {
         let status = status(client).await;
-        let dump = client
-            .request::<Vec<RecordView<'static>>>("uac.reg_dump", &[])
+        let mut troubled = Troubled::default();
+        let dump = streaming
+            .for_each("uac.reg_dump", &[], |record| {
+                troubled.add(record);
+                Ok(())
+            })
             .await;
         if redraw {
             // Clear the screen and home the cursor.
@@ -109,22 +142,27 @@ pub async fn watch(client: &RpcClient, url: &str, every: u64) -> anyhow::Result<
             println!();
         }
         match (status, dump) {
-            (Ok(status), Ok(dump)) => {
+            (Ok(status), Ok(_)) => {
                 println!(
                     "uacregd at {url}   (every {}s, Ctrl-C to stop)\n",
                     every.as_secs()
                 );
                 println!("{}", tables::state_counts(&status));
-                let troubled: Vec<RecordView> =
-                    dump.into_iter().filter(tables::troubled).take(40).collect();
                 println!();
-                if troubled.is_empty() {
+                if troubled.kept.is_empty() {
                     println!("every row is registered");
                 } else {
-                    println!("{}", tables::records(&troubled, crate::now()));
+                    println!("{}", tables::records(&troubled.kept, crate::now()));
+                }
+                if troubled.more > 0 {
+                    println!("… and {} more rows not registered", troubled.more);
                 }
             }
-            (Err(err), _) | (_, Err(err)) => println!("cannot reach uacregd at {url}: {err}"),
+            (Err(err), _) => println!("cannot reach uacregd at {url}: {err}"),
+            (_, Err(err)) if err.is_unreachable() => {
+                println!("cannot reach uacregd at {url}: {err}")
+            }
+            (_, Err(err)) => println!("uac.reg_dump from uacregd at {url} failed: {err}"),
         }
         let _ = std::io::stdout().flush();
         tokio::select! {

@@ -3,8 +3,12 @@
 //! Human-readable tables by default, `--json` for the raw answer (the same JSON Kamailio's
 //! `uac.reg_*` commands produce). Answers are read into the types the server writes them from
 //! (`uacreg::answer`, `RecordView`), so the tool and the daemon share one definition of
-//! each shape.
+//! each shape. The record lists (`reg_dump`, `show registrations`) are printed as they stream
+//! in (`dump.rs`), whatever their length.
 
+mod blocks;
+mod dump;
+mod dump_tables;
 mod follow;
 #[path = "../shared/generate.rs"]
 mod generate;
@@ -17,7 +21,9 @@ use clap::{Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use uacreg::answer::{ReloadAnswer, ShutdownStarted};
-use uacreg::{RecordView, RpcClient};
+use uacreg::{RecordView, RpcClient, StreamingCallError, StreamingClient};
+
+use crate::dump::DumpView;
 
 #[derive(Parser)]
 #[command(
@@ -187,7 +193,8 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             let client = RpcClient::with_token(&cli.rpc, cli.token.as_deref())?;
-            return runtime.block_on(follow::watch(&client, &cli.rpc, *interval));
+            let streaming = StreamingClient::with_token(&cli.rpc, cli.token.as_deref())?;
+            return runtime.block_on(follow::watch(&client, &streaming, &cli.rpc, *interval));
         }
         Command::Call { method, params } => (method.as_str(), params.clone()),
         Command::Generate { what } => {
@@ -198,6 +205,13 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if let Some(view) = dump_view(&cli.command, cli.json) {
+        let client = StreamingClient::with_token(&cli.rpc, cli.token.as_deref())?;
+        return match runtime.block_on(dump::print(&client, method, view, now())) {
+            Ok(()) => Ok(()),
+            Err(err) => streaming_failed(&cli.rpc, err),
+        };
+    }
     let client = RpcClient::with_token(&cli.rpc, cli.token.as_deref())?;
     let result = match runtime.block_on(client.call(method, &params)) {
         Ok(value) => value,
@@ -219,10 +233,6 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     match &cli.command {
-        Command::RegDump { .. } => {
-            let rows: Vec<RecordView> = read(method, result)?;
-            println!("{}", tables::records(&rows, now()));
-        }
         Command::RegInfo { .. } => {
             let record: RecordView = read(method, result)?;
             println!("{}", tables::record(&record));
@@ -233,10 +243,6 @@ fn main() -> anyhow::Result<()> {
             if *wait {
                 runtime.block_on(follow::settled(&client))?;
             }
-        }
-        Command::Show { .. } => {
-            let rows: Vec<RecordView> = read(method, result)?;
-            println!("{}", tables::registrations(&rows, now()));
         }
         Command::Cluster => {
             let status: uacreg::answer::ClusterStatus = read(method, result)?;
@@ -250,6 +256,40 @@ fn main() -> anyhow::Result<()> {
         _ => println!("{}", serde_json::to_string_pretty(&result)?),
     }
     Ok(())
+}
+
+/// The commands whose records are printed as they stream in, and how.
+fn dump_view(command: &Command, json: bool) -> Option<DumpView> {
+    match command {
+        Command::RegDump { .. } | Command::Show { .. } if json => Some(DumpView::Json),
+        Command::RegDump { .. } => Some(DumpView::Records),
+        Command::Show { .. } => Some(DumpView::Registrations),
+        _ => None,
+    }
+}
+
+/// Says why a streamed call failed and exits as the other commands do: 1 when uacregd answered
+/// with an error, 2 when no whole answer came. What was printed before the failure stays.
+fn streaming_failed(url: &str, err: StreamingCallError) -> anyhow::Result<()> {
+    match err {
+        StreamingCallError::Fault(fault) => {
+            eprintln!("{fault}");
+            std::process::exit(1);
+        }
+        StreamingCallError::Handler(err) => Err(anyhow::anyhow!("cannot print the answer: {err}")),
+        err if err.is_unreachable() => {
+            eprintln!("cannot reach uacregd at {url}: {err}");
+            std::process::exit(2);
+        }
+        err @ StreamingCallError::Status { .. } => {
+            eprintln!("uacregd at {url} refused the request: {err}");
+            std::process::exit(2);
+        }
+        err => {
+            eprintln!("no whole answer from uacregd at {url}: {err}");
+            std::process::exit(2);
+        }
+    }
 }
 
 /// The answer to `method` as the type the server wrote it from.

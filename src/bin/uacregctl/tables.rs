@@ -1,19 +1,23 @@
-//! What uacregctl prints for the answers it understands, rendered with comfy-table.
+//! What uacregctl prints for the answers it understands.
 //!
 //! The tables are borderless and left-aligned like `kamcmd` and Asterisk print theirs, so they
-//! read in a terminal and still `grep`/`awk` cleanly. comfy-table does the measuring (display
-//! width, not bytes) and the alignment; no line ends in spaces.
+//! read in a terminal and still `grep`/`awk` cleanly; no line ends in spaces. The small answers
+//! are rendered with comfy-table, which measures (display width, not bytes) and aligns. The
+//! record lists (`reg_dump`, `show registrations`) can have a million lines and are printed as
+//! the records stream in ([`crate::dump_tables`]), laid out the same way.
 
-use std::collections::BTreeMap;
+use std::io;
 
+use comfy_table::Table;
 use comfy_table::presets::NOTHING;
-use comfy_table::{CellAlignment, ColumnConstraint, Table, Width};
 use serde_json::Value;
 use uacreg::registration::Status;
 use uacreg::{
     RecordView,
     answer::{ReloadAnswer, StatusAnswer},
 };
+
+use crate::dump_tables::DumpTable;
 
 /// A borderless table with `header`, if any, over `rows`.
 fn borderless(header: Option<&[&str]>, rows: Vec<Vec<String>>) -> Table {
@@ -54,16 +58,16 @@ pub fn relative(at: Option<i64>, now: i64) -> String {
     }
 }
 
-fn code(record: &RecordView) -> String {
+pub fn code(record: &RecordView) -> String {
     record.last_code.map(|c| c.to_string()).unwrap_or_default()
 }
 
-fn aor(record: &RecordView) -> String {
+pub fn aor(record: &RecordView) -> String {
     format!("{}@{}", record.r_username, record.r_domain)
 }
 
 /// Why a row is where it is: its validation error, the realms that differ, or the last reason.
-fn detail(record: &RecordView) -> String {
+pub fn detail(record: &RecordView) -> String {
     if let Some(error) = record.error.as_deref().filter(|e| !e.is_empty()) {
         return error.to_string();
     }
@@ -77,57 +81,25 @@ fn detail(record: &RecordView) -> String {
     record.last_reason.to_string()
 }
 
-/// `reg_dump`: one line per record, then the count per state (and, in a cluster, per node).
-pub fn records(rows: &[RecordView], now: i64) -> String {
-    let clustered = rows.iter().any(|r| r.node.is_some());
-    let mut header = vec![
-        "L_UUID", "AOR", "STATE", "CODE", "EXPIRES", "NEXT", "DETAIL",
-    ];
-    if clustered {
-        header.insert(3, "NODE");
-    }
-    let lines = rows
-        .iter()
-        .map(|r| {
-            let mut line = vec![
-                r.l_uuid.to_string(),
-                aor(r),
-                r.state.to_string(),
-                code(r),
-                relative(r.binding_expires, now),
-                relative(r.next_refresh, now),
-                detail(r),
-            ];
-            if clustered {
-                line.insert(3, r.node.as_deref().unwrap_or("-").to_string());
-            }
-            line
-        })
-        .collect();
-    let mut table = borderless(Some(&header), lines);
-    spaced(&mut table, 2);
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in rows {
-        *counts.entry(&r.state).or_default() += 1;
-        if clustered {
-            *per_node
-                .entry(r.node.as_deref().unwrap_or("none"))
-                .or_default() += 1;
-        }
-    }
-    let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    let mut text = format!(
-        "{}\n{} records: {}",
-        table.trim_fmt(),
-        rows.len(),
-        summary.join(", ")
-    );
-    if clustered {
-        let nodes: Vec<String> = per_node.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        text.push_str(&format!("\nby node: {}", nodes.join(", ")));
+/// A whole table printed by `print` into a string, without the last line's end.
+fn printed(print: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> String {
+    let mut out = Vec::new();
+    // Writing into a Vec does not fail.
+    let _ = print(&mut out);
+    let mut text = String::from_utf8_lossy(&out).into_owned();
+    if text.ends_with('\n') {
+        text.pop();
     }
     text
+}
+
+/// `reg_dump` of records already in hand (`watch`'s rows that are not registered).
+pub fn records(rows: &[RecordView], now: i64) -> String {
+    printed(|out| {
+        let mut table = DumpTable::new(now, out);
+        rows.iter().try_for_each(|r| table.push(r.clone()))?;
+        table.finish().map(drop)
+    })
 }
 
 /// `reg_info`: every field of the record under its name on the wire, one per line.
@@ -154,45 +126,14 @@ pub fn record(record: &RecordView) -> String {
     table.trim_fmt()
 }
 
-/// `show registrations`: Asterisk's `pjsip show registrations` layout.
+/// `show registrations` of records already in hand.
+#[cfg(test)]
 pub fn registrations(rows: &[RecordView], now: i64) -> String {
-    let header = [
-        "<Registration>",
-        "<Server>",
-        "<Username>",
-        "<Status>",
-        "<Expires>",
-        "<Code>",
-    ];
-    let lines = rows
-        .iter()
-        .map(|r| {
-            let server = match &*r.auth_proxy {
-                "" | "none" => format!("sip:{}", r.r_domain),
-                proxy => proxy.to_string(),
-            };
-            vec![
-                r.l_uuid.to_string(),
-                server,
-                aor(r),
-                r.state.to_string(),
-                relative(r.binding_expires, now),
-                code(r),
-            ]
-        })
-        .collect();
-    let mut table = borderless(Some(&header), lines);
-    spaced(&mut table, 1);
-    // Asterisk's minimum widths (the gap included); the expiry and the code are right-aligned.
-    let widths = [24u16, 32, 28, 15, 9, 4];
-    for (column, width) in table.column_iter_mut().zip(widths) {
-        let gap = column.padding_width();
-        column.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(width + gap)));
-        if column.index >= 4 {
-            column.set_cell_alignment(CellAlignment::Right);
-        }
-    }
-    format!("{}\nObjects found: {}", table.trim_fmt(), rows.len())
+    printed(|out| {
+        let mut table = crate::dump_tables::RegistrationsTable::new(now, out);
+        rows.iter().try_for_each(|r| table.push(r.clone()))?;
+        table.finish().map(drop)
+    })
 }
 
 /// `cluster`: this node's line, then one line per node with its shards and last round.
