@@ -89,6 +89,7 @@ pub use transport::admission::ConnectionLimits;
 /// What the fuzz targets feed untrusted bytes to, beyond the public modules.
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::rpc::array_answer::ArrayAnswerParser;
     pub use crate::rpc::binrpc;
     pub use crate::rpc::parse_params_for_fuzzing;
     /// The `rpc_fifo` line parser and its answer printer.
