@@ -180,13 +180,16 @@ async fn add_and_remove_in_memory() {
         .await
         .unwrap();
     assert_eq!(ok, json!({}));
+    // The registrar binds before its 200 OK reaches the gateway: wait for both views.
     assert!(
         wait_until(Duration::from_secs(10), || async {
             registrar.bindings("user000001").len() == 1
+                && state(&client, "added1").await == "registered"
         })
-        .await
+        .await,
+        "added1 is {}",
+        state(&client, "added1").await
     );
-    assert_eq!(state(&client, "added1").await, "registered");
 
     let dup = client
         .call(
