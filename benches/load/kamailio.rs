@@ -65,8 +65,9 @@ const KAMCMD_LIMIT: Duration = Duration::from_secs(20);
 const RPC_LIMIT: Duration = Duration::from_secs(600);
 /// How long the gateway's jsonrpcs process may take to create its FIFO after SIP answers.
 const FIFO_LIMIT: Duration = Duration::from_secs(15);
-/// What [`KamailioUacGateway::change_rows`] adds to a row's `expires`.
-pub const EXPIRES_STEP: u32 = 60;
+/// What [`KamailioUacGateway::change_rows`] adds to a row's `expires` (the step uacregd's rows
+/// change by too).
+use crate::rows::EXPIRES_STEP;
 
 const KAMCMD_CANDIDATES: &[&str] = &["/usr/sbin/kamcmd", "/usr/local/sbin/kamcmd"];
 /// Modules loaded here beyond those the test registrar needs (checked by `Installation::find`).

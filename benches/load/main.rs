@@ -4,26 +4,38 @@
 //! ```text
 //! cargo bench --bench load -- --rows 100000                      # uacregd vs the in-repo registrar
 //! cargo bench --bench load -- --rows 50000 --peers kamailio --gateways uacregd,kamailio
+//! cargo bench --bench load -- --rows 1000000 --store postgres --registrar-sockets 4 --registrar-threads 2
+//! cargo bench --bench load -- --rows 20000 --expires 60 --soak-minutes 3   # a soak (soak.rs)
 //! ```
 //!
 //! For each gateway (uacregd, or Kamailio's own uac module) and each registrar (the in-repo
-//! registrar in its fast mode, sipp, Kamailio's registrar) it writes the same N rows, starts
-//! the gateway as a process of its own, and measures: seconds until every row is registered,
-//! REGISTERs per row as the registrar saw them, timeouts and error answers, the gateway's
-//! memory (empty, settled after registering, peak) and CPU seconds, `uac.reg_dump` latency at
-//! N (and how late due timers ran meanwhile), and a reload with a share of the rows changed:
-//! how long it took and how many REGISTERs it caused. Results are printed as a table and
-//! appended to a CSV file.
+//! registrar in its fast mode, on one or several sockets; sipp; Kamailio's registrar) it writes
+//! the same N rows (uacregd's into SQLite or a PostgreSQL server started for the run), starts
+//! the gateway as a process of its own, and measures: how long the rows took to write, to load
+//! and to register, REGISTERs per row as the registrar saw them, timeouts and error answers,
+//! the gateway's memory (empty, settled after registering, peak) and CPU seconds,
+//! `uac.reg_dump` at N (its time, the RSS it takes, how late due timers ran meanwhile), and a
+//! reload with a share of the rows changed: how long it took and how many REGISTERs it caused.
+//! Results are printed as a table and appended to a CSV file. With `--soak-minutes` the dumps
+//! and the reload give way to a soak of that length (see `soak.rs`), whose verdict is the exit
+//! status.
 //!
 //! Traffic stays on 127.0.0.1, and every wait has a deadline.
 
+mod dump;
+mod dump_records;
+mod gateway;
+mod http;
 mod kamailio;
+mod peer;
 mod procfs;
 mod report;
 mod rows;
 mod sipp;
+mod soak;
 #[path = "../../tests/support/mod.rs"]
 mod support;
+mod table;
 mod uacregd;
 
 use std::io;
@@ -32,9 +44,11 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 
+use gateway::Gateway;
+use peer::Peer;
 use report::Outcome;
-use rows::LoadRow;
-use uacreg::testing::registrar::{RegistrarConfig, TestRegistrar};
+use rows::RowSet;
+use table::{StoreKind, Table};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -66,9 +80,34 @@ struct Args {
     /// the report shows whether dumping delays refreshes. Use with a short --expires.
     #[arg(long)]
     dump_while_refreshing: bool,
-    /// Extra TOML appended to uacregd's configuration, e.g. "[pacing]\nrate = 10000".
+    /// Extra TOML appended to uacregd's configuration, e.g. "[pacing]\nrate = 10000" (a
+    /// literal `\n` is a line break).
     #[arg(long, default_value = "")]
     uacregd_config: String,
+    /// Where uacregd's rows are: an SQLite file, or a PostgreSQL server started for the run.
+    #[arg(long, value_enum, default_value = "sqlite")]
+    store: StoreKind,
+    /// Sockets of the in-repo registrar: row i registers through socket i % K.
+    #[arg(long, default_value_t = 1)]
+    registrar_sockets: usize,
+    /// Threads of the tool's runtime, which runs the in-repo registrar.
+    #[arg(long, default_value_t = 1)]
+    registrar_threads: usize,
+    /// Once every row is registered, soak this many minutes (0: no soak; see soak.rs).
+    #[arg(long, default_value_t = 0)]
+    soak_minutes: u64,
+    /// Soak: change a different --changed-share of the rows and reload every this many seconds.
+    #[arg(long, default_value_t = 300)]
+    reload_every: u64,
+    /// Soak: time a reg_dump (and the RSS growth it causes) every this many seconds.
+    #[arg(long, default_value_t = 600)]
+    dump_every: u64,
+    /// Soak: take a sample every this many seconds.
+    #[arg(long, default_value_t = 60)]
+    sample_every: u64,
+    /// Soak: fail when RSS grows more than this (percent) after the first grant period.
+    #[arg(long, default_value_t = 1.0)]
+    max_growth_pct: f64,
     /// CSV file the results are appended to.
     #[arg(long, default_value = "target/load/results.csv")]
     csv: PathBuf,
@@ -94,230 +133,45 @@ enum GatewayKind {
     Kamailio,
 }
 
-/// A registrar the rows register with.
-enum Peer {
-    Builtin(TestRegistrar),
-    Sipp(sipp::SippRegistrar),
-    Kamailio(kamailio::KamailioLoadRegistrar),
-}
-
-impl Peer {
-    fn start(kind: PeerKind, rows: usize, runtime: &tokio::runtime::Runtime) -> io::Result<Peer> {
-        match kind {
-            PeerKind::Builtin => {
-                let registrar = runtime.block_on(TestRegistrar::start(RegistrarConfig {
-                    realm: rows::DOMAIN.into(),
-                    users: rows::users(rows).into_iter().collect(),
-                    keep_history: false,
-                    ..RegistrarConfig::default()
-                }))?;
-                Ok(Peer::Builtin(registrar))
-            }
-            PeerKind::Sipp => Ok(Peer::Sipp(sipp::SippRegistrar::start(rows)?)),
-            PeerKind::Kamailio => Ok(Peer::Kamailio(kamailio::KamailioLoadRegistrar::start(
-                &rows::users(rows),
-            )?)),
-        }
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        match self {
-            Peer::Builtin(r) => r.local_addr(),
-            Peer::Sipp(r) => r.addr(),
-            Peer::Kamailio(r) => r.addr(),
-        }
-    }
-
-    /// REGISTER requests received, retransmissions included.
-    fn registers_seen(&self) -> io::Result<u64> {
-        match self {
-            Peer::Builtin(r) => Ok(r.stats().requests),
-            Peer::Sipp(r) => r.registers_received(),
-            Peer::Kamailio(r) => r.registers_received(),
-        }
-    }
-
-    /// Bindings the registrar holds now (sipp keeps none: the 200 OKs it sent).
-    fn bindings(&self) -> io::Result<u64> {
-        match self {
-            Peer::Builtin(r) => Ok(r.binding_count() as u64),
-            Peer::Sipp(r) => r.registered(),
-            Peer::Kamailio(r) => r.bindings(),
-        }
-    }
-
-    /// Answers that refused a request (not counting digest challenges).
-    fn error_answers(&self) -> io::Result<u64> {
-        match self {
-            Peer::Builtin(r) => Ok(r.stats().rejected + r.stats().malformed),
-            Peer::Sipp(r) => r.errors(),
-            Peer::Kamailio(r) => r.error_replies(),
-        }
-    }
-
-    fn stop(self, runtime: &tokio::runtime::Runtime) {
-        match self {
-            Peer::Builtin(r) => runtime.block_on(r.stop()),
-            Peer::Sipp(r) => drop(r),
-            Peer::Kamailio(r) => drop(r),
-        }
-    }
-}
-
-/// The gateway under test.
-enum Gateway {
-    Uacregd {
-        daemon: uacregd::Uacregd,
-        db: PathBuf,
-    },
-    Kamailio(kamailio::KamailioUacGateway),
-}
-
-/// Gateway-side counters, where the gateway has them.
-#[derive(Clone, Debug, Default)]
-struct GatewayCounters {
-    registered: Option<u64>,
-    registers_sent: Option<u64>,
-    retransmissions: Option<u64>,
-    timeouts: Option<u64>,
-    granted: Option<u64>,
-    pacing_backoffs: Option<u64>,
-    /// Timer lateness histogram: (count within each bound, bound in ms).
-    lateness: Option<Vec<(f64, u64)>>,
-}
-
-impl Gateway {
-    fn pids(&self) -> Vec<u32> {
-        match self {
-            Gateway::Uacregd { daemon, .. } => vec![daemon.pid()],
-            Gateway::Kamailio(gw) => gw.pids(),
-        }
-    }
-
-    fn counters(&self) -> io::Result<GatewayCounters> {
-        match self {
-            Gateway::Uacregd { daemon, .. } => {
-                let m = daemon.metrics()?;
-                let get = |k: &str| m.get(k).map(|v| *v as u64);
-                let lateness = uacreg::LATENCY_BOUNDS_MS
-                    .iter()
-                    .map(|bound| {
-                        let le = *bound as f64 / 1000.0;
-                        let key = format!("uacreg_timer_lateness_seconds_bucket{{le=\"{le}\"}}");
-                        (m.get(&key).copied().unwrap_or(0.0), *bound)
-                    })
-                    .chain(std::iter::once((
-                        m.get("uacreg_timer_lateness_seconds_bucket{le=\"+Inf\"}")
-                            .copied()
-                            .unwrap_or(0.0),
-                        u64::MAX,
-                    )))
-                    .collect();
-                Ok(GatewayCounters {
-                    registered: get("uacreg_registrations{state=\"registered\"}"),
-                    registers_sent: get("uacreg_registers_sent_total"),
-                    retransmissions: get("uacreg_retransmissions_total"),
-                    timeouts: get("uacreg_transaction_timeouts_total"),
-                    granted: get("uacreg_registrations_granted_total"),
-                    pacing_backoffs: get("uacreg_pacing_backoffs_total"),
-                    lateness: Some(lateness),
-                })
-            }
-            // Kamailio's uac module counts nothing cheaper than a full dump; the registrar's
-            // side is what the run watches.
-            Gateway::Kamailio(_) => Ok(GatewayCounters::default()),
-        }
-    }
-
-    /// One `uac.reg_dump`: time to the whole answer, and how many records it held.
-    fn dump(&self) -> io::Result<(Duration, usize)> {
-        match self {
-            Gateway::Uacregd { daemon, .. } => {
-                let (took, body) = daemon.rpc("uac.reg_dump")?;
-                let value: serde_json::Value = serde_json::from_slice(&body)?;
-                let records = value["result"]
-                    .as_array()
-                    .ok_or_else(|| io::Error::other(format!("reg_dump answer: {value:.200}")))?
-                    .len();
-                Ok((took, records))
-            }
-            Gateway::Kamailio(gw) => gw.reg_dump(),
-        }
-    }
-
-    /// Changes the rows at `indices` (their expires) in the gateway's table.
-    fn change_rows(&self, rows: &[LoadRow], indices: &[usize]) -> io::Result<()> {
-        match self {
-            Gateway::Uacregd { db, .. } => {
-                let changed: Vec<LoadRow> = indices
-                    .iter()
-                    .map(|&i| LoadRow {
-                        expires: rows[i].expires + 60,
-                        ..rows[i].clone()
-                    })
-                    .collect();
-                uacregd::update_rows(db, &changed)
-            }
-            Gateway::Kamailio(gw) => gw.change_rows(indices),
-        }
-    }
-
-    /// `uac.reg_reload`: time to the answer.
-    fn reload(&self) -> io::Result<Duration> {
-        match self {
-            Gateway::Uacregd { daemon, .. } => {
-                let (took, body) = daemon.rpc("uac.reg_reload")?;
-                let value: serde_json::Value = serde_json::from_slice(&body)?;
-                if value.get("error").is_some() {
-                    return Err(io::Error::other(format!("reg_reload: {value}")));
-                }
-                Ok(took)
-            }
-            Gateway::Kamailio(gw) => gw.reload(),
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        match self {
-            Gateway::Uacregd { daemon, .. } => daemon.log_tail(),
-            Gateway::Kamailio(gw) => support::process::tail(&gw.log(), 20),
-        }
-    }
-
-    fn stop(self) {
-        match self {
-            Gateway::Uacregd { daemon, .. } => daemon.stop(),
-            Gateway::Kamailio(gw) => drop(gw),
-        }
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
+    args.uacregd_config = args.uacregd_config.replace("\\n", "\n");
     if !args.bench {
         // Run by `cargo test --all-targets` (no --bench): a small end-to-end run against the
-        // in-repo registrar that checks the tool still works, not a measurement.
+        // in-repo registrar that checks the tool still works, not a measurement. Two registrar
+        // sockets, so that spreading the rows is exercised too.
         args.rows = args.rows.min(300);
         args.dumps = 1;
         args.peers = vec![PeerKind::Builtin];
         args.gateways = vec![GatewayKind::Uacregd];
+        args.registrar_sockets = 2;
+        args.soak_minutes = 0;
         args.csv = PathBuf::from("target/load/smoke.csv");
     }
+    check(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(args.registrar_threads.max(1))
         .enable_all()
         .build()?;
     let mut outcomes = Vec::new();
+    let mut soak_failures = Vec::new();
     for &gateway in &args.gateways {
         for &peer in &args.peers {
             eprintln!("== {gateway:?} → {peer:?}, {} rows", args.rows);
-            let outcome = run(&args, gateway, peer, &runtime)?;
+            let (outcome, soak) = run(&args, gateway, peer, &runtime)?;
             report::append_csv(&args.csv, &outcome)?;
             outcomes.push(outcome);
+            if let Some(soak) = soak {
+                soak.print();
+                soak_failures.extend(soak.failures());
+            }
         }
     }
     report::print_table(&outcomes);
     eprintln!("appended to {}", args.csv.display());
+    if args.soak_minutes > 0 {
+        eprintln!("soak samples appended to {}", soak_csv(&args).display());
+    }
     // The exit status is uacregd's: Kamailio's uac module falling short is a result.
     let short = outcomes
         .iter()
@@ -326,14 +180,51 @@ fn main() -> anyhow::Result<()> {
     if short > 0 {
         anyhow::bail!("{short} uacregd run(s) did not get every row registered");
     }
+    if !soak_failures.is_empty() {
+        anyhow::bail!("the soak failed: {}", soak_failures.join("; "));
+    }
     Ok(())
 }
 
+/// Refuses combinations that cannot measure what they claim.
+fn check(args: &Args) -> anyhow::Result<()> {
+    if args.registrar_sockets == 0 {
+        anyhow::bail!("--registrar-sockets must be at least 1");
+    }
+    if args.soak_minutes > 0 {
+        if args.gateways != [GatewayKind::Uacregd] {
+            anyhow::bail!("--soak-minutes soaks uacregd only (--gateways uacregd)");
+        }
+        let (soak, expires) = (args.soak_minutes * 60, u64::from(args.expires));
+        if soak < expires + args.sample_every {
+            anyhow::bail!(
+                "a {soak} s soak cannot show growth after the first grant period ({expires} s): \
+                 it needs at least one more sample ({} s) after it",
+                args.sample_every
+            );
+        }
+        if args.reload_every == 0 || args.dump_every == 0 || args.sample_every == 0 {
+            anyhow::bail!("--reload-every, --dump-every and --sample-every must be at least 1");
+        }
+        if args.reload_every > expires || args.dump_every > expires {
+            eprintln!(
+                "note: the first reload or dump comes after the first grant period: the memory \
+                 it keeps will count as growth"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The soak's samples go next to the results.
+fn soak_csv(args: &Args) -> PathBuf {
+    args.csv.with_file_name("soak.csv")
+}
+
 /// RSS of uacregd with an empty table, settled: the base the per-row figure is measured from.
-fn empty_uacregd_kib(dir: &std::path::Path, extra_config: &str) -> io::Result<u64> {
-    let db = dir.join("empty.db");
-    uacregd::write_rows(&db, &[])?;
-    let daemon = uacregd::Uacregd::start(dir, &db, extra_config)?;
+fn empty_uacregd_kib(dir: &std::path::Path, table: &Table, extra_config: &str) -> io::Result<u64> {
+    table.replace(None)?;
+    let daemon = uacregd::Uacregd::start(dir, &table.url(), extra_config)?;
     std::thread::sleep(Duration::from_secs(2));
     let kib = procfs::rss_kib(daemon.pid()).unwrap_or(0);
     daemon.stop();
@@ -345,71 +236,96 @@ fn run(
     gateway_kind: GatewayKind,
     peer_kind: PeerKind,
     runtime: &tokio::runtime::Runtime,
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<(Outcome, Option<soak::SoakSummary>)> {
     let dir = support::process::TempDir::new("uacreg-load")?;
     let n = args.rows;
     let mut outcome = Outcome::new(&format!("{gateway_kind:?}"), &format!("{peer_kind:?}"), n);
     outcome.expires = args.expires;
+    outcome.registrar_sockets = args.registrar_sockets;
 
-    outcome.empty_kib = Some(match gateway_kind {
-        GatewayKind::Uacregd => empty_uacregd_kib(dir.path(), &args.uacregd_config)?,
-        GatewayKind::Kamailio => {
+    let table = match gateway_kind {
+        GatewayKind::Uacregd => {
+            outcome.store = format!("{:?}", args.store).to_lowercase();
+            Some(Table::create(args.store, dir.path())?)
+        }
+        GatewayKind::Kamailio => None,
+    };
+    outcome.empty_kib = Some(match &table {
+        Some(table) => empty_uacregd_kib(dir.path(), table, &args.uacregd_config)?,
+        None => {
             let empty = kamailio::KamailioUacGateway::start(&[])?;
             std::thread::sleep(Duration::from_secs(2));
             procfs::memory_kib(&empty.pids())
         }
     });
 
-    let peer = Peer::start(peer_kind, n, runtime)?;
-    let rows: Vec<LoadRow> = (0..n)
-        .map(|i| LoadRow::new(i, peer.addr(), args.expires))
-        .collect();
+    let peer = Peer::start(peer_kind, n, args.registrar_sockets, runtime)?;
+    let rows = RowSet::new(n, peer.addrs(), args.expires);
     let seen_before = peer.registers_seen()?;
 
     // The clock starts when the gateway process is started: loading the table is part of the
     // job. (Kamailio's start also writes its SQLite table, a fraction of a second.)
-    let (gateway, started) = match gateway_kind {
-        GatewayKind::Uacregd => {
-            let db = dir.path().join("uacreg.db");
-            uacregd::write_rows(&db, &rows)?;
-            let started = Instant::now();
-            let daemon = uacregd::Uacregd::start(dir.path(), &db, &args.uacregd_config)?;
+    let (gateway, started) = match table {
+        Some(table) => {
+            let took = table.replace(Some(&rows))?;
             eprintln!(
-                "   uacregd answering after {:.2} s",
-                started.elapsed().as_secs_f64()
+                "   {n} rows written to {:?} in {:.2} s ({:.0} rows/s)",
+                table.kind(),
+                took.as_secs_f64(),
+                n as f64 / took.as_secs_f64().max(1e-9)
             );
-            (Gateway::Uacregd { daemon, db }, started)
-        }
-        GatewayKind::Kamailio => {
+            outcome.table_write_seconds = Some(took.as_secs_f64());
             let started = Instant::now();
-            let gateway = kamailio::KamailioUacGateway::start(&rows)?;
+            let daemon = uacregd::Uacregd::start(dir.path(), &table.url(), &args.uacregd_config)?;
+            outcome.seconds_to_answering = Some(started.elapsed().as_secs_f64());
+            outcome.seconds_to_loaded = daemon.seconds_to_loaded();
+            eprintln!(
+                "   uacregd answering after {:.2} s (rows loaded after {})",
+                started.elapsed().as_secs_f64(),
+                outcome
+                    .seconds_to_loaded
+                    .map_or("?".into(), |s| format!("{s:.2} s"))
+            );
+            (Gateway::Uacregd { daemon, table }, started)
+        }
+        None => {
+            let started = Instant::now();
+            let gateway = kamailio::KamailioUacGateway::start(&rows.rows(0..n))?;
             (Gateway::Kamailio(gateway), started)
         }
     };
     let pids = gateway.pids();
     let sampler = {
         let pids = pids.clone();
-        procfs::PeakSampler::start(move || pids.clone())
+        procfs::PeakSampler::start(Duration::from_millis(100), move || pids.clone())
     };
 
-    // Phase 1: until every row is registered, as both sides see it.
+    // Phase 1: until every row is registered, as both sides see it. The gateway's counter is
+    // cheap to read; the in-repo registrar counts its bindings by walking them under its lock,
+    // so it is asked only once the gateway is done, and for the progress line.
     let deadline = started + Duration::from_secs(args.timeout);
     let mut last_report = Instant::now();
     let all_registered = loop {
-        let bindings = peer.bindings()?;
         let counters = gateway.counters()?;
         let gateway_done = counters.registered.is_none_or(|r| r >= n as u64);
-        if bindings >= n as u64 && gateway_done {
+        let report_due = last_report.elapsed() > Duration::from_secs(5);
+        let bindings = if gateway_done || report_due {
+            Some(peer.bindings()?)
+        } else {
+            None
+        };
+        if gateway_done && bindings.is_some_and(|b| b >= n as u64) {
             break Some(started.elapsed());
         }
         if Instant::now() > deadline {
-            eprintln!("   timed out with {bindings} bindings at the registrar");
+            eprintln!("   timed out with {bindings:?} bindings at the registrar");
             break None;
         }
-        if last_report.elapsed() > Duration::from_secs(5) {
+        if report_due {
             eprintln!(
-                "   {:>5.1} s: registrar holds {bindings}, gateway says {:?}",
+                "   {:>5.1} s: registrar holds {}, gateway says {:?}",
                 started.elapsed().as_secs_f64(),
+                bindings.unwrap_or(0),
                 counters.registered
             );
             last_report = Instant::now();
@@ -435,44 +351,23 @@ fn run(
         eprintln!("{}", gateway.log_tail());
     }
 
-    // Phase 2: settle. Finished UDP transactions linger for timer K (5 s).
-    std::thread::sleep(Duration::from_secs(6));
-    outcome.settled_kib = Some(procfs::memory_kib(&pids));
-
-    // Phase 3: reg_dump at N, and how late the gateway's timers ran while it answered.
-    if args.dump_while_refreshing {
-        let sent = gateway.counters()?.registers_sent;
-        let deadline = Instant::now() + Duration::from_secs(u64::from(args.expires) * 2);
-        while Instant::now() < deadline
-            && gateway.counters()?.registers_sent <= sent.map(|s| s + 100)
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!("   refreshes are flowing; dumping");
-    }
-    let lateness_before = gateway.counters()?.lateness;
-    let mut dumps = Vec::new();
-    // Kamailio's reg_dump grows with the square of the rows (53 s at 50,000): time one.
-    let dumps_wanted = match gateway_kind {
-        GatewayKind::Uacregd => args.dumps,
-        GatewayKind::Kamailio => args.dumps.min(1),
+    let soak = if args.soak_minutes > 0 && all_registered.is_some() {
+        let plan = soak::SoakPlan {
+            duration: Duration::from_secs(args.soak_minutes * 60),
+            reload_every: Duration::from_secs(args.reload_every),
+            dump_every: Duration::from_secs(args.dump_every),
+            sample_every: Duration::from_secs(args.sample_every),
+            max_growth_pct: args.max_growth_pct,
+            expires: Duration::from_secs(u64::from(args.expires)),
+            changed_share: args.changed_share,
+        };
+        let summary = soak::run(&plan, &gateway, &peer, &rows, &soak_csv(args))?;
+        outcome.settled_kib = summary.samples.last().map(|s| s.rss_kib);
+        Some(summary)
+    } else {
+        measure_settled_dumps_and_reload(args, gateway_kind, &gateway, &peer, &rows, &mut outcome)?;
+        None
     };
-    for _ in 0..dumps_wanted {
-        let (took, records) = gateway.dump()?;
-        outcome.dump_records = Some(records);
-        dumps.push(took);
-    }
-    dumps.sort();
-    outcome.dump_ms = dumps.get(dumps.len() / 2).map(|d| d.as_secs_f64() * 1000.0);
-    if let (Some(before), Some(after)) = (lateness_before, gateway.counters()?.lateness) {
-        outcome.dump_timer_lateness = Some(report::lateness_during(&before, &after));
-    }
-
-    // Phase 4: change a share of the rows and reload (not while refreshes flow: the registrar
-    // would never be quiet, and their REGISTERs would count as the reload's).
-    if !args.dump_while_refreshing {
-        measure_reload(args, &gateway, &peer, &rows, &mut outcome)?;
-    }
 
     outcome.peak_kib = Some(
         match gateway_kind {
@@ -485,7 +380,72 @@ fn run(
     drop(sampler);
     gateway.stop();
     peer.stop(runtime);
-    Ok(outcome)
+    Ok((outcome, soak))
+}
+
+/// Phases 2 to 4 of a run without a soak: settle, reg_dumps, a reload.
+fn measure_settled_dumps_and_reload(
+    args: &Args,
+    gateway_kind: GatewayKind,
+    gateway: &Gateway,
+    peer: &Peer,
+    rows: &RowSet,
+    outcome: &mut Outcome,
+) -> anyhow::Result<()> {
+    // Phase 2: settle. Finished UDP transactions linger for timer K (5 s).
+    std::thread::sleep(Duration::from_secs(6));
+    outcome.settled_kib = Some(procfs::memory_kib(&gateway.pids()));
+
+    // Phase 3: reg_dump at N: its time, the memory it takes, how late timers ran meanwhile.
+    if args.dump_while_refreshing {
+        let sent = gateway.counters()?.registers_sent;
+        let deadline = Instant::now() + Duration::from_secs(u64::from(args.expires) * 2);
+        while Instant::now() < deadline
+            && gateway.counters()?.registers_sent <= sent.map(|s| s + 100)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("   refreshes are flowing; dumping");
+    }
+    // Kamailio's reg_dump grows with the square of the rows (53 s at 50,000): time one.
+    let dumps_wanted = match gateway_kind {
+        GatewayKind::Uacregd => args.dumps,
+        GatewayKind::Kamailio => args.dumps.min(1),
+    };
+    let mut measures = Vec::new();
+    for _ in 0..dumps_wanted {
+        let measure = dump::measure(gateway)?;
+        eprintln!(
+            "   reg_dump: {} records in {:.0} ms, RSS +{:.1} MiB",
+            measure.records,
+            measure.took.as_secs_f64() * 1000.0,
+            measure.rss_growth_kib as f64 / 1024.0
+        );
+        measures.push(measure);
+    }
+    let mut times: Vec<Duration> = measures.iter().map(|m| m.took).collect();
+    times.sort();
+    outcome.dump_ms = times.get(times.len() / 2).map(|d| d.as_secs_f64() * 1000.0);
+    outcome.dump_records = measures.last().map(|m| m.records);
+    outcome.dump_rss_growth_kib = measures.iter().map(|m| m.rss_growth_kib).max();
+    outcome.dump_late_rounds = measures.iter().map(|m| m.late_rounds).sum();
+    outcome.dump_timer_lateness = measures.iter().filter_map(|m| m.lateness).reduce(|a, b| {
+        // The worst bound (None: beyond the last) over all dumps, and all their rounds.
+        let bound = match (a.0, b.0) {
+            (Some(x), Some(y)) => Some(x.max(y)),
+            _ if a.1 == 0 => b.0,
+            _ if b.1 == 0 => a.0,
+            _ => None,
+        };
+        (bound, a.1 + b.1)
+    });
+
+    // Phase 4: change a share of the rows and reload (not while refreshes flow: the registrar
+    // would never be quiet, and their REGISTERs would count as the reload's).
+    if !args.dump_while_refreshing {
+        measure_reload(args, gateway, peer, rows, outcome)?;
+    }
+    Ok(())
 }
 
 /// Changes `--changed-share` of the rows, reloads, and waits until the changed rows are registered
@@ -494,14 +454,11 @@ fn measure_reload(
     args: &Args,
     gateway: &Gateway,
     peer: &Peer,
-    rows: &[LoadRow],
+    rows: &RowSet,
     outcome: &mut Outcome,
 ) -> anyhow::Result<()> {
-    let n = rows.len();
-    let changed_count = ((n as f64 * args.changed_share).round() as usize).clamp(1, n.max(1));
-    let step = (n / changed_count).max(1);
-    let changed: Vec<usize> = (0..n).step_by(step).take(changed_count).collect();
-    gateway.change_rows(rows, &changed)?;
+    let (changed, earlier) = rows::changed_by_round(rows.len(), args.changed_share, 0);
+    gateway.change_rows(rows, &changed, earlier)?;
     let before = gateway.counters()?;
     let seen_before = peer.registers_seen()?;
     let reload_started = Instant::now();

@@ -7,8 +7,17 @@ use std::path::Path;
 pub struct Outcome {
     pub gateway: String,
     pub peer: String,
+    /// Where uacregd's rows are (`sqlite`, `postgres`); empty for Kamailio's gateway.
+    pub store: String,
+    pub registrar_sockets: usize,
     pub rows: usize,
     pub expires: u32,
+    /// Writing the rows into the table before the gateway starts.
+    pub table_write_seconds: Option<f64>,
+    /// From starting the gateway to its `rows loaded` log line (uacregd's first load done).
+    pub seconds_to_loaded: Option<f64>,
+    /// From starting the gateway to its first answer (metrics endpoint, served after the load).
+    pub seconds_to_answering: Option<f64>,
     pub seconds_to_registered: Option<f64>,
     /// Bindings at the registrar when phase 1 ended.
     pub registered: u64,
@@ -27,6 +36,10 @@ pub struct Outcome {
     pub cpu_seconds_total: Option<f64>,
     pub dump_ms: Option<f64>,
     pub dump_records: Option<usize>,
+    /// Highest RSS growth during any of the dumps.
+    pub dump_rss_growth_kib: Option<u64>,
+    /// Timer rounds more than 1 s late during the dumps.
+    pub dump_late_rounds: Option<u64>,
     /// Upper bound (ms) of how late the latest due timer ran during the dumps, and how many
     /// timer rounds ran: `(None, 0)` when no timer was due.
     pub dump_timer_lateness: Option<(Option<u64>, u64)>,
@@ -75,8 +88,13 @@ impl Outcome {
         vec![
             ("gateway", self.gateway.clone()),
             ("registrar", self.peer.clone()),
+            ("store", self.store.clone()),
+            ("registrar_sockets", self.registrar_sockets.to_string()),
             ("rows", self.rows.to_string()),
             ("expires_s", self.expires.to_string()),
+            ("table_write_seconds", f2(self.table_write_seconds)),
+            ("seconds_to_rows_loaded", f2(self.seconds_to_loaded)),
+            ("seconds_to_first_answer", f2(self.seconds_to_answering)),
             ("seconds_to_all_registered", f2(self.seconds_to_registered)),
             (
                 "rows_per_second",
@@ -101,7 +119,12 @@ impl Outcome {
                 "reg_dump_records",
                 self.dump_records.map_or(String::new(), |v| v.to_string()),
             ),
+            ("reg_dump_rss_growth_mib", mib(self.dump_rss_growth_kib)),
             ("timer_lateness_during_dumps", lateness),
+            (
+                "timer_rounds_late_1s_during_dumps",
+                u(self.dump_late_rounds),
+            ),
             ("reload_answer_ms", f1(self.reload_ms)),
             (
                 "reload_changed_rows",
@@ -125,6 +148,19 @@ pub fn lateness_during(before: &[(f64, u64)], after: &[(f64, u64)]) -> (Option<u
         .find(|(b, a)| a.0 - b.0 >= total && a.1 != u64::MAX)
         .map(|(_, a)| a.1);
     (bound, total as u64)
+}
+
+/// How many observations between two readings of a cumulative histogram (as in
+/// [`lateness_during`]) were above `ms`: above the largest bound not over `ms`, so a bound
+/// missing from the histogram counts more as late, never fewer.
+pub fn later_than(before: &[(f64, u64)], after: &[(f64, u64)], ms: u64) -> u64 {
+    let total = after.last().map_or(0.0, |a| a.0) - before.last().map_or(0.0, |b| b.0);
+    let within = before
+        .iter()
+        .zip(after)
+        .rfind(|(_, a)| a.1 <= ms)
+        .map_or(0.0, |(b, a)| a.0 - b.0);
+    (total - within).max(0.0) as u64
 }
 
 pub fn print_table(outcomes: &[Outcome]) {
@@ -153,25 +189,55 @@ pub fn append_csv(path: &Path, outcome: &Outcome) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let fields = outcome.fields();
+    let names: Vec<&str> = std::iter::once("date")
+        .chain(fields.iter().map(|(n, _)| *n))
+        .collect();
+    let values: Vec<String> = std::iter::once(utc_now())
+        .chain(fields.into_iter().map(|(_, v)| v.replace(',', ";")))
+        .collect();
+    append_csv_line(path, &names.join(","), &values.join(","))
+}
+
+/// Appends `line` to the CSV file at `path`, writing `header` first into a new file. A file
+/// whose header differs (an older version of the tool wrote it) is moved aside to
+/// `<path>.<date>` rather than mixed with lines of other columns.
+pub fn append_csv_line(path: &Path, header: &str, line: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if let Some(first) = first_line(path)
+        && first != header
+    {
+        let aside = format!("{}.{}", path.display(), utc_now().replace(':', ""));
+        std::fs::rename(path, &aside)?;
+        eprintln!("{} had other columns: moved to {aside}", path.display());
+    }
     let new = !path.exists();
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)?;
     if new {
-        let names: Vec<&str> = std::iter::once("date")
-            .chain(fields.iter().map(|(n, _)| *n))
-            .collect();
-        writeln!(file, "{}", names.join(","))?;
+        writeln!(file, "{header}")?;
     }
-    let date = std::process::Command::new("date")
+    writeln!(file, "{line}")
+}
+
+/// The first line of the file at `path`, if it can be read.
+fn first_line(path: &Path) -> Option<String> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(file).read_line(&mut line).ok()?;
+    Some(line.trim_end().to_string())
+}
+
+/// `2026-12-04T10:22:21Z`.
+pub fn utc_now() -> String {
+    std::process::Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%dT%H:%M:%SZ")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let values: Vec<String> = std::iter::once(date)
-        .chain(fields.into_iter().map(|(_, v)| v.replace(',', ";")))
-        .collect();
-    writeln!(file, "{}", values.join(","))
+        .unwrap_or_default()
 }

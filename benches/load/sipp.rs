@@ -337,7 +337,7 @@ impl Drop for SippRegistrar {
 fn write_users(path: &Path, rows: usize) -> io::Result<()> {
     let mut text = String::with_capacity(24 * rows + 32);
     text.push_str("SEQUENTIAL\n");
-    for (user, password) in users(rows) {
+    for (user, password) in users(rows, 0, 1) {
         text.push_str(&user);
         text.push(';');
         text.push_str(&password);

@@ -6,18 +6,19 @@
 //! plain HTTP so that the time measured is the server's answer, not a JSON parser's.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
-
-use uacreg::registration::Secret;
-use uacreg::store::{RawRow, Store};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::procfs;
-use crate::rows::LoadRow;
 use crate::support::process::{self, Watched};
+use crate::{dump_records, http};
+
+/// The log filter: warnings, and the loader's `rows loaded` line, whose time tells how long the
+/// first load took (see [`Uacregd::seconds_to_loaded`]).
+const LOG_FILTER: &str = "warn,uacreg::gateway::loader=info";
 
 pub struct Uacregd {
     watched: Watched,
@@ -25,43 +26,14 @@ pub struct Uacregd {
     rpc: SocketAddr,
     metrics: SocketAddr,
     log: PathBuf,
-}
-
-pub fn raw_row(row: &LoadRow) -> RawRow {
-    let mut raw = RawRow::new(&row.l_uuid, &row.r_username, &row.r_domain);
-    raw.l_username = row.l_username.clone();
-    raw.l_domain = row.l_domain.clone();
-    raw.realm = row.realm.clone();
-    raw.auth_username = row.auth_username.clone();
-    raw.auth_password = Secret::new(row.auth_password.clone());
-    raw.auth_proxy = row.auth_proxy.clone();
-    raw.expires = i64::from(row.expires);
-    raw
-}
-
-/// Writes the rows into a fresh SQLite database (created and migrated by the store).
-pub fn write_rows(db: &Path, rows: &[LoadRow]) -> io::Result<()> {
-    let _ = std::fs::remove_file(db);
-    let mut store = Store::open(&format!("sqlite://{}", db.display())).map_err(io::Error::other)?;
-    let raw: Vec<RawRow> = rows.iter().map(raw_row).collect();
-    store.insert(&raw).map_err(io::Error::other)
-}
-
-/// Rewrites `rows` in the database (matched by l_uuid).
-pub fn update_rows(db: &Path, rows: &[LoadRow]) -> io::Result<()> {
-    let mut store = Store::open(&format!("sqlite://{}", db.display())).map_err(io::Error::other)?;
-    for row in rows {
-        if !store.update(&raw_row(row)).map_err(io::Error::other)? {
-            return Err(io::Error::other(format!("row {} not found", row.l_uuid)));
-        }
-    }
-    Ok(())
+    /// Wall-clock time of the spawn, to compare with the log's timestamps.
+    spawned: SystemTime,
 }
 
 impl Uacregd {
-    /// Starts the daemon on `db` with `extra_config` appended to its TOML file, and waits until
-    /// its metrics endpoint answers.
-    pub fn start(dir: &Path, db: &Path, extra_config: &str) -> io::Result<Uacregd> {
+    /// Starts the daemon on `db_url` with `extra_config` appended to its TOML file, and waits
+    /// until its metrics endpoint answers (it is served once the first load is done).
+    pub fn start(dir: &Path, db_url: &str, extra_config: &str) -> io::Result<Uacregd> {
         let sip = process::spare_udp_port()?;
         let rpc = process::spare_tcp_port()?;
         let metrics = process::spare_tcp_port()?;
@@ -69,12 +41,12 @@ impl Uacregd {
         std::fs::write(
             &config,
             format!(
-                "db_url = \"sqlite://{}\"\nsip_listen = \"{}\"\nrpc_listen = \"{}\"\n\
-                 metrics_listen = \"{}\"\nunregister_on_shutdown = false\n{extra_config}\n",
-                db.display(),
+                "db_url = \"{db_url}\"\nsip_listen = \"{}\"\nrpc_listen = \"{}\"\n\
+                 metrics_listen = \"{}\"\nunregister_on_shutdown = false\n{}\n",
                 sip.addr(),
                 rpc.addr(),
-                metrics.addr()
+                metrics.addr(),
+                without_notify(db_url, extra_config)
             ),
         )?;
         let log = dir.join("uacregd.log");
@@ -94,9 +66,10 @@ impl Uacregd {
             .arg("--config")
             .arg(&config)
             .arg("--log")
-            .arg("warn");
+            .arg(LOG_FILTER);
         let (rpc, metrics) = (rpc.addr(), metrics.addr());
         drop(sip);
+        let spawned = SystemTime::now();
         let watched = Watched::spawn(&command, "TERM", &log_file)?;
         let pid = find_pid(&watched)?;
         let mut daemon = Uacregd {
@@ -105,6 +78,7 @@ impl Uacregd {
             rpc,
             metrics,
             log,
+            spawned,
         };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -127,7 +101,7 @@ impl Uacregd {
     /// Every sample of the Prometheus endpoint, keyed by name with labels
     /// (`uacreg_registrations{state="registered"}`).
     pub fn metrics(&self) -> io::Result<HashMap<String, f64>> {
-        let (_, body) = http(self.metrics, "GET", "/metrics", "")?;
+        let body = http::request(self.metrics, "GET", "/metrics", "")?.into_bytes()?;
         Ok(String::from_utf8_lossy(&body)
             .lines()
             .filter(|line| !line.starts_with('#'))
@@ -140,8 +114,29 @@ impl Uacregd {
 
     /// One JSON-RPC call; the time until the whole answer was read, and the answer.
     pub fn rpc(&self, method: &str) -> io::Result<(Duration, Vec<u8>)> {
-        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":[]}}"#);
-        http(self.rpc, "POST", "/", &body)
+        let started = Instant::now();
+        let body = http::request(self.rpc, "POST", "/", &rpc_request(method))?.into_bytes()?;
+        Ok((started.elapsed(), body))
+    }
+
+    /// One `uac.reg_dump`: the time until the last byte of the answer was read, and how many
+    /// records it held, counted as the answer streams in (see `dump_records`).
+    pub fn dump(&self) -> io::Result<(Duration, usize)> {
+        let started = Instant::now();
+        let body = http::request(self.rpc, "POST", "/", &rpc_request("uac.reg_dump"))?;
+        let records = dump_records::count(body)?;
+        Ok((started.elapsed(), records))
+    }
+
+    /// Seconds from spawning the process to its first `rows loaded` line: the first load (open
+    /// and migrate the store, read and validate every row, hand them to the driver), process
+    /// start included. `None` when the line is not (yet) in the log.
+    pub fn seconds_to_loaded(&self) -> Option<f64> {
+        let log = process::read_lossy(&self.log);
+        let line = log.lines().find(|line| line.contains("rows loaded"))?;
+        let at = log_line_time(line)?;
+        let since = at.duration_since(self.spawned).ok()?;
+        Some(since.as_secs_f64())
     }
 
     pub fn log_tail(&self) -> String {
@@ -168,62 +163,48 @@ fn find_pid(watched: &Watched) -> io::Result<u32> {
     Err(io::Error::other("uacregd process not found"))
 }
 
-/// A minimal HTTP/1.1 exchange with a loopback server: the time until the whole body was read,
-/// and the body.
-pub fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> io::Result<(Duration, Vec<u8>)> {
-    let started = Instant::now();
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
-    let elapsed = started.elapsed();
-    let split = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| io::Error::other("no HTTP header end"))?;
-    let head = String::from_utf8_lossy(&answer[..split]).to_string();
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(io::Error::other(format!("HTTP answer: {head}")));
-    }
-    let mut body = answer.split_off(split + 4);
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body)?;
-    }
-    Ok((elapsed, body))
+fn rpc_request(method: &str) -> String {
+    format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":[]}}"#)
 }
 
-fn dechunk(mut data: &[u8]) -> io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(data.len());
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| io::Error::other("bad chunk"))?;
-        let size_text = String::from_utf8_lossy(&data[..line_end]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| io::Error::other("bad chunk size"))?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = data
-            .get(..size)
-            .ok_or_else(|| io::Error::other("short chunk"))?;
-        out.extend_from_slice(chunk);
-        data = data.get(size + 2..).unwrap_or(&[]);
+/// `extra` with `[database] notify = false` added for PostgreSQL (unless it sets `notify`
+/// itself): the migrations' trigger would otherwise make the daemon reload on its own as soon
+/// as the tool changes rows, and the reload the tool measures would find nothing to do.
+fn without_notify(db_url: &str, extra: &str) -> String {
+    if !db_url.starts_with("postgres") || extra.contains("notify") {
+        return extra.to_string();
     }
+    match extra.find("[database]") {
+        Some(at) => {
+            let (before, after) = extra.split_at(at + "[database]".len());
+            format!("{before}\nnotify = false{after}")
+        }
+        None => format!("{extra}\n[database]\nnotify = false\n"),
+    }
+}
+
+/// The time at the start of a text log line (`2026-12-04T10:22:21.123456Z  INFO …`).
+fn log_line_time(line: &str) -> Option<SystemTime> {
+    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut ymd = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (ymd.next()??, ymd.next()??, ymd.next()??);
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let mut hms = hms.split(':').map(|p| p.parse::<u64>().ok());
+    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
+    let nanos: u32 = format!("{fraction:0<9}").get(..9)?.parse().ok()?;
+    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
+    let secs = days * 86_400 + h * 3600 + m * 60 + sec;
+    Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
