@@ -190,6 +190,11 @@ impl TestRegistrar {
         let (socket, tcp_listener) = loop {
             attempts += 1;
             let socket = UdpSocket::bind(config.bind).await?;
+            // A registrar with the kernel's default receive buffer (about 90 small datagrams)
+            // drops REGISTERs whenever its task is descheduled for a few milliseconds at
+            // load-test rates; the gateway then retransmits, and the retransmissions measure
+            // the registrar's buffer, not the gateway. Best effort, capped by rmem_max.
+            let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(8 * 1024 * 1024);
             if !config.tcp {
                 break (socket, None);
             }
