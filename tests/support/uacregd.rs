@@ -206,10 +206,43 @@ impl Uacregd {
             self.rpc,
             body.len()
         )?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer)?;
-        Ok(answer)
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer)?;
+        Ok(dechunk(&answer))
     }
+}
+
+/// An HTTP answer with a chunked body (a lone `uac.reg_dump` streams) turned into the same head
+/// with the body's chunks joined, so callers split head and body as they would for any other.
+/// Chunks are cut by bytes, maybe inside a character: they are joined before decoding.
+fn dechunk(answer: &[u8]) -> String {
+    let Some(split) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return String::from_utf8_lossy(answer).into_owned();
+    };
+    let (head, mut rest) = (&answer[..split], &answer[split + 4..]);
+    let head = String::from_utf8_lossy(head);
+    let chunked = head.lines().any(|line| {
+        let line = line.to_ascii_lowercase();
+        line.starts_with("transfer-encoding:") && line.contains("chunked")
+    });
+    if !chunked {
+        return String::from_utf8_lossy(answer).into_owned();
+    }
+    let mut body = Vec::new();
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&rest[..eol]);
+        let size = size.split(';').next().unwrap_or("").trim();
+        let Ok(size) = usize::from_str_radix(size, 16) else {
+            break;
+        };
+        let after = &rest[eol + 2..];
+        if size == 0 || after.len() < size {
+            break;
+        }
+        body.extend_from_slice(&after[..size]);
+        rest = after[size..].strip_prefix(b"\r\n").unwrap_or(&after[size..]);
+    }
+    format!("{head}\r\n\r\n{}", String::from_utf8_lossy(&body))
 }
 
 /// Resident memory of `pid` in KiB (`VmRSS`).
