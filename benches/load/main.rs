@@ -278,6 +278,7 @@ fn run(
             let started = Instant::now();
             let daemon = uacregd::Uacregd::start(dir.path(), &table.url(), &args.uacregd_config)?;
             outcome.seconds_to_answering = Some(started.elapsed().as_secs_f64());
+            outcome.cpu_seconds_at_answering = Some(procfs::cpu_seconds(&[daemon.pid()]));
             outcome.seconds_to_loaded = daemon.seconds_to_loaded();
             eprintln!(
                 "   uacregd answering after {:.2} s (rows loaded after {})",
@@ -295,6 +296,11 @@ fn run(
         }
     };
     let pids = gateway.pids();
+    if outcome.cpu_seconds_at_answering.is_some() {
+        // Read after the CPU figure: rows registered in between count as before, which errs
+        // towards more CPU per row.
+        outcome.registered_at_answering = gateway.counters()?.registered;
+    }
     let sampler = {
         let pids = pids.clone();
         procfs::PeakSampler::start(Duration::from_millis(100), move || pids.clone())

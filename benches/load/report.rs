@@ -34,6 +34,10 @@ pub struct Outcome {
     /// CPU seconds until every row was registered, and at the end of the run.
     pub cpu_seconds: Option<f64>,
     pub cpu_seconds_total: Option<f64>,
+    /// CPU seconds and rows registered when uacregd first answered (its rows loaded): the
+    /// registering that follows is measured from here, without the loading.
+    pub cpu_seconds_at_answering: Option<f64>,
+    pub registered_at_answering: Option<u64>,
     pub dump_ms: Option<f64>,
     pub dump_records: Option<usize>,
     /// Highest RSS growth during any of the dumps.
@@ -69,6 +73,17 @@ impl Outcome {
         let bytes_per_row = match (self.settled_kib, self.empty_kib) {
             (Some(s), Some(e)) => {
                 Some(s.saturating_sub(e) as f64 * 1024.0 / self.rows.max(1) as f64)
+            }
+            _ => None,
+        };
+        // CPU per row registered after the first answer: challenge and answer, not loading.
+        let cpu_us_per_row = match (
+            self.cpu_seconds,
+            self.cpu_seconds_at_answering,
+            self.registered_at_answering,
+        ) {
+            (Some(end), Some(start), Some(before)) if (self.rows as u64) > before => {
+                Some((end - start) * 1e6 / (self.rows as u64 - before) as f64)
             }
             _ => None,
         };
@@ -114,6 +129,8 @@ impl Outcome {
             ("bytes_per_row_settled", f1(bytes_per_row)),
             ("cpu_seconds_to_registered", f2(self.cpu_seconds)),
             ("cpu_seconds_total", f2(self.cpu_seconds_total)),
+            ("cpu_seconds_at_first_answer", f2(self.cpu_seconds_at_answering)),
+            ("cpu_us_per_row_registering", f1(cpu_us_per_row)),
             ("reg_dump_ms", f1(self.dump_ms)),
             (
                 "reg_dump_records",

@@ -15,7 +15,10 @@ use super::{Driver, DriverStats};
 use crate::engine::{Event, FlowEvent, TransmitRoute};
 use crate::transport::resolve::Query;
 use crate::transport::stream::StreamEvent;
-use crate::transport::udp::MAX_DATAGRAM;
+use crate::transport::udp::{MAX_DATAGRAM, UdpTransport};
+
+/// Datagrams taken from the main socket in one go before timers and commands get their turn.
+const DRAIN_LIMIT: usize = 256;
 
 /// How long the loop waits, after a wake-up that brought a datagram, before it looks again.
 /// Each wake-up costs a trip through the kernel's scheduler (on a VM about as much as handling
@@ -35,6 +38,14 @@ impl Driver {
                 tokio::time::sleep(COALESCE).await;
             }
             let now = Instant::now();
+            // Answers already waiting in the socket are read before timers fire: after the
+            // loop was held up (a reload of a million rows, the machine busy elsewhere) a
+            // retransmission timer may be due for a request whose answer is right there, and
+            // firing it first would send the request again for nothing.
+            let udp = self.udp.clone();
+            if self.drain(now, &udp, &mut buf) > 0 {
+                traffic = true;
+            }
             self.engine.handle_timeout(now);
             self.carry_out(now);
             if let Some(remaining) = self.engine.shutdown_finished(now) {
@@ -44,7 +55,6 @@ impl Driver {
                 return;
             }
             let deadline = self.engine.poll_timeout(now);
-            let udp = self.udp.clone();
             tokio::select! {
                 received = udp.recv(&mut buf) => {
                     match received {
@@ -53,12 +63,7 @@ impl Driver {
                             let now = Instant::now();
                             self.handle_datagram(now, &buf[..len], from, None);
                             // Drain what else is already queued before doing timer work.
-                            for _ in 0..256 {
-                                match udp.try_recv(&mut buf) {
-                                    Ok((len, from)) => self.handle_datagram(now, &buf[..len], from, None),
-                                    Err(_) => break,
-                                }
-                            }
+                            self.drain(now, &udp, &mut buf);
                         }
                         Err(err) => {
                             // ICMP errors surface here on some systems; they are not fatal.
@@ -85,6 +90,21 @@ impl Driver {
                 _ = sleep_until_opt(deadline) => {}
             }
         }
+    }
+
+    /// Handles up to [`DRAIN_LIMIT`] datagrams already queued on `udp`; how many there were.
+    fn drain(&mut self, now: Instant, udp: &UdpTransport, buf: &mut [u8]) -> usize {
+        let mut taken = 0;
+        while taken < DRAIN_LIMIT {
+            match udp.try_recv(buf) {
+                Ok((len, from)) => {
+                    taken += 1;
+                    self.handle_datagram(now, &buf[..len], from, None);
+                }
+                Err(_) => break,
+            }
+        }
+        taken
     }
 
     /// Sends what the engine has to send and does what else it asks.

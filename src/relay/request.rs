@@ -337,7 +337,7 @@ impl Basics {
         Some(Basics {
             top_header,
             top,
-            top_text,
+            top_text: top_text.into_owned(),
             top_via,
             to_tag: tag_of(&to),
             from_tag: tag_of(&from),
@@ -538,7 +538,7 @@ fn forward(
             let value = what.max_forwards.unwrap_or(70).saturating_sub(1);
             out.extend_from_slice(&data[header.start..header.value_start]);
             let _ = write!(out, " {value}{le}");
-        } else if what.strip && IDENTITY_HEADERS.contains(&header.name.as_str()) {
+        } else if what.strip && IDENTITY_HEADERS.contains(&header.name.as_ref()) {
             // An untrusted sender's identity assertions do not cross into the proxy's domain.
         } else {
             out.extend_from_slice(&data[header.start..header.end]);

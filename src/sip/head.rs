@@ -32,8 +32,9 @@ use super::limits::{MAX_HEADERS, MAX_MESSAGE};
 /// One header as it lies in the message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
-    /// Lowercase, expanded from the compact form.
-    pub name: String,
+    /// Lowercase, expanded from the compact form; borrowed from a table for the names SIP
+    /// messages carry, so reading a head allocates nothing per common header.
+    pub name: Cow<'static, str>,
     /// From the first byte of the name to after the line end of its last (folded) line.
     pub start: usize,
     pub end: usize,
@@ -153,7 +154,7 @@ impl<'a> Head<'a> {
         let mut head = Head {
             data,
             start_line: text(line),
-            headers: Vec::new(),
+            headers: Vec::with_capacity(16),
             head_end: None,
             body_start: data.len(),
             line_end,
@@ -258,13 +259,13 @@ impl<'a> Head<'a> {
     }
 
     /// A header value as text: folded lines joined with one space, trimmed.
-    pub fn value(&self, header: &Header) -> String {
+    pub fn value(&self, header: &Header) -> Cow<'a, str> {
         unfold(&self.data[header.value_start..header.value_end])
     }
 
     /// Every value of that header, as text, in order.
     pub fn values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = String> + 's {
-        self.all(name).map(|h| self.value(h))
+        self.all(name).map(|h| self.value(h).into_owned())
     }
 
     /// The first value of that header.
@@ -278,30 +279,65 @@ impl<'a> Head<'a> {
         let first = all.next()?;
         match all.next() {
             Some(_) => None,
-            None => Some(self.value(first)),
+            None => Some(self.value(first).into_owned()),
         }
     }
 }
 
 /// Long header names for the compact forms of RFC 3261 §7.3.3 (and a few extensions), and
 /// every name lowercased.
-pub fn expand_compact(name: &str) -> String {
-    let lower = name.to_ascii_lowercase();
-    let full = match lower.as_str() {
-        "i" => "call-id",
-        "m" => "contact",
-        "v" => "via",
-        "f" => "from",
-        "t" => "to",
-        "l" => "content-length",
-        "c" => "content-type",
-        "e" => "content-encoding",
-        "k" => "supported",
-        "s" => "subject",
-        _ => return lower,
+pub fn expand_compact(name: &str) -> Cow<'static, str> {
+    let full = match name {
+        "i" | "I" => "call-id",
+        "m" | "M" => "contact",
+        "v" | "V" => "via",
+        "f" | "F" => "from",
+        "t" | "T" => "to",
+        "l" | "L" => "content-length",
+        "c" | "C" => "content-type",
+        "e" | "E" => "content-encoding",
+        "k" | "K" => "supported",
+        "s" | "S" => "subject",
+        _ => {
+            return match COMMON_NAMES.iter().find(|n| n.eq_ignore_ascii_case(name)) {
+                Some(common) => Cow::Borrowed(common),
+                None => Cow::Owned(name.to_ascii_lowercase()),
+            };
+        }
     };
-    full.to_string()
+    Cow::Borrowed(full)
 }
+
+/// Lowercase long names of the headers registrars, proxies and our own requests carry, most
+/// frequent first: a name found here is borrowed rather than allocated.
+const COMMON_NAMES: [&str; 26] = [
+    "via",
+    "from",
+    "to",
+    "call-id",
+    "cseq",
+    "contact",
+    "content-length",
+    "expires",
+    "www-authenticate",
+    "proxy-authenticate",
+    "authorization",
+    "proxy-authorization",
+    "max-forwards",
+    "user-agent",
+    "server",
+    "date",
+    "allow",
+    "supported",
+    "content-type",
+    "record-route",
+    "route",
+    "min-expires",
+    "retry-after",
+    "path",
+    "service-route",
+    "require",
+];
 
 /// The line starting at `pos`: its content without line end, where the line end starts, and
 /// where the next line starts. `None` at the end of the data.
@@ -333,9 +369,16 @@ fn text(bytes: &[u8]) -> Cow<'_, str> {
     }
 }
 
-/// Header value bytes as text: folded lines joined with one space, trimmed.
-pub fn unfold(raw: &[u8]) -> String {
+/// Header value bytes as text: folded lines joined with one space, trimmed. A value on one
+/// line (nearly all of them) is borrowed.
+pub fn unfold(raw: &[u8]) -> Cow<'_, str> {
     let text = text(raw);
+    if !text.contains('\n') {
+        return match text {
+            Cow::Borrowed(line) => Cow::Borrowed(line.trim()),
+            Cow::Owned(line) => Cow::Owned(line.trim().to_string()),
+        };
+    }
     let mut out = String::with_capacity(text.len());
     for piece in text.split('\n') {
         let piece = piece.trim();
@@ -347,7 +390,7 @@ pub fn unfold(raw: &[u8]) -> String {
         }
         out.push_str(piece);
     }
-    out
+    Cow::Owned(out)
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //! small and written for this job (rsip was tried and failed on several of these); the tests at
 //! the bottom pin each case down, and a property test feeds it arbitrary bytes.
 
+use std::borrow::Cow;
+
 use thiserror::Error;
 
 use super::head::Head as ScannedHead;
@@ -81,17 +83,19 @@ pub fn is_response(datagram: &[u8]) -> bool {
 
 /// The start line and the headers (name lowercased and expanded from compact form, value
 /// trimmed, folded lines joined), in order, as [`super::head`] reads them.
-struct Head {
+/// Names and values are borrowed where they can be (see [`super::head::Header::name`] and
+/// [`ScannedHead::value`]): parsing a response is on the path of every REGISTER.
+struct Head<'a> {
     start: String,
-    headers: Vec<(String, String)>,
+    headers: Vec<(Cow<'static, str>, Cow<'a, str>)>,
 }
 
-impl Head {
+impl Head<'_> {
     fn all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s str> + 's {
         self.headers
             .iter()
             .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
     fn one<'s>(&'s self, name: &'s str) -> Option<&'s str> {
@@ -106,7 +110,7 @@ impl Head {
 
 /// The head by the policy of [`super::head`]; a head that does not read one way is an error
 /// (a control character alone does not stop us from reading it: see [`Response::reason`]).
-fn split_head(datagram: &[u8]) -> Result<Head, ParseError> {
+fn split_head(datagram: &[u8]) -> Result<Head<'_>, ParseError> {
     let head = ScannedHead::scan(datagram).map_err(|err| ParseError(err.to_string()))?;
     if let Some(defect) = head.unreadable() {
         return fail(defect.reason());
