@@ -70,3 +70,32 @@ fn a_daemon_asked_to_stop_exits_cleanly() {
         daemon.log()
     );
 }
+
+#[test]
+fn a_table_of_broken_rows_is_logged_in_a_bounded_number_of_lines() {
+    let dir = TempDir::new("uacreg-lifecycle-broken").unwrap();
+    let db = format!("sqlite://{}", dir.path().join("uacreg.db").display());
+    // 150 rows with a contact address that is not host[:port]; one good row.
+    let mut rows = uacreg::demo::demo_rows(151, "127.0.0.1:9".parse().unwrap());
+    for row in rows.iter_mut().skip(1) {
+        row.contact_addr = "sip:gw@127.0.0.1:5062".into();
+    }
+    let mut store = uacreg::store::Store::open(&db).expect("open store");
+    store.insert(&rows).expect("insert rows");
+    drop(store);
+    let mut daemon = Uacregd::start(UACREGD, dir.path(), &db, "").expect("uacregd starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !daemon.log().contains("rows loaded") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = daemon.log();
+    let one_by_one = log.matches("row not loaded").count();
+    let _ = daemon.stop(Duration::from_secs(10));
+    // One line each for the first hundred, one line for the rest: the count and where to look.
+    assert_eq!(one_by_one, 100, "{log}");
+    assert!(
+        log.contains("50 more rows not loaded (150 in all)"),
+        "{log}"
+    );
+    assert!(log.contains("invalid=150"), "{log}");
+}

@@ -129,7 +129,10 @@ impl Outcome {
             ("bytes_per_row_settled", f1(bytes_per_row)),
             ("cpu_seconds_to_registered", f2(self.cpu_seconds)),
             ("cpu_seconds_total", f2(self.cpu_seconds_total)),
-            ("cpu_seconds_at_first_answer", f2(self.cpu_seconds_at_answering)),
+            (
+                "cpu_seconds_at_first_answer",
+                f2(self.cpu_seconds_at_answering),
+            ),
             ("cpu_us_per_row_registering", f1(cpu_us_per_row)),
             ("reg_dump_ms", f1(self.dump_ms)),
             (

@@ -20,6 +20,11 @@ use crate::engine::{Removal, RemovalGuard};
 use crate::registration::ReloadSummary;
 use crate::store::{InvalidRow, RowDefaults, RowError, Store, StoreError};
 
+/// Invalid rows logged one by one per load; the rest are counted in one line. A table whose
+/// every row is broken (a wrong default, a bad migration) would otherwise write a line per row
+/// at every reload: a million lines that bury the one that says why.
+const INVALID_ROWS_LOGGED: usize = 100;
+
 #[derive(Debug, Error)]
 pub enum ReloadError {
     #[error("database read failed, registrations left unchanged: {0}")]
@@ -169,12 +174,21 @@ impl RowLoader {
             }
         };
         let count = loaded.records.len();
-        for bad in &loaded.invalid {
+        for bad in loaded.invalid.iter().take(INVALID_ROWS_LOGGED) {
             warn!(
                 id = bad.row.id,
                 l_uuid = %bad.row.l_uuid,
                 "row not loaded: {}",
                 bad.error
+            );
+        }
+        if let Some(more) = loaded.invalid.len().checked_sub(INVALID_ROWS_LOGGED)
+            && more > 0
+        {
+            warn!(
+                "{more} more rows not loaded ({} in all); uac.reg_dump lists every one with its \
+                 error",
+                loaded.invalid.len()
             );
         }
         let invalid: Vec<InvalidRowReport> = loaded

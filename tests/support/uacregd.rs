@@ -240,7 +240,9 @@ fn dechunk(answer: &[u8]) -> String {
             break;
         }
         body.extend_from_slice(&after[..size]);
-        rest = after[size..].strip_prefix(b"\r\n").unwrap_or(&after[size..]);
+        rest = after[size..]
+            .strip_prefix(b"\r\n")
+            .unwrap_or(&after[size..]);
     }
     format!("{head}\r\n\r\n{}", String::from_utf8_lossy(&body))
 }
