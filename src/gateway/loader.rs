@@ -290,6 +290,12 @@ impl RowLoader {
             .unwrap_or_default()
     }
 
+    /// How many rows the last successful load rejected, without copying them (every metrics
+    /// scrape and status call asks; a broken table may hold a million).
+    pub fn invalid_count(&self) -> usize {
+        self.invalid.lock().map(|rows| rows.len()).unwrap_or(0)
+    }
+
     /// Runs `f` with the store (blocking, off the async threads); for tools and tests that edit
     /// the table through the daemon's own connection.
     pub async fn with_store<T: Send + 'static>(

@@ -131,6 +131,11 @@ impl Gateway {
         self.loader.invalid_rows()
     }
 
+    /// How many rows the last successful load rejected.
+    pub fn invalid_count(&self) -> usize {
+        self.loader.invalid_count()
+    }
+
     /// Runs `f` with the store (blocking, off the async threads); see [`RowLoader::with_store`].
     pub async fn with_store<T: Send + 'static>(
         &self,

@@ -48,7 +48,7 @@ impl SnapshotSource for Gateway {
         let driver = self.driver.stats().await.ok()?;
         Some(Snapshot {
             registrations,
-            invalid_rows: self.invalid_rows().len(),
+            invalid_rows: self.invalid_count(),
             driver,
             database: self.database_health(),
             cluster: self.cluster_status(),

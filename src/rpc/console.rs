@@ -258,7 +258,7 @@ pub fn register(
 ) -> Result<(), jsonrpsee::core::RegisterMethodError> {
     module.register_async_method("uacreg.overview", |_params, gw, _| async move {
         let counts = gw.driver.status_counts().await.map_err(internal)?;
-        let invalid = gw.invalid_rows().len();
+        let invalid = gw.invalid_count();
         let total: usize = counts.values().sum::<usize>() + invalid;
         Ok::<_, ErrorObjectOwned>(serde_json::json!({
             "total": total,

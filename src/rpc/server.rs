@@ -269,7 +269,7 @@ fn register_all(
         let stats = gw.driver.stats().await.map_err(internal)?;
         Ok::<_, ErrorObjectOwned>(StatusAnswer {
             registrations: state_counts(counts),
-            invalid_rows: gw.invalid_rows().len(),
+            invalid_rows: gw.invalid_count(),
             database: gw.database_health(),
             sip: stats,
         })
