@@ -88,6 +88,13 @@ impl Attribute {
     }
 }
 
+/// Timers one [`RegistrationTable::handle_timeout`] call fires. A start-up or a large reload
+/// makes a million first REGISTERs due at the same instant; firing them all in one call held
+/// the driver for seconds, and the requests it then sent carried that call's `now` as their
+/// start, so their retransmission timers were already due when they left. A few thousand at a
+/// time keeps each call to milliseconds, with answers read and time taken anew between calls.
+pub const TIMERS_PER_CALL: usize = 4096;
+
 /// All registrations, keyed by a never-reused [`RegKey`].
 pub struct RegistrationTable {
     config: CoreConfig,
@@ -435,12 +442,16 @@ impl RegistrationTable {
         self.timers.first().map(|(at, _)| at)
     }
 
-    /// Fires every timer due at or before `now`.
+    /// Fires the timers due at or before `now`, at most [`TIMERS_PER_CALL`] of them; the rest
+    /// stay due, so [`RegistrationTable::next_deadline`] is still in the past and the caller
+    /// comes back at once.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let mut budget = TIMERS_PER_CALL;
         while let Some((at, key)) = self.timers.first() {
-            if at > now {
+            if at > now || budget == 0 {
                 break;
             }
+            budget -= 1;
             self.timers.pop_first();
             // The timer entry is gone; make the registration agree before it reacts.
             let released = self

@@ -1516,3 +1516,20 @@ fn a_takeover_from_a_node_with_another_contact_retires_that_contact_once() {
     );
     assert!(sim.sent.len() > ok_at + 1, "refreshed afterwards");
 }
+
+#[test]
+fn a_crowd_of_due_timers_fires_a_bounded_number_per_call() {
+    let mut sim = Sim::new(Mode::Normal);
+    let start = sim.now;
+    use super::table::TIMERS_PER_CALL;
+    let rows = 2 * TIMERS_PER_CALL + 100;
+    sim.table.reload(start, (0..rows).map(record).collect());
+    let mut fired = Vec::new();
+    for _ in 0..3 {
+        sim.table.handle_timeout(start);
+        fired.push(sim.table.drain_actions().count());
+    }
+    // Each call stops at the budget and leaves the rest due; the third finishes the crowd.
+    assert_eq!(fired, vec![TIMERS_PER_CALL, TIMERS_PER_CALL, 100]);
+    assert!(sim.table.next_deadline().is_some_and(|at| at > start));
+}
