@@ -322,16 +322,20 @@ impl SoakSummary {
         let base_t = self.samples.get(self.baseline?)?.t;
         let last_t = self.samples.last()?.t;
         let period = self.expires.as_secs_f64();
-        let peak = |from: f64, to: f64| {
+        let peak = |from: f64, until: f64| {
             self.samples
                 .iter()
-                .filter(|s| s.t >= from && s.t <= to)
+                .filter(|s| s.t >= from && s.t < until)
                 .map(|s| (s.t, s.rss_kib))
                 .max_by_key(|&(_, kib)| kib)
         };
-        let first = peak(base_t, base_t + period)?;
-        let last = peak((last_t - period).max(base_t), last_t)?;
-        (last_t > base_t).then_some((first, last))
+        // The windows never share a sample: the last starts where the first ends at the
+        // earliest (a soak shorter than two grant periods after the baseline has shorter last
+        // windows).
+        let first_end = base_t + period;
+        let first = peak(base_t, first_end)?;
+        let last = peak((last_t - period).max(first_end), f64::INFINITY)?;
+        Some((first, last))
     }
 
     /// Growth of the last grant period's peak RSS over the first's after the baseline, in
