@@ -209,35 +209,37 @@ impl<'a> Credentials<'a> {
 }
 
 /// The columns of one validated `uacreg` row, each its own value: what the store builds a
-/// [`Record`] from and what a test changes to make another one.
+/// [`Record`] from and what a test changes to make another one. The store builds it from
+/// columns borrowed from the row it read (`RecordFields<&str>`): a record packs its text into
+/// one buffer, so owned copies of every column would only be made to be thrown away.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecordFields {
+pub struct RecordFields<S: AsRef<str> = String> {
     /// Database primary key (informational; rows are identified by `l_uuid`).
     pub id: i64,
-    pub l_uuid: String,
-    pub l_username: String,
-    pub l_domain: String,
-    pub r_username: String,
-    pub r_domain: String,
-    pub realm: String,
-    pub auth_username: String,
-    pub auth_password: Secret,
-    pub auth_ha1: Secret,
-    pub auth_proxy: String,
+    pub l_uuid: S,
+    pub l_username: S,
+    pub l_domain: S,
+    pub r_username: S,
+    pub r_domain: S,
+    pub realm: S,
+    pub auth_username: S,
+    pub auth_password: Secret<S>,
+    pub auth_ha1: Secret<S>,
+    pub auth_proxy: S,
     pub expires: u32,
     pub flags: i32,
     pub reg_delay: u32,
-    pub contact_addr: String,
-    pub socket: String,
+    pub contact_addr: S,
+    pub socket: S,
     /// Kamailio's version-6 column; empty when the table has no such column.
-    pub contact_user: String,
+    pub contact_user: S,
 
     // ---- derived by validation ----
     /// Where to send the REGISTERs.
     pub destination: Destination,
     /// `host:port` put into the Contact URI (the row's `contact_addr`, or the daemon's default
     /// contact address when the row leaves it empty).
-    pub contact_host_port: String,
+    pub contact_host_port: S,
 }
 
 /// The text columns of a [`Record`], in the order they are packed.
@@ -324,10 +326,10 @@ pub struct Record {
     text: PackedText,
 }
 
-impl TryFrom<RecordFields> for Record {
+impl<S: AsRef<str>> TryFrom<RecordFields<S>> for Record {
     type Error = RecordTooLong;
 
-    fn try_from(fields: RecordFields) -> Result<Record, RecordTooLong> {
+    fn try_from(fields: RecordFields<S>) -> Result<Record, RecordTooLong> {
         Ok(Record {
             id: fields.id,
             expires: fields.expires,
@@ -335,20 +337,20 @@ impl TryFrom<RecordFields> for Record {
             reg_delay: fields.reg_delay,
             destination: fields.destination,
             text: PackedText::new([
-                &fields.l_uuid,
-                &fields.l_username,
-                &fields.l_domain,
-                &fields.r_username,
-                &fields.r_domain,
-                &fields.realm,
-                &fields.auth_username,
+                fields.l_uuid.as_ref(),
+                fields.l_username.as_ref(),
+                fields.l_domain.as_ref(),
+                fields.r_username.as_ref(),
+                fields.r_domain.as_ref(),
+                fields.realm.as_ref(),
+                fields.auth_username.as_ref(),
                 fields.auth_password.expose(),
                 fields.auth_ha1.expose(),
-                &fields.auth_proxy,
-                &fields.contact_addr,
-                &fields.socket,
-                &fields.contact_user,
-                &fields.contact_host_port,
+                fields.auth_proxy.as_ref(),
+                fields.contact_addr.as_ref(),
+                fields.socket.as_ref(),
+                fields.contact_user.as_ref(),
+                fields.contact_host_port.as_ref(),
             ])?,
         })
     }

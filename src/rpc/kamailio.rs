@@ -65,7 +65,7 @@ mod tests {
             contact_addr: "127.0.0.1:5062".into(),
             sockets: Vec::new(),
         };
-        let record = validate(RawRow::new("u1", "alice", "example.com"), &defaults).unwrap();
+        let record = validate(&RawRow::new("u1", "alice", "example.com"), &defaults).unwrap();
         let mut table =
             RegistrationTable::new(CoreConfig::default(), rand::rngs::StdRng::seed_from_u64(1));
         table.reload(Instant::now(), vec![record]);

@@ -201,7 +201,7 @@ pub(super) fn reg_add_record(
     if row.auth_password.is_empty() && row.auth_ha1.is_empty() {
         return Err(fault(500, "Failed to add record - invalid password or ha1"));
     }
-    crate::store::validate(row, defaults)
+    crate::store::validate(&row, defaults)
         .map_err(|err| fault(400, &format!("Invalid Parameter Values - {err}")))
 }
 

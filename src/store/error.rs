@@ -24,6 +24,10 @@ pub enum StoreError {
     TableMissing,
     #[error("database query failed: {0}")]
     Query(#[from] diesel::result::Error),
+    /// The thread that validates rows while they are read could not be started (the process
+    /// is out of threads or memory); nothing was loaded.
+    #[error("cannot start the row validation thread: {0}")]
+    Thread(String),
     #[error(
         "the database is unreachable ({last_error}); next connection attempt in {}s",
         retry_in.as_secs().max(1)
@@ -102,11 +106,12 @@ impl StoreError {
 
     /// Errors about what the database holds or was asked to hold, not about the connection:
     /// the session keeps its connection and does not retry (the same statement would fail the
-    /// same way).
+    /// same way). A thread that could not be started is not the connection's fault either.
     pub fn is_about_the_data(&self) -> bool {
         matches!(
             self,
-            StoreError::NoContactUserColumn { .. }
+            StoreError::Thread(_)
+                | StoreError::NoContactUserColumn { .. }
                 | StoreError::ShardCountMismatch { .. }
                 | StoreError::ClusterRow { .. }
                 | StoreError::NodeIdInUse { .. }
