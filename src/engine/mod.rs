@@ -219,7 +219,7 @@ impl Engine {
         let queue_wait = if self.queue.is_empty() {
             None
         } else {
-            self.pacer.next_token_at(now)
+            self.pacer.next_token_at(now, self.queue.len())
         };
         [
             self.table.next_deadline(),
