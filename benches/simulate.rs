@@ -443,7 +443,7 @@ fn run(args: &Args, share: f64) -> Outcome {
         if !queue.is_empty() {
             consider(
                 pacer
-                    .next_token_at(now)
+                    .next_token_at(now, queue.len())
                     .map(|at| at.max(now + Duration::from_micros(1))),
             );
         }

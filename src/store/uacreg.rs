@@ -305,18 +305,36 @@ mod tests {
         let broken = [0, BATCH_ROWS + 5, total - 1];
         let rows: Vec<RawRow> = (0..total)
             .map(|i| {
-                let domain = if broken.contains(&i) { "bad domain" } else { "example.com" };
+                let domain = if broken.contains(&i) {
+                    "bad domain"
+                } else {
+                    "example.com"
+                };
                 RawRow::new(&format!("u{i:06}"), &format!("user{i}"), domain)
             })
             .collect();
         store.insert(&rows).unwrap();
         let loaded = store.load(&defaults()).unwrap();
         assert_eq!(loaded.records.len(), total - broken.len());
-        let invalid: Vec<&str> = loaded.invalid.iter().map(|bad| bad.row.l_uuid.as_str()).collect();
+        let invalid: Vec<&str> = loaded
+            .invalid
+            .iter()
+            .map(|bad| bad.row.l_uuid.as_str())
+            .collect();
         let expected: Vec<String> = broken.iter().map(|i| format!("u{i:06}")).collect();
         assert_eq!(invalid, expected);
-        assert!(loaded.records.windows(2).all(|pair| pair[0].id < pair[1].id));
-        assert!(loaded.records.iter().all(|record| record.r_domain() == "example.com"));
+        assert!(
+            loaded
+                .records
+                .windows(2)
+                .all(|pair| pair[0].id < pair[1].id)
+        );
+        assert!(
+            loaded
+                .records
+                .iter()
+                .all(|record| record.r_domain() == "example.com")
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

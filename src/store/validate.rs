@@ -222,7 +222,7 @@ fn check_no_control(row: &RawRow) -> Result<(), RowError> {
 
 /// Validates one row.
 pub fn validate(row: &RawRow, defaults: &RowDefaults) -> Result<Record, RowError> {
-    check_no_control(&row)?;
+    check_no_control(row)?;
     check_l_uuid(&row.l_uuid)?;
     require("l_username", &row.l_username)?;
     require("r_username", &row.r_username)?;
