@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use super::branch::{RelayKey, strip_relay_marker, verify_branch};
+use super::branch::{RelayKey, may_carry_relay_marker, strip_relay_marker, verify_branch};
 use super::flow_token::ReturnPath;
 use super::outcome::ResponseOutcome;
 use super::via::{Via, first_value};
@@ -31,7 +31,7 @@ pub fn route_response(
     key: &RelayKey,
     proxy: Option<SocketAddr>,
 ) -> ResponseRoute {
-    if !is_response(raw) {
+    if !is_response(raw) || !may_carry_relay_marker(raw) {
         return ResponseRoute::NotRelayed;
     }
     let Ok(scan) = Head::scan(raw) else {

@@ -1121,3 +1121,21 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn the_relay_marker_is_looked_for_in_any_letter_case_and_only_whole() {
+    use super::branch::may_carry_relay_marker;
+    let ours = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKrly-u7.abcd\r\n\r\n";
+    assert!(may_carry_relay_marker(ours));
+    assert!(may_carry_relay_marker(b"branch=Z9HG4BKRLY-x"));
+    assert!(may_carry_relay_marker(b"zz9hg4bkz9hG4bKrLy-"));
+    for not_ours in [
+        &b"SIP/2.0 401 Unauthorized\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKab12\r\n\r\n"[..],
+        b"branch=z9hG4bKrly",
+        b"branch=z9hG4bK-rly-",
+        b"z",
+        b"",
+    ] {
+        assert!(!may_carry_relay_marker(not_ours), "{not_ours:?}");
+    }
+}
