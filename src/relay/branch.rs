@@ -88,7 +88,7 @@ impl fmt::Debug for RelayKey {
 pub(super) fn may_carry_relay_marker(raw: &[u8]) -> bool {
     let marker_len = BRANCH_COOKIE.len() + RELAY_MARKER.len();
     let mut rest = raw;
-    while let Some(at) = rest.iter().position(|b| b.eq_ignore_ascii_case(&b'z')) {
+    while let Some(at) = memchr::memchr2(b'z', b'Z', rest) {
         let candidate = &rest[at..];
         let Some(prefix) = candidate.get(..marker_len) else {
             return false;
