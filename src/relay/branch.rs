@@ -86,34 +86,29 @@ impl fmt::Debug for RelayKey {
 /// relayed one: every answer to our own REGISTERs is such a message, and parsing each of them
 /// twice (here and in the engine) was a tenth of the CPU spent registering.
 pub(super) fn may_carry_relay_marker(raw: &[u8]) -> bool {
-    let marker_len = BRANCH_COOKIE.len() + RELAY_MARKER.len();
     let mut rest = raw;
     while let Some(at) = memchr::memchr2(b'z', b'Z', rest) {
-        let candidate = &rest[at..];
-        let Some(prefix) = candidate.get(..marker_len) else {
-            return false;
-        };
-        if prefix[..BRANCH_COOKIE.len()].eq_ignore_ascii_case(BRANCH_COOKIE.as_bytes())
-            && prefix[BRANCH_COOKIE.len()..].eq_ignore_ascii_case(RELAY_MARKER.as_bytes())
-        {
+        if starts_with_relay_marker(&rest[at..]) {
             return true;
         }
-        rest = &candidate[1..];
+        rest = &rest[at + 1..];
     }
     false
 }
 
 /// The part of a branch after `z9hG4bKrly-` (in any letter case), if it starts so.
 pub(super) fn strip_relay_marker(branch: &str) -> Option<&str> {
-    let prefix_len = BRANCH_COOKIE.len() + RELAY_MARKER.len();
-    let prefix = branch.get(..prefix_len)?;
-    let ours = prefix
-        .get(..BRANCH_COOKIE.len())?
-        .eq_ignore_ascii_case(BRANCH_COOKIE)
-        && prefix
-            .get(BRANCH_COOKIE.len()..)?
-            .eq_ignore_ascii_case(RELAY_MARKER);
-    if ours { branch.get(prefix_len..) } else { None }
+    // The marker is ASCII, so where it ends is a character boundary.
+    starts_with_relay_marker(branch.as_bytes())
+        .then(|| &branch[BRANCH_COOKIE.len() + RELAY_MARKER.len()..])
+}
+
+/// Whether `bytes` begin with `z9hG4bKrly-`, in any letter case.
+fn starts_with_relay_marker(bytes: &[u8]) -> bool {
+    let (cookie, marker) = (BRANCH_COOKIE.as_bytes(), RELAY_MARKER.as_bytes());
+    bytes.len() >= cookie.len() + marker.len()
+        && bytes[..cookie.len()].eq_ignore_ascii_case(cookie)
+        && bytes[cookie.len()..cookie.len() + marker.len()].eq_ignore_ascii_case(marker)
 }
 
 /// The return path of a relay branch (after the marker) whose MAC verifies with `key`.

@@ -205,7 +205,6 @@ fn check_contact_user(rows: &[RawRow], layout: TableLayout) -> Result<(), StoreE
     }
 }
 
-/// Validates each row on its own; the second row with an l_uuid already seen is reported.
 /// Rows validated one by one, in the order read: the first row of an `l_uuid` wins, later ones
 /// are reported as duplicates of it.
 struct Validation<'a> {
