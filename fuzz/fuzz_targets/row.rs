@@ -64,7 +64,7 @@ fn check_register(request: &[u8]) {
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
     let row = arbitrary_row(&mut u);
-    let Ok(record) = validate(row, &defaults()) else {
+    let Ok(record) = validate(&row, &defaults()) else {
         return;
     };
 

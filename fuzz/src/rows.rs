@@ -53,7 +53,7 @@ pub fn registrations() -> Vec<Record> {
 
     let defaults = defaults();
     rows.into_iter()
-        .map(|row| validate(row, &defaults).expect("the harness's rows are valid"))
+        .map(|row| validate(&row, &defaults).expect("the harness's rows are valid"))
         .collect()
 }
 
