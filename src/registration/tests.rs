@@ -562,7 +562,11 @@ fn records_kept_by_a_reload_are_copies_and_the_first_load_keeps_its_own() {
     sim.table.reload(start, first);
     for (i, block) in first_blocks.iter().enumerate() {
         let kept = sim.table.get(&format!("uuid{i:06}")).expect("loaded");
-        assert_eq!(kept.record().l_uuid().as_ptr(), *block, "row {i} was copied");
+        assert_eq!(
+            kept.record().l_uuid().as_ptr(),
+            *block,
+            "row {i} was copied"
+        );
     }
 
     let mut next = rows.clone();
@@ -573,10 +577,17 @@ fn records_kept_by_a_reload_are_copies_and_the_first_load_keeps_its_own() {
     assert_eq!((summary.changed, summary.added), (1, 1));
     for (l_uuid, read) in ["uuid000003", "uuid000010"].into_iter().zip(read_blocks) {
         let kept = sim.table.get(l_uuid).expect("kept");
-        assert_ne!(kept.record().l_uuid().as_ptr(), read, "{l_uuid} kept the read block");
+        assert_ne!(
+            kept.record().l_uuid().as_ptr(),
+            read,
+            "{l_uuid} kept the read block"
+        );
         assert_eq!(kept.record().l_uuid(), l_uuid);
     }
-    assert_eq!(sim.table.get("uuid000003").expect("kept").record().expires, 7200);
+    assert_eq!(
+        sim.table.get("uuid000003").expect("kept").record().expires,
+        7200
+    );
 }
 
 /// The diff does not depend on the order rows come in: shuffled, with a duplicate (the first
