@@ -303,12 +303,8 @@ impl RegistrationTable {
         if self.by_local_uri.find(hash, |k| *k == key).is_some() {
             return;
         }
-        let (registrations, hasher) = (&self.registrations, &self.local_uri_hasher);
-        self.by_local_uri.insert_unique(hash, key, |k| {
-            let hash = row_local_uri_hash(registrations, hasher, *k);
-            debug_assert!(hash.is_some(), "{k:?} is indexed but not in the table");
-            hash.unwrap_or_default()
-        });
+        let rehash = indexed_row_hash(&self.registrations, &self.local_uri_hasher);
+        self.by_local_uri.insert_unique(hash, key, rehash);
     }
 
     /// Makes room in the local-URI index for `rows` rows at once. The index keeps keys only, so
@@ -316,10 +312,8 @@ impl RegistrationTable {
     /// hash): grown one row at a time to a million it spent seconds of the first load doing so.
     fn reserve_local_uri_index(&mut self, rows: usize) {
         let additional = rows.saturating_sub(self.by_local_uri.len());
-        let (registrations, hasher) = (&self.registrations, &self.local_uri_hasher);
-        self.by_local_uri.reserve(additional, |k| {
-            row_local_uri_hash(registrations, hasher, *k).unwrap_or_default()
-        });
+        let rehash = indexed_row_hash(&self.registrations, &self.local_uri_hasher);
+        self.by_local_uri.reserve(additional, rehash);
     }
 
     fn local_uri_hash_of(&self, key: RegKey) -> Option<u64> {
@@ -370,12 +364,12 @@ impl RegistrationTable {
             .map(|(l_uuid, key)| (l_uuid.clone(), *key))
             .collect();
         let mut summary = ReloadSummary::default();
+        self.reserve_local_uri_index(records.len());
         // A reload of a running table keeps only the records that changed: copy each one here,
         // so that none stays in the pages the reading thread filled. With every 100th record
         // kept, each of those allocator pages kept a few and none could be handed back: at
         // 200,000 rows the first reload of 1 % left RSS 28 MiB higher than with copies.
         let copy_kept = !self.by_uuid.is_empty();
-        self.reserve_local_uri_index(records.len());
         let keep = |record: Record| if copy_kept { record.clone() } else { record };
         for record in records {
             match self.by_uuid.get(record.l_uuid()).copied() {
@@ -863,6 +857,19 @@ fn row_local_uri_hash(
         record.l_username(),
         record.l_domain(),
     ))
+}
+
+/// How the local-URI index hashes a key it holds again when it grows: from the key's row,
+/// which every indexed key has (see [`RegistrationTable::index`]).
+fn indexed_row_hash<'a>(
+    registrations: &'a Registrations,
+    hasher: &'a RandomState,
+) -> impl Fn(&RegKey) -> u64 + 'a {
+    move |key| {
+        let hash = row_local_uri_hash(registrations, hasher, *key);
+        debug_assert!(hash.is_some(), "{key:?} is indexed but not in the table");
+        hash.unwrap_or_default()
+    }
 }
 
 /// The index's hash of a local URI: the user exactly, the domain in any letter case.
