@@ -60,6 +60,10 @@ impl Engine {
             };
             self.send_now(now, queued);
         }
+        if self.timers_held && self.queue.len() < super::send_queue::HIGH_WATER {
+            self.timers_held = false;
+            self.timers_released = Some(now);
+        }
     }
 
     fn send_now(&mut self, now: Instant, queued: Queued) {

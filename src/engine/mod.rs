@@ -161,6 +161,10 @@ pub struct Engine {
     last_shutdown_report: Option<Instant>,
     /// Clustered: the shards held and their deadlines.
     shard_gate: Option<shards::ShardGate>,
+    /// Due registration timers are waiting for room in the send queue.
+    timers_held: bool,
+    /// When the send queue last made room for timers it had held: they are late only from then.
+    timers_released: Option<Instant>,
 }
 
 impl Engine {
@@ -193,6 +197,8 @@ impl Engine {
             shutdown_deadline: None,
             last_shutdown_report: None,
             shard_gate: config.cluster_shards.map(shards::ShardGate::new),
+            timers_held: false,
+            timers_released: None,
             config,
         }
     }
@@ -221,8 +227,14 @@ impl Engine {
         } else {
             self.pacer.next_token_at(now, self.queue.len())
         };
+        // Registration timers held for room in the send queue wait for the pacer, not the clock.
+        let table = if self.queue.len() < send_queue::HIGH_WATER {
+            self.table.next_deadline()
+        } else {
+            None
+        };
         [
-            self.table.next_deadline(),
+            table,
             self.transactions.next_deadline(),
             self.bindings.next_rebind(),
             self.keepalive.next_deadline(),
@@ -241,11 +253,27 @@ impl Engine {
     /// Runs every timer due at `now` and sends what became sendable.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.enforce_shard_deadlines(now);
-        if let Some(due) = self.table.next_deadline().filter(|due| *due <= now) {
-            // The earliest due timer is the latest one: one observation per call.
-            self.stats.timer_lateness.observe(now - due);
+        let room = send_queue::HIGH_WATER.saturating_sub(self.queue.len());
+        if room == 0 {
+            // Held: the requests these timers make would only wait in the queue (see
+            // `send_queue`); `flush` notes when there is room again.
+            if self.table.next_deadline().is_some_and(|due| due <= now) {
+                self.timers_held = true;
+            }
+        } else {
+            if let Some(due) = self.table.next_deadline().filter(|due| *due <= now) {
+                // The earliest due timer is the latest one: one observation per call. A timer
+                // held for room in the queue is late from when the room came, not from its due
+                // time: what this measures is the driver, and the queue has its own gauge.
+                let since = self
+                    .timers_released
+                    .map_or(due, |released| due.max(released));
+                self.stats
+                    .timer_lateness
+                    .observe(now.saturating_duration_since(since));
+            }
+            self.table.handle_timeout_up_to(now, room);
         }
-        self.table.handle_timeout(now);
         self.handle_transaction_timers(now);
         self.handle_rebinds(now);
         self.handle_keepalives(now);

@@ -1034,3 +1034,61 @@ fn a_handed_over_shard_continues_on_the_next_node_without_a_new_dialog() {
         assert!(first.at > takeover + 60 * T);
     }
 }
+
+#[test]
+fn a_start_up_larger_than_the_send_queue_leaves_the_rest_due_in_the_table() {
+    let rows = 5 * send_queue::HIGH_WATER;
+    let mut sim = Sim::new(config(None));
+    sim.load(
+        (0..rows)
+            .map(|i| record(i, literal(MAIN, Transport::Udp)))
+            .collect(),
+    );
+    // Every row is due now. The first round fills the queue, the pacer sends its first
+    // window out of it, the second tops the queue up again, and the third finds it full.
+    sim.engine.handle_timeout(sim.now);
+    sim.engine.handle_timeout(sim.now);
+    assert_eq!(sim.engine.queue.len(), send_queue::HIGH_WATER);
+    let in_flight = sim.engine.stats().in_flight;
+    sim.engine.handle_timeout(sim.now);
+    assert_eq!(sim.engine.queue.len(), send_queue::HIGH_WATER);
+    assert_eq!(sim.engine.stats().in_flight, in_flight);
+    assert!(
+        sim.engine
+            .table()
+            .next_deadline()
+            .is_some_and(|at| at <= sim.now)
+    );
+    assert!(
+        sim.engine
+            .poll_timeout(sim.now)
+            .is_some_and(|at| at > sim.now),
+        "held timers must not make the driver spin"
+    );
+
+    // The registrar answers everything at once; the queue refills only as the pacer empties it.
+    let mut peak_queue = 0;
+    let mut watch = |_: &Sent, sim: &mut Sim| {
+        peak_queue = peak_queue.max(sim.engine.queue.len());
+        Answer::Code(200)
+    };
+    sim.run_for(60 * T, &mut watch);
+
+    let counts = sim.engine.status_counts();
+    assert_eq!(counts.get("registered"), Some(&rows), "{counts:?}");
+    assert!(peak_queue <= send_queue::HIGH_WATER, "{peak_queue} queued");
+    assert_eq!(
+        sim.sent.len(),
+        rows,
+        "one REGISTER per row, none sent twice"
+    );
+    // Held timers waited for the pacer, not for a busy driver: none of them counts as late.
+    let lateness = &sim.engine.stats().timer_lateness;
+    assert!(lateness.count > 0);
+    assert!(
+        lateness.sum_seconds < 0.001,
+        "{:.3} s of lateness over {} rounds",
+        lateness.sum_seconds,
+        lateness.count
+    );
+}

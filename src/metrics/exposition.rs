@@ -131,7 +131,7 @@ fn registrations(page: &mut Page, snapshot: &Snapshot) {
     );
     page.histogram(
         "uacreg_timer_lateness_seconds",
-        "How late due refresh and retry timers ran (driver busy or asleep too long)",
+        "How late due refresh and retry timers ran (driver busy or asleep too long), from when the send queue had room",
         &driver.timer_lateness,
     );
 }

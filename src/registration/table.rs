@@ -459,7 +459,13 @@ impl RegistrationTable {
     /// stay due, so [`RegistrationTable::next_deadline`] is still in the past and the caller
     /// comes back at once.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let mut budget = TIMERS_PER_CALL;
+        self.handle_timeout_up_to(now, TIMERS_PER_CALL);
+    }
+
+    /// [`RegistrationTable::handle_timeout`] firing at most `max` timers (the caller's send
+    /// queue decides how many requests it can take now).
+    pub fn handle_timeout_up_to(&mut self, now: Instant, max: usize) {
+        let mut budget = max.min(TIMERS_PER_CALL);
         while let Some((at, key)) = self.timers.first() {
             if at > now || budget == 0 {
                 break;
