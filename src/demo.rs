@@ -101,6 +101,8 @@ pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()>
     );
 
     config.db_url = db_url;
+    // The demo's own client needs the token the daemon will ask for (`--rpc-token`).
+    let rpc_token = config.rpc_token.clone();
     let started = Instant::now();
     let daemon = Daemon::start(config).await?;
     println!(
@@ -122,7 +124,7 @@ pub async fn run(mut config: Config, options: DemoOptions) -> anyhow::Result<()>
     let elapsed = started.elapsed();
     let rss_registered = current_rss_kib();
 
-    let client = RpcClient::new(&daemon.rpc_url())?;
+    let client = RpcClient::with_token(&daemon.rpc_url(), rpc_token.as_deref())?;
     let dump_started = Instant::now();
     let dump: Vec<RecordView> = client.request("uac.reg_dump", &[]).await?;
     let dump_time = dump_started.elapsed();

@@ -62,6 +62,36 @@ fn demo_command_registers_and_prints_the_table() {
     assert!(stdout.contains("uuid000000"), "{stdout}");
 }
 
+#[test]
+fn demo_with_an_rpc_token_dumps_through_it() {
+    let dir = TempDir::new("demo-token");
+    let out = Command::new(UACREGD)
+        .current_dir(&dir.0)
+        .env_remove("UACREG_TOKEN")
+        .args([
+            "demo",
+            "--rows",
+            "20",
+            "--timeout",
+            "60",
+            "--rpc-token",
+            "demo-token",
+        ])
+        .output()
+        .expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("registered 20/20 rows"), "{stdout}");
+    assert!(
+        stdout.contains("uuid000000"),
+        "the dump came through: {stdout}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_binary_with_uacregctl() {
     let registrar = TestRegistrar::start(RegistrarConfig {
@@ -241,4 +271,58 @@ fn systemd_hears_ready_and_watchdog_pings() {
     assert!(heard[0].contains("READY=1"), "{heard:?}");
     assert!(heard[0].contains("STATUS=SIP on 127.0.0.1:"), "{heard:?}");
     drop(guard);
+}
+
+/// An HTTP endpoint that turns every request away with `401`, as uacregd does without its token.
+fn refusing_endpoint() -> SocketAddr {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let Ok(stream) = stream else { continue };
+            let mut reader = BufReader::new(stream);
+            let mut length = 0usize;
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let refusal = "missing or wrong RPC token\n";
+            let _ = write!(
+                reader.get_mut(),
+                "HTTP/1.1 401 Unauthorized\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{refusal}",
+                refusal.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn uacregctl_says_when_the_daemon_refuses_the_request() {
+    let rpc = format!("http://{}/RPC", refusing_endpoint());
+    // One call answered whole (reg_info) and one streamed (reg_dump): the same words, exit 2.
+    for args in [&["reg_info", "l_uuid", "x"][..], &["reg_dump"][..]] {
+        let out = Command::new(UACREGCTL)
+            .arg("--rpc")
+            .arg(&rpc)
+            .args(args)
+            .output()
+            .expect("run uacregctl");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {text}");
+        assert!(
+            text.contains("refused the request: HTTP status 401")
+                && text.contains("--token")
+                && !text.contains("cannot reach"),
+            "{args:?}: {text}"
+        );
+    }
 }

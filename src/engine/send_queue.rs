@@ -10,9 +10,10 @@
 //!
 //! The queue is also where the registrations' timers meet the pacer: once [`HIGH_WATER`]
 //! requests wait, due timers wait too, in the table, until the pacer has made room. A start-up
-//! of a million rows used to turn every first timer into a request at once: ~350 MB of queued
-//! requests, and seconds in which the driver built requests instead of reading the answers to
-//! the ones it had sent, so the whole first in-flight window went out twice. A due timer costs
+//! of a million rows used to turn every first timer into a request at once: a million queued
+//! requests of a few hundred bytes each, and seconds in which the driver built requests instead
+//! of reading the answers to the ones it had sent, so the whole first in-flight window went out
+//! twice. A due timer costs
 //! a few bytes where a queued request costs hundreds, and it leaves no later than it would
 //! have from the queue.
 

@@ -33,7 +33,8 @@ use crate::dump::DumpView;
     long_about = "Inspect and steer uacregd over its Kamailio-compatible JSON-RPC: list and look up \
         registrations, reload the table, enable, disable, refresh or add rows, follow states \
         live, and stop the daemon. Exit status 1: the daemon answered with an error; 2: it \
-        could not be reached."
+        could not be reached, or refused the request (an HTTP error status, such as 401 for a \
+        missing or wrong --token)."
 )]
 struct Cli {
     /// JSON-RPC endpoint of uacregd.
@@ -224,7 +225,14 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(1);
         }
         Err(err) => {
-            eprintln!("cannot reach uacregd at {}: {err}", cli.rpc);
+            match refused_with(&err) {
+                Some(status) => eprintln!(
+                    "uacregd at {} refused the request: HTTP status {status}{}",
+                    cli.rpc,
+                    status_hint(status)
+                ),
+                None => eprintln!("cannot reach uacregd at {}: {err}", cli.rpc),
+            }
             std::process::exit(2);
         }
     };
@@ -281,14 +289,42 @@ fn streaming_failed(url: &str, err: StreamingCallError) -> anyhow::Result<()> {
             eprintln!("cannot reach uacregd at {url}: {err}");
             std::process::exit(2);
         }
-        err @ StreamingCallError::Status { .. } => {
-            eprintln!("uacregd at {url} refused the request: {err}");
+        StreamingCallError::Status { status, body } => {
+            let hint = status_hint(status.as_u16());
+            eprintln!(
+                "uacregd at {url} refused the request: HTTP status {}{hint}: {}",
+                status.as_u16(),
+                body.trim_end()
+            );
             std::process::exit(2);
         }
         err => {
             eprintln!("no whole answer from uacregd at {url}: {err}");
             std::process::exit(2);
         }
+    }
+}
+
+/// The HTTP status with which the daemon turned a call away, if that is why it failed (the
+/// daemon was reached: saying it was not would send the operator looking in the wrong place).
+fn refused_with(err: &uacreg::RpcError) -> Option<u16> {
+    use jsonrpsee_http_client::transport::Error as HttpTransportError;
+    let uacreg::RpcError::Transport(cause) = err else {
+        return None;
+    };
+    match cause.downcast_ref::<HttpTransportError>()? {
+        HttpTransportError::Rejected { status_code } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// What an HTTP status usually means for uacregctl.
+fn status_hint(status: u16) -> &'static str {
+    match status {
+        401 => {
+            " (a missing or wrong RPC token: give uacregd's rpc_token with --token or UACREG_TOKEN)"
+        }
+        _ => "",
     }
 }
 
