@@ -1092,3 +1092,34 @@ fn a_start_up_larger_than_the_send_queue_leaves_the_rest_due_in_the_table() {
         lateness.count
     );
 }
+
+#[test]
+fn timers_left_for_lack_of_room_count_as_held_even_when_the_queue_was_not_full() {
+    let rows = send_queue::HIGH_WATER + 1000;
+    let mut sim = Sim::new(config(None));
+    sim.load(
+        (0..rows)
+            .map(|i| record(i, literal(MAIN, Transport::Udp)))
+            .collect(),
+    );
+    let t0 = sim.now;
+    // The first round fills the queue and the pacer sends its window (100) out of it; the
+    // second has room for those 100 only, and leaves the other 900 due.
+    sim.engine.handle_timeout(t0);
+    sim.engine.handle_timeout(t0);
+    assert_eq!(sim.engine.queue.len(), send_queue::HIGH_WATER);
+    assert!(
+        sim.engine
+            .table()
+            .next_deadline()
+            .is_some_and(|at| at <= t0)
+    );
+    // Two seconds on, the answers arrive and their flushes make room; the timers left over
+    // were waiting for that room, not for a busy driver.
+    sim.now = t0 + 2 * T;
+    sim.pump(&mut ok);
+    let before = sim.engine.stats().timer_lateness.sum_seconds;
+    sim.engine.handle_timeout(sim.now);
+    let lateness = sim.engine.stats().timer_lateness.sum_seconds - before;
+    assert!(lateness < 0.01, "{lateness:.3} s counted as the driver's");
+}

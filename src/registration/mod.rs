@@ -31,7 +31,7 @@ pub use record::{
 };
 pub use table::{
     AlreadyExists, Attribute, CoreConfig, CoreCounters, RegistrationTable, ReloadSummary,
-    TRANSITIONS_KEPT, Transition, sort_by_l_uuid,
+    TIMERS_PER_CALL, TRANSITIONS_KEPT, Transition, sort_by_l_uuid,
 };
 
 #[cfg(test)]
