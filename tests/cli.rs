@@ -44,47 +44,43 @@ fn ctl(rpc: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-#[test]
-fn demo_command_registers_and_prints_the_table() {
-    let dir = TempDir::new("demo");
+/// Runs `uacregd demo` with `args` in a new directory; its standard output, once it succeeded.
+fn demo(name: &str, args: &[&str]) -> String {
+    let dir = TempDir::new(name);
     let out = Command::new(UACREGD)
         .current_dir(&dir.0)
-        .args(["demo", "--rows", "50", "--timeout", "60"])
+        .env_remove("UACREG_TOKEN")
+        .arg("demo")
+        .args(args)
         .output()
         .expect("run demo");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "demo failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+fn demo_command_registers_and_prints_the_table() {
+    let stdout = demo("demo", &["--rows", "50", "--timeout", "60"]);
     assert!(stdout.contains("registered 50/50 rows"), "{stdout}");
     assert!(stdout.contains("uuid000000"), "{stdout}");
 }
 
 #[test]
 fn demo_with_an_rpc_token_dumps_through_it() {
-    let dir = TempDir::new("demo-token");
-    let out = Command::new(UACREGD)
-        .current_dir(&dir.0)
-        .env_remove("UACREG_TOKEN")
-        .args([
-            "demo",
-            "--rows",
-            "20",
-            "--timeout",
-            "60",
-            "--rpc-token",
-            "demo-token",
-        ])
-        .output()
-        .expect("run demo");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = [
+        "--rows",
+        "20",
+        "--timeout",
+        "60",
+        "--rpc-token",
+        "demo-token",
+    ];
+    let stdout = demo("demo-token", &args);
     assert!(stdout.contains("registered 20/20 rows"), "{stdout}");
     assert!(
         stdout.contains("uuid000000"),

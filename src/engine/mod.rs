@@ -253,33 +253,28 @@ impl Engine {
     /// Runs every timer due at `now` and sends what became sendable.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.enforce_shard_deadlines(now);
+        // Only as many timers fire as the send queue has room for; the rest are held (see
+        // `send_queue`), and `flush` notes when there is room again.
         let room = send_queue::HIGH_WATER.saturating_sub(self.queue.len());
-        if room == 0 {
-            // Held: the requests these timers make would only wait in the queue (see
-            // `send_queue`); `flush` notes when there is room again.
-            if self.table.next_deadline().is_some_and(|due| due <= now) {
-                self.timers_held = true;
-            }
-        } else {
-            if let Some(due) = self.table.next_deadline().filter(|due| *due <= now) {
-                // The earliest due timer is the latest one: one observation per call. A timer
-                // held for room in the queue is late from when the room came, not from its due
-                // time: what this measures is the driver, and the queue has its own gauge.
-                let since = self
-                    .timers_released
-                    .map_or(due, |released| due.max(released));
-                self.stats
-                    .timer_lateness
-                    .observe(now.saturating_duration_since(since));
-            }
-            self.table.handle_timeout_up_to(now, room);
-            if room < TIMERS_PER_CALL && self.table.next_deadline().is_some_and(|due| due <= now) {
-                // The queue's room, not the budget per call, left these for later: they are
-                // held as much as when the queue was full (a reload of 10,000 rows amid a wave
-                // of refreshes kept the queue a few requests short of full for seconds, and
-                // counted those seconds as the driver's).
-                self.timers_held = true;
-            }
+        if room > 0
+            && let Some(due) = self.table.next_deadline().filter(|due| *due <= now)
+        {
+            // The earliest due timer is the latest one: one observation per call. A timer
+            // held for room in the queue is late from when the room came, not from its due
+            // time: what this measures is the driver, and the queue has its own gauge.
+            let since = self
+                .timers_released
+                .map_or(due, |released| due.max(released));
+            self.stats
+                .timer_lateness
+                .observe(now.saturating_duration_since(since));
+        }
+        self.table.handle_timeout_up_to(now, room);
+        if room < TIMERS_PER_CALL && self.table.next_deadline().is_some_and(|due| due <= now) {
+            // The queue's room, not the budget per call, left these for later, whether it was
+            // full or a few requests short of full (a reload of 10,000 rows amid a wave of
+            // refreshes kept it so for seconds, and those seconds counted as the driver's).
+            self.timers_held = true;
         }
         self.handle_transaction_timers(now);
         self.handle_rebinds(now);

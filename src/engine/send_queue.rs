@@ -13,9 +13,8 @@
 //! of a million rows used to turn every first timer into a request at once: a million queued
 //! requests of a few hundred bytes each, and seconds in which the driver built requests instead
 //! of reading the answers to the ones it had sent, so the whole first in-flight window went out
-//! twice. A due timer costs
-//! a few bytes where a queued request costs hundreds, and it leaves no later than it would
-//! have from the queue.
+//! twice. A due timer costs a few bytes where a queued request costs hundreds, and it leaves no
+//! later than it would have from the queue.
 
 use std::collections::VecDeque;
 
