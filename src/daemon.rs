@@ -154,7 +154,7 @@ impl Daemon {
         let driver_config = DriverConfig {
             core: CoreConfig {
                 policy: config.retry_policy(),
-                user_agent: config.user_agent.clone(),
+                user_agent: config.user_agent.as_str().into(),
             },
             pacing: config.pacing.transport_pacing(),
             timers: config.sip.timers(),

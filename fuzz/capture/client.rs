@@ -49,7 +49,7 @@ pub fn register(
         contact_uri: account.contact.to_string(),
         expires,
         authorization: Vec::new(),
-        user_agent: format!("uacreg/{}", env!("CARGO_PKG_VERSION")),
+        user_agent: concat!("uacreg/", env!("CARGO_PKG_VERSION")).into(),
     };
     for _ in 0..MAX_ROUNDS {
         let branch = format!("z9hG4bKt{:x}.{:032x}", request.cseq, rng.random::<u128>());

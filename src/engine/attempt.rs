@@ -110,9 +110,13 @@ impl Engine {
             return;
         };
         let local = record.local_socket().map(|s| s.addr);
-        let sent_by = match local {
-            Some(addr) if !addr.ip().is_unspecified() => addr.to_string(),
-            _ => self.config.via_sent_by.clone(),
+        let own_sent_by;
+        let sent_by: &str = match local {
+            Some(addr) if !addr.ip().is_unspecified() => {
+                own_sent_by = addr.to_string();
+                &own_sent_by
+            }
+            _ => &self.config.via_sent_by,
         };
         let contact_uri_params = match target.transport {
             Transport::Udp => "",
@@ -124,13 +128,12 @@ impl Engine {
         } else {
             String::new()
         };
-        let server_name = attempt.queued.destination.host.to_string();
         let branch = self.transactions.next_branch();
         self.encode_buf.clear();
         attempt.queued.request.encode(
             &Hop {
                 transport: target.transport.via_token(),
-                sent_by: &sent_by,
+                sent_by,
                 branch: &branch,
                 contact_uri_params,
                 contact_header_params: &instance,
@@ -148,7 +151,7 @@ impl Engine {
                 transport: target.transport,
                 peer: target.addr,
                 local_ip: local.map(|a| a.ip()),
-                server_name,
+                server_name: attempt.queued.destination.host.to_string(),
             };
             self.unconfirmed.push_back(Unconfirmed {
                 key: flow_key.clone(),

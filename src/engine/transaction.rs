@@ -266,10 +266,13 @@ impl ClientTransactions {
     /// saw). Write it into the request's Via, then pass it to [`ClientTransactions::start`].
     pub fn next_branch(&mut self) -> String {
         let random: u128 = self.rng.random();
-        format!(
-            "{BRANCH_COOKIE}{TRANSACTION_MARK}{:x}.{random:032x}",
-            self.next_id
-        )
+        let mut branch = String::with_capacity(64);
+        branch.push_str(BRANCH_COOKIE);
+        branch.push_str(TRANSACTION_MARK);
+        crate::sip::hex::push_short(&mut branch, self.next_id);
+        branch.push('.');
+        crate::sip::hex::push_fixed(&mut branch, random, 32);
+        branch
     }
 
     /// Starts a transaction for `bytes` (which must carry `ids`, its branch from

@@ -110,7 +110,7 @@ pub struct Ctx<'a> {
     pub now: Instant,
     pub rng: &'a mut StdRng,
     pub policy: &'a RetryPolicy,
-    pub user_agent: &'a str,
+    pub user_agent: &'a std::sync::Arc<str>,
     pub actions: &'a mut Vec<Action>,
     pub counters: &'a mut super::table::CoreCounters,
     /// Refreshes per second already scheduled, for spreading a new one.
@@ -178,11 +178,17 @@ struct DialogIds {
 
 impl DialogIds {
     fn call_id(&self) -> String {
-        format!("{:016x}{:016x}@uacreg", self.call_id[0], self.call_id[1])
+        let mut call_id = String::with_capacity(39);
+        crate::sip::hex::push_fixed(&mut call_id, u128::from(self.call_id[0]), 16);
+        crate::sip::hex::push_fixed(&mut call_id, u128::from(self.call_id[1]), 16);
+        call_id.push_str("@uacreg");
+        call_id
     }
 
     fn tag(&self) -> String {
-        format!("{:016x}", self.from_tag)
+        let mut tag = String::with_capacity(16);
+        crate::sip::hex::push_fixed(&mut tag, u128::from(self.from_tag), 16);
+        tag
     }
 
     /// The ids `call_id()` and `tag()` wrote, read back (None: not text of ours).
@@ -676,7 +682,7 @@ impl Registration {
             expires,
             retire_contact: self.retire_contact.clone(),
             authorization,
-            user_agent: ctx.user_agent.to_string(),
+            user_agent: ctx.user_agent.clone(),
         };
         self.in_flight = Some(InFlight {
             cseq,
@@ -707,7 +713,8 @@ impl Registration {
             Credentials::Password { password, .. } => SecretInput::Password(password.expose()),
             Credentials::Ha1 { ha1, .. } => SecretInput::Ha1(ha1.expose()),
         };
-        let cnonce = format!("{:032x}", ctx.rng.random::<u128>());
+        let mut cnonce = String::with_capacity(32);
+        crate::sip::hex::push_fixed(&mut cnonce, ctx.rng.random::<u128>(), 32);
         let answer = Authorization::answer(
             challenge,
             credentials.username(),

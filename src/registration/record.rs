@@ -463,28 +463,31 @@ impl Record {
 
     /// Request-URI of the REGISTER: `sip:r_domain`.
     pub fn request_uri(&self) -> String {
-        format!("sip:{}", self.r_domain())
+        ["sip:", self.r_domain()].concat()
     }
 
     /// Address of record used in To and From: `sip:r_username@r_domain`, with what a URI's
     /// user part cannot hold %-escaped.
     pub fn aor(&self) -> String {
         let user = crate::sip::message::escape_user(self.r_username());
-        format!("sip:{user}@{}", self.r_domain())
+        ["sip:", &user, "@", self.r_domain()].concat()
     }
 
     /// The Contact URI this row binds: `sip:l_uuid@contact_addr`, or with Kamailio 6's
     /// `contact_user` set, `sip:contact_user@contact_addr;line=l_uuid`.
     pub fn contact_uri(&self) -> String {
         if self.contact_user().is_empty() {
-            format!("sip:{}@{}", self.l_uuid(), self.contact_host_port())
+            ["sip:", self.l_uuid(), "@", self.contact_host_port()].concat()
         } else {
-            format!(
-                "sip:{}@{};line={}",
+            [
+                "sip:",
                 self.contact_user(),
+                "@",
                 self.contact_host_port(),
-                self.l_uuid()
-            )
+                ";line=",
+                self.l_uuid(),
+            ]
+            .concat()
         }
     }
 

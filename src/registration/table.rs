@@ -26,14 +26,15 @@ use crate::sip::message::Response;
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
     pub policy: RetryPolicy,
-    pub user_agent: String,
+    /// Shared by every request (one reference count, no copy per REGISTER).
+    pub user_agent: std::sync::Arc<str>,
 }
 
 impl Default for CoreConfig {
     fn default() -> Self {
         CoreConfig {
             policy: RetryPolicy::default(),
-            user_agent: format!("uacreg/{}", env!("CARGO_PKG_VERSION")),
+            user_agent: concat!("uacreg/", env!("CARGO_PKG_VERSION")).into(),
         }
     }
 }

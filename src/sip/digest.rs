@@ -61,12 +61,25 @@ impl Algorithm {
 
     /// Lowercase hex of the algorithm's hash of `data`.
     pub fn hex_hash(self, data: &[u8]) -> String {
+        self.hex_hash_of(&[data]).as_str().to_string()
+    }
+
+    /// Lowercase hex of the algorithm's hash of `parts` one after the other. Digest inputs are
+    /// colon-joined fields: feeding them to the hash piece by piece assembles no text (and
+    /// leaves no copy of a password in a freed buffer).
+    fn hex_hash_of(self, parts: &[&[u8]]) -> HexHash {
         use md5::Digest as _;
+        fn feed<D: md5::Digest>(mut hasher: D, parts: &[&[u8]]) -> HexHash {
+            for part in parts {
+                hasher.update(part);
+            }
+            HexHash::of(&hasher.finalize())
+        }
         match self {
-            Algorithm::Md5 | Algorithm::Md5Sess => hex(&md5::Md5::digest(data)),
-            Algorithm::Sha256 | Algorithm::Sha256Sess => hex(&sha2::Sha256::digest(data)),
+            Algorithm::Md5 | Algorithm::Md5Sess => feed(md5::Md5::new(), parts),
+            Algorithm::Sha256 | Algorithm::Sha256Sess => feed(sha2::Sha256::new(), parts),
             Algorithm::Sha512_256 | Algorithm::Sha512_256Sess => {
-                hex(&sha2::Sha512_256::digest(data))
+                feed(sha2::Sha512_256::new(), parts)
             }
         }
     }
@@ -92,14 +105,33 @@ impl Algorithm {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
+/// The lowercase hex of a hash of up to 256 bits, on the stack.
+#[derive(Clone, Copy)]
+struct HexHash {
+    digits: [u8; 64],
+    len: usize,
+}
+
+impl HexHash {
+    fn of(hash: &[u8]) -> HexHash {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut digits = [0u8; 64];
+        let len = (hash.len() * 2).min(digits.len());
+        for (pair, b) in digits[..len].chunks_exact_mut(2).zip(hash) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 15)];
+        }
+        HexHash { digits, len }
     }
-    out
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.digits[..self.len]
+    }
+
+    fn as_str(&self) -> &str {
+        // Hex digits only.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -384,34 +416,69 @@ fn compute_response(
     uri: &str,
     body: &[u8],
 ) -> Result<String, DigestError> {
-    let base_ha1 = match secret {
+    let given_ha1;
+    let lower_ha1;
+    let base_ha1: &[u8] = match secret {
         SecretInput::Password(password) => {
-            algorithm.hex_hash(format!("{username}:{realm}:{password}").as_bytes())
+            given_ha1 = algorithm.hex_hash_of(&[
+                username.as_bytes(),
+                b":",
+                realm.as_bytes(),
+                b":",
+                password.as_bytes(),
+            ]);
+            given_ha1.as_bytes()
         }
         SecretInput::Ha1(ha1) => {
             if !algorithm.is_md5() {
                 return Err(DigestError::Ha1NeedsMd5(algorithm.as_str().to_string()));
             }
-            ha1.to_ascii_lowercase()
+            lower_ha1 = ha1.to_ascii_lowercase();
+            lower_ha1.as_bytes()
         }
     };
+    let sess_ha1;
     let ha1 = if algorithm.is_sess() {
-        algorithm.hex_hash(format!("{base_ha1}:{nonce}:{cnonce}").as_bytes())
+        sess_ha1 =
+            algorithm.hex_hash_of(&[base_ha1, b":", nonce.as_bytes(), b":", cnonce.as_bytes()]);
+        sess_ha1.as_bytes()
     } else {
         base_ha1
     };
     let ha2 = match qop {
         Some(Qop::AuthInt) => {
-            let body_hash = algorithm.hex_hash(body);
-            algorithm.hex_hash(format!("{method}:{uri}:{body_hash}").as_bytes())
+            let body_hash = algorithm.hex_hash_of(&[body]);
+            algorithm.hex_hash_of(&[
+                method.as_bytes(),
+                b":",
+                uri.as_bytes(),
+                b":",
+                body_hash.as_bytes(),
+            ])
         }
-        _ => algorithm.hex_hash(format!("{method}:{uri}").as_bytes()),
+        _ => algorithm.hex_hash_of(&[method.as_bytes(), b":", uri.as_bytes()]),
     };
-    Ok(match qop {
-        Some(q) => algorithm
-            .hex_hash(format!("{ha1}:{nonce}:{nc:08x}:{cnonce}:{}:{ha2}", q.as_str()).as_bytes()),
-        None => algorithm.hex_hash(format!("{ha1}:{nonce}:{ha2}").as_bytes()),
-    })
+    let response = match qop {
+        Some(q) => {
+            let mut nc_text = String::with_capacity(8);
+            super::hex::push_fixed(&mut nc_text, u128::from(nc), 8);
+            algorithm.hex_hash_of(&[
+                ha1,
+                b":",
+                nonce.as_bytes(),
+                b":",
+                nc_text.as_bytes(),
+                b":",
+                cnonce.as_bytes(),
+                b":",
+                q.as_str().as_bytes(),
+                b":",
+                ha2.as_bytes(),
+            ])
+        }
+        None => algorithm.hex_hash_of(&[ha1, b":", nonce.as_bytes(), b":", ha2.as_bytes()]),
+    };
+    Ok(response.as_str().to_string())
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a guess matched.
@@ -543,38 +610,63 @@ impl Authorization {
     /// The header value, `Digest username="…", realm="…", nonce="…", uri="…", response="…",
     /// [algorithm=…,] [cnonce="…", qop=auth, nc=00000001,] [opaque="…"]`.
     pub fn to_header_value(&self) -> String {
-        let mut out = format!(
-            "Digest username=\"{}\", realm=\"{}\", nonce=\"{}\", uri=\"{}\", response=\"{}\"",
-            quote(&self.username),
-            quote(&self.realm),
-            quote(&self.nonce),
-            quote(&self.uri),
-            self.response
-        );
+        let quoted = [
+            &self.username,
+            &self.realm,
+            &self.nonce,
+            &self.uri,
+            &self.response,
+        ];
+        let optional = [self.cnonce.as_deref(), self.opaque.as_deref()];
+        let capacity = 120
+            + quoted.iter().map(|v| v.len()).sum::<usize>()
+            + optional.iter().flatten().map(|v| v.len()).sum::<usize>();
+        let mut out = String::with_capacity(capacity);
+        for (i, (name, value)) in ["username", "realm", "nonce", "uri", "response"]
+            .iter()
+            .zip(quoted)
+            .enumerate()
+        {
+            out.push_str(if i == 0 { "Digest " } else { ", " });
+            push_quoted_param(&mut out, name, value);
+        }
         if let Some(algorithm) = self.algorithm {
             out.push_str(", algorithm=");
             out.push_str(algorithm.as_str());
         }
         if let Some(cnonce) = &self.cnonce {
-            out.push_str(&format!(", cnonce=\"{}\"", quote(cnonce)));
+            out.push_str(", ");
+            push_quoted_param(&mut out, "cnonce", cnonce);
         }
         if let (Some(qop), Some(nc)) = (self.qop, self.nc) {
-            out.push_str(&format!(", qop={}, nc={nc:08x}", qop.as_str()));
+            out.push_str(", qop=");
+            out.push_str(qop.as_str());
+            out.push_str(", nc=");
+            super::hex::push_fixed(&mut out, u128::from(nc), 8);
         }
         if let Some(opaque) = &self.opaque {
-            out.push_str(&format!(", opaque=\"{}\"", quote(opaque)));
+            out.push_str(", ");
+            push_quoted_param(&mut out, "opaque", opaque);
         }
         out
     }
 }
 
-/// Escapes `"` and `\` inside a quoted-string.
-fn quote(value: &str) -> std::borrow::Cow<'_, str> {
-    if value.contains(['"', '\\']) {
-        std::borrow::Cow::Owned(value.replace('\\', "\\\\").replace('"', "\\\""))
-    } else {
-        std::borrow::Cow::Borrowed(value)
+/// Appends `name="value"`, with `"` and `\` in the value escaped.
+fn push_quoted_param(out: &mut String, name: &str, value: &str) {
+    out.push_str(name);
+    out.push_str("=\"");
+    for piece in value.split_inclusive(['"', '\\']) {
+        match piece.strip_suffix(['"', '\\']) {
+            Some(before) => {
+                out.push_str(before);
+                out.push('\\');
+                out.push_str(&piece[before.len()..]);
+            }
+            None => out.push_str(piece),
+        }
     }
+    out.push('"');
 }
 
 #[cfg(test)]

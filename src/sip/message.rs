@@ -86,7 +86,7 @@ pub fn is_response(datagram: &[u8]) -> bool {
 /// Names and values are borrowed where they can be (see [`super::head::Header::name`] and
 /// [`ScannedHead::value`]): parsing a response is on the path of every REGISTER.
 struct Head<'a> {
-    start: String,
+    start: Cow<'a, str>,
     headers: Vec<(Cow<'static, str>, Cow<'a, str>)>,
 }
 
@@ -121,7 +121,7 @@ fn split_head(datagram: &[u8]) -> Result<Head<'_>, ParseError> {
         .map(|h| (h.name.clone(), head.value(h)))
         .collect();
     Ok(Head {
-        start: head.start_line.into_owned(),
+        start: head.start_line,
         headers,
     })
 }
@@ -166,6 +166,25 @@ pub(crate) fn header_params(text: &str) -> Vec<(String, Option<String>)> {
             None => (p.to_ascii_lowercase(), None),
         })
         .collect()
+}
+
+/// The value of the first parameter called `name` (ASCII case ignored) in `;name=value`
+/// parameters, quotes taken off: what [`header_params`] finds, without building the list.
+fn param_value<'t>(text: &'t str, name: &str) -> Option<&'t str> {
+    let first = text
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .find(|p| {
+            p.split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case(name)
+        })?;
+    first
+        .split_once('=')
+        .map(|(_, value)| value.trim().trim_matches('"'))
 }
 
 /// `"Display" <uri>;params`, `Name <uri>;params`, or `uri;params` → (uri text, params text).
@@ -225,10 +244,7 @@ fn parse_contacts(head: &Head) -> Result<(Vec<ContactBinding>, bool), ParseError
             }
             let (uri_text, params) = split_name_addr(item)?;
             let uri = UriParts::parse(uri_text)?;
-            let expires = header_params(params)
-                .into_iter()
-                .find(|(n, _)| n == "expires")
-                .and_then(|(_, v)| v.as_deref().and_then(parse_u32));
+            let expires = param_value(params, "expires").and_then(parse_u32);
             contacts.push(ContactBinding {
                 uri,
                 uri_text: uri_text.trim().to_string(),
@@ -254,10 +270,11 @@ fn parse_cseq(head: &Head) -> Result<(u32, String), ParseError> {
 
 fn top_via_branch(head: &Head) -> Option<String> {
     let first = split_list(head.one("via")?).into_iter().next()?;
-    header_params(first.split_once(';').map(|(_, p)| p).unwrap_or(""))
-        .into_iter()
-        .find(|(n, _)| n == "branch")
-        .and_then(|(_, v)| v)
+    param_value(
+        first.split_once(';').map(|(_, p)| p).unwrap_or(""),
+        "branch",
+    )
+    .map(String::from)
 }
 
 /// Longest reason phrase kept, in bytes: it is stored per row, logged and written to a

@@ -13,6 +13,7 @@
 pub mod digest;
 pub mod framing;
 pub mod head;
+pub mod hex;
 pub mod limits;
 pub mod message;
 pub mod register;

@@ -1,7 +1,5 @@
 //! Building a REGISTER request.
 
-use std::io::Write;
-
 /// Everything a REGISTER carries except the Via branch, which belongs to the transaction that
 /// sends it (a retransmission reuses the bytes; a new request gets a new branch).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,7 +22,7 @@ pub struct RegisterRequest {
     /// `("Authorization" | "Proxy-Authorization", value)` for each challenge answered: an
     /// authenticating proxy and the registrar behind it each need theirs (RFC 3261 §22.3).
     pub authorization: Vec<(&'static str, String)>,
-    pub user_agent: String,
+    pub user_agent: std::sync::Arc<str>,
 }
 
 /// What the hop a request takes adds to it: the Via, and Contact parameters that depend on the
@@ -60,51 +58,52 @@ impl<'a> Hop<'a> {
 }
 
 impl RegisterRequest {
-    /// Appends the encoded request, as sent over `hop`, to `out`.
+    /// Appends the encoded request, as sent over `hop`, to `out`. Every request is encoded
+    /// once per attempt: the pieces are copied as they are, without the formatting machinery.
     pub fn encode(&self, hop: &Hop<'_>, out: &mut Vec<u8>) {
-        // Writing into a Vec cannot fail.
-        let _ = write!(
-            out,
-            "REGISTER {} SIP/2.0\r\n\
-             Via: SIP/2.0/{} {};rport;branch={}\r\n\
-             Max-Forwards: 70\r\n\
-             To: <{}>\r\n\
-             From: <{}>;tag={}\r\n\
-             Call-ID: {}\r\n\
-             CSeq: {} REGISTER\r\n\
-             Contact: <{}{}>{}\r\n\
-             Expires: {}\r\n",
-            self.request_uri,
+        let mut numbers = itoa::Buffer::new();
+        let mut put = |pieces: &[&str]| {
+            for piece in pieces {
+                out.extend_from_slice(piece.as_bytes());
+            }
+        };
+        put(&["REGISTER ", &self.request_uri, " SIP/2.0\r\n"]);
+        put(&[
+            "Via: SIP/2.0/",
             hop.transport,
+            " ",
             hop.sent_by,
+            ";rport;branch=",
             hop.branch,
-            self.aor,
-            self.aor,
-            self.from_tag,
-            self.call_id,
-            self.cseq,
-            self.contact_uri,
+            "\r\n",
+        ]);
+        put(&["Max-Forwards: 70\r\n"]);
+        put(&["To: <", &self.aor, ">\r\n"]);
+        put(&["From: <", &self.aor, ">;tag=", &self.from_tag, "\r\n"]);
+        put(&["Call-ID: ", &self.call_id, "\r\n"]);
+        put(&["CSeq: ", numbers.format(self.cseq), " REGISTER\r\n"]);
+        put(&[
+            "Contact: <",
+            &self.contact_uri,
             hop.contact_uri_params,
+            ">",
             hop.contact_header_params,
-            self.expires,
-        );
+            "\r\n",
+        ]);
+        put(&["Expires: ", numbers.format(self.expires), "\r\n"]);
         if let Some(old) = &self.retire_contact {
-            let _ = write!(
-                out,
-                "Contact: <{old}{}>;expires=0\r\n",
-                hop.contact_uri_params
-            );
+            put(&["Contact: <", old, hop.contact_uri_params, ">;expires=0\r\n"]);
         }
         if !hop.supported.is_empty() {
-            let _ = write!(out, "Supported: {}\r\n", hop.supported);
+            put(&["Supported: ", hop.supported, "\r\n"]);
         }
         for (name, value) in &self.authorization {
-            let _ = write!(out, "{name}: {value}\r\n");
+            put(&[name, ": ", value, "\r\n"]);
         }
         if !self.user_agent.is_empty() {
-            let _ = write!(out, "User-Agent: {}\r\n", self.user_agent);
+            put(&["User-Agent: ", &self.user_agent, "\r\n"]);
         }
-        out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        put(&["Content-Length: 0\r\n\r\n"]);
     }
 }
 
@@ -153,7 +152,7 @@ mod tests {
             contact_uri: "sip:uuid1@[::1]:5062".into(),
             expires: 600,
             authorization: Vec::new(),
-            user_agent: String::new(),
+            user_agent: "".into(),
         };
         let mut out = Vec::new();
         request.encode(

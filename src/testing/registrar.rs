@@ -986,7 +986,7 @@ mod tests {
             contact_uri: "sip:dev1@127.0.0.1:5999".into(),
             expires,
             authorization: Vec::new(),
-            user_agent: String::new(),
+            user_agent: "".into(),
         }
     }
 
