@@ -201,64 +201,51 @@ fn parse_params(value: &str) -> Result<(String, Vec<(String, String)>), DigestEr
         None => (value, ""),
     };
     let mut params = Vec::new();
-    let bytes: Vec<char> = rest.chars().collect();
-    let mut i = 0;
     let malformed = |why: &str| DigestError::Malformed(why.to_string());
-    while i < bytes.len() {
-        while i < bytes.len() && (bytes[i].is_whitespace() || bytes[i] == ',') {
-            i += 1;
-        }
-        if i >= bytes.len() {
+    let mut chars = rest.char_indices().peekable();
+    let skip_while = |chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>,
+                      keep: &dyn Fn(char) -> bool| {
+        while chars.next_if(|&(_, c)| keep(c)).is_some() {}
+    };
+    loop {
+        skip_while(&mut chars, &|c| c.is_whitespace() || c == ',');
+        let Some(&(name_start, _)) = chars.peek() else {
             break;
-        }
-        let name_start = i;
-        while i < bytes.len() && bytes[i] != '=' && bytes[i] != ',' && !bytes[i].is_whitespace() {
-            i += 1;
-        }
-        let name: String = bytes[name_start..i]
-            .iter()
-            .collect::<String>()
-            .to_ascii_lowercase();
-        while i < bytes.len() && bytes[i].is_whitespace() {
-            i += 1;
-        }
-        if i >= bytes.len() || bytes[i] != '=' {
+        };
+        skip_while(&mut chars, &|c| c != '=' && c != ',' && !c.is_whitespace());
+        let name_end = chars.peek().map_or(rest.len(), |&(at, _)| at);
+        let name = rest[name_start..name_end].to_ascii_lowercase();
+        skip_while(&mut chars, &char::is_whitespace);
+        if chars.next_if(|&(_, c)| c == '=').is_none() {
             return Err(malformed(&format!("parameter {name:?} without a value")));
         }
-        i += 1;
-        while i < bytes.len() && bytes[i].is_whitespace() {
-            i += 1;
-        }
-        let mut val = String::new();
-        if i < bytes.len() && bytes[i] == '"' {
-            i += 1;
+        skip_while(&mut chars, &char::is_whitespace);
+        let val = if chars.next_if(|&(_, c)| c == '"').is_some() {
+            let mut val = String::new();
             let mut closed = false;
-            while i < bytes.len() {
-                match bytes[i] {
-                    '\\' if i + 1 < bytes.len() => {
-                        val.push(bytes[i + 1]);
-                        i += 2;
-                    }
+            while let Some((_, c)) = chars.next() {
+                match c {
+                    '\\' => match chars.next() {
+                        Some((_, escaped)) => val.push(escaped),
+                        None => val.push(c),
+                    },
                     '"' => {
                         closed = true;
-                        i += 1;
                         break;
                     }
-                    c => {
-                        val.push(c);
-                        i += 1;
-                    }
+                    c => val.push(c),
                 }
             }
             if !closed {
                 return Err(malformed("unterminated quoted string"));
             }
+            val
         } else {
-            while i < bytes.len() && bytes[i] != ',' && !bytes[i].is_whitespace() {
-                val.push(bytes[i]);
-                i += 1;
-            }
-        }
+            let start = chars.peek().map_or(rest.len(), |&(at, _)| at);
+            skip_while(&mut chars, &|c| c != ',' && !c.is_whitespace());
+            let end = chars.peek().map_or(rest.len(), |&(at, _)| at);
+            rest[start..end].to_string()
+        };
         if name.is_empty() {
             return Err(malformed("empty parameter name"));
         }
