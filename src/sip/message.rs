@@ -131,17 +131,19 @@ pub(crate) fn split_list(value: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let (mut in_quotes, mut in_angle, mut escaped) = (false, false, false);
     let mut start = 0;
-    for (i, c) in value.char_indices() {
+    // Bytes rather than chars: every delimiter is ASCII, and no byte of a multi-byte UTF-8
+    // character is, so the cuts fall where they would between chars.
+    for (i, &b) in value.as_bytes().iter().enumerate() {
         if escaped {
             escaped = false;
             continue;
         }
-        match c {
-            '\\' if in_quotes => escaped = true,
-            '"' => in_quotes = !in_quotes,
-            '<' if !in_quotes => in_angle = true,
-            '>' if !in_quotes => in_angle = false,
-            ',' if !in_quotes && !in_angle => {
+        match b {
+            b'\\' if in_quotes => escaped = true,
+            b'"' => in_quotes = !in_quotes,
+            b'<' if !in_quotes => in_angle = true,
+            b'>' if !in_quotes => in_angle = false,
+            b',' if !in_quotes && !in_angle => {
                 out.push(value[start..i].trim());
                 start = i + 1;
             }
