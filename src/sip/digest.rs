@@ -114,7 +114,7 @@ struct HexHash {
 
 impl HexHash {
     fn of(hash: &[u8]) -> HexHash {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        use super::hex::DIGITS;
         let mut digits = [0u8; 64];
         let len = (hash.len() * 2).min(digits.len());
         for (pair, b) in digits[..len].chunks_exact_mut(2).zip(hash) {

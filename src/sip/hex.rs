@@ -2,7 +2,8 @@
 //! cnonces, nonce counts). They are written thousands of times a second; appending digits
 //! directly costs a fraction of going through `format!`.
 
-const DIGITS: &[u8; 16] = b"0123456789abcdef";
+/// The sixteen digits, by value (also how a hash is written out on the stack in `digest`).
+pub(crate) const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends the `width` lowest hex digits of `value`, most significant first (zero-padded).
 pub fn push_fixed(out: &mut String, value: u128, width: usize) {
