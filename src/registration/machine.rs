@@ -650,7 +650,7 @@ impl Registration {
     /// Sends with credentials computed from the last challenge (next nonce count), or without
     /// any when there is none to reuse.
     fn send_with_cached_auth(&mut self, ctx: &mut Ctx<'_>, purpose: Purpose) {
-        let auth = self.answer_kept_challenges(ctx);
+        let (auth, _) = self.answer_kept_challenges(ctx);
         let auth_use = if auth.is_empty() {
             AuthUse::None
         } else {
@@ -715,7 +715,7 @@ impl Registration {
         };
         let mut cnonce = String::with_capacity(32);
         crate::sip::hex::push_fixed(&mut cnonce, ctx.rng.random::<u128>(), 32);
-        let answer = Authorization::answer(
+        let value = Authorization::answer_header(
             challenge,
             credentials.username(),
             secret,
@@ -730,7 +730,7 @@ impl Registration {
         } else {
             "Authorization"
         };
-        Ok((name, answer.to_header_value()))
+        Ok((name, value))
     }
 
     /// A final response for the request with `response.cseq` arrived.
@@ -985,7 +985,11 @@ impl Registration {
             self.on_failure(ctx, flight, Failure::Credentials, None);
             return;
         }
-        if let Err(err) = self.authorize(ctx, &challenge, &credentials, 1) {
+        // The challenge is kept beside the others and all are answered at once; the new one
+        // comes last.
+        self.keep_challenge(challenge);
+        let (headers, refused) = self.answer_kept_challenges(ctx);
+        if let Some(err) = refused {
             warn!(l_uuid = %self.record.l_uuid(), "cannot answer the challenge: {err}");
             self.last_reason = format!("cannot answer challenge: {err}").into();
             self.auth = Box::default();
@@ -993,8 +997,6 @@ impl Registration {
             return;
         }
         self.challenge_rounds += 1;
-        self.keep_challenge(challenge);
-        let headers = self.answer_kept_challenges(ctx);
         if flight.purpose == Purpose::Register && self.status != Status::Registered {
             self.status = Status::Authenticating;
         }
@@ -1050,31 +1052,40 @@ impl Registration {
     }
 
     /// Answers every kept challenge with its next nonce count: the credentials a request
-    /// carries. A kept challenge these credentials cannot answer is forgotten.
-    fn answer_kept_challenges(&mut self, ctx: &mut Ctx<'_>) -> Vec<(&'static str, String)> {
+    /// carries. A kept challenge these credentials cannot answer is forgotten; when that is
+    /// the newest (the last kept), why comes back too.
+    fn answer_kept_challenges(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+    ) -> (Vec<(&'static str, String)>, Option<DigestError>) {
         let Some(credentials) = self.record.credentials() else {
-            return Vec::new();
+            return (Vec::new(), None);
         };
         let mut headers = Vec::with_capacity(self.auth.len());
-        let mut unusable = false;
-        let mut kept = std::mem::take(&mut self.auth);
-        for entry in kept.iter_mut() {
+        let mut kept = std::mem::take(&mut self.auth).into_vec();
+        let newest = kept.len().saturating_sub(1);
+        let mut refused = None;
+        let mut index = 0;
+        kept.retain_mut(|entry| {
             entry.nonce_count = entry.nonce_count.saturating_add(1);
-            match self.authorize(ctx, &entry.challenge, &credentials, entry.nonce_count) {
-                Ok(header) => headers.push(header),
-                Err(_) => unusable = true,
-            }
-        }
-        if unusable {
-            let mut usable = kept.into_vec();
-            usable.retain(|entry| {
-                self.authorize(ctx, &entry.challenge, &credentials, 1)
-                    .is_ok()
-            });
-            kept = usable.into_boxed_slice();
-        }
-        self.auth = kept;
-        headers
+            let answered = self.authorize(ctx, &entry.challenge, &credentials, entry.nonce_count);
+            let usable = match answered {
+                Ok(header) => {
+                    headers.push(header);
+                    true
+                }
+                Err(err) => {
+                    if index == newest {
+                        refused = Some(err);
+                    }
+                    false
+                }
+            };
+            index += 1;
+            usable
+        });
+        self.auth = kept.into_boxed_slice();
+        (headers, refused)
     }
 
     fn on_failure(

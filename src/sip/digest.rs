@@ -1,6 +1,8 @@
 //! HTTP digest authentication as SIP uses it (RFC 2617, RFC 7616, RFC 8760): parsing challenges,
 //! computing answers (client side) and checking them (the test registrar's side).
 
+use std::borrow::Cow;
+
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -142,11 +144,10 @@ pub enum Qop {
 
 impl Qop {
     fn parse(token: &str) -> Option<Qop> {
-        match token.trim().to_ascii_lowercase().as_str() {
-            "auth" => Some(Qop::Auth),
-            "auth-int" => Some(Qop::AuthInt),
-            _ => None,
-        }
+        let token = token.trim();
+        [Qop::Auth, Qop::AuthInt]
+            .into_iter()
+            .find(|q| q.as_str().eq_ignore_ascii_case(token))
     }
 
     fn as_str(self) -> &'static str {
@@ -188,10 +189,12 @@ impl QopOffer {
     }
 }
 
-/// Splits `Digest a="x, y", b=c` into its scheme and lowercase-named parameters. A control
-/// character anywhere (HTAB aside, which is white space) refuses the whole header: realm, nonce
-/// and opaque are echoed into the next REGISTER, where a bare CR or LF would split a header line.
-fn parse_params(value: &str) -> Result<(String, Vec<(String, String)>), DigestError> {
+/// Splits `Digest a="x, y", b=c` into its scheme and parameters, borrowing from `value`: a
+/// quoted value is copied only when it holds a backslash escape. Names keep their case (looked
+/// up case-insensitively). A control character anywhere (HTAB aside, which is white space)
+/// refuses the whole header: realm, nonce and opaque are echoed into the next REGISTER, where a
+/// bare CR or LF would split a header line.
+fn parse_params(value: &str) -> Result<(&str, Params<'_>), DigestError> {
     if value.chars().any(|c| c.is_control() && c != '\t') {
         return Err(DigestError::ControlCharacter);
     }
@@ -200,12 +203,16 @@ fn parse_params(value: &str) -> Result<(String, Vec<(String, String)>), DigestEr
         Some(i) => (&value[..i], &value[i..]),
         None => (value, ""),
     };
-    let mut params = Vec::new();
+    // A challenge has four to six parameters; an answer up to ten.
+    let mut params = Vec::with_capacity(10);
     let malformed = |why: &str| DigestError::Malformed(why.to_string());
     let mut chars = rest.char_indices().peekable();
     let skip_while = |chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>,
                       keep: &dyn Fn(char) -> bool| {
         while chars.next_if(|&(_, c)| keep(c)).is_some() {}
+    };
+    let at = |chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>| {
+        chars.peek().map_or(rest.len(), |&(at, _)| at)
     };
     loop {
         skip_while(&mut chars, &|c| c.is_whitespace() || c == ',');
@@ -213,52 +220,67 @@ fn parse_params(value: &str) -> Result<(String, Vec<(String, String)>), DigestEr
             break;
         };
         skip_while(&mut chars, &|c| c != '=' && c != ',' && !c.is_whitespace());
-        let name_end = chars.peek().map_or(rest.len(), |&(at, _)| at);
-        let name = rest[name_start..name_end].to_ascii_lowercase();
+        let name = &rest[name_start..at(&mut chars)];
         skip_while(&mut chars, &char::is_whitespace);
         if chars.next_if(|&(_, c)| c == '=').is_none() {
+            let name = name.to_ascii_lowercase();
             return Err(malformed(&format!("parameter {name:?} without a value")));
         }
         skip_while(&mut chars, &char::is_whitespace);
         let val = if chars.next_if(|&(_, c)| c == '"').is_some() {
-            let mut val = String::new();
-            let mut closed = false;
-            while let Some((_, c)) = chars.next() {
+            let start = at(&mut chars);
+            let mut copy: Option<String> = None;
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
                 match c {
-                    '\\' => match chars.next() {
-                        Some((_, escaped)) => val.push(escaped),
-                        None => val.push(c),
-                    },
+                    '\\' => {
+                        // The first escape turns the borrowed value into a copy.
+                        let copy = copy.get_or_insert_with(|| rest[start..i].to_string());
+                        match chars.next() {
+                            Some((_, escaped)) => copy.push(escaped),
+                            None => copy.push(c),
+                        }
+                    }
                     '"' => {
-                        closed = true;
+                        end = Some(i);
                         break;
                     }
-                    c => val.push(c),
+                    c => {
+                        if let Some(copy) = copy.as_mut() {
+                            copy.push(c);
+                        }
+                    }
                 }
             }
-            if !closed {
+            let Some(end) = end else {
                 return Err(malformed("unterminated quoted string"));
+            };
+            match copy {
+                Some(copy) => Cow::Owned(copy),
+                None => Cow::Borrowed(&rest[start..end]),
             }
-            val
         } else {
-            let start = chars.peek().map_or(rest.len(), |&(at, _)| at);
+            let start = at(&mut chars);
             skip_while(&mut chars, &|c| c != ',' && !c.is_whitespace());
-            let end = chars.peek().map_or(rest.len(), |&(at, _)| at);
-            rest[start..end].to_string()
+            Cow::Borrowed(&rest[start..at(&mut chars)])
         };
         if name.is_empty() {
             return Err(malformed("empty parameter name"));
         }
         params.push((name, val));
     }
-    Ok((scheme.to_string(), params))
+    Ok((scheme, params))
 }
 
-fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+/// A digest header's parameters as [`parse_params`] found them: names as written.
+type Params<'a> = Vec<(&'a str, Cow<'a, str>)>;
+
+/// The value of the parameter named `name` (any case).
+fn param<'a>(params: &'a Params<'_>, name: &str) -> Option<&'a str> {
     params
         .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_ref())
 }
 
 /// One `WWW-Authenticate` / `Proxy-Authenticate` value.
@@ -402,7 +424,7 @@ fn compute_response(
     method: &str,
     uri: &str,
     body: &[u8],
-) -> Result<String, DigestError> {
+) -> Result<HexHash, DigestError> {
     let given_ha1;
     let lower_ha1;
     let base_ha1: &[u8] = match secret {
@@ -447,14 +469,16 @@ fn compute_response(
     };
     let response = match qop {
         Some(q) => {
-            let mut nc_text = String::with_capacity(8);
-            super::hex::push_fixed(&mut nc_text, u128::from(nc), 8);
+            let nc_text = nc.to_be_bytes().map(|b| {
+                let digits = super::hex::DIGITS;
+                [digits[usize::from(b >> 4)], digits[usize::from(b & 15)]]
+            });
             algorithm.hex_hash_of(&[
                 ha1,
                 b":",
                 nonce.as_bytes(),
                 b":",
-                nc_text.as_bytes(),
+                nc_text.as_flattened(),
                 b":",
                 cnonce.as_bytes(),
                 b":",
@@ -465,7 +489,7 @@ fn compute_response(
         }
         None => algorithm.hex_hash_of(&[ha1, b":", nonce.as_bytes(), b":", ha2.as_bytes()]),
     };
-    Ok(response.as_str().to_string())
+    Ok(response)
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a guess matched.
@@ -491,40 +515,27 @@ impl Authorization {
         nc: u32,
         cnonce: &str,
     ) -> Result<Authorization, DigestError> {
-        let qop = if challenge.qop.contains(Qop::Auth) {
-            Some(Qop::Auth)
-        } else if challenge.qop.contains(Qop::AuthInt) {
-            Some(Qop::AuthInt)
-        } else {
-            None
-        };
-        // Without qop, RFC 2069 has no cnonce; -sess still needs one.
-        let uses_cnonce = qop.is_some() || challenge.algorithm.is_sess();
-        let response = compute_response(
-            challenge.algorithm,
-            username,
-            challenge.realm(),
-            secret,
-            challenge.nonce(),
-            cnonce,
-            nc,
-            qop,
-            method,
-            uri,
-            body,
-        )?;
-        Ok(Authorization {
-            username: username.to_string(),
-            realm: challenge.realm().to_string(),
-            nonce: challenge.nonce().to_string(),
-            uri: uri.to_string(),
-            response,
-            algorithm: challenge.algorithm_given.then_some(challenge.algorithm),
-            opaque: challenge.opaque().map(String::from),
-            qop,
-            nc: qop.map(|_| nc),
-            cnonce: uses_cnonce.then(|| cnonce.to_string()),
-        })
+        let response =
+            AnswerResponse::compute(challenge, username, secret, method, uri, body, nc, cnonce)?;
+        Ok(response.fields(challenge, username, uri).to_owned())
+    }
+
+    /// [`Authorization::answer`] written straight into its header value: what a request
+    /// carries, without an owned copy of every field on the way.
+    #[allow(clippy::too_many_arguments)]
+    pub fn answer_header(
+        challenge: &Challenge,
+        username: &str,
+        secret: SecretInput<'_>,
+        method: &str,
+        uri: &str,
+        body: &[u8],
+        nc: u32,
+        cnonce: &str,
+    ) -> Result<String, DigestError> {
+        let response =
+            AnswerResponse::compute(challenge, username, secret, method, uri, body, nc, cnonce)?;
+        Ok(response.fields(challenge, username, uri).to_header_value())
     }
 
     /// Parses a header value `Digest username="…", …`.
@@ -591,20 +602,140 @@ impl Authorization {
             &self.uri,
             body,
         );
-        expected.is_ok_and(|e| constant_time_eq(&e, &self.response.to_ascii_lowercase()))
+        expected.is_ok_and(|e| constant_time_eq(e.as_str(), &self.response.to_ascii_lowercase()))
     }
 
     /// The header value, `Digest username="…", realm="…", nonce="…", uri="…", response="…",
     /// [algorithm=…,] [cnonce="…", qop=auth, nc=00000001,] [opaque="…"]`.
     pub fn to_header_value(&self) -> String {
+        AnswerFields {
+            username: &self.username,
+            realm: &self.realm,
+            nonce: &self.nonce,
+            uri: &self.uri,
+            response: &self.response,
+            algorithm: self.algorithm,
+            opaque: self.opaque.as_deref(),
+            qop: self.qop,
+            nc: self.nc,
+            cnonce: self.cnonce.as_deref(),
+        }
+        .to_header_value()
+    }
+}
+
+/// A computed answer's response hash with the choices made on the way (the qop, whether a
+/// cnonce goes along).
+struct AnswerResponse<'a> {
+    response: HexHash,
+    qop: Option<Qop>,
+    nc: u32,
+    cnonce: Option<&'a str>,
+}
+
+impl<'a> AnswerResponse<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn compute(
+        challenge: &Challenge,
+        username: &str,
+        secret: SecretInput<'_>,
+        method: &str,
+        uri: &str,
+        body: &[u8],
+        nc: u32,
+        cnonce: &'a str,
+    ) -> Result<AnswerResponse<'a>, DigestError> {
+        let qop = if challenge.qop.contains(Qop::Auth) {
+            Some(Qop::Auth)
+        } else if challenge.qop.contains(Qop::AuthInt) {
+            Some(Qop::AuthInt)
+        } else {
+            None
+        };
+        // Without qop, RFC 2069 has no cnonce; -sess still needs one.
+        let uses_cnonce = qop.is_some() || challenge.algorithm.is_sess();
+        let response = compute_response(
+            challenge.algorithm,
+            username,
+            challenge.realm(),
+            secret,
+            challenge.nonce(),
+            cnonce,
+            nc,
+            qop,
+            method,
+            uri,
+            body,
+        )?;
+        Ok(AnswerResponse {
+            response,
+            qop,
+            nc,
+            cnonce: uses_cnonce.then_some(cnonce),
+        })
+    }
+
+    /// The answer's fields: what the challenge gave, echoed, and what was computed.
+    fn fields<'f>(
+        &'f self,
+        challenge: &'f Challenge,
+        username: &'f str,
+        uri: &'f str,
+    ) -> AnswerFields<'f> {
+        AnswerFields {
+            username,
+            realm: challenge.realm(),
+            nonce: challenge.nonce(),
+            uri,
+            response: self.response.as_str(),
+            algorithm: challenge.algorithm_given.then_some(challenge.algorithm),
+            opaque: challenge.opaque(),
+            qop: self.qop,
+            nc: self.qop.map(|_| self.nc),
+            cnonce: self.cnonce,
+        }
+    }
+}
+
+/// An `Authorization` value's fields, borrowed: written out without copying them first.
+struct AnswerFields<'a> {
+    username: &'a str,
+    realm: &'a str,
+    nonce: &'a str,
+    uri: &'a str,
+    response: &'a str,
+    algorithm: Option<Algorithm>,
+    opaque: Option<&'a str>,
+    qop: Option<Qop>,
+    nc: Option<u32>,
+    cnonce: Option<&'a str>,
+}
+
+impl AnswerFields<'_> {
+    fn to_owned(&self) -> Authorization {
+        Authorization {
+            username: self.username.to_string(),
+            realm: self.realm.to_string(),
+            nonce: self.nonce.to_string(),
+            uri: self.uri.to_string(),
+            response: self.response.to_string(),
+            algorithm: self.algorithm,
+            opaque: self.opaque.map(String::from),
+            qop: self.qop,
+            nc: self.nc,
+            cnonce: self.cnonce.map(String::from),
+        }
+    }
+
+    fn to_header_value(&self) -> String {
         let quoted = [
-            &self.username,
-            &self.realm,
-            &self.nonce,
-            &self.uri,
-            &self.response,
+            self.username,
+            self.realm,
+            self.nonce,
+            self.uri,
+            self.response,
         ];
-        let optional = [self.cnonce.as_deref(), self.opaque.as_deref()];
+        let optional = [self.cnonce, self.opaque];
         let capacity = 120
             + quoted.iter().map(|v| v.len()).sum::<usize>()
             + optional.iter().flatten().map(|v| v.len()).sum::<usize>();
@@ -621,7 +752,7 @@ impl Authorization {
             out.push_str(", algorithm=");
             out.push_str(algorithm.as_str());
         }
-        if let Some(cnonce) = &self.cnonce {
+        if let Some(cnonce) = self.cnonce {
             out.push_str(", ");
             push_quoted_param(&mut out, "cnonce", cnonce);
         }
@@ -631,7 +762,7 @@ impl Authorization {
             out.push_str(", nc=");
             super::hex::push_fixed(&mut out, u128::from(nc), 8);
         }
-        if let Some(opaque) = &self.opaque {
+        if let Some(opaque) = self.opaque {
             out.push_str(", ");
             push_quoted_param(&mut out, "opaque", opaque);
         }
