@@ -6,7 +6,9 @@
 //! lockstep) when connections keep dropping within [`DROP_WINDOW`]. A UDP binding stays on
 //! the target that accepted it; its keep-alive failing sends it through the same rebind.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+use foldhash::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -114,11 +116,11 @@ pub(crate) struct Bindings {
 impl Bindings {
     pub(crate) fn new(rng: StdRng) -> Bindings {
         Bindings {
-            bound: HashMap::new(),
+            bound: HashMap::default(),
             places: Places::default(),
-            flow_members: HashMap::new(),
+            flow_members: HashMap::default(),
             rebind_at: BTreeSet::new(),
-            drops: HashMap::new(),
+            drops: HashMap::default(),
             rng,
         }
     }

@@ -30,7 +30,9 @@ pub mod transaction;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use foldhash::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -185,7 +187,7 @@ impl Engine {
             pacer: Pacer::new(config.pacing, now),
             queue: send_queue::SendQueue::default(),
             targets: targets::TargetCache::default(),
-            attempts: HashMap::new(),
+            attempts: HashMap::default(),
             bindings,
             keepalive,
             extra_udp: config.extra_udp.iter().copied().collect(),

@@ -5,7 +5,7 @@
 //! Anything else is looked up once per destination at a time; the engine asks the I/O side with
 //! [`super::Event::Resolve`] and parks the requests here until the answer comes back.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -15,7 +15,9 @@
 //! Keeping it free of sockets lets the same code serve UDP (with retransmissions) and reliable
 //! transports (timer F only) and be tested without a network.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -256,7 +258,7 @@ impl ClientTransactions {
             timers,
             next_id: 1,
             rng,
-            by_id: HashMap::new(),
+            by_id: HashMap::default(),
             queue: BTreeSet::new(),
             completed_held: 0,
             stats: TransactionStats::default(),

@@ -195,74 +195,79 @@ impl QopOffer {
 /// refuses the whole header: realm, nonce and opaque are echoed into the next REGISTER, where a
 /// bare CR or LF would split a header line.
 fn parse_params(value: &str) -> Result<(&str, Params<'_>), DigestError> {
-    if value.chars().any(|c| c.is_control() && c != '\t') {
+    if has_control(value) {
         return Err(DigestError::ControlCharacter);
     }
     let value = value.trim();
-    let (scheme, rest) = match value.find(char::is_whitespace) {
+    let (scheme, rest) = match value.find(|c: char| c.is_ascii_whitespace()) {
         Some(i) => (&value[..i], &value[i..]),
         None => (value, ""),
     };
     // A challenge has four to six parameters; an answer up to ten.
     let mut params = Vec::with_capacity(10);
     let malformed = |why: &str| DigestError::Malformed(why.to_string());
-    let mut chars = rest.char_indices().peekable();
-    let skip_while = |chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>,
-                      keep: &dyn Fn(char) -> bool| {
-        while chars.next_if(|&(_, c)| keep(c)).is_some() {}
+    // Bytes: every delimiter is ASCII and no byte of a multi-byte character is, so each cut
+    // falls between characters.
+    let bytes = rest.as_bytes();
+    let end = bytes.len();
+    let skip = |mut i: usize, keep: fn(u8) -> bool| {
+        while i < end && keep(bytes[i]) {
+            i += 1;
+        }
+        i
     };
-    let at = |chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>| {
-        chars.peek().map_or(rest.len(), |&(at, _)| at)
-    };
+    let mut i = 0;
     loop {
-        skip_while(&mut chars, &|c| c.is_whitespace() || c == ',');
-        let Some(&(name_start, _)) = chars.peek() else {
+        i = skip(i, |b| b.is_ascii_whitespace() || b == b',');
+        if i == end {
             break;
-        };
-        skip_while(&mut chars, &|c| c != '=' && c != ',' && !c.is_whitespace());
-        let name = &rest[name_start..at(&mut chars)];
-        skip_while(&mut chars, &char::is_whitespace);
-        if chars.next_if(|&(_, c)| c == '=').is_none() {
+        }
+        let name_start = i;
+        i = skip(i, |b| b != b'=' && b != b',' && !b.is_ascii_whitespace());
+        let name = &rest[name_start..i];
+        i = skip(i, |b| b.is_ascii_whitespace());
+        if bytes.get(i) != Some(&b'=') {
             let name = name.to_ascii_lowercase();
             return Err(malformed(&format!("parameter {name:?} without a value")));
         }
-        skip_while(&mut chars, &char::is_whitespace);
-        let val = if chars.next_if(|&(_, c)| c == '"').is_some() {
-            let start = at(&mut chars);
-            let mut copy: Option<String> = None;
-            let mut end = None;
-            while let Some((i, c)) = chars.next() {
-                match c {
-                    '\\' => {
-                        // The first escape turns the borrowed value into a copy.
-                        let copy = copy.get_or_insert_with(|| rest[start..i].to_string());
-                        match chars.next() {
-                            Some((_, escaped)) => copy.push(escaped),
-                            None => copy.push(c),
-                        }
+        i = skip(i + 1, |b| b.is_ascii_whitespace());
+        let val = if bytes.get(i) == Some(&b'"') {
+            let start = i + 1;
+            let mut copy: Option<Vec<u8>> = None;
+            let mut at = start;
+            loop {
+                let Some(found) = memchr::memchr2(b'"', b'\\', &bytes[at..]) else {
+                    return Err(malformed("unterminated quoted string"));
+                };
+                let found = at + found;
+                if bytes[found] == b'"' {
+                    if let Some(copy) = copy.as_mut() {
+                        copy.extend_from_slice(&bytes[at..found]);
                     }
-                    '"' => {
-                        end = Some(i);
-                        break;
+                    i = found + 1;
+                    break;
+                }
+                // A backslash: the value becomes a copy without it, the next byte kept as is
+                // (the rest of a multi-byte character follows as ordinary bytes).
+                let copy = copy.get_or_insert_with(|| Vec::with_capacity(found - start + 16));
+                copy.extend_from_slice(&bytes[at..found]);
+                match bytes.get(found + 1) {
+                    Some(&escaped) => {
+                        copy.push(escaped);
+                        at = found + 2;
                     }
-                    c => {
-                        if let Some(copy) = copy.as_mut() {
-                            copy.push(c);
-                        }
-                    }
+                    None => return Err(malformed("unterminated quoted string")),
                 }
             }
-            let Some(end) = end else {
-                return Err(malformed("unterminated quoted string"));
-            };
             match copy {
-                Some(copy) => Cow::Owned(copy),
-                None => Cow::Borrowed(&rest[start..end]),
+                // Only ASCII backslashes were taken out: still UTF-8.
+                Some(copy) => Cow::Owned(String::from_utf8_lossy(&copy).into_owned()),
+                None => Cow::Borrowed(&rest[start..i - 1]),
             }
         } else {
-            let start = at(&mut chars);
-            skip_while(&mut chars, &|c| c != ',' && !c.is_whitespace());
-            Cow::Borrowed(&rest[start..at(&mut chars)])
+            let start = i;
+            i = skip(i, |b| b != b',' && !b.is_ascii_whitespace());
+            Cow::Borrowed(&rest[start..i])
         };
         if name.is_empty() {
             return Err(malformed("empty parameter name"));
@@ -270,6 +275,15 @@ fn parse_params(value: &str) -> Result<(&str, Params<'_>), DigestError> {
         params.push((name, val));
     }
     Ok((scheme, params))
+}
+
+/// A control character (Unicode's Cc: C0, DEL, C1), HTAB aside.
+fn has_control(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    // C1 controls are U+0080..U+009F, in UTF-8 0xC2 0x80..0x9F.
+    bytes.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        || (memchr::memchr(0xc2, bytes).is_some()
+            && value.chars().any(|c| ('\u{80}'..='\u{9f}').contains(&c)))
 }
 
 /// A digest header's parameters as [`parse_params`] found them: names as written.
@@ -774,6 +788,12 @@ impl AnswerFields<'_> {
 fn push_quoted_param(out: &mut String, name: &str, value: &str) {
     out.push_str(name);
     out.push_str("=\"");
+    if memchr::memchr2(b'"', b'\\', value.as_bytes()).is_none() {
+        // Nothing to escape (every value we send, in practice).
+        out.push_str(value);
+        out.push('"');
+        return;
+    }
     for piece in value.split_inclusive(['"', '\\']) {
         match piece.strip_suffix(['"', '\\']) {
             Some(before) => {

@@ -128,12 +128,39 @@ fn split_head(datagram: &[u8]) -> Result<Head<'_>, ParseError> {
 
 /// Splits a header value at commas that are outside quotes and angle brackets.
 pub(crate) fn split_list(value: &str) -> Vec<&str> {
-    let mut out = Vec::new();
+    list_items(value).collect()
+}
+
+/// The items of a comma-separated header value (commas inside quotes or angle brackets do not
+/// split), trimmed, empty ones skipped, one at a time: the first Via of a response is all its
+/// matching needs, and a value without a comma is one item found by one `memchr`.
+pub(crate) fn list_items(value: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(value);
+    std::iter::from_fn(move || {
+        loop {
+            let text = rest?;
+            let (item, after) = match first_top_level_comma(text) {
+                Some(at) => (&text[..at], Some(&text[at + 1..])),
+                None => (text, None),
+            };
+            rest = after;
+            let item = item.trim();
+            if !item.is_empty() {
+                return Some(item);
+            }
+        }
+    })
+}
+
+/// Where the first comma outside quotes and angle brackets is.
+fn first_top_level_comma(value: &str) -> Option<usize> {
+    let bytes = value.as_bytes();
+    // Most values have no comma at all.
+    memchr::memchr(b',', bytes)?;
     let (mut in_quotes, mut in_angle, mut escaped) = (false, false, false);
-    let mut start = 0;
     // Bytes rather than chars: every delimiter is ASCII, and no byte of a multi-byte UTF-8
     // character is, so the cuts fall where they would between chars.
-    for (i, &b) in value.as_bytes().iter().enumerate() {
+    for (i, &b) in bytes.iter().enumerate() {
         if escaped {
             escaped = false;
             continue;
@@ -143,16 +170,11 @@ pub(crate) fn split_list(value: &str) -> Vec<&str> {
             b'"' => in_quotes = !in_quotes,
             b'<' if !in_quotes => in_angle = true,
             b'>' if !in_quotes => in_angle = false,
-            b',' if !in_quotes && !in_angle => {
-                out.push(value[start..i].trim());
-                start = i + 1;
-            }
+            b',' if !in_quotes && !in_angle => return Some(i),
             _ => {}
         }
     }
-    out.push(value[start..].trim());
-    out.retain(|s| !s.is_empty());
-    out
+    None
 }
 
 /// Header parameters (`;name=value`) after the name-addr or URI, names lowercased.
@@ -239,7 +261,7 @@ fn parse_contacts(head: &Head) -> Result<(Vec<ContactBinding>, bool), ParseError
     let mut contacts = Vec::new();
     let mut star = false;
     for value in head.all("contact") {
-        for item in split_list(value) {
+        for item in list_items(value) {
             if item == "*" {
                 star = true;
                 continue;
@@ -271,7 +293,7 @@ fn parse_cseq(head: &Head) -> Result<(u32, String), ParseError> {
 }
 
 fn top_via_branch(head: &Head) -> Option<String> {
-    let first = split_list(head.one("via")?).into_iter().next()?;
+    let first = list_items(head.one("via")?).next()?;
     param_value(
         first.split_once(';').map(|(_, p)| p).unwrap_or(""),
         "branch",
