@@ -376,8 +376,9 @@ fn text(bytes: &[u8]) -> Cow<'_, str> {
 /// Header value bytes as text: folded lines joined with one space, trimmed. A value on one
 /// line (nearly all of them) is borrowed.
 pub fn unfold(raw: &[u8]) -> Cow<'_, str> {
+    let folded = memchr::memchr(b'\n', raw).is_some();
     let text = text(raw);
-    if !text.contains('\n') {
+    if !folded {
         return match text {
             Cow::Borrowed(line) => Cow::Borrowed(line.trim()),
             Cow::Owned(line) => Cow::Owned(line.trim().to_string()),

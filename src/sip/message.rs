@@ -82,27 +82,25 @@ pub fn is_response(datagram: &[u8]) -> bool {
 }
 
 /// The start line and the headers (name lowercased and expanded from compact form, value
-/// trimmed, folded lines joined), in order, as [`super::head`] reads them.
-/// Names and values are borrowed where they can be (see [`super::head::Header::name`] and
-/// [`ScannedHead::value`]): parsing a response is on the path of every REGISTER.
+/// trimmed, folded lines joined), in order, as [`super::head`] reads them. A value is made
+/// text only when asked for, and borrowed where it can be (see [`ScannedHead::value`]):
+/// parsing a response is on the path of every REGISTER, and most of its headers are never
+/// looked at.
 struct Head<'a> {
     start: Cow<'a, str>,
-    headers: Vec<(Cow<'static, str>, Cow<'a, str>)>,
+    scanned: ScannedHead<'a>,
 }
 
-impl Head<'_> {
-    fn all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s str> + 's {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_ref())
+impl<'a> Head<'a> {
+    fn all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = Cow<'a, str>> + 's {
+        self.scanned.all(name).map(|h| self.scanned.value(h))
     }
 
-    fn one<'s>(&'s self, name: &'s str) -> Option<&'s str> {
+    fn one(&self, name: &str) -> Option<Cow<'a, str>> {
         self.all(name).next()
     }
 
-    fn required<'s>(&'s self, name: &'s str) -> Result<&'s str, ParseError> {
+    fn required(&self, name: &str) -> Result<Cow<'a, str>, ParseError> {
         self.one(name)
             .ok_or_else(|| ParseError(format!("missing {name} header")))
     }
@@ -111,19 +109,12 @@ impl Head<'_> {
 /// The head by the policy of [`super::head`]; a head that does not read one way is an error
 /// (a control character alone does not stop us from reading it: see [`Response::reason`]).
 fn split_head(datagram: &[u8]) -> Result<Head<'_>, ParseError> {
-    let head = ScannedHead::scan(datagram).map_err(|err| ParseError(err.to_string()))?;
-    if let Some(defect) = head.unreadable() {
+    let mut scanned = ScannedHead::scan(datagram).map_err(|err| ParseError(err.to_string()))?;
+    if let Some(defect) = scanned.unreadable() {
         return fail(defect.reason());
     }
-    let headers = head
-        .headers
-        .iter()
-        .map(|h| (h.name.clone(), head.value(h)))
-        .collect();
-    Ok(Head {
-        start: head.start_line,
-        headers,
-    })
+    let start = std::mem::take(&mut scanned.start_line);
+    Ok(Head { start, scanned })
 }
 
 /// Splits a header value at commas that are outside quotes and angle brackets.
@@ -195,20 +186,17 @@ pub(crate) fn header_params(text: &str) -> Vec<(String, Option<String>)> {
 /// The value of the first parameter called `name` (ASCII case ignored) in `;name=value`
 /// parameters, quotes taken off: what [`header_params`] finds, without building the list.
 fn param_value<'t>(text: &'t str, name: &str) -> Option<&'t str> {
-    let first = text
-        .split(';')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .find(|p| {
-            p.split('=')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case(name)
-        })?;
+    let first = text.split(';').find_map(|piece| {
+        let piece = piece.trim_ascii();
+        let piece_name = match memchr::memchr(b'=', piece.as_bytes()) {
+            Some(at) => &piece[..at],
+            None => piece,
+        };
+        (!piece.is_empty() && piece_name.trim_ascii().eq_ignore_ascii_case(name)).then_some(piece)
+    })?;
     first
         .split_once('=')
-        .map(|(_, value)| value.trim().trim_matches('"'))
+        .map(|(_, value)| value.trim_ascii().trim_matches('"'))
 }
 
 /// `"Display" <uri>;params`, `Name <uri>;params`, or `uri;params` → (uri text, params text).
@@ -261,7 +249,7 @@ fn parse_contacts(head: &Head) -> Result<(Vec<ContactBinding>, bool), ParseError
     let mut contacts = Vec::new();
     let mut star = false;
     for value in head.all("contact") {
-        for item in list_items(value) {
+        for item in list_items(&value) {
             if item == "*" {
                 star = true;
                 continue;
@@ -293,7 +281,8 @@ fn parse_cseq(head: &Head) -> Result<(u32, String), ParseError> {
 }
 
 fn top_via_branch(head: &Head) -> Option<String> {
-    let first = list_items(head.one("via")?).next()?;
+    let via = head.one("via")?;
+    let first = list_items(&via).next()?;
     param_value(
         first.split_once(';').map(|(_, p)| p).unwrap_or(""),
         "branch",
@@ -339,15 +328,18 @@ impl Response {
             code,
             reason: clean_reason(reason),
             branch: top_via_branch(&head),
-            call_id: head.required("call-id")?.to_string(),
+            call_id: head.required("call-id")?.into_owned(),
             cseq,
             cseq_method,
             contacts,
-            expires: head.one("expires").and_then(parse_u32),
-            min_expires: head.one("min-expires").and_then(parse_u32),
-            retry_after: head.one("retry-after").and_then(parse_u32),
-            www_authenticate: head.all("www-authenticate").map(String::from).collect(),
-            proxy_authenticate: head.all("proxy-authenticate").map(String::from).collect(),
+            expires: head.one("expires").as_deref().and_then(parse_u32),
+            min_expires: head.one("min-expires").as_deref().and_then(parse_u32),
+            retry_after: head.one("retry-after").as_deref().and_then(parse_u32),
+            www_authenticate: head.all("www-authenticate").map(Cow::into_owned).collect(),
+            proxy_authenticate: head
+                .all("proxy-authenticate")
+                .map(Cow::into_owned)
+                .collect(),
         })
     }
 }
@@ -366,13 +358,12 @@ impl Request {
         }
         let vias: Vec<String> = head
             .all("via")
-            .flat_map(split_list)
-            .map(String::from)
+            .flat_map(|value| list_items(&value).map(String::from).collect::<Vec<_>>())
             .collect();
         if vias.is_empty() {
             return fail("missing Via header");
         }
-        let to = head.required("to")?.to_string();
+        let to = head.required("to")?.into_owned();
         let (to_uri_text, _) = split_name_addr(&to)?;
         let to_uri = UriParts::parse(to_uri_text)?;
         let (cseq, cseq_method) = parse_cseq(&head)?;
@@ -381,17 +372,17 @@ impl Request {
             method: method.to_string(),
             request_uri: uri.to_string(),
             vias,
-            from: head.required("from")?.to_string(),
+            from: head.required("from")?.into_owned(),
             to,
             to_uri,
-            call_id: head.required("call-id")?.to_string(),
+            call_id: head.required("call-id")?.into_owned(),
             cseq,
             cseq_method,
             contacts,
             contact_star,
-            expires: head.one("expires").and_then(parse_u32),
-            authorization: head.one("authorization").map(String::from),
-            proxy_authorization: head.one("proxy-authorization").map(String::from),
+            expires: head.one("expires").as_deref().and_then(parse_u32),
+            authorization: head.one("authorization").map(Cow::into_owned),
+            proxy_authorization: head.one("proxy-authorization").map(Cow::into_owned),
         })
     }
 }
