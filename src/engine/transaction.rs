@@ -233,9 +233,7 @@ pub struct ClientTransactions {
     next_id: u64,
     /// Where the random part of every branch comes from.
     rng: StdRng,
-    /// Boxed: a start-up burst grows the map to tens of thousands of slots, and each growth
-    /// moves every slot; a pointer moves cheaply where a whole transaction would not.
-    by_id: HashMap<u64, Box<Transaction>>,
+    by_id: HashMap<u64, Transaction>,
     queue: BTreeSet<(Instant, u64)>,
     /// How many of `by_id` are Completed (kept only to absorb repeated responses until timer
     /// K): `pending()` is asked once per admitted request, so it must not walk the map.
@@ -309,7 +307,7 @@ impl ClientTransactions {
             started: now,
         };
         self.queue.insert((tx.deadline(), id));
-        self.by_id.insert(id, Box::new(tx));
+        self.by_id.insert(id, tx);
         self.stats.started += 1;
     }
 
@@ -447,8 +445,8 @@ impl ClientTransactions {
         self.release_spare_capacity();
     }
 
-    /// A start-up burst grows the map to tens of thousands of slots that a quiet gateway
-    /// never needs again; give most of them back once the
+    /// A start-up burst grows the map to tens of thousands of slots (each holds a whole
+    /// transaction) that a quiet gateway never needs again; give most of them back once the
     /// map is a quarter full. Each shrink follows at least as many removals as it moves
     /// entries, so the cost per transaction stays constant.
     fn release_spare_capacity(&mut self) {
