@@ -7,11 +7,10 @@
 //! the target that accepted it; its keep-alive failing sends it through the same rebind.
 
 use std::collections::BTreeSet;
-
-use foldhash::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use foldhash::{HashMap, HashSet};
 use rand::rngs::StdRng;
 use tracing::info;
 

@@ -31,12 +31,11 @@ pub mod transaction;
 mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
-
-use foldhash::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use foldhash::{HashMap, HashSet};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tracing::{info, warn};

@@ -5,10 +5,10 @@
 //! Anything else is looked up once per destination at a time; the engine asks the I/O side with
 //! [`super::Event::Resolve`] and parks the requests here until the answer comes back.
 
-use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use foldhash::HashMap;
 use tracing::{debug, warn};
 
 use super::attempt::Queued;

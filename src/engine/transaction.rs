@@ -16,12 +16,11 @@
 //! transports (timer F only) and be tested without a network.
 
 use std::collections::BTreeSet;
-
-use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use foldhash::HashMap;
 use rand::Rng;
 use rand::rngs::StdRng;
 

@@ -483,16 +483,14 @@ fn compute_response(
     };
     let response = match qop {
         Some(q) => {
-            let nc_text = nc.to_be_bytes().map(|b| {
-                let digits = super::hex::DIGITS;
-                [digits[usize::from(b >> 4)], digits[usize::from(b & 15)]]
-            });
+            // Eight hex digits, as a hash's bytes are written.
+            let nc_text = HexHash::of(&nc.to_be_bytes());
             algorithm.hex_hash_of(&[
                 ha1,
                 b":",
                 nonce.as_bytes(),
                 b":",
-                nc_text.as_flattened(),
+                nc_text.as_bytes(),
                 b":",
                 cnonce.as_bytes(),
                 b":",

@@ -87,11 +87,14 @@ pub fn is_response(datagram: &[u8]) -> bool {
 /// parsing a response is on the path of every REGISTER, and most of its headers are never
 /// looked at.
 struct Head<'a> {
-    start: Cow<'a, str>,
     scanned: ScannedHead<'a>,
 }
 
 impl<'a> Head<'a> {
+    fn start(&self) -> &str {
+        &self.scanned.start_line
+    }
+
     fn all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = Cow<'a, str>> + 's {
         self.scanned.all(name).map(|h| self.scanned.value(h))
     }
@@ -109,12 +112,11 @@ impl<'a> Head<'a> {
 /// The head by the policy of [`super::head`]; a head that does not read one way is an error
 /// (a control character alone does not stop us from reading it: see [`Response::reason`]).
 fn split_head(datagram: &[u8]) -> Result<Head<'_>, ParseError> {
-    let mut scanned = ScannedHead::scan(datagram).map_err(|err| ParseError(err.to_string()))?;
+    let scanned = ScannedHead::scan(datagram).map_err(|err| ParseError(err.to_string()))?;
     if let Some(defect) = scanned.unreadable() {
         return fail(defect.reason());
     }
-    let start = std::mem::take(&mut scanned.start_line);
-    Ok(Head { start, scanned })
+    Ok(Head { scanned })
 }
 
 /// Splits a header value at commas that are outside quotes and angle brackets.
@@ -313,7 +315,7 @@ impl Response {
     pub fn parse(datagram: &[u8]) -> Result<Response, ParseError> {
         let head = split_head(datagram)?;
         let status = head
-            .start
+            .start()
             .strip_prefix("SIP/2.0 ")
             .ok_or_else(|| ParseError("not a SIP/2.0 response".into()))?;
         let (code, reason) = status.split_once(' ').unwrap_or((status, ""));
@@ -347,19 +349,19 @@ impl Response {
 impl Request {
     pub fn parse(datagram: &[u8]) -> Result<Request, ParseError> {
         let head = split_head(datagram)?;
-        let mut parts = head.start.split_whitespace();
+        let mut parts = head.start().split_whitespace();
         let (Some(method), Some(uri), Some("SIP/2.0"), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return fail(format!("bad request line {:?}", head.start));
+            return fail(format!("bad request line {:?}", head.start()));
         };
         if !method.chars().all(|c| c.is_ascii_alphabetic()) {
             return fail(format!("bad method {method:?}"));
         }
-        let vias: Vec<String> = head
-            .all("via")
-            .flat_map(|value| list_items(&value).map(String::from).collect::<Vec<_>>())
-            .collect();
+        let mut vias: Vec<String> = Vec::new();
+        for value in head.all("via") {
+            vias.extend(list_items(&value).map(String::from));
+        }
         if vias.is_empty() {
             return fail("missing Via header");
         }
