@@ -217,7 +217,7 @@ impl Registrar {
         }
     }
 
-    fn answer(&mut self, now: Instant, key: RegKey, req: &RegisterRequest) -> Response {
+    fn answer(&mut self, now: Instant, key: RegKey, req: &RegisterRequest) -> Response<'static> {
         self.registers += 1;
         let index = key.0 as usize;
         if index >= self.rows.len() {
@@ -263,10 +263,12 @@ impl Registrar {
                 ""
             };
             let mut response = response(req, 401, "Unauthorized");
-            response.www_authenticate = vec![format!(
+            response.www_authenticate =
+                vec![format!(
                 "Digest realm=\"{DOMAIN}\", nonce=\"{:x}\", qop=\"auth\", algorithm=MD5{stale}",
                 self.nonces
-            )];
+            )
+            .into()];
             return response;
         }
         let row = &mut self.rows[index];
@@ -285,12 +287,12 @@ impl Registrar {
     }
 }
 
-fn response(req: &RegisterRequest, code: u16, reason: &str) -> Response {
+fn response(req: &RegisterRequest, code: u16, reason: &'static str) -> Response<'static> {
     Response {
         code,
         reason: reason.into(),
         branch: None,
-        call_id: req.call_id.clone(),
+        call_id: req.call_id.clone().into(),
         cseq: req.cseq,
         cseq_method: "REGISTER".into(),
         contacts: Vec::new(),

@@ -80,7 +80,7 @@ fn final_response(
     socket: &UdpSocket,
     registrar: SocketAddr,
     exchange: &mut Exchange,
-) -> io::Result<Response> {
+) -> io::Result<Response<'static>> {
     let deadline = Instant::now() + ANSWER_LIMIT;
     let mut buf = vec![0u8; uacreg::sip::MAX_MESSAGE];
     while Instant::now() < deadline {
@@ -105,7 +105,7 @@ fn final_response(
         let response = Response::parse(&buf[..n])
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.0))?;
         if response.code >= 200 {
-            return Ok(response);
+            return Ok(response.into_owned());
         }
     }
     Err(io::Error::new(

@@ -514,12 +514,12 @@ mod tests {
     }
 
     /// A response to `ids` with `code`, echoing everything as a registrar would.
-    fn response(ids: &RequestIds, code: u16) -> Response {
+    fn response(ids: &RequestIds, code: u16) -> Response<'static> {
         Response {
             code,
             reason: "Whatever".into(),
-            branch: Some(ids.branch.clone()),
-            call_id: ids.call_id.clone(),
+            branch: Some(ids.branch.clone().into()),
+            call_id: ids.call_id.clone().into(),
             cseq: ids.cseq,
             cseq_method: ids.method.into(),
             contacts: vec![],
@@ -872,7 +872,7 @@ mod tests {
                 .into_iter()
                 .map(|branch| {
                     let mut r = response(ids, 200);
-                    r.branch = Some(branch);
+                    r.branch = Some(branch.into());
                     (r, udp())
                 })
                 .chain(std::iter::once({
@@ -891,7 +891,7 @@ mod tests {
         let t0 = Instant::now();
         let (mut txs, ids) = started(t0, 2, false);
         let mut wrong = response(&ids, 200);
-        wrong.call_id.push('x');
+        wrong.call_id.to_mut().push('x');
         assert_eq!(
             txs.handle_response(t0, &wrong, udp()),
             Matched::Unknown(Mismatch::Ids)

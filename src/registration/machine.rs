@@ -757,7 +757,7 @@ impl Registration {
         }
         self.in_flight = None;
         self.last_code = Some(response.code);
-        self.last_reason = response.reason.as_str().into();
+        self.last_reason = response.reason.as_ref().into();
         match response.code {
             200..=299 => self.on_success(ctx, &flight, response),
             401 | 407 => self.on_challenge(ctx, &flight, response),

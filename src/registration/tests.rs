@@ -119,14 +119,20 @@ impl Model {
     }
 
     /// A 407 from the authenticating proxy for `realm`.
-    fn proxy_challenge(&mut self, now: Instant, req: &RegisterRequest, realm: &str) -> Response {
+    fn proxy_challenge(
+        &mut self,
+        now: Instant,
+        req: &RegisterRequest,
+        realm: &str,
+    ) -> Response<'static> {
         self.nonce_counter += 1;
         let nonce = format!("p{}", self.nonce_counter);
         self.nonces.insert(nonce.clone(), now);
         let mut r = base_response(req, 407, "Proxy Authentication Required");
-        r.proxy_authenticate = vec![format!(
-            "Digest realm=\"{realm}\", nonce=\"{nonce}\", qop=\"auth\", algorithm=MD5"
-        )];
+        r.proxy_authenticate = vec![
+            format!("Digest realm=\"{realm}\", nonce=\"{nonce}\", qop=\"auth\", algorithm=MD5")
+                .into(),
+        ];
         r
     }
 
@@ -136,19 +142,22 @@ impl Model {
         req: &RegisterRequest,
         realm: &str,
         stale: bool,
-    ) -> Response {
+    ) -> Response<'static> {
         self.nonce_counter += 1;
         let nonce = format!("n{}", self.nonce_counter);
         self.nonces.insert(nonce.clone(), now);
         let mut r = base_response(req, 401, "Unauthorized");
-        r.www_authenticate = vec![format!(
-            "Digest realm=\"{realm}\", nonce=\"{nonce}\", qop=\"auth\", algorithm=MD5{}",
-            if stale { ", stale=true" } else { "" }
-        )];
+        r.www_authenticate = vec![
+            format!(
+                "Digest realm=\"{realm}\", nonce=\"{nonce}\", qop=\"auth\", algorithm=MD5{}",
+                if stale { ", stale=true" } else { "" }
+            )
+            .into(),
+        ];
         r
     }
 
-    fn answer(&mut self, now: Instant, req: &RegisterRequest) -> Option<Response> {
+    fn answer(&mut self, now: Instant, req: &RegisterRequest) -> Option<Response<'static>> {
         let user = req
             .aor
             .trim_start_matches("sip:")
@@ -241,12 +250,12 @@ fn contact(uri: &str, expires: Option<u32>) -> ContactBinding {
     }
 }
 
-fn base_response(req: &RegisterRequest, code: u16, reason: &str) -> Response {
+fn base_response(req: &RegisterRequest, code: u16, reason: &str) -> Response<'static> {
     Response {
         code,
-        reason: reason.into(),
+        reason: reason.to_string().into(),
         branch: Some("z9hG4bKtest".into()),
-        call_id: req.call_id.clone(),
+        call_id: req.call_id.clone().into(),
         cseq: req.cseq,
         cseq_method: "REGISTER".into(),
         contacts: vec![],
@@ -267,7 +276,7 @@ struct Sim {
     rtt: Duration,
     /// (deliver at, key, response or None for a timeout, cseq). Every message of a run takes the
     /// same time, so arrival order is sending order and a queue stays sorted.
-    in_transit: std::collections::VecDeque<(Instant, RegKey, Option<Response>, u32)>,
+    in_transit: std::collections::VecDeque<(Instant, RegKey, Option<Response<'static>>, u32)>,
     sent: Vec<(RegKey, RegisterRequest)>,
     /// Keep every request in `sent` (off for the big runs, which only count).
     keep_sent: bool,

@@ -33,24 +33,37 @@ pub struct ContactBinding {
     pub expires: Option<u32>,
 }
 
-/// A response to a request we sent.
+/// A response to a request we sent. Its text is borrowed from the datagram where it lies there
+/// as it is read (nearly always): every REGISTER is answered at least once, and whoever needs
+/// a field beyond the datagram's life copies it.
 #[derive(Clone, Debug)]
-pub struct Response {
+pub struct Response<'a> {
     pub code: u16,
-    pub reason: String,
+    pub reason: Cow<'a, str>,
     /// `branch` parameter of the topmost Via.
-    pub branch: Option<String>,
-    pub call_id: String,
+    pub branch: Option<Cow<'a, str>>,
+    pub call_id: Cow<'a, str>,
     pub cseq: u32,
-    pub cseq_method: String,
+    pub cseq_method: Cow<'a, str>,
     pub contacts: Vec<ContactBinding>,
     pub expires: Option<u32>,
     pub min_expires: Option<u32>,
     pub retry_after: Option<u32>,
     /// Raw `WWW-Authenticate` values, one per challenge.
-    pub www_authenticate: Vec<String>,
+    pub www_authenticate: Vec<Cow<'a, str>>,
     /// Raw `Proxy-Authenticate` values.
-    pub proxy_authenticate: Vec<String>,
+    pub proxy_authenticate: Vec<Cow<'a, str>>,
+}
+
+/// `part`, a slice of `whole`'s text, with `whole`'s lifetime when `whole` is borrowed.
+fn part_of<'a>(whole: &Cow<'a, str>, part: &str) -> Cow<'a, str> {
+    match whole {
+        Cow::Borrowed(text) => {
+            let start = part.as_ptr() as usize - text.as_ptr() as usize;
+            Cow::Borrowed(&text[start..start + part.len()])
+        }
+        Cow::Owned(_) => Cow::Owned(part.to_string()),
+    }
 }
 
 /// A request as the test registrar needs it.
@@ -269,9 +282,10 @@ fn parse_contacts(head: &Head) -> Result<(Vec<ContactBinding>, bool), ParseError
     Ok((contacts, star))
 }
 
-fn parse_cseq(head: &Head) -> Result<(u32, String), ParseError> {
+fn parse_cseq<'a>(head: &Head<'a>) -> Result<(u32, Cow<'a, str>), ParseError> {
     let value = head.required("cseq")?;
-    let mut parts = value.split_whitespace();
+    // Number, linear white space, method (RFC 3261 §20.16).
+    let mut parts = value.split([' ', '\t']).filter(|part| !part.is_empty());
     let number = parts
         .next()
         .and_then(|n| n.parse::<u32>().ok())
@@ -279,17 +293,17 @@ fn parse_cseq(head: &Head) -> Result<(u32, String), ParseError> {
     let method = parts
         .next()
         .ok_or_else(|| ParseError(format!("CSeq without method {value:?}")))?;
-    Ok((number, method.to_string()))
+    Ok((number, part_of(&value, method)))
 }
 
-fn top_via_branch(head: &Head) -> Option<String> {
+fn top_via_branch<'a>(head: &Head<'a>) -> Option<Cow<'a, str>> {
     let via = head.one("via")?;
     let first = list_items(&via).next()?;
-    param_value(
+    let branch = param_value(
         first.split_once(';').map(|(_, p)| p).unwrap_or(""),
         "branch",
-    )
-    .map(String::from)
+    )?;
+    Some(part_of(&via, branch))
 }
 
 /// Longest reason phrase kept, in bytes: it is stored per row, logged and written to a
@@ -299,20 +313,24 @@ pub const MAX_REASON: usize = 255;
 /// The reason phrase as it may be kept, shown and logged: control characters (a bare CR, ESC
 /// sequences for a terminal, NUL, which PostgreSQL refuses in text) become `?`, and the text is
 /// cut to [`MAX_REASON`] bytes at a character boundary.
-fn clean_reason(reason: &str) -> String {
+fn clean_reason(reason: &str) -> Cow<'_, str> {
+    let reason = reason.trim();
+    if reason.len() <= MAX_REASON && !reason.contains(char::is_control) {
+        return Cow::Borrowed(reason);
+    }
     let mut out = String::with_capacity(reason.len().min(MAX_REASON));
-    for c in reason.trim().chars() {
+    for c in reason.chars() {
         let c = if c.is_control() { '?' } else { c };
         if out.len() + c.len_utf8() > MAX_REASON {
             break;
         }
         out.push(c);
     }
-    out
+    Cow::Owned(out)
 }
 
-impl Response {
-    pub fn parse(datagram: &[u8]) -> Result<Response, ParseError> {
+impl<'a> Response<'a> {
+    pub fn parse(datagram: &'a [u8]) -> Result<Response<'a>, ParseError> {
         let head = split_head(datagram)?;
         let status = head
             .start()
@@ -326,23 +344,51 @@ impl Response {
             .ok_or_else(|| ParseError(format!("bad status code {code:?}")))?;
         let (cseq, cseq_method) = parse_cseq(&head)?;
         let (contacts, _) = parse_contacts(&head)?;
+        let reason = match &head.scanned.start_line {
+            // The start line borrowed from the datagram: so is the reason, unless cleaned.
+            Cow::Borrowed(line) => clean_reason(&line[line.len() - reason.len()..]),
+            Cow::Owned(_) => Cow::Owned(clean_reason(reason).into_owned()),
+        };
         Ok(Response {
             code,
-            reason: clean_reason(reason),
+            reason,
             branch: top_via_branch(&head),
-            call_id: head.required("call-id")?.into_owned(),
+            call_id: head.required("call-id")?,
             cseq,
             cseq_method,
             contacts,
             expires: head.one("expires").as_deref().and_then(parse_u32),
             min_expires: head.one("min-expires").as_deref().and_then(parse_u32),
             retry_after: head.one("retry-after").as_deref().and_then(parse_u32),
-            www_authenticate: head.all("www-authenticate").map(Cow::into_owned).collect(),
-            proxy_authenticate: head
-                .all("proxy-authenticate")
-                .map(Cow::into_owned)
-                .collect(),
+            www_authenticate: head.all("www-authenticate").collect(),
+            proxy_authenticate: head.all("proxy-authenticate").collect(),
         })
+    }
+}
+
+impl Response<'_> {
+    /// The same response owning its text, to be kept beyond the datagram it was read from.
+    pub fn into_owned(self) -> Response<'static> {
+        let owned = |values: Vec<Cow<'_, str>>| {
+            values
+                .into_iter()
+                .map(|v| Cow::Owned(v.into_owned()))
+                .collect()
+        };
+        Response {
+            code: self.code,
+            reason: Cow::Owned(self.reason.into_owned()),
+            branch: self.branch.map(|b| Cow::Owned(b.into_owned())),
+            call_id: Cow::Owned(self.call_id.into_owned()),
+            cseq: self.cseq,
+            cseq_method: Cow::Owned(self.cseq_method.into_owned()),
+            contacts: self.contacts,
+            expires: self.expires,
+            min_expires: self.min_expires,
+            retry_after: self.retry_after,
+            www_authenticate: owned(self.www_authenticate),
+            proxy_authenticate: owned(self.proxy_authenticate),
+        }
     }
 }
 
@@ -379,7 +425,7 @@ impl Request {
             to_uri,
             call_id: head.required("call-id")?.into_owned(),
             cseq,
-            cseq_method,
+            cseq_method: cseq_method.into_owned(),
             contacts,
             contact_star,
             expires: head.one("expires").as_deref().and_then(parse_u32),
@@ -636,7 +682,7 @@ Contact: *\r\nExpires: 0\r\nAuthorization: Digest username=\"alice\"\r\n\r\n";
                    CSeq\t: 4 REGISTER\r\nExpires : 300\r\n\r\n";
         let r = Response::parse(msg.as_bytes()).unwrap();
         assert_eq!(r.call_id, "c");
-        assert_eq!((r.cseq, r.cseq_method.as_str()), (4, "REGISTER"));
+        assert_eq!((r.cseq, r.cseq_method.as_ref()), (4, "REGISTER"));
         assert_eq!(r.expires, Some(300));
     }
 

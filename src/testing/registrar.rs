@@ -959,7 +959,11 @@ mod tests {
     use crate::sip::message::Response;
     use crate::sip::register::RegisterRequest;
 
-    async fn exchange(socket: &UdpSocket, to: SocketAddr, request: &RegisterRequest) -> Response {
+    async fn exchange(
+        socket: &UdpSocket,
+        to: SocketAddr,
+        request: &RegisterRequest,
+    ) -> Response<'static> {
         let mut bytes = Vec::new();
         let sent_by = socket.local_addr().unwrap().to_string();
         request.encode(
@@ -972,7 +976,7 @@ mod tests {
             .await
             .expect("answer in time")
             .unwrap();
-        Response::parse(&buf[..len]).unwrap()
+        Response::parse(&buf[..len]).unwrap().into_owned()
     }
 
     fn register(cseq: u32, expires: u32) -> RegisterRequest {
