@@ -148,19 +148,23 @@ impl Uacregd {
     }
 }
 
+/// The process measured: the one named `uacregd` among those spawned, or the one named by
+/// `UACREG_LOAD_PROCESS_NAME` when a wrapper runs the daemon under another name (valgrind's
+/// tools run it as `callgrind-amd64`, the kernel's 15-character cut of the tool's name).
 fn find_pid(watched: &Watched) -> io::Result<u32> {
+    let name = std::env::var("UACREG_LOAD_PROCESS_NAME").unwrap_or_else(|_| "uacregd".into());
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if let Some(pid) = watched
             .processes()
             .into_iter()
-            .find(|pid| procfs::command_name(*pid).as_deref() == Some("uacregd"))
+            .find(|pid| procfs::command_name(*pid).as_deref() == Some(name.as_str()))
         {
             return Ok(pid);
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    Err(io::Error::other("uacregd process not found"))
+    Err(io::Error::other(format!("no process named {name:?} found")))
 }
 
 fn rpc_request(method: &str) -> String {
