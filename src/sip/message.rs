@@ -55,15 +55,20 @@ pub struct Response<'a> {
     pub proxy_authenticate: Vec<Cow<'a, str>>,
 }
 
-/// `part`, a slice of `whole`'s text, with `whole`'s lifetime when `whole` is borrowed.
+/// `part`, a slice of `whole`'s text, with `whole`'s lifetime when `whole` is borrowed (a copy
+/// otherwise, or if `part` is not where it should be: checked, not assumed).
 fn part_of<'a>(whole: &Cow<'a, str>, part: &str) -> Cow<'a, str> {
-    match whole {
-        Cow::Borrowed(text) => {
-            let start = part.as_ptr() as usize - text.as_ptr() as usize;
-            Cow::Borrowed(&text[start..start + part.len()])
+    if let Cow::Borrowed(text) = whole {
+        let start = (part.as_ptr() as usize).checked_sub(text.as_ptr() as usize);
+        let end = start.and_then(|start| start.checked_add(part.len()));
+        if let (Some(start), Some(end)) = (start, end)
+            && let Some(within) = text.get(start..end)
+            && within.as_ptr() == part.as_ptr()
+        {
+            return Cow::Borrowed(within);
         }
-        Cow::Owned(_) => Cow::Owned(part.to_string()),
     }
+    Cow::Owned(part.to_string())
 }
 
 /// A request as the test registrar needs it.
@@ -438,6 +443,33 @@ impl Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_response_borrows_its_text_unless_a_folded_line_made_it_new() {
+        let plain = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKt1.ab\r\n\
+            Call-ID: c1@h\r\nCSeq: 7 REGISTER\r\nContent-Length: 0\r\n\r\n";
+        let r = Response::parse(plain).unwrap();
+        assert!(matches!(r.branch, Some(Cow::Borrowed("z9hG4bKt1.ab"))));
+        assert!(matches!(r.reason, Cow::Borrowed("OK")));
+        assert!(matches!(r.call_id, Cow::Borrowed("c1@h")));
+        assert!(matches!(r.cseq_method, Cow::Borrowed("REGISTER")));
+        // A folded Via is joined into new text: its branch is a copy, and the same.
+        let folded = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.1\r\n ;branch=z9hG4bKt1.ab\r\n\
+            Call-ID: c1@h\r\nCSeq: 7\r\n\tREGISTER\r\nContent-Length: 0\r\n\r\n";
+        let r = Response::parse(folded).unwrap();
+        assert!(matches!(r.branch, Some(Cow::Owned(ref b)) if b == "z9hG4bKt1.ab"));
+        assert!(matches!(r.cseq_method, Cow::Owned(ref m) if m == "REGISTER"));
+        let kept = r.into_owned();
+        assert_eq!((kept.cseq, kept.call_id.as_ref()), (7, "c1@h"));
+        // Text that is not a slice of the whole is copied, never cut out by its address.
+        let elsewhere = String::from("b");
+        assert!(matches!(
+            part_of(&Cow::Borrowed("abc"), &elsewhere),
+            Cow::Owned(_)
+        ));
+        let whole = Cow::Borrowed("abc");
+        assert!(matches!(part_of(&whole, &whole[1..]), Cow::Borrowed("bc")));
+    }
 
     /// Found by the `row` fuzz target (fuzz/seeds/row/crash-colon-in-r-username): an r_username
     /// holding `:` and `?` went into To and From as it was, so the user part read as
