@@ -349,10 +349,10 @@ impl<'a> Response<'a> {
             .ok_or_else(|| ParseError(format!("bad status code {code:?}")))?;
         let (cseq, cseq_method) = parse_cseq(&head)?;
         let (contacts, _) = parse_contacts(&head)?;
-        let reason = match &head.scanned.start_line {
-            // The start line borrowed from the datagram: so is the reason, unless cleaned.
-            Cow::Borrowed(line) => clean_reason(&line[line.len() - reason.len()..]),
-            Cow::Owned(_) => Cow::Owned(clean_reason(reason).into_owned()),
+        // Borrowed from the datagram with the start line, unless cleaned.
+        let reason = match part_of(&head.scanned.start_line, reason) {
+            Cow::Borrowed(reason) => clean_reason(reason),
+            Cow::Owned(reason) => Cow::Owned(clean_reason(&reason).into_owned()),
         };
         Ok(Response {
             code,
