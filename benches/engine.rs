@@ -23,7 +23,7 @@ use uacreg::registration::{CoreConfig, Destination, Record, RecordFields, Secret
 use uacreg::sip::digest::SecretInput;
 use uacreg::sip::{Authorization, Request};
 
-/// The daemon's allocator, set up as `uacregd` sets it up (freed pages returned at once, no
+/// The daemon's allocator, set up as `uacregd` sets it up (freed pages returned after 10 ms, no
 /// transparent huge pages): allocation is a good part of what is measured.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -229,8 +229,9 @@ fn main() {
         unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     }
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // The delay of `PURGE_DELAY_MS` in `src/bin/uacregd.rs`.
         // SAFETY: sets one integer option before anything else runs.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10) };
     }
     let rows = args.rows.max(1);
     let per_row = |d: Duration| d.as_secs_f64() * 1e6 / rows as f64;
