@@ -22,13 +22,14 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// How long mimalloc keeps a freed page before it returns it to the system, in ms.
 ///
-/// Returning each page the moment it empties (a delay of 0, what uacregd did before) costs a
+/// Returning each page the moment it empties (a delay of 0) costs a
 /// `madvise`, a TLB flush on every core the process runs on and, when the page is used again
 /// a moment later, a page fault and a zeroed page. A start-up frees and reuses pages all the
 /// time (transactions, answers, the send backlog), and at a million rows this was the largest
 /// part of what a row cost beyond 100,000 rows: the engine bench took 14.5–14.8 µs per row
 /// with it and 10.8–11.0 with 10 ms, at the same peak RSS. Ten milliseconds is enough for a
-/// page to be reused within a burst, and short enough that nothing freed stays resident.
+/// page to be reused within a burst, and short enough that what a burst freed does not stay
+/// resident after it.
 const PURGE_DELAY_MS: std::ffi::c_long = 10;
 
 /// How often the daemon asks mimalloc to return the pages whose delay has run out. mimalloc
