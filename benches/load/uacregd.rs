@@ -33,7 +33,24 @@ pub struct Uacregd {
 impl Uacregd {
     /// Starts the daemon on `db_url` with `extra_config` appended to its TOML file, and waits
     /// until its metrics endpoint answers (it is served once the first load is done).
+    ///
+    /// The ports are found free and let go just before the daemon binds them, so another
+    /// socket can take one in between (it happened once in a few dozen runs): a start that
+    /// failed on a port in use is tried again, on new ports, up to three times.
     pub fn start(dir: &Path, db_url: &str, extra_config: &str) -> io::Result<Uacregd> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Uacregd::start_once(dir, db_url, extra_config) {
+                Err(err) if tries < 3 && err.to_string().contains("Address already in use") => {
+                    eprintln!("   uacregd lost a port to another socket; starting it again");
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    fn start_once(dir: &Path, db_url: &str, extra_config: &str) -> io::Result<Uacregd> {
         let sip = process::spare_udp_port()?;
         let rpc = process::spare_tcp_port()?;
         let metrics = process::spare_tcp_port()?;
