@@ -153,6 +153,23 @@ pub fn run(
     let passes = plan.duration.as_secs() * 4 + 1000;
     for _ in 0..passes {
         let now = Instant::now();
+        // A sample due at the same moment as a reload or a dump is taken first: it measures what
+        // the daemon holds between them, not what a reload that ended a millisecond ago has
+        // freed and the allocator has yet to return (it keeps freed pages for a few ms and
+        // returns them within a second). Memory a reload or a dump keeps shows in the next
+        // sample, taken well after it.
+        let last = now >= end;
+        if now >= next_sample || last {
+            let sample = take_sample(&start, gateway, peer, rows.len())?;
+            print_sample(&sample, summary.samples.last());
+            append_sample(csv, &run_started, rows.len(), &sample)?;
+            summary.samples.push(sample);
+            next_sample += plan.sample_every;
+            if last {
+                break;
+            }
+            continue;
+        }
         if now >= next_reload && next_reload < end {
             let (indices, earlier) = rows::changed_by_round(rows.len(), plan.changed_share, round);
             gateway.change_rows(rows, &indices, earlier)?;
@@ -183,18 +200,6 @@ pub fn run(
             );
             summary.dumps.push(Dump { t, measure });
             next_dump += plan.dump_every;
-            continue;
-        }
-        let last = now >= end;
-        if now >= next_sample || last {
-            let sample = take_sample(&start, gateway, peer, rows.len())?;
-            print_sample(&sample, summary.samples.last());
-            append_sample(csv, &run_started, rows.len(), &sample)?;
-            summary.samples.push(sample);
-            next_sample += plan.sample_every;
-            if last {
-                break;
-            }
             continue;
         }
         let next = next_sample
