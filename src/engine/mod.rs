@@ -12,6 +12,7 @@
 //! (see `tests.rs`).
 //!
 //! * [`transaction`] — RFC 3261 non-INVITE client transactions.
+//! * `tx_store` — where transactions are kept and when they come due, laid out for a million.
 //! * `attempt` — one REGISTER on its way: targets, encoding, fail-over, answers.
 //! * `targets` — the RFC 3263 answer cache and lookups in progress.
 //! * `binding` — where each binding lives, and rebinds (with back-off) when that breaks.
@@ -26,6 +27,7 @@ mod shards;
 mod stats;
 mod targets;
 pub mod transaction;
+mod tx_store;
 
 #[cfg(test)]
 mod tests;

@@ -15,18 +15,18 @@
 //! Keeping it free of sockets lets the same code serve UDP (with retransmissions) and reliable
 //! transports (timer F only) and be tested without a network.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use foldhash::HashMap;
 use rand::Rng;
 use rand::rngs::StdRng;
 
 use crate::registration::RegKey;
 use crate::sip::message::Response;
 use crate::transport::stream::FlowId;
+
+use super::tx_store::{Deadlines, Lane, Numbered};
 
 /// RFC 3261 timer values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,8 +232,8 @@ pub struct ClientTransactions {
     next_id: u64,
     /// Where the random part of every branch comes from.
     rng: StdRng,
-    by_id: HashMap<u64, Transaction>,
-    queue: BTreeSet<(Instant, u64)>,
+    by_id: Numbered<Transaction>,
+    queue: Deadlines,
     /// How many of `by_id` are Completed (kept only to absorb repeated responses until timer
     /// K): `pending()` is asked once per admitted request, so it must not walk the map.
     completed_held: usize,
@@ -255,8 +255,8 @@ impl ClientTransactions {
             timers,
             next_id: 1,
             rng,
-            by_id: HashMap::default(),
-            queue: BTreeSet::new(),
+            by_id: Numbered::default(),
+            queue: Deadlines::default(),
             completed_held: 0,
             stats: TransactionStats::default(),
         }
@@ -305,7 +305,12 @@ impl ClientTransactions {
             retransmissions: 0,
             started: now,
         };
-        self.queue.insert((tx.deadline(), id));
+        let lane = if tx.path.is_reliable() {
+            Lane::Reliable
+        } else {
+            Lane::Sent
+        };
+        self.queue.push(lane, tx.deadline(), id);
         self.by_id.insert(id, tx);
         self.stats.started += 1;
     }
@@ -323,7 +328,7 @@ impl ClientTransactions {
     fn id_of(&self, branch: &str) -> Option<u64> {
         let id = Self::id_in(branch)?;
         // The number alone is guessable; the whole branch, random part included, must be ours.
-        (self.by_id.get(&id)?.ids.branch == branch).then_some(id)
+        (self.by_id.get(id)?.ids.branch == branch).then_some(id)
     }
 
     /// Matches a response that arrived by `arrival` and moves its transaction on. Only a
@@ -332,7 +337,7 @@ impl ClientTransactions {
         let Some(id) = response.branch.as_deref().and_then(|b| self.id_of(b)) else {
             return Matched::Unknown(Mismatch::Branch);
         };
-        let Some(tx) = self.by_id.get_mut(&id) else {
+        let Some(tx) = self.by_id.get_mut(id) else {
             return Matched::Unknown(Mismatch::Branch);
         };
         if let Err(mismatch) = tx.ids.check(&tx.path, response, &arrival) {
@@ -355,8 +360,8 @@ impl ClientTransactions {
                 let latency = now.saturating_duration_since(tx.started);
                 if tx.path.is_reliable() {
                     // Timer K is zero for reliable transports.
-                    self.queue.remove(&(old_deadline, id));
-                    self.by_id.remove(&id);
+                    self.by_id.remove(id);
+                    self.drop_stale_deadlines();
                     return Matched::Deliver(owner, latency);
                 }
                 tx.state = TxState::Completed;
@@ -370,20 +375,39 @@ impl ClientTransactions {
         };
         let new_deadline = tx.deadline();
         if new_deadline != old_deadline {
-            self.queue.remove(&(old_deadline, id));
-            self.queue.insert((new_deadline, id));
+            // The old entry stays behind, stale; see `tx_store`.
+            if tx.state == TxState::Completed {
+                self.queue.push(Lane::Answered, new_deadline, id);
+            } else {
+                self.queue.push_other(new_deadline, id);
+            }
+            self.drop_stale_deadlines();
         }
         result
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.queue.first().map(|(at, _)| *at)
+        self.queue.first().map(|(at, _)| at)
+    }
+
+    /// Whether the deadline entry `(at, id)` is still its transaction's deadline.
+    fn is_due_entry(by_id: &Numbered<Transaction>, at: Instant, id: u64) -> bool {
+        by_id.get(id).is_some_and(|tx| tx.deadline() == at)
+    }
+
+    /// Drops stale entries at the front of the deadlines, so that the next deadline is one at
+    /// which something happens (an answered request's timer E would otherwise wake the
+    /// driver for nothing).
+    fn drop_stale_deadlines(&mut self) {
+        let by_id = &self.by_id;
+        self.queue
+            .drop_stale_fronts(|at, id| Self::is_due_entry(by_id, at, id));
     }
 
     /// Names the connection a transaction started on [`Path::Connecting`] went on.
     pub fn connected(&mut self, branch: &str, flow: FlowId) {
         if let Some(id) = self.id_of(branch)
-            && let Some(tx) = self.by_id.get_mut(&id)
+            && let Some(tx) = self.by_id.get_mut(id)
             && tx.path == Path::Connecting
         {
             tx.path = Path::Flow(flow);
@@ -393,8 +417,8 @@ impl ClientTransactions {
     /// Ends a transaction without a response (its connection broke); returns its owner.
     pub fn abandon(&mut self, branch: &str) -> Option<Owner> {
         let id = self.id_of(branch)?;
-        let tx = self.by_id.remove(&id)?;
-        self.queue.remove(&(tx.deadline(), id));
+        let tx = self.by_id.remove(id)?;
+        self.drop_stale_deadlines();
         if tx.state == TxState::Completed {
             self.completed_held -= 1;
             return None;
@@ -404,28 +428,32 @@ impl ClientTransactions {
 
     /// Handles every timer due at `now`, appending retransmissions and timeouts to `out`.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<TimerEvent>) {
-        while let Some(&(at, id)) = self.queue.first() {
+        while let Some((at, id)) = self.queue.first() {
             if at > now {
                 break;
             }
             self.queue.pop_first();
-            let Some(tx) = self.by_id.get_mut(&id) else {
+            let Some(tx) = self.by_id.get_mut(id) else {
                 continue;
             };
+            if tx.deadline() != at {
+                // Stale: the transaction moved on since this entry was made.
+                continue;
+            }
             if tx.state == TxState::Completed {
-                self.by_id.remove(&id);
+                self.by_id.remove(id);
                 self.completed_held -= 1;
                 continue;
             }
             if now >= tx.gives_up_at {
                 self.stats.timeouts += 1;
                 out.push(TimerEvent::TimedOut(tx.owner));
-                self.by_id.remove(&id);
+                self.by_id.remove(id);
                 continue;
             }
             let Path::Udp(destination) = tx.path else {
                 // Reliable transports have no timer E; their only deadline is timer F.
-                self.queue.insert((tx.gives_up_at, id));
+                self.queue.push_other(tx.gives_up_at, id);
                 continue;
             };
             // Timer E.
@@ -439,8 +467,9 @@ impl ClientTransactions {
                 tx.interval = (tx.interval * 2).min(self.timers.t2);
             }
             tx.next_event = now + tx.interval;
-            self.queue.insert((tx.deadline(), id));
+            self.queue.push_other(tx.deadline(), id);
         }
+        self.drop_stale_deadlines();
         self.release_spare_capacity();
     }
 
@@ -450,10 +479,8 @@ impl ClientTransactions {
     /// entries, so the cost per transaction stays constant.
     fn release_spare_capacity(&mut self) {
         const KEEP: usize = 1024;
-        let capacity = self.by_id.capacity();
-        if capacity > KEEP && self.by_id.len() < capacity / 4 {
-            self.by_id.shrink_to((self.by_id.len() * 2).max(KEEP));
-        }
+        self.by_id.release_spare(KEEP);
+        self.queue.release_spare(KEEP);
     }
 
     /// Transactions not yet answered (Trying or Proceeding) — what pacing limits.
@@ -589,7 +616,7 @@ mod tests {
         let mut out = Vec::new();
         txs.handle_timeout(t0 + Duration::from_secs(6), &mut out);
         assert_eq!(txs.pending(), 0);
-        assert!(txs.by_id.is_empty());
+        assert_eq!(txs.by_id.len(), 0);
         assert!(txs.by_id.capacity() < grown / 4, "{}", txs.by_id.capacity());
     }
 
