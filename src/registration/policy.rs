@@ -113,6 +113,8 @@ pub struct RetryPolicy {
     /// when an answer was taken and then refused, a request was lost before it was sent, or
     /// anything else left the row waiting for an answer that cannot come. It must exceed timer F
     /// and the longest wait in the send queue (the driver raises it to twice timer F at least).
+    /// A guard armed less than a sixteenth of this ago is kept rather than re-armed (an answer
+    /// to a challenge sent milliseconds after its request), so a request may get 15/16 of it.
     pub in_flight_guard: Duration,
 }
 
