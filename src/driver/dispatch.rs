@@ -22,10 +22,11 @@ const DRAIN_LIMIT: usize = 256;
 
 /// How long the loop waits, after a wake-up that brought a datagram, before it looks again.
 /// Each wake-up costs a trip through the kernel's scheduler (on a VM about as much as handling
-/// a response); under load a millisecond's gathering turns one wake-up per datagram into one
-/// per batch. Nothing SIP measures notices a millisecond, and an idle socket is answered at
-/// once: the wait follows traffic, it never precedes the first datagram.
-const COALESCE: std::time::Duration = std::time::Duration::from_millis(1);
+/// a response); under load two milliseconds' gathering turns one wake-up per datagram into one
+/// per batch (one millisecond took 0.5 µs more CPU per row at a million rows). Nothing SIP
+/// measures notices two milliseconds, and an idle socket is answered at once: the wait follows
+/// traffic, it never precedes the first datagram.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Driver {
     pub(super) async fn run(mut self) {
