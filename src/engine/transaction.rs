@@ -428,11 +428,7 @@ impl ClientTransactions {
 
     /// Handles every timer due at `now`, appending retransmissions and timeouts to `out`.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<TimerEvent>) {
-        while let Some((at, id)) = self.queue.first() {
-            if at > now {
-                break;
-            }
-            self.queue.pop_first();
+        while let Some((at, id)) = self.queue.pop_due(now) {
             let Some(tx) = self.by_id.get_mut(id) else {
                 continue;
             };

@@ -204,8 +204,9 @@ impl Deadlines {
         self.earliest().map(|(entry, _)| entry)
     }
 
-    pub(super) fn pop_first(&mut self) -> Option<(Instant, u64)> {
-        let (entry, place) = self.earliest()?;
+    /// Takes the earliest entry if it is due at `now`.
+    pub(super) fn pop_due(&mut self, now: Instant) -> Option<(Instant, u64)> {
+        let (entry, place) = self.earliest().filter(|&((at, _), _)| at <= now)?;
         match place {
             Some(i) => self.lanes[i].pop_front(),
             None => self.other.pop_first(),
@@ -321,7 +322,8 @@ mod tests {
         deadlines.push(Lane::Reliable, ms(32_000), 5);
         assert_eq!(deadlines.len(), 6);
         assert_eq!(deadlines.first(), Some((ms(400), 3)));
-        let order: Vec<u64> = std::iter::from_fn(|| deadlines.pop_first())
+        assert_eq!(deadlines.pop_due(ms(399)), None, "nothing is due yet");
+        let order: Vec<u64> = std::iter::from_fn(|| deadlines.pop_due(ms(32_000)))
             .map(|(_, n)| n)
             .collect();
         assert_eq!(order, [3, 1, 2, 4, 1, 5]);
