@@ -259,9 +259,7 @@ impl Engine {
         // Only as many timers fire as the send queue has room for; the rest are held (see
         // `send_queue`), and `flush` notes when there is room again.
         let room = send_queue::HIGH_WATER.saturating_sub(self.queue.len());
-        if room > 0
-            && let Some(due) = self.table.next_deadline().filter(|due| *due <= now)
-        {
+        if let Some(due) = self.table.handle_timeout_up_to(now, room) {
             // The earliest due timer is the latest one: one observation per call. A timer
             // held for room in the queue is late from when the room came, not from its due
             // time: what this measures is the driver, and the queue has its own gauge.
@@ -272,8 +270,7 @@ impl Engine {
                 .timer_lateness
                 .observe(now.saturating_duration_since(since));
         }
-        self.table.handle_timeout_up_to(now, room);
-        if room < TIMERS_PER_CALL && self.table.next_deadline().is_some_and(|due| due <= now) {
+        if room < TIMERS_PER_CALL && self.table.has_due_timer(now) {
             // The queue's room, not the budget per call, left these for later, whether it was
             // full or a few requests short of full (a reload of 10,000 rows amid a wave of
             // refreshes kept it so for seconds, and those seconds counted as the driver's).

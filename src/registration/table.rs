@@ -451,9 +451,18 @@ impl RegistrationTable {
             .count()
     }
 
-    /// Earliest instant at which [`RegistrationTable::handle_timeout`] has work.
+    /// When to call [`RegistrationTable::handle_timeout`] next: never later than the earliest
+    /// armed timer, but a timer of a later second is only known by its second, so the caller
+    /// may wake up once a second and find nothing due yet.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.first().map(|(at, _)| at)
+        self.timers.earliest()
+    }
+
+    /// Whether a timer is due at `now`, as far as the queue knows (one disarmed while it
+    /// waited in a bucket may still count).
+    pub fn has_due_timer(&mut self, now: Instant) -> bool {
+        self.timers.advance(now);
+        self.timers.earliest().is_some_and(|at| at <= now)
     }
 
     /// Fires the timers due at or before `now`, at most [`TIMERS_PER_CALL`] of them; the rest
@@ -465,34 +474,38 @@ impl RegistrationTable {
 
     /// [`RegistrationTable::handle_timeout`] firing at most `max` timers (the caller's send
     /// queue decides how many requests it can take now).
-    pub fn handle_timeout_up_to(&mut self, now: Instant, max: usize) {
+    /// Returns when the first timer it fired was due (the one that waited longest).
+    pub fn handle_timeout_up_to(&mut self, now: Instant, max: usize) -> Option<Instant> {
         let mut budget = max.min(TIMERS_PER_CALL);
-        while let Some((at, key)) = self.timers.first() {
-            if at > now || budget == 0 {
+        let mut first_due = None;
+        while budget > 0 {
+            let Some((at, key)) = self.timers.pop_due(now) else {
                 break;
-            }
-            budget -= 1;
-            self.timers.pop_first();
-            // The timer entry is gone; make the registration agree before it reacts.
-            let released = self
+            };
+            // A timer disarmed while it waited in a bucket of the queue is skipped.
+            let Some(registration) = self
                 .registrations
                 .get_mut(&key)
-                .and_then(|r| r.clear_timer());
-            if let Some(second) = released {
+                .filter(|r| r.timer() == Some(at))
+            else {
+                continue;
+            };
+            budget -= 1;
+            first_due.get_or_insert(at);
+            // The timer entry is gone; make the registration agree before it reacts.
+            if let Some(second) = registration.clear_timer() {
                 self.calendar.remove(second);
             }
             // Leaving registrations still finish (un-REGISTER) while inactive, and a request in
             // flight still ends when its guard runs out (that sends nothing by itself).
-            let must_run = self
-                .registrations
-                .get(&key)
-                .is_some_and(|r| r.is_leaving() || r.in_flight_cseq().is_some());
+            let must_run = registration.is_leaving() || registration.in_flight_cseq().is_some();
             if !self.active && !must_run {
                 self.parked.push(key);
                 continue;
             }
             self.with_registration(key, now, |r, ctx| r.handle_timer(ctx));
         }
+        first_due
     }
 
     /// A final (or provisional — ignored) response for a request of registration `key`.
