@@ -13,9 +13,8 @@
 //! it was armed). The rest reach `near` with their bucket, so whoever pops a timer checks it is
 //! still armed, as the registration table does.
 //!
-//! Entries are nanoseconds since an epoch (u64) and the key: 16 bytes. Times before the epoch
-//! are never rounded: the queue moves its epoch back by whole buckets instead, which is exact
-//! and rare.
+//! Entries are a tick (u64 nanoseconds; the first timer armed is at tick [`BIAS`], so earlier
+//! ones need no special case) and the key: 16 bytes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -26,9 +25,10 @@ use super::RegKey;
 const BUCKET_BITS: u32 = 30;
 const BUCKET_NANOS: u64 = 1 << BUCKET_BITS;
 
-/// Timers are at most this far after the epoch (146 years); later ones are clamped to it, so
-/// that moving the epoch back never overflows.
-const MAX_TICK: u64 = 1 << 62;
+/// The epoch's tick: timers up to 146 years before or after the first one armed are exact. A
+/// multiple of [`BUCKET_NANOS`], so the epoch starts a bucket.
+const BIAS: u64 = 1 << 62;
+const _: () = assert!(BIAS % BUCKET_NANOS == 0);
 
 #[derive(Default)]
 struct Bucket {
@@ -40,7 +40,7 @@ struct Bucket {
 
 #[derive(Default)]
 pub(crate) struct TimerQueue {
-    /// No entry lies before it; `None` until the first insert.
+    /// The instant of tick [`BIAS`]: the first timer armed; `None` until then.
     epoch: Option<Instant>,
     /// A multiple of [`BUCKET_NANOS`]; entries before it are in `near`, the others in `far`.
     horizon: u64,
@@ -50,28 +50,36 @@ pub(crate) struct TimerQueue {
     far: BTreeMap<u64, Bucket>,
 }
 
+/// Saturates at [`BIAS`] (146 years), far beyond any timer.
 fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).map_or(MAX_TICK, |n| n.min(MAX_TICK))
+    u64::try_from(duration.as_nanos()).map_or(BIAS, |n| n.min(BIAS))
 }
 
 impl TimerQueue {
+    /// `None` before the first insert, when the queue is empty anyway.
     fn tick(&self, at: Instant) -> Option<u64> {
         let epoch = self.epoch?;
-        (at >= epoch).then(|| nanos(at - epoch))
+        Some(if at >= epoch {
+            BIAS + nanos(at - epoch)
+        } else {
+            BIAS - nanos(epoch - at)
+        })
     }
 
     fn instant(&self, tick: u64) -> Instant {
         let epoch = self
             .epoch
             .expect("entries exist only after an epoch is set");
-        epoch + Duration::from_nanos(tick)
+        if tick >= BIAS {
+            epoch + Duration::from_nanos(tick - BIAS)
+        } else {
+            epoch - Duration::from_nanos(BIAS - tick)
+        }
     }
 
     pub(crate) fn insert(&mut self, at: Instant, key: RegKey) {
-        let tick = match self.tick(at) {
-            Some(tick) => tick,
-            None => self.rebase(at),
-        };
+        self.epoch.get_or_insert(at);
+        let tick = self.tick(at).unwrap_or(BIAS);
         if tick < self.horizon {
             self.near.insert((tick, key));
         } else {
@@ -157,38 +165,6 @@ impl TimerQueue {
     pub(crate) fn len(&self) -> usize {
         self.near.len() + self.far.values().map(|b| b.entries.len()).sum::<usize>()
     }
-
-    /// Makes the epoch earlier than `at` (or sets the first one) and returns `at`'s tick. The
-    /// epoch moves back by whole buckets, so every entry keeps its instant and its bucket's
-    /// place relative to the others.
-    fn rebase(&mut self, at: Instant) -> u64 {
-        let Some(old) = self.epoch else {
-            self.epoch = Some(at);
-            return 0;
-        };
-        let back = nanos(old - at).div_ceil(BUCKET_NANOS);
-        let Some(epoch) = old.checked_sub(Duration::from_nanos(back << BUCKET_BITS)) else {
-            // Only within a second of the clock's own origin: round up to the epoch.
-            return 0;
-        };
-        self.epoch = Some(epoch);
-        let shift = back << BUCKET_BITS;
-        self.horizon += shift;
-        self.near = std::mem::take(&mut self.near)
-            .into_iter()
-            .map(|(tick, key)| (tick + shift, key))
-            .collect();
-        self.far = std::mem::take(&mut self.far)
-            .into_iter()
-            .map(|(number, mut bucket)| {
-                for entry in &mut bucket.entries {
-                    entry.0 += shift;
-                }
-                (number + back, bucket)
-            })
-            .collect();
-        nanos(at - epoch)
-    }
 }
 
 #[cfg(test)]
@@ -212,7 +188,7 @@ mod tests {
         let mut queue = TimerQueue::default();
         queue.insert(t0 + Duration::from_millis(1500), RegKey(1));
         queue.insert(t0, RegKey(2));
-        // Earlier than the epoch the first insert set: the queue moves its epoch back.
+        // Earlier than the first timer armed.
         queue.insert(t0 - Duration::from_secs(60), RegKey(3));
         queue.insert(t0 + Duration::from_nanos(1), RegKey(4));
         queue.insert(t0 + Duration::from_secs(600), RegKey(5));
@@ -220,7 +196,10 @@ mod tests {
         assert!(queue.remove(t0, RegKey(2)));
         assert!(!queue.remove(t0 - Duration::from_secs(3600), RegKey(9)));
         assert!(!queue.remove(t0 + Duration::from_secs(7200), RegKey(9)));
-        assert_eq!(queue.earliest(), Some(t0 - Duration::from_secs(60)));
+        // Nothing is in order yet: the bound is the first bucket's start.
+        let first = t0 - Duration::from_secs(60);
+        let bound = queue.earliest().expect("timers are armed");
+        assert!(bound <= first && first - bound < Duration::from_nanos(BUCKET_NANOS));
         let armed = |at: Instant, key: RegKey| (at, key) != (t0, RegKey(2));
         let order = drain(&mut queue, t0 + Duration::from_secs(3600), armed);
         assert_eq!(
@@ -327,22 +306,18 @@ mod tests {
     }
 
     #[test]
-    fn moving_the_epoch_back_keeps_buckets_and_their_counts() {
+    fn timers_before_the_first_one_armed_keep_their_buckets_and_counts() {
         let t0 = Instant::now() + Duration::from_secs(3600);
         let mut queue = TimerQueue::default();
         queue.insert(t0, RegKey(1));
         queue.insert(t0 + Duration::from_secs(100), RegKey(2));
         queue.insert(t0 + Duration::from_secs(100), RegKey(3));
-        // Far before the epoch, and not a whole number of buckets.
+        // A day and more before the first timer armed, and not a whole number of buckets.
         let early = t0 - Duration::from_millis(123_456_789);
         queue.insert(early, RegKey(4));
         assert!(queue.remove(t0 + Duration::from_secs(100), RegKey(2)));
         assert!(queue.remove(t0 + Duration::from_secs(100), RegKey(3)));
-        assert_eq!(
-            queue.len(),
-            2,
-            "the emptied bucket was found after the move"
-        );
+        assert_eq!(queue.len(), 2, "the emptied bucket was found");
         let popped = drain(&mut queue, t0 + Duration::from_secs(200), |_, _| true);
         assert_eq!(popped, [(early, RegKey(4)), (t0, RegKey(1))]);
     }
